@@ -1,0 +1,1 @@
+"""Adapters: the only layer that talks to libraries, the network, files and models."""

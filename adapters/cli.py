@@ -1,0 +1,88 @@
+"""The `forgesyte-stream` command: serve the API, or run a pipeline over a video file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from adapters.settings import Settings, SettingsError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forgesyte-stream", description="Real-time computer-vision inference over WebSocket.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP and WebSocket server")
+    serve.add_argument("--host", help="bind address (default: FORGESYTE_STREAM_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: FORGESYTE_STREAM_PORT or 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="server processes sharing the port (default 1)")
+    run_file = commands.add_parser("run-file", help="run a pipeline over a video file, one JSON line per processed frame")
+    run_file.add_argument("video", help="path of a video file OpenCV can read")
+    run_file.add_argument("--pipeline", required=True, help="pipeline id, see GET /v1/pipelines")
+    run_file.add_argument("--stride", type=int, default=1, help="process every Nth frame (default 1)")
+    run_file.add_argument("--max-frames", type=int, default=None, help="stop after this many processed frames")
+    commands.add_parser("settings", help="print every environment variable with its default and meaning")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "settings":
+        for variable, default, meaning in Settings.documentation():
+            print(f"{variable}\t{default}\t{meaning}")
+        return 0
+    overrides = {}
+    if getattr(args, "host", None):
+        overrides["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        if not 1 <= args.port <= 65535:
+            print(f"forgesyte-stream: --port={args.port} is out of range; expected 1-65535", file=sys.stderr)
+            return 2
+        overrides["port"] = args.port
+    try:
+        settings = Settings.from_env(**overrides)
+    except SettingsError as error:
+        print(f"forgesyte-stream: configuration error: {error}", file=sys.stderr)
+        return 2
+
+    from adapters.container import PluginLoadError
+    from adapters.pipeline_catalog import PipelineLoadError
+    from domain import PipelineValidationError, StreamError
+
+    try:
+        if args.command == "serve":
+            if args.workers < 1:
+                print(f"forgesyte-stream: --workers={args.workers}; expected at least 1", file=sys.stderr)
+                return 2
+            from adapters.server import serve
+
+            serve(settings, workers=args.workers)
+            return 0
+        return _run_file(settings, args.video, args.pipeline, args.stride, args.max_frames)
+    except (PipelineLoadError, PipelineValidationError, PluginLoadError) as error:
+        print(f"forgesyte-stream: pipeline configuration error: {error}", file=sys.stderr)
+        return 2
+    except StreamError as error:
+        print(f"forgesyte-stream: {error.code.value}: {error.detail}", file=sys.stderr)
+        return 1
+    except ValueError as error:
+        print(f"forgesyte-stream: {error}", file=sys.stderr)
+        return 2
+
+
+def _run_file(settings: Settings, video: str, pipeline_id: str, stride: int, max_frames: int | None) -> int:
+    from adapters.container import build_container
+    from adapters.logging_observer import configure_logging
+
+    configure_logging("warning" if settings.log_level == "info" else settings.log_level)
+    container = build_container(settings)
+    service = container.video_service()
+    for reply in service.run_on_file(video, pipeline_id, frame_stride=stride, max_frames=max_frames):
+        sys.stdout.write(json.dumps(reply, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The one place that wires adapters to the application: a dependency-injector container.
+
+Swapping the transport, the pipeline engine's plugins or the observers means
+changing a provider here and nothing in domain/ or application/.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from dependency_injector import containers, providers
+
+from adapters.image_codec import OpenCvJpegDecoder, OpenCvVideoReader
+from adapters.logging_observer import LoggingStreamObserver
+from adapters.pipeline_catalog import JsonPipelineCatalog
+from adapters.plugins.ocr import OcrPlugin
+from adapters.plugins.opencv_vision import OpenCvVisionPlugin
+from adapters.plugins.probe import ProbePlugin
+from adapters.plugins.yolo import YoloPlugin
+from adapters.settings import Settings
+from adapters.worker_pool import ThreadWorkerPool
+from application.pipeline import DagPipelineService, StreamStateStore
+from application.sessions import SessionManager
+from application.stream import StreamService, StreamSettings
+from application.video_service import VideoFilePipelineService
+from domain import BackpressurePolicy
+
+
+class PluginLoadError(ValueError):
+    """An extra plugin that cannot be loaded; the message names the reference."""
+
+
+def load_extra_plugins(refs: tuple[str, ...]) -> list[Any]:
+    """Instantiate the plugins named in FORGESYTE_STREAM_PLUGINS (module:factory)."""
+    plugins = []
+    for ref in refs:
+        module_name, _, attribute = ref.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as error:
+            raise PluginLoadError(f"FORGESYTE_STREAM_PLUGINS entry {ref!r} cannot be loaded: {error}") from None
+        plugins.append(factory())
+    return plugins
+
+
+def _plugins_by_id(extra: list[Any], *builtin: Any) -> dict[str, Any]:
+    by_id: dict[str, Any] = {}
+    for plugin in (*builtin, *extra):
+        if plugin.plugin_id in by_id:
+            raise PluginLoadError(f"two plugins share the plugin_id {plugin.plugin_id!r}")
+        by_id[plugin.plugin_id] = plugin
+    return by_id
+
+
+def _policy(settings: Settings) -> BackpressurePolicy:
+    return BackpressurePolicy(
+        drop_threshold=settings.drop_threshold,
+        slowdown_threshold=settings.slowdown_threshold,
+        buffer_capacity=settings.buffer_frames,
+        slowdown_repeat_ms=float(settings.slowdown_repeat_ms),
+    )
+
+
+def _stream_settings(settings: Settings) -> StreamSettings:
+    return StreamSettings(
+        policy=_policy(settings),
+        frame_timeout_s=settings.frame_timeout_ms / 1000.0,
+        max_frame_bytes=settings.max_frame_bytes,
+    )
+
+
+class Container(containers.DeclarativeContainer):
+    settings = providers.Dependency(instance_of=Settings)
+
+    catalog = providers.Singleton(JsonPipelineCatalog, directory=settings.provided.pipelines_dir)
+    decoder = providers.Singleton(OpenCvJpegDecoder, max_pixels=settings.provided.max_frame_pixels)
+    video_reader = providers.Singleton(OpenCvVideoReader)
+    extra_plugins = providers.Singleton(load_extra_plugins, settings.provided.plugins)
+    plugins = providers.Singleton(
+        _plugins_by_id,
+        extra_plugins,
+        providers.Singleton(OpenCvVisionPlugin),
+        providers.Singleton(OcrPlugin),
+        providers.Singleton(
+            YoloPlugin,
+            model_path=settings.provided.yolo_model,
+            labels_path=settings.provided.yolo_labels,
+            confidence=settings.provided.yolo_confidence,
+            iou=settings.provided.yolo_iou,
+        ),
+        providers.Singleton(ProbePlugin),
+    )
+    state_store = providers.Singleton(StreamStateStore)
+    pipeline_observer = providers.Object(None)
+    pipelines = providers.Singleton(
+        DagPipelineService,
+        catalog=catalog,
+        plugins=plugins,
+        decoder=decoder,
+        state_store=state_store,
+        observer=pipeline_observer,
+    )
+    video_service = providers.Singleton(
+        VideoFilePipelineService,
+        pipelines=pipelines,
+        video_reader=video_reader,
+        max_frame_bytes=settings.provided.max_frame_bytes,
+    )
+    worker_pool = providers.Singleton(ThreadWorkerPool, workers=settings.provided.inference_workers)
+    session_manager = providers.Singleton(SessionManager, max_sessions=settings.provided.max_sessions)
+    stream_observer = providers.Singleton(LoggingStreamObserver)
+    stream_settings = providers.Singleton(_stream_settings, settings)
+    stream_service = providers.Singleton(
+        StreamService,
+        video=video_service,
+        pool=worker_pool,
+        sessions=session_manager,
+        observer=stream_observer,
+        settings=stream_settings,
+    )
+
+
+def build_container(settings: Settings) -> Container:
+    """A container for these settings; building the pipelines provider validates every pipeline."""
+    container = Container(settings=settings)
+    container.pipelines()
+    return container
+
+
+def build_app(container: Container) -> Any:
+    from adapters.litestar_app import create_app
+
+    settings: Settings = container.settings()
+    pool = container.worker_pool()
+    return create_app(
+        stream_service=container.stream_service(),
+        pipelines=container.pipelines(),
+        video_service=container.video_service(),
+        worker_pool=pool,
+        frame_timeout_s=settings.frame_timeout_ms / 1000.0,
+        max_body_bytes=settings.ws_max_size,
+        on_shutdown=[pool.shutdown],
+    )

@@ -1,0 +1,294 @@
+"""The Litestar adapter: HTTP routes and the WebSocket route, translating only.
+
+Handlers turn requests and ASGI messages into calls on the application
+services and their results into responses; no decision about frames,
+sessions or errors is made here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Litestar, Request, Response, get, post, websocket
+from litestar.connection import WebSocket
+from litestar.datastructures import State
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import HTTPException, WebSocketDisconnect
+from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.params import Body
+from litestar.status_codes import (
+    HTTP_200_OK,
+    HTTP_400_BAD_REQUEST,
+    HTTP_404_NOT_FOUND,
+    HTTP_409_CONFLICT,
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+    HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
+    HTTP_504_GATEWAY_TIMEOUT,
+)
+
+from application.pipeline import DagPipelineService, PipelineUnavailableError, UnknownPipelineError
+from application.ports import ConnectionClosed, Inbound, InboundKind
+from application.stream import StreamService
+from application.video_service import VideoFilePipelineService
+from application.ports import WorkerPool
+from domain import ErrorCode, StreamError
+from domain.errors import GENERIC_INTERNAL_DETAIL
+
+_encoder = msgspec.json.Encoder()
+
+
+# WebSocket transport ----------------------------------------------------------
+
+
+class LitestarWebSocketTransport:
+    """Adapts a Litestar WebSocket to the application's Transport port."""
+
+    def __init__(self, socket: WebSocket[Any, Any, Any]) -> None:
+        self._socket = socket
+        client = socket.client
+        self.client = f"{client.host}:{client.port}" if client else "unknown"
+
+    async def receive(self) -> Inbound:
+        try:
+            message = await self._socket.receive()
+        except WebSocketDisconnect as disconnect:
+            return Inbound(InboundKind.DISCONNECT, close_code=disconnect.code)
+        if message["type"] == "websocket.disconnect":
+            return Inbound(InboundKind.DISCONNECT, close_code=message.get("code"))
+        if message.get("bytes") is not None:
+            return Inbound(InboundKind.BINARY, message["bytes"])
+        return Inbound(InboundKind.TEXT, message.get("text") or "")
+
+    async def send_json(self, message: Mapping[str, Any]) -> None:
+        try:
+            await self._socket.send_data(_encoder.encode(message).decode(), mode="text")
+        except (WebSocketDisconnect, OSError) as gone:
+            # uvicorn raises ClientDisconnected, an OSError, once the peer has gone.
+            raise ConnectionClosed() from gone
+
+    async def close(self, code: int, reason: str = "") -> None:
+        try:
+            await self._socket.close(code=code, reason=reason)
+        except (WebSocketDisconnect, OSError) as gone:
+            raise ConnectionClosed() from gone
+
+    def attach_session(self, session: Any) -> None:
+        self._socket.state.session = session
+
+
+@websocket("/ws/video/stream", name="video_stream")
+async def video_stream(socket: WebSocket[Any, Any, Any], stream_service: StreamService) -> None:
+    """Stream JPEG frames in, receive one JSON reply per frame; asyncapi.yaml is the contract."""
+    await socket.accept()
+    await stream_service.serve(LitestarWebSocketTransport(socket), socket.query_params.get("pipeline_id"))
+
+
+# HTTP -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ErrorBody:
+    error: str
+    detail: str
+    frame_index: int | None = None
+
+
+@dataclass(frozen=True)
+class NodeView:
+    id: str
+    plugin_id: str
+    tool_id: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EdgeView:
+    from_node: str
+    to_node: str
+
+
+@dataclass(frozen=True)
+class PipelineView:
+    id: str
+    name: str
+    description: str
+    nodes: list[NodeView]
+    edges: list[EdgeView]
+    entry_nodes: list[str]
+    output_nodes: list[str]
+    available: bool
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Health:
+    status: str
+    sessions_active: int
+    pipelines: int
+    busy_workers: int
+
+
+@dataclass(frozen=True)
+class FrameResultBody:
+    frame_index: int
+    result: dict[str, Any]
+
+
+_STATUS_FOR_CODE: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_MESSAGE: HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+    ErrorCode.INVALID_FRAME: HTTP_400_BAD_REQUEST,
+    ErrorCode.FRAME_TOO_LARGE: HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    ErrorCode.PIPELINE_FAILURE: HTTP_422_UNPROCESSABLE_ENTITY,
+    ErrorCode.INTERNAL_ERROR: HTTP_500_INTERNAL_SERVER_ERROR,
+    ErrorCode.INVALID_PIPELINE: HTTP_404_NOT_FOUND,
+    ErrorCode.SERVER_BUSY: HTTP_503_SERVICE_UNAVAILABLE,
+    ErrorCode.SHUTTING_DOWN: HTTP_503_SERVICE_UNAVAILABLE,
+}
+
+
+def _error_response(code: str, detail: str, status: int, frame_index: int | None = None) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {"error": code, "detail": detail}
+    if frame_index is not None:
+        body["frame_index"] = frame_index
+    return Response(body, status_code=status)
+
+
+def _stream_error_handler(_: Request[Any, Any, Any], error: StreamError) -> Response[dict[str, Any]]:
+    status = _STATUS_FOR_CODE[error.code]
+    if isinstance(error, PipelineUnavailableError):
+        status = HTTP_409_CONFLICT
+    return _error_response(error.code.value, error.detail, status)
+
+
+def _http_error_handler(_: Request[Any, Any, Any], error: HTTPException) -> Response[dict[str, Any]]:
+    status = error.status_code
+    if status == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
+        return _error_response(ErrorCode.FRAME_TOO_LARGE.value, "request body exceeds the server's size limit", status)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request")
+    if status >= 500:
+        return _error_response(ErrorCode.INTERNAL_ERROR.value, GENERIC_INTERNAL_DETAIL, status)
+    return _error_response(code, str(error.detail), status)
+
+
+def _pipeline_view(pipelines: DagPipelineService, pipeline_id: str) -> PipelineView:
+    definition = pipelines.definition(pipeline_id)
+    status = pipelines.availability(pipeline_id)
+    return PipelineView(
+        id=definition.id,
+        name=definition.name,
+        description=definition.description,
+        nodes=[NodeView(n.id, n.plugin_id, n.tool_id, dict(n.params)) for n in definition.nodes],
+        edges=[EdgeView(e.from_node, e.to_node) for e in definition.edges],
+        entry_nodes=list(definition.entry_nodes),
+        output_nodes=list(definition.output_nodes),
+        available=status.available,
+        reason=status.reason,
+    )
+
+
+_ERROR_RESPONSES = {
+    status: ResponseSpec(data_container=ErrorBody, description=description)
+    for status, description in (
+        (HTTP_400_BAD_REQUEST, "invalid_frame: the body is not a decodable JPEG"),
+        (HTTP_404_NOT_FOUND, "invalid_pipeline: unknown pipeline id"),
+        (HTTP_409_CONFLICT, "invalid_pipeline: the pipeline exists but is unavailable (reason in detail)"),
+        (HTTP_413_REQUEST_ENTITY_TOO_LARGE, "frame_too_large: over FORGESYTE_STREAM_MAX_FRAME_BYTES"),
+        (HTTP_415_UNSUPPORTED_MEDIA_TYPE, "invalid_message: Content-Type is not image/jpeg"),
+        (HTTP_422_UNPROCESSABLE_ENTITY, "pipeline_failure: a tool failed on this frame"),
+        (HTTP_504_GATEWAY_TIMEOUT, "pipeline_failure: the frame ran past FORGESYTE_STREAM_FRAME_TIMEOUT_MS"),
+    )
+}
+
+
+@get("/health", sync_to_thread=False)
+def health(stream_service: StreamService, pipelines: DagPipelineService, worker_pool: WorkerPool) -> Health:
+    return Health("ok", stream_service.sessions.active_count(), len(pipelines.pipeline_ids()), worker_pool.busy_workers())
+
+
+@get("/v1/pipelines", sync_to_thread=False)
+def list_pipelines(pipelines: DagPipelineService) -> list[PipelineView]:
+    return [_pipeline_view(pipelines, pipeline_id) for pipeline_id in pipelines.pipeline_ids()]
+
+
+@get(
+    "/v1/pipelines/{pipeline_id:str}",
+    sync_to_thread=False,
+    responses={HTTP_404_NOT_FOUND: _ERROR_RESPONSES[HTTP_404_NOT_FOUND]},
+)
+def get_pipeline(pipeline_id: str, pipelines: DagPipelineService) -> PipelineView:
+    return _pipeline_view(pipelines, pipeline_id)
+
+
+@post(
+    "/v1/pipelines/{pipeline_id:str}/frames",
+    status_code=HTTP_200_OK,
+    responses=_ERROR_RESPONSES,
+    summary="Run one JPEG frame through a pipeline",
+)
+async def post_frame(
+    pipeline_id: str,
+    request: Request[Any, Any, Any],
+    data: Annotated[bytes, Body(media_type="image/jpeg", description="one complete JPEG image")],
+    video_service: VideoFilePipelineService,
+    worker_pool: WorkerPool,
+    frame_timeout_s: float,
+) -> Response[Any]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    video_service.check_pipeline(pipeline_id)
+    if content_type != "image/jpeg":
+        raise StreamError(ErrorCode.INVALID_MESSAGE, f"expected Content-Type image/jpeg, got {content_type or 'none'!r}")
+    try:
+        reply = await worker_pool.run(lambda: video_service.run_on_frame(pipeline_id, 0, data), timeout_s=frame_timeout_s)
+    except TimeoutError:
+        return _error_response(
+            ErrorCode.PIPELINE_FAILURE.value,
+            f"pipeline {pipeline_id!r} did not finish within the {round(frame_timeout_s * 1000)} ms frame timeout",
+            HTTP_504_GATEWAY_TIMEOUT,
+            0,
+        )
+    return Response(FrameResultBody(**reply))
+
+
+def create_app(
+    *,
+    stream_service: StreamService,
+    pipelines: DagPipelineService,
+    video_service: VideoFilePipelineService,
+    worker_pool: WorkerPool,
+    frame_timeout_s: float,
+    max_body_bytes: int,
+    extra_route_handlers: list[Any] | None = None,
+    on_shutdown: list[Any] | None = None,
+) -> Litestar:
+    """Build the Litestar app from already-wired services (the container calls this)."""
+
+    def provide(value: Any) -> Any:
+        def provider() -> Any:
+            return value
+
+        return provider
+
+    from litestar.di import Provide
+
+    return Litestar(
+        route_handlers=[health, list_pipelines, get_pipeline, post_frame, video_stream, *(extra_route_handlers or [])],
+        dependencies={
+            "stream_service": Provide(provide(stream_service), sync_to_thread=False),
+            "pipelines": Provide(provide(pipelines), sync_to_thread=False),
+            "video_service": Provide(provide(video_service), sync_to_thread=False),
+            "worker_pool": Provide(provide(worker_pool), sync_to_thread=False),
+            "frame_timeout_s": Provide(provide(frame_timeout_s), sync_to_thread=False),
+        },
+        exception_handlers={StreamError: _stream_error_handler, HTTPException: _http_error_handler},
+        request_max_body_size=max_body_bytes,
+        openapi_config=OpenAPIConfig(title="ForgeSyte Stream", version="0.1.0", path="/schema"),
+        on_shutdown=on_shutdown or [],
+        state=State({"stream_service": stream_service}),
+        debug=False,
+    )

@@ -1,0 +1,107 @@
+"""Runs the app under uvicorn with the settings the stream needs, and shuts it down gracefully.
+
+On SIGTERM or SIGINT the server stops accepting connections, lets every
+session answer its in-flight frame, answer its waiting frames as dropped and
+close with 1012, waiting at most FORGESYTE_STREAM_SHUTDOWN_TIMEOUT_S; sessions
+still open then are cancelled, and uvicorn's own shutdown follows.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+import uvicorn
+
+from adapters.container import build_app, build_container
+from adapters.logging_observer import configure_logging
+from adapters.settings import Settings
+
+log = structlog.get_logger("forgesyte.server")
+
+
+class GracefulServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, drain: Callable[[float], Awaitable[int]], deadline_s: float) -> None:
+        super().__init__(config)
+        self._drain = drain
+        self._deadline_s = deadline_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        log.info("draining_sessions", deadline_s=self._deadline_s)
+        cancelled = await self._drain(self._deadline_s)
+        if cancelled:
+            log.warning("sessions_cancelled_at_deadline", count=cancelled)
+        await super().shutdown(sockets)
+
+
+def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """uvicorn settings for JPEG streams: no per-message deflate, a message limit above the frame limit."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "ws": "websockets-sansio",
+        "ws_per_message_deflate": False,
+        "ws_max_size": settings.ws_max_size,
+        "log_config": None,
+        "access_log": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 5,
+    }
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
+
+
+def build_server(settings: Settings, **config_overrides: Any) -> GracefulServer:
+    container = build_container(settings)
+    app = build_app(container)
+    sessions = container.session_manager()
+    return GracefulServer(uvicorn_config(app, settings, **config_overrides), sessions.shutdown, settings.shutdown_timeout_s)
+
+
+def serve(settings: Settings, workers: int = 1) -> None:
+    configure_logging(settings.log_level)
+    if workers <= 1:
+        build_server(settings).run()
+        return
+    _serve_workers(settings, workers)
+
+
+def _worker_main(settings: Settings, sock: socket.socket) -> None:
+    configure_logging(settings.log_level)
+    build_server(settings).run(sockets=[sock])
+
+
+def _serve_workers(settings: Settings, workers: int) -> None:
+    """Several processes sharing one listening socket, each with its own sessions and graceful shutdown."""
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    sock.set_inheritable(True)
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_worker_main, args=(settings, sock), name=f"forgesyte-worker-{i}") for i in range(workers)]
+    for process in processes:
+        process.start()
+    log.info("workers_started", workers=workers, pids=[p.pid for p in processes], host=settings.host, port=settings.port)
+
+    def forward(signum: int, _frame: Any) -> None:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                try:
+                    os.kill(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for process in processes:
+        process.join()
+    sock.close()

@@ -1,0 +1,55 @@
+"""Runs pipelines on a bounded pool of threads, off the event loop.
+
+OpenCV and ONNX Runtime release the GIL while they compute, so threads give
+real parallelism here without the copying cost of processes. A thread cannot
+be killed: a tool that hangs keeps its worker until it returns. The pool bounds
+what hung tools can hold (at most `workers` threads). When every worker is
+busy, frames wait for one; a frame still waiting or running when its deadline
+passes is answered with pipeline_failure, and if it had not started yet it is
+cancelled and never runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class ThreadWorkerPool:
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.workers = workers
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forgesyte-infer")
+        self._busy = 0
+        self._lock = threading.Lock()
+
+    def _tracked(self, fn: Callable[[], T]) -> Callable[[], T]:
+        def run() -> T:
+            with self._lock:
+                self._busy += 1
+            try:
+                return fn()
+            finally:
+                with self._lock:
+                    self._busy -= 1
+
+        return run
+
+    async def run(self, fn: Callable[[], T], *, timeout_s: float) -> T:
+        future = self._executor.submit(self._tracked(fn))
+        # wait_for cancels the wrapped future on timeout or cancellation, which
+        # also cancels the work if no thread has picked it up yet.
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout=timeout_s)
+
+    def busy_workers(self) -> int:
+        with self._lock:
+            return self._busy
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

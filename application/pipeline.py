@@ -1,0 +1,224 @@
+"""Runs a pipeline graph over one frame payload."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from application.json_safe import JsonSafetyError, to_json_safe
+from application.ports import Availability, ImageDecoder, PipelineCatalog, PipelineObserver, Plugin, Tool
+from domain import ErrorCode, FrameValidationError, PipelineDefinition, PipelineValidationError, StreamError
+
+_UNDECODED = object()
+
+
+class UnknownPipelineError(StreamError):
+    def __init__(self, pipeline_id: str, known: list[str]) -> None:
+        super().__init__(
+            ErrorCode.INVALID_PIPELINE,
+            f"unknown pipeline_id {pipeline_id!r}; expected one of {sorted(known)}",
+        )
+        self.pipeline_id = pipeline_id
+
+
+class PipelineUnavailableError(StreamError):
+    def __init__(self, pipeline_id: str, reason: str) -> None:
+        super().__init__(ErrorCode.INVALID_PIPELINE, f"pipeline {pipeline_id!r} is unavailable: {reason}")
+        self.pipeline_id = pipeline_id
+        self.reason = reason
+
+
+class PipelineExecutionError(StreamError):
+    """A tool raised or returned something unusable; names where, keeps the cause for the log."""
+
+    def __init__(self, pipeline_id: str, node_id: str, plugin_id: str, tool_id: str, cause: BaseException) -> None:
+        super().__init__(
+            ErrorCode.PIPELINE_FAILURE,
+            f"pipeline {pipeline_id!r} failed at node {node_id!r} (tool {plugin_id}.{tool_id})",
+            log_message=f"{type(cause).__name__}: {cause}",
+        )
+        self.pipeline_id = pipeline_id
+        self.node_id = node_id
+        self.plugin_id = plugin_id
+        self.tool_id = tool_id
+        self.__cause__ = cause
+
+
+class FrameContext:
+    """Per-run view of the frame that tools share; the image is decoded lazily, once."""
+
+    __slots__ = ("_decoder", "_image", "_state", "frame_index", "image_bytes")
+
+    def __init__(self, frame_index: int, image_bytes: bytes, decoder: ImageDecoder, state: dict[str, Any]) -> None:
+        self.frame_index = frame_index
+        self.image_bytes = image_bytes
+        self._decoder = decoder
+        self._image: Any = _UNDECODED
+        self._state = state
+
+    def image(self) -> Any:
+        if self._image is _UNDECODED:
+            self._image = self._decoder.decode(self.image_bytes)
+        return self._image
+
+    def state(self) -> dict[str, Any]:
+        return self._state
+
+
+class _NodeContext:
+    """A FrameContext narrowed to one node's slice of the stream state."""
+
+    __slots__ = ("_frame", "_state")
+
+    def __init__(self, frame: FrameContext, state: dict[str, Any]) -> None:
+        self._frame = frame
+        self._state = state
+
+    @property
+    def frame_index(self) -> int:
+        return self._frame.frame_index
+
+    @property
+    def image_bytes(self) -> bytes:
+        return self._frame.image_bytes
+
+    def image(self) -> Any:
+        return self._frame.image()
+
+    def state(self) -> dict[str, Any]:
+        return self._state
+
+
+class StreamStateStore:
+    """Per-stream, per-node tool state (a motion model, say), released when the stream ends.
+
+    Access happens from worker threads, but one stream has one frame in flight
+    at a time, so each stream's slice is only ever touched by one thread.
+    """
+
+    def __init__(self) -> None:
+        self._streams: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def for_stream(self, stream_id: str | None) -> dict[str, dict[str, Any]]:
+        if stream_id is None:
+            return {}
+        return self._streams.setdefault(stream_id, {})
+
+    def release(self, stream_id: str) -> None:
+        states = self._streams.pop(stream_id, None)
+        for node_state in (states or {}).values():
+            for value in node_state.values():
+                closer = getattr(value, "close", None)
+                if callable(closer):
+                    closer()
+
+    def active_streams(self) -> int:
+        return len(self._streams)
+
+
+class DagPipelineService:
+    """Executes pipeline graphs in topological order.
+
+    Each node receives the initial payload merged with its predecessors'
+    outputs; the result is the merge of the output nodes' outputs, made JSON-safe.
+    """
+
+    def __init__(
+        self,
+        catalog: PipelineCatalog,
+        plugins: Mapping[str, Plugin],
+        decoder: ImageDecoder,
+        state_store: StreamStateStore,
+        observer: PipelineObserver | None = None,
+    ) -> None:
+        self._catalog = catalog
+        self._plugins = dict(plugins)
+        self._decoder = decoder
+        self._state_store = state_store
+        self._observer = observer
+        for pipeline_id in catalog.ids():
+            self._check_tools(catalog.get(pipeline_id))
+
+    def _check_tools(self, definition: PipelineDefinition) -> None:
+        for node in definition.nodes:
+            plugin = self._plugins.get(node.plugin_id)
+            if plugin is None:
+                raise PipelineValidationError(
+                    f"pipeline {definition.id!r}: node {node.id!r} names unknown plugin {node.plugin_id!r}; "
+                    f"known plugins: {sorted(self._plugins)}"
+                )
+            if node.tool_id not in plugin.tools():
+                raise PipelineValidationError(
+                    f"pipeline {definition.id!r}: node {node.id!r} names unknown tool {node.tool_id!r} "
+                    f"of plugin {node.plugin_id!r}; its tools: {sorted(plugin.tools())}"
+                )
+
+    def pipeline_ids(self) -> list[str]:
+        return self._catalog.ids()
+
+    def definition(self, pipeline_id: str) -> PipelineDefinition:
+        try:
+            return self._catalog.get(pipeline_id)
+        except KeyError:
+            raise UnknownPipelineError(pipeline_id, self._catalog.ids()) from None
+
+    def availability(self, pipeline_id: str) -> Availability:
+        definition = self.definition(pipeline_id)
+        reasons = []
+        for plugin_id in dict.fromkeys(node.plugin_id for node in definition.nodes):
+            status = self._plugins[plugin_id].availability()
+            if not status.available:
+                reasons.append(f"plugin {plugin_id!r}: {status.reason}")
+        return Availability(not reasons, "; ".join(reasons) or None)
+
+    def release_stream(self, stream_id: str) -> None:
+        self._state_store.release(stream_id)
+
+    def run_pipeline(self, pipeline_id: str, payload: Mapping[str, Any], *, stream_id: str | None = None) -> dict[str, Any]:
+        definition = self.definition(pipeline_id)
+        status = self.availability(pipeline_id)
+        if not status.available:
+            raise PipelineUnavailableError(pipeline_id, status.reason or "unavailable")
+        frame = FrameContext(int(payload["frame_index"]), payload["image_bytes"], self._decoder, {})
+        stream_state = self._state_store.for_stream(stream_id)
+        outputs: dict[str, Mapping[str, Any]] = {}
+        started = time.perf_counter()
+        failed = True
+        try:
+            for node_id in definition.order:
+                node = definition.node(node_id)
+                inputs: dict[str, Any] = {**payload, **node.params}
+                for predecessor in definition.predecessors(node_id):
+                    inputs.update(outputs[predecessor])
+                tool: Tool = self._plugins[node.plugin_id].tools()[node.tool_id]
+                node_started = time.perf_counter()
+                node_failed = True
+                try:
+                    produced = tool(inputs, _NodeContext(frame, stream_state.setdefault(node_id, {})))
+                    if not isinstance(produced, Mapping):
+                        raise TypeError(f"tool returned {type(produced).__name__}, expected a mapping")
+                    node_failed = False
+                except FrameValidationError:
+                    raise
+                except Exception as exc:
+                    raise PipelineExecutionError(pipeline_id, node_id, node.plugin_id, node.tool_id, exc) from exc
+                finally:
+                    if self._observer is not None:
+                        self._observer.node_finished(
+                            pipeline_id, node_id, (time.perf_counter() - node_started) * 1000.0, failed=node_failed
+                        )
+                outputs[node_id] = produced
+            merged: dict[str, Any] = {}
+            for node_id in definition.output_nodes:
+                merged.update(outputs[node_id])
+            try:
+                result = to_json_safe(merged)
+            except JsonSafetyError as exc:
+                last = definition.node(definition.output_nodes[-1])
+                raise PipelineExecutionError(pipeline_id, last.id, last.plugin_id, last.tool_id, exc) from exc
+            failed = False
+            return result
+        finally:
+            if self._observer is not None:
+                self._observer.pipeline_finished(pipeline_id, (time.perf_counter() - started) * 1000.0, failed=failed)

@@ -1,0 +1,167 @@
+"""The ports the application drives; adapters implement them.
+
+Each is a typing.Protocol so that an adapter needs no import from here to fit,
+and the application tests can pass plain fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from domain import DropCause, ErrorCode
+
+T = TypeVar("T")
+
+
+# Pipeline tools -------------------------------------------------------------
+
+
+class ToolContext(Protocol):
+    """What a tool sees of the frame besides its inputs."""
+
+    @property
+    def frame_index(self) -> int: ...
+
+    @property
+    def image_bytes(self) -> bytes: ...
+
+    def image(self) -> Any:
+        """The decoded image, decoded at most once per pipeline run whichever node asks first."""
+        ...
+
+    def state(self) -> dict[str, Any]:
+        """Mutable state kept for this node across the frames of one stream (empty for one-off frames)."""
+        ...
+
+
+class Tool(Protocol):
+    def __call__(self, inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    available: bool
+    reason: str | None = None
+
+
+class Plugin(Protocol):
+    """A named set of tools; a plugin may be unavailable (say, a model not configured), with its reason."""
+
+    @property
+    def plugin_id(self) -> str: ...
+
+    def tools(self) -> Mapping[str, Tool]: ...
+
+    def availability(self) -> Availability: ...
+
+
+class ImageDecoder(Protocol):
+    def decode(self, image_bytes: bytes) -> Any:
+        """Decode a JPEG; raise domain.FrameValidationError(invalid_frame) when it does not decode."""
+        ...
+
+
+class VideoReader(Protocol):
+    def frames(self, path: str, *, frame_stride: int, max_frames: int | None) -> Iterator[tuple[int, bytes]]:
+        """Yield (frame number in the file, JPEG bytes); raise VideoReadError when the file cannot be read."""
+        ...
+
+
+class PipelineCatalog(Protocol):
+    def get(self, pipeline_id: str) -> Any:
+        """The domain.PipelineDefinition for this id; KeyError when unknown."""
+        ...
+
+    def ids(self) -> list[str]: ...
+
+
+# Execution ------------------------------------------------------------------
+
+
+class WorkerPool(Protocol):
+    """Runs blocking work off the event loop, with a deadline on the caller's wait.
+
+    A thread cannot be killed: when the deadline passes, the caller gets
+    TimeoutError while the work keeps its worker until it returns.
+    """
+
+    async def run(self, fn: Callable[[], T], *, timeout_s: float) -> T: ...
+
+    def busy_workers(self) -> int: ...
+
+
+# Transport ------------------------------------------------------------------
+
+
+class InboundKind(StrEnum):
+    BINARY = "binary"
+    TEXT = "text"
+    DISCONNECT = "disconnect"
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    kind: InboundKind
+    data: bytes | str | None = None
+    close_code: int | None = None
+
+
+class ConnectionClosed(Exception):
+    """The peer is gone: sending to or receiving from it is no longer possible."""
+
+
+class Transport(Protocol):
+    """One accepted client connection, whatever the wire protocol."""
+
+    @property
+    def client(self) -> str: ...
+
+    async def receive(self) -> Inbound: ...
+
+    async def send_json(self, message: Mapping[str, Any]) -> None:
+        """Send one JSON message; raise ConnectionClosed when the peer is gone."""
+        ...
+
+    async def close(self, code: int, reason: str = "") -> None: ...
+
+    def attach_session(self, session: Any) -> None:
+        """Expose the session to the transport's own state (websocket.state.session for Litestar)."""
+        ...
+
+
+# Observation ----------------------------------------------------------------
+
+
+class StreamObserver(Protocol):
+    """Events the stream reports; the logging and metrics adapters listen.
+
+    Implementations must not raise: observation never changes what a client receives.
+    """
+
+    def session_opened(self, session: Any, client: str) -> None: ...
+
+    def session_closed(self, session: Any, client: str, close_code: int, reason: str) -> None: ...
+
+    def session_rejected(self, pipeline_id: str | None, client: str, code: ErrorCode, detail: str) -> None: ...
+
+    def frame_received(self, session: Any, frame_index: int, size: int) -> None: ...
+
+    def frame_dropped(self, session: Any, frame_index: int, cause: DropCause) -> None: ...
+
+    def frame_processed(self, session: Any, frame_index: int, *, queue_ms: float, processing_ms: float, latency_ms: float) -> None: ...
+
+    def frame_failed(self, session: Any, frame_index: int, error: Exception, *, code: ErrorCode) -> None: ...
+
+    def slowdown_sent(self, session: Any, drop_rate: float, suggested_fps: float | None) -> None: ...
+
+    def error_sent(self, session: Any | None, code: ErrorCode) -> None: ...
+
+
+@runtime_checkable
+class PipelineObserver(Protocol):
+    def node_finished(self, pipeline_id: str, node_id: str, duration_ms: float, *, failed: bool) -> None: ...
+
+    def pipeline_finished(self, pipeline_id: str, duration_ms: float, *, failed: bool) -> None: ...

@@ -1,0 +1,89 @@
+"""Knows every live session, bounds how many there are, and drains them at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from domain import Session
+
+
+class Admission(StrEnum):
+    ACCEPTED = "accepted"
+    FULL = "full"
+    SHUTTING_DOWN = "shutting_down"
+
+
+@dataclass(eq=False)
+class SessionHandle:
+    """What the manager holds per session: the session and the signal that asks it to wind down."""
+
+    session: Session
+    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class SessionManager:
+    """The registry of active sessions, created on connect and removed on disconnect.
+
+    All methods run on the event loop; no lock is needed.
+    """
+
+    def __init__(self, max_sessions: int) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
+        self.max_sessions = max_sessions
+        self._handles: dict[str, SessionHandle] = {}
+        self._shutting_down = False
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
+    def register(self, session: Session) -> tuple[Admission, SessionHandle | None]:
+        if self._shutting_down:
+            return Admission.SHUTTING_DOWN, None
+        if len(self._handles) >= self.max_sessions:
+            return Admission.FULL, None
+        handle = SessionHandle(session=session, task=asyncio.current_task())
+        self._handles[session.session_id] = handle
+        return Admission.ACCEPTED, handle
+
+    def unregister(self, session_id: str) -> None:
+        handle = self._handles.pop(session_id, None)
+        if handle is not None:
+            handle.finished.set()
+
+    def get(self, session_id: str) -> Session | None:
+        handle = self._handles.get(session_id)
+        return handle.session if handle else None
+
+    def active_count(self) -> int:
+        return len(self._handles)
+
+    def sessions(self) -> list[Session]:
+        return [handle.session for handle in self._handles.values()]
+
+    async def shutdown(self, deadline_s: float) -> int:
+        """Ask every session to answer its in-flight frame and close with 1012, then wait.
+
+        Sessions still open at the deadline have their tasks cancelled. Returns
+        how many had to be cancelled.
+        """
+        self._shutting_down = True
+        handles = list(self._handles.values())
+        for handle in handles:
+            handle.stop_requested.set()
+        if not handles:
+            return 0
+        waiters = [asyncio.ensure_future(handle.finished.wait()) for handle in handles]
+        _, pending = await asyncio.wait(waiters, timeout=deadline_s)
+        for waiter in pending:
+            waiter.cancel()
+        stragglers = [h for h in handles if not h.finished.is_set()]
+        for handle in stragglers:
+            if handle.task is not None:
+                handle.task.cancel()
+        return len(stragglers)

@@ -1,0 +1,350 @@
+"""The streaming use case: one client, one pipeline, frames in, exactly one reply per frame out.
+
+The transport adapter hands over an accepted connection as a `Transport`; all
+decisions (validation, backpressure, error codes, close codes) are made here
+and in the domain, so another transport is only another adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from application.pipeline import PipelineExecutionError
+from application.ports import ConnectionClosed, InboundKind, StreamObserver, Transport, WorkerPool
+from application.sessions import Admission, SessionManager
+from application.video_service import VideoFilePipelineService
+from domain import (
+    CLOSE_CODE_FOR_ERROR,
+    BackpressurePolicy,
+    CloseCode,
+    DropCause,
+    ErrorCode,
+    Frame,
+    FrameValidationError,
+    Session,
+    SessionState,
+    StreamError,
+    validate_jpeg,
+)
+from domain.errors import GENERIC_INTERNAL_DETAIL
+from domain.session import Drop, SlowDownSignal
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    policy: BackpressurePolicy
+    frame_timeout_s: float
+    max_frame_bytes: int
+
+
+class _Ending(StrEnum):
+    PEER_GONE = "peer_gone"
+    CLIENT_ERROR = "client_error"
+    INTERNAL = "internal"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class _Close:
+    ending: _Ending
+    error: StreamError | None = None
+    frame_index: int | None = None
+    peer_code: int | None = None
+
+
+def dropped_message(drop: Drop) -> dict[str, Any]:
+    return {"frame_index": drop.frame.index, "dropped": True, "cause": drop.cause.value}
+
+
+def slowdown_message(signal: SlowDownSignal) -> dict[str, Any]:
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 3)
+
+    return {
+        "warning": "slow_down",
+        "drop_rate": round(signal.drop_rate, 4),
+        "suggested_fps": rounded(signal.suggested_fps),
+        "processing_ms": rounded(signal.processing_ms),
+        "interval_ms": rounded(signal.interval_ms),
+    }
+
+
+def error_message(error: StreamError, frame_index: int | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = error.to_message()
+    if frame_index is not None:
+        message["frame_index"] = frame_index
+    return message
+
+
+class StreamService:
+    """Runs sessions over transports; the one place that knows the stream protocol."""
+
+    def __init__(
+        self,
+        video: VideoFilePipelineService,
+        pool: WorkerPool,
+        sessions: SessionManager,
+        observer: StreamObserver,
+        settings: StreamSettings,
+    ) -> None:
+        self._video = video
+        self._pool = pool
+        self._sessions = sessions
+        self._observer = observer
+        self._settings = settings
+
+    @property
+    def sessions(self) -> SessionManager:
+        return self._sessions
+
+    async def serve(self, transport: Transport, pipeline_id: str | None) -> None:
+        """Serve one accepted connection until it closes, whoever closes it."""
+        try:
+            self._video.check_pipeline(pipeline_id)
+        except StreamError as error:
+            await self._reject(transport, pipeline_id, error)
+            return
+
+        assert pipeline_id is not None
+        session = Session(pipeline_id=pipeline_id, policy=self._settings.policy)
+        admission, handle = self._sessions.register(session)
+        if admission is Admission.FULL:
+            await self._reject(
+                transport,
+                pipeline_id,
+                StreamError(
+                    ErrorCode.SERVER_BUSY,
+                    f"the server is at its limit of {self._sessions.max_sessions} concurrent sessions; retry later",
+                ),
+            )
+            return
+        if admission is Admission.SHUTTING_DOWN:
+            await self._reject(
+                transport, pipeline_id, StreamError(ErrorCode.SHUTTING_DOWN, "the server is shutting down; reconnect later")
+            )
+            return
+        assert handle is not None
+
+        transport.attach_session(session)
+        session.transition(SessionState.OPEN)
+        self._observer.session_opened(session, transport.client)
+        run = _SessionRun(self, transport, session, handle.stop_requested)
+        close_code, reason = int(CloseCode.INTERNAL_ERROR), "internal_error"
+        try:
+            close_code, reason = await run.run()
+        finally:
+            self._sessions.unregister(session.session_id)
+            self._video.release_stream(session.session_id)
+            session.transition(SessionState.CLOSED)
+            self._observer.session_closed(session, transport.client, close_code, reason)
+
+    async def _reject(self, transport: Transport, pipeline_id: str | None, error: StreamError) -> None:
+        self._observer.session_rejected(pipeline_id, transport.client, error.code, error.detail)
+        try:
+            await transport.send_json(error.to_message())
+            self._observer.error_sent(None, error.code)
+            await transport.close(int(CLOSE_CODE_FOR_ERROR[error.code]), error.code.value)
+        except ConnectionClosed:
+            return
+
+
+class _SessionRun:
+    """The two loops of one session: receiving frames and processing them, one at a time."""
+
+    def __init__(self, service: StreamService, transport: Transport, session: Session, stop: asyncio.Event) -> None:
+        self._service = service
+        self._transport = transport
+        self._session = session
+        self._stop = stop
+        self._send_lock = asyncio.Lock()
+        self._to_start: asyncio.Queue[Frame] = asyncio.Queue()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._ending: asyncio.Future[_Close] = asyncio.get_running_loop().create_future()
+
+    def _end(self, close: _Close) -> None:
+        if not self._ending.done():
+            self._ending.set_result(close)
+
+    async def run(self) -> tuple[int, str]:
+        receiver = asyncio.create_task(self._receive_loop(), name=f"receive-{self._session.session_id}")
+        processor = asyncio.create_task(self._process_loop(), name=f"process-{self._session.session_id}")
+        stop_waiter = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({self._ending, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if not self._ending.done():
+                self._end(_Close(_Ending.SHUTDOWN, StreamError(ErrorCode.SHUTTING_DOWN, "the server is shutting down; reconnect later")))
+            close = self._ending.result()
+            receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)
+            if close.ending is _Ending.PEER_GONE:
+                return close.peer_code or int(CloseCode.GOING_AWAY), "peer_gone"
+            self._session.transition(SessionState.CLOSING)
+            return await self._close_gracefully(close, processor)
+        finally:
+            for task in (receiver, processor, stop_waiter):
+                task.cancel()
+            await asyncio.gather(receiver, processor, stop_waiter, return_exceptions=True)
+
+    async def _close_gracefully(self, close: _Close, processor: asyncio.Task[None]) -> tuple[int, str]:
+        """Answer the in-flight frame, answer waiting frames as dropped, send the error, close."""
+        assert close.error is not None
+        cause = DropCause.SHUTDOWN if close.ending is _Ending.SHUTDOWN else DropCause.CLOSING
+        try:
+            # The frame in flight finishes within the frame timeout, which the worker pool enforces;
+            # the processor starts no further frame once the session is ending.
+            await self._idle.wait()
+            processor.cancel()
+            await asyncio.gather(processor, return_exceptions=True)
+            for drop in self._session.drain_waiting(cause):
+                await self._send(dropped_message(drop))
+                self._service._observer.frame_dropped(self._session, drop.frame.index, drop.cause)
+            await self._send(error_message(close.error, close.frame_index))
+            self._service._observer.error_sent(self._session, close.error.code)
+            code = int(CLOSE_CODE_FOR_ERROR[close.error.code])
+            await self._transport.close(code, close.error.code.value)
+            return code, close.error.code.value
+        except ConnectionClosed:
+            return int(CloseCode.GOING_AWAY), "peer_gone"
+
+    async def _send(self, message: Mapping[str, Any]) -> None:
+        async with self._send_lock:
+            await self._transport.send_json(message)
+
+    # Receiving -----------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        session = self._session
+        observer = self._service._observer
+        max_bytes = self._service._settings.max_frame_bytes
+        try:
+            while True:
+                inbound = await self._transport.receive()
+                if inbound.kind is InboundKind.DISCONNECT:
+                    self._end(_Close(_Ending.PEER_GONE, peer_code=inbound.close_code))
+                    return
+                if inbound.kind is InboundKind.TEXT:
+                    self._end(
+                        _Close(
+                            _Ending.CLIENT_ERROR,
+                            StreamError(
+                                ErrorCode.INVALID_MESSAGE,
+                                "expected a binary message holding one JPEG image, got a text message",
+                            ),
+                        )
+                    )
+                    return
+                data = inbound.data
+                assert isinstance(data, bytes)
+                try:
+                    validate_jpeg(data, max_bytes)
+                except FrameValidationError as error:
+                    index = session.increment_frame()
+                    observer.frame_received(session, index, len(data))
+                    self._end(_Close(_Ending.CLIENT_ERROR, error, frame_index=index))
+                    return
+                admission = session.receive_frame(data)
+                observer.frame_received(session, admission.frame.index, len(data))
+                for drop in admission.dropped:
+                    await self._send(dropped_message(drop))
+                    observer.frame_dropped(session, drop.frame.index, drop.cause)
+                if admission.start is not None:
+                    self._idle.clear()
+                    self._to_start.put_nowait(admission.start)
+                if admission.dropped:
+                    signal = session.take_slowdown_signal()
+                    if signal is not None:
+                        await self._send(slowdown_message(signal))
+                        observer.slowdown_sent(session, signal.drop_rate, signal.suggested_fps)
+        except ConnectionClosed:
+            self._end(_Close(_Ending.PEER_GONE))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.exception("receive loop of session %s failed", session.session_id)
+            self._end(_Close(_Ending.INTERNAL, StreamError(ErrorCode.INTERNAL_ERROR, GENERIC_INTERNAL_DETAIL, log_message=repr(exc))))
+
+    # Processing ----------------------------------------------------------------
+
+    async def _process_loop(self) -> None:
+        session = self._session
+        frame: Frame | None = None
+        try:
+            while True:
+                frame = await self._to_start.get()
+                while frame is not None:
+                    await self._process(frame)
+                    frame = None if self._ending.done() else session.start_next()
+                self._idle.set()
+        except ConnectionClosed:
+            self._end(_Close(_Ending.PEER_GONE))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.exception("processing loop of session %s failed", session.session_id)
+            self._end(
+                _Close(
+                    _Ending.INTERNAL,
+                    StreamError(ErrorCode.INTERNAL_ERROR, GENERIC_INTERNAL_DETAIL, log_message=repr(exc)),
+                    frame_index=frame.index if frame is not None else None,
+                )
+            )
+        finally:
+            self._idle.set()
+
+    async def _process(self, frame: Frame) -> None:
+        """Run one frame off the event loop and send its one reply."""
+        service = self._service
+        session = self._session
+        video = service._video
+        started = session.now_ms()
+        queue_ms = started - frame.received_ms
+        pipeline_id = session.pipeline_id
+        session_id = session.session_id
+        reply: dict[str, Any]
+        succeeded = False
+        fatal: _Close | None = None
+        try:
+            reply = await service._pool.run(
+                lambda: video.run_on_frame(pipeline_id, frame.index, frame.data, stream_id=session_id),
+                timeout_s=service._settings.frame_timeout_s,
+            )
+            succeeded = True
+        except PipelineExecutionError as error:
+            service._observer.frame_failed(session, frame.index, error, code=error.code)
+            reply = error_message(error, frame.index)
+        except TimeoutError as error:
+            timeout_ms = round(service._settings.frame_timeout_s * 1000)
+            failure = StreamError(
+                ErrorCode.PIPELINE_FAILURE,
+                f"pipeline {pipeline_id!r} did not finish frame {frame.index} within the {timeout_ms} ms frame timeout",
+            )
+            service._observer.frame_failed(session, frame.index, error, code=failure.code)
+            reply = error_message(failure, frame.index)
+        except FrameValidationError as error:
+            # Markers were fine but the image does not decode (or declares too many pixels).
+            fatal = _Close(_Ending.CLIENT_ERROR, error, frame_index=frame.index)
+            reply = {}
+        processing_ms = session.now_ms() - started
+        session.complete_frame(frame, processing_ms=processing_ms, succeeded=succeeded)
+        if fatal is not None:
+            self._end(fatal)
+            return
+        await self._send(reply)
+        if succeeded:
+            service._observer.frame_processed(
+                session,
+                frame.index,
+                queue_ms=queue_ms,
+                processing_ms=processing_ms,
+                latency_ms=session.now_ms() - frame.received_ms,
+            )
+        else:
+            service._observer.error_sent(session, ErrorCode.PIPELINE_FAILURE)

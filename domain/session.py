@@ -1,0 +1,272 @@
+"""One client's stream: counters, timing measurements and the frame buffer.
+
+`Session` is a state machine without I/O, like a sans-I/O protocol: the
+application feeds it events (a frame arrived, a frame finished) and performs
+what it returns (start this frame, answer that one as dropped). That keeps the
+backpressure behaviour testable with a fake clock and identical under any transport.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from domain.backpressure import BackpressurePolicy, BackpressureState, DropCause
+from domain.frame import Frame
+
+_PROCESSING_SMOOTHING = 0.3
+
+
+class SessionState(StrEnum):
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+_TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
+    SessionState.CONNECTING: frozenset({SessionState.OPEN, SessionState.CLOSED}),
+    SessionState.OPEN: frozenset({SessionState.CLOSING, SessionState.CLOSED}),
+    SessionState.CLOSING: frozenset({SessionState.CLOSED}),
+    SessionState.CLOSED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A lifecycle event arrived in a state that does not allow it (a bug, never client input)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    frame: Frame
+    cause: DropCause
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What the application must do after a frame arrived."""
+
+    frame: Frame
+    start: Frame | None
+    dropped: tuple[Drop, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SlowDownSignal:
+    drop_rate: float
+    suggested_fps: float | None
+    processing_ms: float | None
+    interval_ms: float | None
+
+
+def _monotonic_ms() -> float:
+    return time.monotonic() * 1000.0
+
+
+@dataclass(eq=False)
+class Session:
+    """The per-connection state of story 2, with the backpressure rule applied to it.
+
+    `frame_index` is the number of frames received so far, so the next frame
+    gets that index. `drop_rate()` is cumulative and reports what happened;
+    decisions use `recent_drop_rate()` and the recent interval and processing estimates.
+    """
+
+    pipeline_id: str
+    policy: BackpressurePolicy = field(default_factory=BackpressurePolicy)
+    clock: Callable[[], float] = field(default=_monotonic_ms, repr=False)
+    session_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    frame_index: int = 0
+    dropped_frames: int = 0
+    processed_frames: int = 0
+    failed_frames: int = 0
+    last_processed_ts: float | None = None
+    backpressure_state: BackpressureState = BackpressureState.NORMAL
+    state: SessionState = SessionState.CONNECTING
+    started_ms: float = field(init=False)
+    processing_ms: float | None = None
+    in_flight: Frame | None = None
+    slowdown_signals: int = 0
+    _arrivals: deque[float] = field(default_factory=deque, repr=False)
+    _previous_arrival: float | None = field(default=None, repr=False)
+    _recent_drops: deque[float] = field(default_factory=deque, repr=False)
+    _recent_frames: deque[float] = field(default_factory=deque, repr=False)
+    _waiting: deque[Frame] = field(default_factory=deque, repr=False)
+    _slowdown_armed: bool = field(default=True, repr=False)
+    _last_slowdown_ms: float | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.started_ms = self.clock()
+
+    @property
+    def drop_threshold(self) -> float:
+        return self.policy.drop_threshold
+
+    @property
+    def slowdown_threshold(self) -> float:
+        return self.policy.slowdown_threshold
+
+    @property
+    def waiting_frames(self) -> int:
+        return len(self._waiting)
+
+    def now_ms(self) -> float:
+        return self.clock()
+
+    # Lifecycle -------------------------------------------------------------
+
+    def transition(self, target: SessionState) -> None:
+        if target not in _TRANSITIONS[self.state]:
+            raise IllegalTransition(f"session {self.session_id}: cannot go from {self.state.value} to {target.value}")
+        self.state = target
+
+    # Story 2 counters ------------------------------------------------------
+
+    def increment_frame(self) -> int:
+        """Count a received frame and return the index it gets."""
+        index = self.frame_index
+        self.frame_index += 1
+        return index
+
+    def mark_drop(self, at_ms: float | None = None) -> None:
+        self.dropped_frames += 1
+        self._recent_drops.append(self.now_ms() if at_ms is None else at_ms)
+
+    def drop_rate(self) -> float:
+        """Dropped frames over received frames since the session began."""
+        return self.dropped_frames / self.frame_index if self.frame_index else 0.0
+
+    def recent_drop_rate(self, now: float | None = None) -> float:
+        now = self.now_ms() if now is None else now
+        self._expire(now)
+        if not self._recent_frames:
+            return 0.0
+        return min(1.0, len(self._recent_drops) / len(self._recent_frames))
+
+    def frame_interval_ms(self, now: float | None = None) -> float | None:
+        """The client's mean frame interval over the last rate window.
+
+        With fewer than two arrivals in the window, the gap since the previous
+        arrival stands in, so a client that slowed right down is seen as slow at once.
+        """
+        now = self.now_ms() if now is None else now
+        self._expire(now)
+        if len(self._arrivals) >= 2:
+            return (self._arrivals[-1] - self._arrivals[0]) / (len(self._arrivals) - 1)
+        if self._previous_arrival is not None and self._arrivals:
+            return self._arrivals[-1] - self._previous_arrival
+        return None
+
+    def should_drop_frame(self, processing_time_ms: float | None) -> bool:
+        """Whether, at this processing time, the session lags the client's frame rate."""
+        return self.policy.is_lagging(processing_time_ms, self.frame_interval_ms())
+
+    def should_slow_down(self) -> bool:
+        now = self.now_ms()
+        since = None if self._last_slowdown_ms is None else now - self._last_slowdown_ms
+        return self.policy.should_slow_down(self.recent_drop_rate(now), armed=self._slowdown_armed, ms_since_last_signal=since)
+
+    # Frame flow ------------------------------------------------------------
+
+    def receive_frame(self, data: bytes) -> Admission:
+        """Admit a validated frame: start it, keep it waiting, and drop what it displaces."""
+        now = self.now_ms()
+        frame = Frame(index=self.increment_frame(), data=data, received_ms=now)
+        if self._arrivals:
+            self._previous_arrival = self._arrivals[-1]
+        self._arrivals.append(now)
+        self._recent_frames.append(now)
+        self._expire(now)
+
+        if self.in_flight is None and not self._waiting:
+            self.in_flight = frame
+            self._refresh_state(now)
+            return Admission(frame=frame, start=frame, dropped=())
+
+        dropped: list[Drop] = []
+        while True:
+            cause = self.policy.should_drop(
+                processing_ms=self.processing_ms,
+                interval_ms=self.frame_interval_ms(now),
+                waiting=len(self._waiting),
+            )
+            if cause is None:
+                break
+            victim = self._waiting.popleft()
+            self.mark_drop(now)
+            dropped.append(Drop(victim, cause))
+        self._waiting.append(frame)
+        start = None
+        if self.in_flight is None:
+            start = self.in_flight = self._waiting.popleft()
+        self._refresh_state(now)
+        return Admission(frame=frame, start=start, dropped=tuple(dropped))
+
+    def complete_frame(self, frame: Frame, *, processing_ms: float, succeeded: bool = True) -> None:
+        """Record a finished frame; the pipeline is idle until `start_next` is called."""
+        if self.in_flight is None or self.in_flight.index != frame.index:
+            raise IllegalTransition(f"session {self.session_id}: frame {frame.index} completed but was not in flight")
+        now = self.now_ms()
+        if self.processing_ms is None:
+            self.processing_ms = processing_ms
+        else:
+            self.processing_ms += _PROCESSING_SMOOTHING * (processing_ms - self.processing_ms)
+        if succeeded:
+            self.processed_frames += 1
+            self.last_processed_ts = now
+        else:
+            self.failed_frames += 1
+        self.in_flight = None
+        self._refresh_state(now)
+
+    def start_next(self) -> Frame | None:
+        """Put the oldest waiting frame in flight, if the pipeline is idle and one waits."""
+        if self.in_flight is None and self._waiting:
+            self.in_flight = self._waiting.popleft()
+        return self.in_flight
+
+    def take_slowdown_signal(self) -> SlowDownSignal | None:
+        """The slow-down warning due now, if any; taking it disarms the next one."""
+        if not self.should_slow_down():
+            return None
+        now = self.now_ms()
+        self._slowdown_armed = False
+        self._last_slowdown_ms = now
+        self.slowdown_signals += 1
+        return SlowDownSignal(
+            drop_rate=self.recent_drop_rate(now),
+            suggested_fps=self.policy.suggested_fps(self.processing_ms),
+            processing_ms=self.processing_ms,
+            interval_ms=self.frame_interval_ms(now),
+        )
+
+    def drain_waiting(self, cause: DropCause = DropCause.CLOSING) -> tuple[Drop, ...]:
+        """Answer every waiting frame as dropped: the stream is ending before they can run."""
+        now = self.now_ms()
+        drained = []
+        while self._waiting:
+            frame = self._waiting.popleft()
+            self.mark_drop(now)
+            drained.append(Drop(frame, cause))
+        return tuple(drained)
+
+    def _expire(self, now: float) -> None:
+        rate_horizon = now - self.policy.rate_window_ms
+        while len(self._arrivals) > 1 and self._arrivals[0] < rate_horizon:
+            self._previous_arrival = self._arrivals.popleft()
+        drop_horizon = now - self.policy.drop_window_ms
+        while self._recent_frames and self._recent_frames[0] < drop_horizon:
+            self._recent_frames.popleft()
+        while self._recent_drops and self._recent_drops[0] < drop_horizon:
+            self._recent_drops.popleft()
+
+    def _refresh_state(self, now: float) -> None:
+        rate = self.recent_drop_rate(now)
+        if rate <= self.policy.slowdown_threshold:
+            self._slowdown_armed = True
+        lagging = self.policy.is_lagging(self.processing_ms, self.frame_interval_ms(now))
+        self.backpressure_state = self.policy.state(lagging=lagging, recent_drop_rate=rate)

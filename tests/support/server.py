@@ -1,0 +1,112 @@
+"""Real servers for tests: `forgesyte-stream serve` in a subprocess on a free 127.0.0.1 port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+TEST_PIPELINES = ROOT / "tests" / "pipelines"
+FAULT_PLUGINS = "tests.support.fault_plugins:FaultPlugin,tests.support.fault_plugins:UnavailablePlugin"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen[str]
+    port: int
+    lines: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws(self, pipeline_id: str | None = None, **query: str) -> str:
+        params = dict(query)
+        if pipeline_id is not None:
+            params["pipeline_id"] = pipeline_id
+        suffix = "&".join(f"{k}={v}" for k, v in params.items())
+        return f"ws://127.0.0.1:{self.port}/ws/video/stream" + (f"?{suffix}" if suffix else "")
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.http}/health", timeout=5).json()
+
+    def wait_for(self, predicate, timeout: float = 10.0, interval: float = 0.05) -> dict:
+        """Poll /health until predicate(health) holds; fail with the last value seen."""
+        deadline = time.monotonic() + timeout
+        last: dict = {}
+        while time.monotonic() < deadline:
+            last = self.health()
+            if predicate(last):
+                return last
+            time.sleep(interval)
+        raise AssertionError(f"condition not met within {timeout}s; last /health: {last}")
+
+    def log_text(self) -> str:
+        return "\n".join(self.lines)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait(timeout=5)
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        return code
+
+
+def start_server(env: Mapping[str, str] | None = None, *, extra_args: list[str] | None = None, timeout: float = 60.0) -> RunningServer:
+    port = free_port()
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "FORGESYTE_STREAM_PIPELINES_DIR": str(TEST_PIPELINES),
+        "FORGESYTE_STREAM_PLUGINS": FAULT_PLUGINS,
+        "FORGESYTE_STREAM_LOG_LEVEL": "debug",
+        **(env or {}),
+    }
+    command = [sys.executable, "-m", "adapters.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *(extra_args or [])]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    server = RunningServer(process=process, port=port)
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            server.lines.append(line.rstrip("\n"))
+
+    server._reader = threading.Thread(target=pump, daemon=True)
+    server._reader.start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            server.stop()
+            raise RuntimeError(f"server exited with {process.returncode} during start-up:\n{server.log_text()}")
+        try:
+            if httpx.get(f"{server.http}/health", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    server.stop(signal.SIGKILL)
+    raise RuntimeError(f"server did not answer /health within {timeout}s:\n{server.log_text()}")
