@@ -1,0 +1,40 @@
+# Two commands matter: `make serve` and `make test`. Both set up what they need first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NODE_STAMP := contracts/node/node_modules/.installed
+PIP := $(BIN)/pip --disable-pip-version-check --quiet
+
+.PHONY: setup serve test bench docs-html lock
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -r requirements.lock
+	$(PIP) install --no-deps -e .
+	touch $(STAMP)
+
+$(NODE_STAMP): contracts/node/package-lock.json
+	cd contracts/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+setup: $(STAMP) $(NODE_STAMP)
+
+serve: $(STAMP)
+	$(BIN)/forgesyte-stream serve
+
+test: $(STAMP) $(NODE_STAMP)
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/stream_bench.py
+
+# HTML documentation of the contract (needs network access to the npm registry, not run by CI).
+docs-html:
+	PUPPETEER_SKIP_DOWNLOAD=1 npx --yes -p @asyncapi/generator@2 -p @asyncapi/html-template@3 \
+		ag asyncapi.yaml @asyncapi/html-template -o docs/html --force-write
+
+# Re-pin every dependency after editing requirements.in.
+lock: $(STAMP)
+	$(PIP) install uv
+	$(BIN)/uv pip compile requirements.in --python-version 3.11 -o requirements.lock

@@ -1,0 +1,167 @@
+"""Text detection and recognition with RapidOCR (PP-OCR models on ONNX Runtime, shipped in the wheel).
+
+Detection and recognition are separate tools as well as one combined tool, so a
+pipeline can read only the regions an earlier node chose, or detect text
+without paying for recognition.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from rapidocr import RapidOCR
+
+from adapters.plugins.common import bgr_image, bool_param, detection, float_param, int_param
+from application.ports import Availability, Tool, ToolContext
+
+# RapidOCR logs a WARNING for every frame without text ("The text detection
+# result is empty") and INFO for every model load; at the stream's frame rate
+# that would drown the server's own log, so only its errors get through.
+_ENGINE_PARAMS = {"Global.log_level": "error"}
+_DEFAULT_BOX_THRESHOLD = 0.5
+
+
+def _box_from_polygon(polygon: Any, width: int, height: int) -> tuple[float, float, float, float]:
+    """The axis-aligned box around a detected (possibly tilted) text quadrilateral, clipped to the frame."""
+    points = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
+    xs = np.clip(points[:, 0], 0, width)
+    ys = np.clip(points[:, 1], 0, height)
+    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
+
+
+def _read_box(item: Any, index: int) -> tuple[float, float, float, float]:
+    """The box of one text_boxes entry, checked because it comes from another node's output."""
+    box = item.get("box") if isinstance(item, Mapping) else None
+    if not isinstance(box, Mapping):
+        raise ValueError(f"text_boxes[{index}] has no 'box' mapping; expected the output of ocr.text_detect")
+    try:
+        return float(box["x1"]), float(box["y1"]), float(box["x2"]), float(box["y2"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"text_boxes[{index}].box must hold numeric x1, y1, x2, y2: {exc}") from None
+
+
+class OcrPlugin:
+    """OCR tools over one shared RapidOCR engine.
+
+    The engine is built on first use (its models take a second to load, and a
+    server without OCR pipelines in use should not pay for them) and every call
+    holds a lock: RapidOCR.__call__ stores use_det/use_cls/use_rec and the
+    thresholds on the engine itself, so two concurrent calls in different modes
+    would run with each other's flags. ONNX Runtime already spreads one call
+    over all cores, so serialising calls costs little throughput.
+    """
+
+    plugin_id = "ocr"
+
+    def __init__(self, min_score: float = 0.5) -> None:
+        if not 0.0 <= min_score <= 1.0:
+            raise ValueError(f"min_score must be in [0, 1], got {min_score}")
+        self._min_score = min_score
+        self._engine: RapidOCR | None = None
+        self._lock = threading.Lock()
+        self._tools: dict[str, Tool] = {
+            "read_all": self.read_all,
+            "text_detect": self.text_detect,
+            "text_read": self.text_read,
+        }
+
+    def tools(self) -> Mapping[str, Tool]:
+        return self._tools
+
+    def availability(self) -> Availability:
+        return Availability(True)
+
+    def _run(self, image: np.ndarray, **flags: Any) -> Any:
+        with self._lock:
+            if self._engine is None:
+                self._engine = RapidOCR(params=_ENGINE_PARAMS)
+            return self._engine(image, **flags)
+
+    def warm_up(self) -> None:
+        """Load the detection and recognition models now rather than on the first frame that needs them."""
+        blank = np.full((64, 256, 3), 255, dtype=np.uint8)
+        self._run(blank, use_det=True, use_cls=False, use_rec=False, box_thresh=_DEFAULT_BOX_THRESHOLD)
+        self._run(blank, use_det=False, use_cls=False, use_rec=True)
+
+    def read_all(self, inputs: Mapping[str, Any], context: ToolContext) -> dict[str, Any]:
+        """Every line of text with what it says.
+
+        Parameters: min_score (recognition score below which a line is dropped, 0.5),
+        box_thresh (detection threshold, 0.5), use_cls (false; true also reads
+        upside-down lines, at the cost of the angle classifier).
+        """
+        min_score = float_param(inputs, "min_score", self._min_score, low=0.0, high=1.0)
+        box_thresh = float_param(inputs, "box_thresh", _DEFAULT_BOX_THRESHOLD, low=0.0, high=1.0)
+        use_cls = bool_param(inputs, "use_cls", False)
+        image = bgr_image(context.image())
+        height, width = image.shape[:2]
+        result = self._run(image, use_det=True, use_cls=use_cls, use_rec=True, text_score=min_score, box_thresh=box_thresh)
+        boxes = getattr(result, "boxes", None)
+        texts = getattr(result, "txts", None)
+        scores = getattr(result, "scores", None)
+        if boxes is None or texts is None or scores is None:
+            return {"text": []}
+        lines = [
+            detection("text", float(score), *_box_from_polygon(polygon, width, height), text=str(text))
+            for polygon, text, score in zip(boxes, texts, scores)
+            if str(text).strip() and float(score) >= min_score
+        ]
+        return {"text": lines}
+
+    def text_detect(self, inputs: Mapping[str, Any], context: ToolContext) -> dict[str, Any]:
+        """Where text is, without reading it; feed the result to text_read.
+
+        Parameter: box_thresh (detection threshold, 0.5).
+        """
+        box_thresh = float_param(inputs, "box_thresh", _DEFAULT_BOX_THRESHOLD, low=0.0, high=1.0)
+        image = bgr_image(context.image())
+        height, width = image.shape[:2]
+        result = self._run(image, use_det=True, use_cls=False, use_rec=False, box_thresh=box_thresh)
+        boxes = getattr(result, "boxes", None)
+        scores = getattr(result, "scores", None)
+        if boxes is None or scores is None:
+            return {"text_boxes": []}
+        return {
+            "text_boxes": [
+                detection("text", min(1.0, max(0.0, float(score))), *_box_from_polygon(polygon, width, height))
+                for polygon, score in zip(boxes, scores)
+            ]
+        }
+
+    def text_read(self, inputs: Mapping[str, Any], context: ToolContext) -> dict[str, Any]:
+        """Read the regions in inputs["text_boxes"] (from a text_detect node), one recognition per box.
+
+        Each crop gets a small margin, because recognition clips the first and
+        last glyph when the box hugs them. Lines that read as empty or score
+        below min_score are dropped, as read_all drops them.
+
+        Parameters: min_score (0.5), padding (pixels added around each box, 2).
+        """
+        min_score = float_param(inputs, "min_score", self._min_score, low=0.0, high=1.0)
+        padding = int_param(inputs, "padding", 2, low=0, high=1000)
+        raw_boxes = inputs.get("text_boxes", [])
+        if not isinstance(raw_boxes, Sequence) or isinstance(raw_boxes, (str, bytes)):
+            raise ValueError(f"text_boxes must be a list of detections, got {type(raw_boxes).__name__}")
+        if not raw_boxes:
+            return {"text": []}
+        image = bgr_image(context.image())
+        height, width = image.shape[:2]
+        lines = []
+        for index, item in enumerate(raw_boxes):
+            x1, y1, x2, y2 = _read_box(item, index)
+            left, top = max(0, int(np.floor(x1)) - padding), max(0, int(np.floor(y1)) - padding)
+            right, bottom = min(width, int(np.ceil(x2)) + padding), min(height, int(np.ceil(y2)) + padding)
+            if right - left < 2 or bottom - top < 2:
+                continue
+            crop = np.ascontiguousarray(image[top:bottom, left:right])
+            result = self._run(crop, use_det=False, use_cls=False, use_rec=True)
+            texts = getattr(result, "txts", None) or ()
+            scores = getattr(result, "scores", None) or ()
+            for text, score in zip(texts, scores):
+                if str(text).strip() and float(score) >= min_score:
+                    box = (max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2))
+                    lines.append(detection("text", float(score), *box, text=str(text)))
+        return {"text": lines}

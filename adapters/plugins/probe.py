@@ -1,0 +1,33 @@
+"""The probe plugin: answers from the JPEG header alone.
+
+It is the health-check and transport-benchmark pipeline, so it must measure the
+server's plumbing, not a decoder: it never calls context.image().
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from application.ports import Availability, Tool, ToolContext
+from domain import read_jpeg_info
+
+
+def frame_info(inputs: Mapping[str, Any], context: ToolContext) -> dict[str, int]:
+    info = read_jpeg_info(context.image_bytes)
+    return {
+        "width": info.width,
+        "height": info.height,
+        "bytes": len(context.image_bytes),
+        "components": info.components,
+    }
+
+
+class ProbePlugin:
+    plugin_id = "probe"
+
+    def tools(self) -> Mapping[str, Tool]:
+        return {"frame_info": frame_info}
+
+    def availability(self) -> Availability:
+        return Availability(True)
