@@ -136,9 +136,6 @@ def build_app(container: Container) -> Any:
     return create_app(
         stream_service=container.stream_service(),
         pipelines=container.pipelines(),
-        video_service=container.video_service(),
-        worker_pool=pool,
-        frame_timeout_s=settings.frame_timeout_ms / 1000.0,
         max_body_bytes=settings.ws_max_size,
         on_shutdown=[pool.shutdown],
     )

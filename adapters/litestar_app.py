@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
+import structlog
 from litestar import Litestar, Request, Response, get, post, websocket
 from litestar.connection import WebSocket
-from litestar.datastructures import State
-from litestar.enums import RequestEncodingType
+from litestar.di import Provide
 from litestar.exceptions import HTTPException, WebSocketDisconnect
 from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.params import Body
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_400_BAD_REQUEST,
@@ -32,15 +32,14 @@ from litestar.status_codes import (
     HTTP_504_GATEWAY_TIMEOUT,
 )
 
-from application.pipeline import DagPipelineService, PipelineUnavailableError, UnknownPipelineError
+from application.pipeline import DagPipelineService, PipelineUnavailableError
 from application.ports import ConnectionClosed, Inbound, InboundKind
-from application.stream import StreamService
-from application.video_service import VideoFilePipelineService
-from application.ports import WorkerPool
+from application.stream import FrameTimeoutError, StreamService
 from domain import ErrorCode, StreamError
 from domain.errors import GENERIC_INTERNAL_DETAIL
 
 _encoder = msgspec.json.Encoder()
+log = structlog.get_logger("forgesyte.http")
 
 
 # WebSocket transport ----------------------------------------------------------
@@ -163,7 +162,16 @@ def _stream_error_handler(_: Request[Any, Any, Any], error: StreamError) -> Resp
     status = _STATUS_FOR_CODE[error.code]
     if isinstance(error, PipelineUnavailableError):
         status = HTTP_409_CONFLICT
-    return _error_response(error.code.value, error.detail, status)
+    elif isinstance(error, FrameTimeoutError):
+        status = HTTP_504_GATEWAY_TIMEOUT
+    if error.code is ErrorCode.PIPELINE_FAILURE:
+        log.error("pipeline_error", error=error.code.value, message=error.log_message, exc_info=error.__cause__)
+    return _error_response(error.code.value, error.detail, status, 0 if error.code is ErrorCode.PIPELINE_FAILURE else None)
+
+
+def _unexpected_error_handler(request: Request[Any, Any, Any], error: Exception) -> Response[dict[str, Any]]:
+    log.error("unhandled_error", path=request.url.path, exc_info=error)
+    return _error_response(ErrorCode.INTERNAL_ERROR.value, GENERIC_INTERNAL_DETAIL, HTTP_500_INTERNAL_SERVER_ERROR)
 
 
 def _http_error_handler(_: Request[Any, Any, Any], error: HTTPException) -> Response[dict[str, Any]]:
@@ -172,6 +180,7 @@ def _http_error_handler(_: Request[Any, Any, Any], error: HTTPException) -> Resp
         return _error_response(ErrorCode.FRAME_TOO_LARGE.value, "request body exceeds the server's size limit", status)
     code = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request")
     if status >= 500:
+        log.error("http_error", status=status, detail=str(error.detail), exc_info=error)
         return _error_response(ErrorCode.INTERNAL_ERROR.value, GENERIC_INTERNAL_DETAIL, status)
     return _error_response(code, str(error.detail), status)
 
@@ -207,8 +216,8 @@ _ERROR_RESPONSES = {
 
 
 @get("/health", sync_to_thread=False)
-def health(stream_service: StreamService, pipelines: DagPipelineService, worker_pool: WorkerPool) -> Health:
-    return Health("ok", stream_service.sessions.active_count(), len(pipelines.pipeline_ids()), worker_pool.busy_workers())
+def health(stream_service: StreamService, pipelines: DagPipelineService) -> Health:
+    return Health("ok", stream_service.sessions.active_count(), len(pipelines.pipeline_ids()), stream_service.busy_workers())
 
 
 @get("/v1/pipelines", sync_to_thread=False)
@@ -225,70 +234,61 @@ def get_pipeline(pipeline_id: str, pipelines: DagPipelineService) -> PipelineVie
     return _pipeline_view(pipelines, pipeline_id)
 
 
+@dataclass
+class _JpegBodyOperation(Operation):
+    """Litestar has no raw-bytes body parameter; this declares the JPEG body in the OpenAPI schema."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            content={"image/jpeg": OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY))},
+            required=True,
+            description="one complete JPEG image, at most FORGESYTE_STREAM_MAX_FRAME_BYTES bytes",
+        )
+
+
 @post(
     "/v1/pipelines/{pipeline_id:str}/frames",
     status_code=HTTP_200_OK,
     responses=_ERROR_RESPONSES,
     summary="Run one JPEG frame through a pipeline",
+    operation_class=_JpegBodyOperation,
 )
-async def post_frame(
-    pipeline_id: str,
-    request: Request[Any, Any, Any],
-    data: Annotated[bytes, Body(media_type="image/jpeg", description="one complete JPEG image")],
-    video_service: VideoFilePipelineService,
-    worker_pool: WorkerPool,
-    frame_timeout_s: float,
-) -> Response[Any]:
+async def post_frame(pipeline_id: str, request: Request[Any, Any, Any], stream_service: StreamService) -> FrameResultBody:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    video_service.check_pipeline(pipeline_id)
+    stream_service.check_pipeline(pipeline_id)
     if content_type != "image/jpeg":
         raise StreamError(ErrorCode.INVALID_MESSAGE, f"expected Content-Type image/jpeg, got {content_type or 'none'!r}")
-    try:
-        reply = await worker_pool.run(lambda: video_service.run_on_frame(pipeline_id, 0, data), timeout_s=frame_timeout_s)
-    except TimeoutError:
-        return _error_response(
-            ErrorCode.PIPELINE_FAILURE.value,
-            f"pipeline {pipeline_id!r} did not finish within the {round(frame_timeout_s * 1000)} ms frame timeout",
-            HTTP_504_GATEWAY_TIMEOUT,
-            0,
-        )
-    return Response(FrameResultBody(**reply))
+    reply = await stream_service.run_frame(pipeline_id, await request.body())
+    return FrameResultBody(**reply)
 
 
 def create_app(
     *,
     stream_service: StreamService,
     pipelines: DagPipelineService,
-    video_service: VideoFilePipelineService,
-    worker_pool: WorkerPool,
-    frame_timeout_s: float,
     max_body_bytes: int,
     extra_route_handlers: list[Any] | None = None,
     on_shutdown: list[Any] | None = None,
 ) -> Litestar:
     """Build the Litestar app from already-wired services (the container calls this)."""
 
-    def provide(value: Any) -> Any:
+    def provide(value: Any) -> Provide:
         def provider() -> Any:
             return value
 
-        return provider
-
-    from litestar.di import Provide
+        return Provide(provider, sync_to_thread=False)
 
     return Litestar(
         route_handlers=[health, list_pipelines, get_pipeline, post_frame, video_stream, *(extra_route_handlers or [])],
-        dependencies={
-            "stream_service": Provide(provide(stream_service), sync_to_thread=False),
-            "pipelines": Provide(provide(pipelines), sync_to_thread=False),
-            "video_service": Provide(provide(video_service), sync_to_thread=False),
-            "worker_pool": Provide(provide(worker_pool), sync_to_thread=False),
-            "frame_timeout_s": Provide(provide(frame_timeout_s), sync_to_thread=False),
+        dependencies={"stream_service": provide(stream_service), "pipelines": provide(pipelines)},
+        exception_handlers={
+            StreamError: _stream_error_handler,
+            HTTPException: _http_error_handler,
+            Exception: _unexpected_error_handler,
         },
-        exception_handlers={StreamError: _stream_error_handler, HTTPException: _http_error_handler},
         request_max_body_size=max_body_bytes,
         openapi_config=OpenAPIConfig(title="ForgeSyte Stream", version="0.1.0", path="/schema"),
+        logging_config=None,
         on_shutdown=on_shutdown or [],
-        state=State({"stream_service": stream_service}),
         debug=False,
     )

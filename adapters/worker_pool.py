@@ -20,6 +20,11 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+def _consume(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class ThreadWorkerPool:
     def __init__(self, workers: int) -> None:
         if workers < 1:
@@ -43,9 +48,21 @@ class ThreadWorkerPool:
 
     async def run(self, fn: Callable[[], T], *, timeout_s: float) -> T:
         future = self._executor.submit(self._tracked(fn))
-        # wait_for cancels the wrapped future on timeout or cancellation, which
-        # also cancels the work if no thread has picked it up yet.
-        return await asyncio.wait_for(asyncio.wrap_future(future), timeout=timeout_s)
+        waiter = asyncio.wrap_future(future)
+        # Retrieve the outcome even when nobody awaits it any more (timeout, cancellation),
+        # so a late failure is not reported as "exception never retrieved".
+        waiter.add_done_callback(_consume)
+        # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+        # that arrives as the work completes, leaving the caller's task uncancellable.
+        try:
+            done, _ = await asyncio.wait({waiter}, timeout=timeout_s)
+        except asyncio.CancelledError:
+            future.cancel()  # work still queued never starts
+            raise
+        if not done:
+            future.cancel()
+            raise TimeoutError(f"the work did not finish within {timeout_s} s")
+        return waiter.result()
 
     def busy_workers(self) -> int:
         with self._lock:

@@ -44,6 +44,16 @@ class StreamSettings:
     max_frame_bytes: int
 
 
+class FrameTimeoutError(StreamError):
+    """The pipeline did not finish a frame within the frame timeout: a pipeline_failure for that frame."""
+
+    def __init__(self, pipeline_id: str, frame_index: int, timeout_s: float) -> None:
+        super().__init__(
+            ErrorCode.PIPELINE_FAILURE,
+            f"pipeline {pipeline_id!r} did not finish frame {frame_index} within the {round(timeout_s * 1000)} ms frame timeout",
+        )
+
+
 class _Ending(StrEnum):
     PEER_GONE = "peer_gone"
     CLIENT_ERROR = "client_error"
@@ -104,10 +114,27 @@ class StreamService:
     def sessions(self) -> SessionManager:
         return self._sessions
 
+    def check_pipeline(self, pipeline_id: str | None) -> None:
+        self._video.check_pipeline(pipeline_id)
+
+    def busy_workers(self) -> int:
+        return self._pool.busy_workers()
+
+    async def run_frame(self, pipeline_id: str, frame_bytes: bytes, frame_index: int = 0) -> dict[str, Any]:
+        """One frame outside any stream (the HTTP endpoint): same validation, pool and timeout as a stream."""
+        self.check_pipeline(pipeline_id)
+        timeout_s = self._settings.frame_timeout_s
+        try:
+            return await self._pool.run(
+                lambda: self._video.run_on_frame(pipeline_id, frame_index, frame_bytes), timeout_s=timeout_s
+            )
+        except TimeoutError:
+            raise FrameTimeoutError(pipeline_id, frame_index, timeout_s) from None
+
     async def serve(self, transport: Transport, pipeline_id: str | None) -> None:
         """Serve one accepted connection until it closes, whoever closes it."""
         try:
-            self._video.check_pipeline(pipeline_id)
+            self.check_pipeline(pipeline_id)
         except StreamError as error:
             await self._reject(transport, pipeline_id, error)
             return
@@ -321,11 +348,7 @@ class _SessionRun:
             service._observer.frame_failed(session, frame.index, error, code=error.code)
             reply = error_message(error, frame.index)
         except TimeoutError as error:
-            timeout_ms = round(service._settings.frame_timeout_s * 1000)
-            failure = StreamError(
-                ErrorCode.PIPELINE_FAILURE,
-                f"pipeline {pipeline_id!r} did not finish frame {frame.index} within the {timeout_ms} ms frame timeout",
-            )
+            failure = FrameTimeoutError(pipeline_id, frame.index, service._settings.frame_timeout_s)
             service._observer.frame_failed(session, frame.index, error, code=failure.code)
             reply = error_message(failure, frame.index)
         except FrameValidationError as error:

@@ -51,7 +51,7 @@ class StreamClient:
 
     @classmethod
     async def open(cls, url: str) -> StreamClient:
-        connection = await connect(url, compression=None, max_size=None, open_timeout=10, close_timeout=5)
+        connection = await connect(url, compression=None, max_size=None, open_timeout=10, close_timeout=5, proxy=None)
         return cls(connection)
 
     async def send(self, data: bytes | str) -> None:

@@ -45,7 +45,7 @@ class RunningServer:
         return f"ws://127.0.0.1:{self.port}/ws/video/stream" + (f"?{suffix}" if suffix else "")
 
     def health(self) -> dict:
-        return httpx.get(f"{self.http}/health", timeout=5).json()
+        return httpx.get(f"{self.http}/health", timeout=5, trust_env=False).json()
 
     def wait_for(self, predicate, timeout: float = 10.0, interval: float = 0.05) -> dict:
         """Poll /health until predicate(health) holds; fail with the last value seen."""
@@ -103,7 +103,7 @@ def start_server(env: Mapping[str, str] | None = None, *, extra_args: list[str] 
             server.stop()
             raise RuntimeError(f"server exited with {process.returncode} during start-up:\n{server.log_text()}")
         try:
-            if httpx.get(f"{server.http}/health", timeout=1).status_code == 200:
+            if httpx.get(f"{server.http}/health", timeout=1, trust_env=False).status_code == 200:
                 return server
         except httpx.TransportError:
             pass

@@ -1,0 +1,1 @@
+"""HTTP API and CLI tests against real server processes."""

@@ -1,0 +1,473 @@
+"""DagPipelineService with fake plugins and a counting decoder: execution order, data flow, errors, state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytest
+
+from application.pipeline import (
+    DagPipelineService,
+    PipelineExecutionError,
+    PipelineUnavailableError,
+    StreamStateStore,
+    UnknownPipelineError,
+)
+from application.ports import Availability, PipelineObserver, ToolContext
+from domain import ErrorCode, FrameValidationError, PipelineDefinition, PipelineEdge, PipelineNode, PipelineValidationError
+
+SECRET_TEXT = "tool-internal-secret-/var/lib/model.bin"
+PAYLOAD = {"frame_index": 7, "image_bytes": b"\xff\xd8fake\xff\xd9"}
+
+
+# Fakes ------------------------------------------------------------------------
+
+
+class DictCatalog:
+    def __init__(self, *definitions: PipelineDefinition) -> None:
+        self._definitions = {d.id: d for d in definitions}
+
+    def get(self, pipeline_id: str) -> PipelineDefinition:
+        return self._definitions[pipeline_id]
+
+    def ids(self) -> list[str]:
+        return sorted(self._definitions)
+
+
+class CountingDecoder:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.calls = 0
+        self.error = error
+
+    def decode(self, image_bytes: bytes) -> Any:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        return {"decoded_from": len(image_bytes)}
+
+
+class FakePlugin:
+    def __init__(self, plugin_id: str, tools: Mapping[str, Callable[..., Any]], availability: Availability | None = None) -> None:
+        self._plugin_id = plugin_id
+        self._tools = dict(tools)
+        self._availability = availability or Availability(True)
+
+    @property
+    def plugin_id(self) -> str:
+        return self._plugin_id
+
+    def tools(self) -> Mapping[str, Callable[..., Any]]:
+        return self._tools
+
+    def availability(self) -> Availability:
+        return self._availability
+
+
+class RecordingObserver:
+    def __init__(self) -> None:
+        self.nodes: list[tuple[str, str, bool]] = []
+        self.pipelines: list[tuple[str, bool]] = []
+
+    def node_finished(self, pipeline_id: str, node_id: str, duration_ms: float, *, failed: bool) -> None:
+        assert duration_ms >= 0.0
+        self.nodes.append((pipeline_id, node_id, failed))
+
+    def pipeline_finished(self, pipeline_id: str, duration_ms: float, *, failed: bool) -> None:
+        assert duration_ms >= 0.0
+        self.pipelines.append((pipeline_id, failed))
+
+
+class Closeable:
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+class NumpyLikeScalar:
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def item(self) -> float:
+        return self.value
+
+
+class NumpyLikeArray:
+    def __init__(self, values: list[list[int]]) -> None:
+        self.values = values
+
+    def tolist(self) -> list[list[int]]:
+        return self.values
+
+
+def definition(
+    pipeline_id: str,
+    nodes: list[tuple[str, str, str] | tuple[str, str, str, dict[str, Any]]],
+    edges: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    *,
+    entry: list[str],
+    output: list[str],
+) -> PipelineDefinition:
+    built = []
+    for spec in nodes:
+        node_id, plugin_id, tool_id = spec[:3]
+        params = spec[3] if len(spec) > 3 else {}
+        built.append(PipelineNode(node_id, plugin_id, tool_id, dict(params)))
+    return PipelineDefinition.build(
+        id=pipeline_id,
+        name=pipeline_id,
+        nodes=built,
+        edges=[PipelineEdge(a, b) for a, b in edges],
+        entry_nodes=entry,
+        output_nodes=output,
+    )
+
+
+def service(
+    definitions: list[PipelineDefinition],
+    plugins: list[FakePlugin],
+    *,
+    decoder: CountingDecoder | None = None,
+    store: StreamStateStore | None = None,
+    observer: Any = None,
+) -> DagPipelineService:
+    return DagPipelineService(
+        DictCatalog(*definitions),
+        {plugin.plugin_id: plugin for plugin in plugins},
+        decoder or CountingDecoder(),
+        store or StreamStateStore(),
+        observer,
+    )
+
+
+# Execution order and data flow -------------------------------------------------
+
+
+def recording_tool(name: str, calls: list[tuple[str, dict[str, Any]]], output: Mapping[str, Any]) -> Callable[..., Any]:
+    def tool(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]:
+        calls.append((name, dict(inputs)))
+        return dict(output)
+
+    return tool
+
+
+def diamond() -> tuple[PipelineDefinition, list[tuple[str, dict[str, Any]]], FakePlugin]:
+    calls: list[tuple[str, dict[str, Any]]] = []
+    plugin = FakePlugin(
+        "fake",
+        {
+            "a": recording_tool("a", calls, {"from_a": 1}),
+            "b": recording_tool("b", calls, {"from_b": 2}),
+            "c": recording_tool("c", calls, {"from_c": 3}),
+            "d": recording_tool("d", calls, {"from_d": 4}),
+        },
+    )
+    # Nodes listed out of order on purpose: execution must follow the edges, not the list.
+    graph = definition(
+        "diamond",
+        [
+            ("d", "fake", "d", {"pd": "x"}),
+            ("c", "fake", "c", {"pc": 30}),
+            ("b", "fake", "b"),
+            ("a", "fake", "a", {"pa": True}),
+        ],
+        [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")],
+        entry=["a"],
+        output=["c", "d"],
+    )
+    return graph, calls, plugin
+
+
+def test_nodes_run_in_topological_order() -> None:
+    graph, calls, plugin = diamond()
+    service([graph], [plugin]).run_pipeline("diamond", PAYLOAD)
+    order = [name for name, _ in calls]
+    assert sorted(order) == ["a", "b", "c", "d"]
+    assert order[0] == "a"
+    assert order[-1] == "d"
+
+
+def test_each_node_gets_payload_params_and_predecessor_outputs() -> None:
+    graph, calls, plugin = diamond()
+    service([graph], [plugin]).run_pipeline("diamond", PAYLOAD)
+    inputs = dict(calls)
+    assert inputs["a"] == {**PAYLOAD, "pa": True}
+    assert inputs["b"] == {**PAYLOAD, "from_a": 1}
+    assert inputs["c"] == {**PAYLOAD, "pc": 30, "from_a": 1}
+    # d sees its direct predecessors b and c, not a (which is not an edge into d).
+    assert inputs["d"] == {**PAYLOAD, "pd": "x", "from_b": 2, "from_c": 3}
+
+
+def test_result_is_the_merge_of_output_nodes_only() -> None:
+    graph, _, plugin = diamond()
+    result = service([graph], [plugin]).run_pipeline("diamond", PAYLOAD)
+    assert result == {"from_c": 3, "from_d": 4}
+
+
+def test_image_is_decoded_once_per_run_however_many_nodes_ask() -> None:
+    seen: list[Any] = []
+
+    def wants_image(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]:
+        seen.append(context.image())
+        return {}
+
+    plugin = FakePlugin("img", {"t": wants_image})
+    graph = definition(
+        "three", [("x", "img", "t"), ("y", "img", "t"), ("z", "img", "t")], [("x", "y"), ("y", "z")], entry=["x"], output=["z"]
+    )
+    decoder = CountingDecoder()
+    pipelines = service([graph], [plugin], decoder=decoder)
+    pipelines.run_pipeline("three", PAYLOAD)
+    assert decoder.calls == 1
+    assert len(seen) == 3 and seen[0] is seen[1] is seen[2]
+    assert seen[0] == {"decoded_from": len(PAYLOAD["image_bytes"])}
+    # A second run decodes its own frame again: the decoded image is per run, not cached across runs.
+    pipelines.run_pipeline("three", PAYLOAD)
+    assert decoder.calls == 2
+
+
+def test_image_is_not_decoded_when_no_node_asks() -> None:
+    plugin = FakePlugin("p", {"t": lambda inputs, context: {"ok": True}})
+    decoder = CountingDecoder()
+    service([definition("quiet", [("n", "p", "t")], entry=["n"], output=["n"])], [plugin], decoder=decoder).run_pipeline(
+        "quiet", PAYLOAD
+    )
+    assert decoder.calls == 0
+
+
+def test_context_exposes_frame_index_and_bytes() -> None:
+    seen: dict[str, Any] = {}
+
+    def look(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]:
+        seen["frame_index"] = context.frame_index
+        seen["image_bytes"] = context.image_bytes
+        return {}
+
+    plugin = FakePlugin("p", {"t": look})
+    service([definition("look", [("n", "p", "t")], entry=["n"], output=["n"])], [plugin]).run_pipeline("look", PAYLOAD)
+    assert seen == {"frame_index": 7, "image_bytes": PAYLOAD["image_bytes"]}
+
+
+# Failures -----------------------------------------------------------------------
+
+
+def failing_setup(observer: Any = None) -> tuple[DagPipelineService, list[str]]:
+    ran: list[str] = []
+
+    def ok(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]:
+        ran.append("first")
+        return {"ok": True}
+
+    def boom(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]:
+        ran.append("second")
+        raise RuntimeError(SECRET_TEXT)
+
+    def never(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]:
+        ran.append("third")
+        return {}
+
+    plugin = FakePlugin("crashy", {"ok": ok, "explode": boom, "never": never})
+    graph = definition(
+        "fragile",
+        [("first", "crashy", "ok"), ("second", "crashy", "explode"), ("third", "crashy", "never")],
+        [("first", "second"), ("second", "third")],
+        entry=["first"],
+        output=["third"],
+    )
+    return service([graph], [plugin], observer=observer), ran
+
+
+def test_tool_exception_becomes_pipeline_execution_error_without_its_text() -> None:
+    pipelines, ran = failing_setup()
+    with pytest.raises(PipelineExecutionError) as caught:
+        pipelines.run_pipeline("fragile", PAYLOAD)
+    error = caught.value
+    assert error.code is ErrorCode.PIPELINE_FAILURE
+    assert "fragile" in error.detail
+    assert "second" in error.detail
+    assert "crashy.explode" in error.detail
+    assert SECRET_TEXT not in error.detail
+    assert "RuntimeError" not in error.detail
+    assert SECRET_TEXT not in str(error.to_message())
+    assert SECRET_TEXT in error.log_message
+    assert "RuntimeError" in error.log_message
+    assert isinstance(error.__cause__, RuntimeError)
+    assert (error.pipeline_id, error.node_id, error.plugin_id, error.tool_id) == ("fragile", "second", "crashy", "explode")
+    assert ran == ["first", "second"]
+
+
+def test_frame_validation_error_from_decoder_passes_through_unchanged() -> None:
+    original = FrameValidationError(ErrorCode.INVALID_FRAME, "does not decode")
+    plugin = FakePlugin("img", {"t": lambda inputs, context: {"shape": context.image()}})
+    pipelines = service(
+        [definition("img", [("n", "img", "t")], entry=["n"], output=["n"])], [plugin], decoder=CountingDecoder(original)
+    )
+    with pytest.raises(FrameValidationError) as caught:
+        pipelines.run_pipeline("img", PAYLOAD)
+    assert caught.value is original
+    assert not isinstance(caught.value, PipelineExecutionError)
+
+
+def test_tool_returning_a_non_mapping_is_a_pipeline_failure() -> None:
+    plugin = FakePlugin("p", {"t": lambda inputs, context: [1, 2, 3]})
+    pipelines = service([definition("listy", [("n", "p", "t")], entry=["n"], output=["n"])], [plugin])
+    with pytest.raises(PipelineExecutionError) as caught:
+        pipelines.run_pipeline("listy", PAYLOAD)
+    assert caught.value.node_id == "n"
+
+
+def test_numpy_like_values_are_converted_to_plain_json() -> None:
+    plugin = FakePlugin(
+        "np",
+        {"t": lambda inputs, context: {"score": NumpyLikeScalar(0.5), "mask": NumpyLikeArray([[1, 2], [3, 4]]), "nested": {"n": (NumpyLikeScalar(3),)}}},
+    )
+    result = service([definition("np", [("n", "np", "t")], entry=["n"], output=["n"])], [plugin]).run_pipeline("np", PAYLOAD)
+    assert result == {"score": 0.5, "mask": [[1, 2], [3, 4]], "nested": {"n": [3]}}
+    assert type(result["score"]) is float
+    assert type(result["nested"]["n"]) is list
+
+
+def test_bytes_in_output_is_a_pipeline_execution_error() -> None:
+    plugin = FakePlugin("leak", {"t": lambda inputs, context: {"raw": context.image_bytes}})
+    pipelines = service([definition("leaky", [("out", "leak", "t")], entry=["out"], output=["out"])], [plugin])
+    with pytest.raises(PipelineExecutionError) as caught:
+        pipelines.run_pipeline("leaky", PAYLOAD)
+    assert caught.value.node_id == "out"
+    assert "leak.t" in caught.value.detail
+    assert "\\xff" not in caught.value.detail and "fake" not in caught.value.detail
+
+
+# Construction-time validation and availability -----------------------------------------
+
+
+def test_unknown_plugin_is_refused_at_construction() -> None:
+    plugin = FakePlugin("known", {"t": lambda inputs, context: {}})
+    graph = definition("bad", [("the_node", "ghost", "t")], entry=["the_node"], output=["the_node"])
+    with pytest.raises(PipelineValidationError) as caught:
+        service([graph], [plugin])
+    message = str(caught.value)
+    assert "the_node" in message and "ghost" in message and "bad" in message
+
+
+def test_unknown_tool_is_refused_at_construction() -> None:
+    plugin = FakePlugin("known", {"t": lambda inputs, context: {}})
+    graph = definition("bad", [("the_node", "known", "missing_tool")], entry=["the_node"], output=["the_node"])
+    with pytest.raises(PipelineValidationError) as caught:
+        service([graph], [plugin])
+    message = str(caught.value)
+    assert "the_node" in message and "missing_tool" in message and "known" in message
+
+
+def test_unavailable_plugin_makes_the_pipeline_unavailable() -> None:
+    ran: list[str] = []
+    plugin = FakePlugin("gone", {"t": lambda inputs, context: ran.append("x") or {}}, Availability(False, "model missing"))
+    pipelines = service([definition("offline", [("n", "gone", "t")], entry=["n"], output=["n"])], [plugin])
+    status = pipelines.availability("offline")
+    assert status.available is False and "model missing" in (status.reason or "")
+    with pytest.raises(PipelineUnavailableError) as caught:
+        pipelines.run_pipeline("offline", PAYLOAD)
+    assert caught.value.code is ErrorCode.INVALID_PIPELINE
+    assert "model missing" in caught.value.detail
+    assert ran == []
+
+
+def test_unknown_pipeline_id_raises_unknown_pipeline_error() -> None:
+    plugin = FakePlugin("p", {"t": lambda inputs, context: {}})
+    pipelines = service([definition("only", [("n", "p", "t")], entry=["n"], output=["n"])], [plugin])
+    with pytest.raises(UnknownPipelineError) as caught:
+        pipelines.run_pipeline("nope", PAYLOAD)
+    assert caught.value.code is ErrorCode.INVALID_PIPELINE
+    assert "only" in caught.value.detail
+
+
+# Per-stream state -------------------------------------------------------------------
+
+
+def counter_service(store: StreamStateStore) -> DagPipelineService:
+    def count(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]:
+        state = context.state()
+        state["count"] = state.get("count", 0) + 1
+        state.setdefault("resource", Closeable())
+        return {"count": state["count"]}
+
+    plugin = FakePlugin("s", {"count": count})
+    graph = definition("counter", [("c1", "s", "count"), ("c2", "s", "count")], [("c1", "c2")], entry=["c1"], output=["c1"])
+    return service([graph], [plugin], store=store)
+
+
+def test_state_persists_across_frames_of_one_stream() -> None:
+    pipelines = counter_service(StreamStateStore())
+    counts = [pipelines.run_pipeline("counter", PAYLOAD, stream_id="s1")["count"] for _ in range(3)]
+    assert counts == [1, 2, 3]
+
+
+def test_state_is_isolated_between_streams() -> None:
+    pipelines = counter_service(StreamStateStore())
+    assert pipelines.run_pipeline("counter", PAYLOAD, stream_id="a")["count"] == 1
+    assert pipelines.run_pipeline("counter", PAYLOAD, stream_id="a")["count"] == 2
+    assert pipelines.run_pipeline("counter", PAYLOAD, stream_id="b")["count"] == 1
+    assert pipelines.run_pipeline("counter", PAYLOAD, stream_id="a")["count"] == 3
+
+
+def test_state_is_per_node() -> None:
+    store = StreamStateStore()
+    pipelines = counter_service(store)
+    pipelines.run_pipeline("counter", PAYLOAD, stream_id="s")
+    states = store.for_stream("s")
+    assert set(states) == {"c1", "c2"}
+    assert states["c1"]["resource"] is not states["c2"]["resource"]
+
+
+def test_state_is_fresh_for_one_off_frames() -> None:
+    store = StreamStateStore()
+    pipelines = counter_service(store)
+    assert [pipelines.run_pipeline("counter", PAYLOAD)["count"] for _ in range(3)] == [1, 1, 1]
+    assert pipelines.run_pipeline("counter", PAYLOAD, stream_id=None)["count"] == 1
+    assert store.for_stream(None) == {}
+    assert store.active_streams() == 0
+
+
+def test_release_closes_state_values_and_forgets_the_stream() -> None:
+    store = StreamStateStore()
+    pipelines = counter_service(store)
+    pipelines.run_pipeline("counter", PAYLOAD, stream_id="s")
+    pipelines.run_pipeline("counter", PAYLOAD, stream_id="other")
+    resources = [state["resource"] for state in store.for_stream("s").values()]
+    other = [state["resource"] for state in store.for_stream("other").values()]
+    assert store.active_streams() == 2
+    pipelines.release_stream("s")
+    assert [r.closed for r in resources] == [1, 1]
+    assert [r.closed for r in other] == [0, 0]
+    assert store.active_streams() == 1
+    # After release the stream starts over.
+    assert pipelines.run_pipeline("counter", PAYLOAD, stream_id="s")["count"] == 1
+
+
+def test_release_of_unknown_stream_is_harmless() -> None:
+    store = StreamStateStore()
+    store.release("never-seen")
+    assert store.active_streams() == 0
+
+
+# Observer -------------------------------------------------------------------------
+
+
+def test_observer_hears_every_node_and_the_pipeline() -> None:
+    graph, _, plugin = diamond()
+    observer = RecordingObserver()
+    assert isinstance(observer, PipelineObserver)
+    service([graph], [plugin], observer=observer).run_pipeline("diamond", PAYLOAD)
+    assert sorted(node for _, node, _ in observer.nodes) == ["a", "b", "c", "d"]
+    assert all(pipeline == "diamond" and failed is False for pipeline, _, failed in observer.nodes)
+    assert observer.pipelines == [("diamond", False)]
+
+
+def test_observer_hears_the_failed_node_and_the_failed_pipeline() -> None:
+    observer = RecordingObserver()
+    pipelines, _ = failing_setup(observer)
+    with pytest.raises(PipelineExecutionError):
+        pipelines.run_pipeline("fragile", PAYLOAD)
+    assert observer.nodes == [("fragile", "first", False), ("fragile", "second", True)]
+    assert observer.pipelines == [("fragile", True)]

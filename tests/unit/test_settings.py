@@ -1,0 +1,161 @@
+"""Settings.from_env: defaults, refusal of every bad value with the variable named, and the docs table."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from adapters.settings import DEFAULT_PIPELINES_DIR, PREFIX, Settings, SettingsError
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings.host == "127.0.0.1"
+    assert settings.port == 8000
+    assert settings.pipelines_dir == DEFAULT_PIPELINES_DIR
+    assert settings.max_frame_bytes == 5242880
+    assert settings.max_frame_pixels == 40_000_000
+    assert settings.max_sessions == 32
+    assert settings.buffer_frames == 4
+    assert settings.drop_threshold == 0.10
+    assert settings.slowdown_threshold == 0.30
+    assert settings.slowdown_repeat_ms == 5000
+    assert settings.frame_timeout_ms == 10_000
+    assert settings.inference_workers == 4
+    assert settings.shutdown_timeout_s == 10.0
+    assert settings.plugins == ()
+    assert settings.yolo_model is None
+    assert settings.yolo_labels is None
+    assert settings.yolo_confidence == 0.25
+    assert settings.yolo_iou == 0.45
+    assert settings.log_level == "info"
+
+
+def test_the_shipped_pipelines_dir_exists() -> None:
+    assert DEFAULT_PIPELINES_DIR.is_dir()
+    assert sorted(p.stem for p in DEFAULT_PIPELINES_DIR.glob("*.json"))
+
+
+def test_values_are_read_from_the_environment(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"onnx")
+    env = {
+        "FORGESYTE_STREAM_HOST": " 0.0.0.0 ",
+        "FORGESYTE_STREAM_PORT": "9001",
+        "FORGESYTE_STREAM_PIPELINES_DIR": str(tmp_path),
+        "FORGESYTE_STREAM_MAX_FRAME_BYTES": "2048",
+        "FORGESYTE_STREAM_MAX_SESSIONS": "3",
+        "FORGESYTE_STREAM_DROP_THRESHOLD": "0.2",
+        "FORGESYTE_STREAM_SLOWDOWN_THRESHOLD": "0.5",
+        "FORGESYTE_STREAM_FRAME_TIMEOUT_MS": "300",
+        "FORGESYTE_STREAM_PLUGINS": "a.b:C, d:E ,",
+        "FORGESYTE_STREAM_YOLO_MODEL": str(model),
+        "FORGESYTE_STREAM_LOG_LEVEL": "DEBUG",
+    }
+    settings = Settings.from_env(env)
+    assert settings.host == "0.0.0.0"
+    assert settings.port == 9001
+    assert settings.pipelines_dir == tmp_path
+    assert settings.max_frame_bytes == 2048
+    assert settings.max_sessions == 3
+    assert settings.drop_threshold == 0.2
+    assert settings.slowdown_threshold == 0.5
+    assert settings.frame_timeout_ms == 300
+    assert settings.plugins == ("a.b:C", "d:E")
+    assert settings.yolo_model == model
+    assert settings.log_level == "debug"
+
+
+def test_an_empty_yolo_model_means_unset() -> None:
+    assert Settings.from_env({"FORGESYTE_STREAM_YOLO_MODEL": "  "}).yolo_model is None
+
+
+def test_overrides_win_over_the_environment() -> None:
+    settings = Settings.from_env({"FORGESYTE_STREAM_PORT": "9001"}, port=9002, host="::1")
+    assert settings.port == 9002 and settings.host == "::1"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("FORGESYTE_STREAM_DROP_THRESHOLD", "abc", "[0.0, 1.0]"),
+        ("FORGESYTE_STREAM_DROP_THRESHOLD", "1.5", "[0.0, 1.0]"),
+        ("FORGESYTE_STREAM_DROP_THRESHOLD", "-0.1", "[0.0, 1.0]"),
+        ("FORGESYTE_STREAM_DROP_THRESHOLD", "nan", "[0.0, 1.0]"),
+        ("FORGESYTE_STREAM_SLOWDOWN_THRESHOLD", "2", "[0.0, 1.0]"),
+        ("FORGESYTE_STREAM_PORT", "70000", "[1, 65535]"),
+        ("FORGESYTE_STREAM_PORT", "0", "[1, 65535]"),
+        ("FORGESYTE_STREAM_PORT", "http", "[1, 65535]"),
+        ("FORGESYTE_STREAM_HOST", "   ", "host"),
+        ("FORGESYTE_STREAM_PIPELINES_DIR", "/nonexistent/pipelines", "directory"),
+        ("FORGESYTE_STREAM_MAX_FRAME_BYTES", "100", "[1024, 67108864]"),
+        ("FORGESYTE_STREAM_MAX_FRAME_BYTES", "1e6", "integer"),
+        ("FORGESYTE_STREAM_MAX_FRAME_PIXELS", "0", "[1, 400000000]"),
+        ("FORGESYTE_STREAM_MAX_SESSIONS", "0", "[1, 10000]"),
+        ("FORGESYTE_STREAM_BUFFER_FRAMES", "65", "[1, 64]"),
+        ("FORGESYTE_STREAM_SLOWDOWN_REPEAT_MS", "99", "[100, 600000]"),
+        ("FORGESYTE_STREAM_FRAME_TIMEOUT_MS", "5", "[10, 600000]"),
+        ("FORGESYTE_STREAM_INFERENCE_WORKERS", "0", "[1, 256]"),
+        ("FORGESYTE_STREAM_SHUTDOWN_TIMEOUT_S", "-1", "[0.0, 600.0]"),
+        ("FORGESYTE_STREAM_PLUGINS", "no_colon_here", "module:factory"),
+        ("FORGESYTE_STREAM_YOLO_MODEL", "/nonexistent.onnx", "/nonexistent.onnx"),
+        ("FORGESYTE_STREAM_YOLO_LABELS", "/nonexistent.txt", "/nonexistent.txt"),
+        ("FORGESYTE_STREAM_YOLO_CONFIDENCE", "1.01", "[0.0, 1.0]"),
+        ("FORGESYTE_STREAM_YOLO_IOU", "x", "[0.0, 1.0]"),
+        ("FORGESYTE_STREAM_LOG_LEVEL", "verbose", "debug, info, warning, error, critical"),
+    ],
+)
+def test_each_bad_value_is_refused_naming_the_variable(variable: str, value: str, expected: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({variable: value})
+    message = str(caught.value)
+    assert variable in message
+    assert expected in message
+
+
+def test_slowdown_threshold_must_be_above_drop_threshold() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"FORGESYTE_STREAM_SLOWDOWN_THRESHOLD": "0.05"})
+    message = str(caught.value)
+    assert "FORGESYTE_STREAM_SLOWDOWN_THRESHOLD" in message and "FORGESYTE_STREAM_DROP_THRESHOLD" in message
+    with pytest.raises(SettingsError):
+        Settings.from_env({"FORGESYTE_STREAM_SLOWDOWN_THRESHOLD": "0.10"})
+    assert Settings.from_env({"FORGESYTE_STREAM_SLOWDOWN_THRESHOLD": "0.11"}).slowdown_threshold == 0.11
+
+
+def test_settings_error_is_a_value_error() -> None:
+    assert issubclass(SettingsError, ValueError)
+
+
+@pytest.mark.parametrize("max_frame_bytes", [1024, 2048, 5242880, 64 * 1024 * 1024])
+def test_ws_max_size_is_above_the_frame_limit(max_frame_bytes: int) -> None:
+    settings = Settings.from_env({"FORGESYTE_STREAM_MAX_FRAME_BYTES": str(max_frame_bytes)})
+    assert settings.ws_max_size > settings.max_frame_bytes
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings.from_env({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.port = 1  # type: ignore[misc]
+
+
+def test_documentation_covers_every_field() -> None:
+    documented = [variable for variable, _, _ in Settings.documentation()]
+    expected = [PREFIX + field.name.upper() for field in dataclasses.fields(Settings)]
+    assert sorted(documented) == sorted(expected)
+    assert len(documented) == len(set(documented))
+    for variable, default, meaning in Settings.documentation():
+        assert variable.startswith("FORGESYTE_STREAM_")
+        assert default, variable
+        assert meaning.strip(), variable
+
+
+def test_documentation_defaults_match_the_real_defaults() -> None:
+    docs = {variable: default for variable, default, _ in Settings.documentation()}
+    assert docs["FORGESYTE_STREAM_DROP_THRESHOLD"] == "0.1"
+    assert docs["FORGESYTE_STREAM_SLOWDOWN_THRESHOLD"] == "0.3"
+    assert docs["FORGESYTE_STREAM_MAX_FRAME_BYTES"] == "5242880"
+    assert docs["FORGESYTE_STREAM_YOLO_MODEL"] == "unset"
+    assert docs["FORGESYTE_STREAM_PLUGINS"] == "unset"

@@ -1,0 +1,212 @@
+"""StreamService against fakes: the paths a real pipeline cannot be made to take on demand."""
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from application.ports import ConnectionClosed, Inbound, InboundKind
+from application.sessions import SessionManager
+from application.stream import StreamService, StreamSettings
+from domain import BackpressurePolicy, DropCause, ErrorCode, Session
+from domain.errors import GENERIC_INTERNAL_DETAIL
+from tests.support.media import jpeg
+
+FRAME = jpeg()
+
+
+class FakeTransport:
+    """Delivers `inbound` in order; `then` arrives only once `replies` messages were sent."""
+
+    def __init__(self, inbound: list[Inbound], then: list[Inbound] = (), replies: int = 0) -> None:  # type: ignore[assignment]
+        self.inbound: asyncio.Queue[Inbound] = asyncio.Queue()
+        for item in inbound:
+            self.inbound.put_nowait(item)
+        self._then = list(then)
+        self._replies = replies
+        self.sent: list[dict[str, Any]] = []
+        self.closed: tuple[int, str] | None = None
+        self.session: Session | None = None
+        self.client = "fake:1"
+
+    async def receive(self) -> Inbound:
+        return await self.inbound.get()
+
+    async def send_json(self, message: dict[str, Any]) -> None:
+        if self.closed is not None:
+            raise ConnectionClosed()
+        self.sent.append(dict(message))
+        if self._then and len(self.sent) >= self._replies:
+            for item in self._then:
+                self.inbound.put_nowait(item)
+            self._then = []
+
+    async def close(self, code: int, reason: str = "") -> None:
+        self.closed = (code, reason)
+
+    def attach_session(self, session: Session) -> None:
+        self.session = session
+
+
+class ThreadPool:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def run(self, fn: Callable[[], Any], *, timeout_s: float) -> Any:
+        self.calls += 1
+        work = asyncio.ensure_future(asyncio.to_thread(fn))
+        done, _ = await asyncio.wait({work}, timeout=timeout_s)
+        if not done:
+            raise TimeoutError()
+        return work.result()
+
+    def busy_workers(self) -> int:
+        return 0
+
+
+class FakeVideo:
+    def __init__(self, run: Callable[[str, int, bytes], dict[str, Any]]) -> None:
+        self._run = run
+        self.released: list[str] = []
+
+    def check_pipeline(self, pipeline_id: str | None) -> None:
+        return None
+
+    def run_on_frame(self, pipeline_id: str, frame_index: int, frame_bytes: bytes, *, stream_id: str | None = None) -> dict[str, Any]:
+        return self._run(pipeline_id, frame_index, frame_bytes)
+
+    def release_stream(self, stream_id: str) -> None:
+        self.released.append(stream_id)
+
+
+class RecordingObserver:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, tuple[Any, ...]]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        def record(*args: Any, **kwargs: Any) -> None:
+            self.events.append((name, args))
+
+        return record
+
+
+def service(video: FakeVideo, sessions: SessionManager | None = None, observer: Any = None) -> StreamService:
+    return StreamService(
+        video=video,  # type: ignore[arg-type]
+        pool=ThreadPool(),
+        sessions=sessions or SessionManager(4),
+        observer=observer or RecordingObserver(),
+        settings=StreamSettings(policy=BackpressurePolicy(), frame_timeout_s=2.0, max_frame_bytes=1_000_000),
+    )
+
+
+def binary() -> Inbound:
+    return Inbound(InboundKind.BINARY, FRAME)
+
+
+def test_an_unexpected_failure_is_internal_error_1011_without_detail() -> None:
+    def explode(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
+        raise ZeroDivisionError("secret /srv/models/weights.onnx")
+
+    async def scenario():
+        transport = FakeTransport([binary()])
+        video = FakeVideo(explode)
+        sessions = SessionManager(4)
+        await service(video, sessions).serve(transport, "p")
+        return transport, video, sessions
+
+    transport, video, sessions = asyncio.run(scenario())
+    assert transport.sent == [{"error": "internal_error", "detail": GENERIC_INTERNAL_DETAIL, "frame_index": 0}]
+    assert transport.closed == (1011, "internal_error")
+    assert sessions.active_count() == 0
+    assert transport.session is not None and video.released == [transport.session.session_id]
+
+
+def test_frames_waiting_when_the_client_errs_are_answered_as_dropped_before_the_close() -> None:
+    def slow(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
+        import time
+
+        time.sleep(0.2)
+        return {"frame_index": index, "result": {}}
+
+    async def scenario():
+        transport = FakeTransport([binary(), binary(), Inbound(InboundKind.TEXT, "hello")])
+        await service(FakeVideo(slow)).serve(transport, "p")
+        return transport
+
+    transport = asyncio.run(scenario())
+    assert transport.sent == [
+        {"frame_index": 0, "result": {}},
+        {"frame_index": 1, "dropped": True, "cause": DropCause.CLOSING.value},
+        {"error": "invalid_message", "detail": transport.sent[-1]["detail"]},
+    ]
+    assert transport.closed == (1003, "invalid_message")
+
+
+def test_peer_disconnect_ends_the_session_and_releases_state() -> None:
+    async def scenario():
+        transport = FakeTransport([binary(), Inbound(InboundKind.DISCONNECT, close_code=1001)])
+        video = FakeVideo(lambda p, i, d: {"frame_index": i, "result": {}})
+        sessions = SessionManager(4)
+        observer = RecordingObserver()
+        await service(video, sessions, observer).serve(transport, "p")
+        return transport, video, sessions, observer
+
+    transport, video, sessions, observer = asyncio.run(scenario())
+    assert sessions.active_count() == 0
+    assert len(video.released) == 1
+    closed = [args for name, args in observer.events if name == "session_closed"]
+    assert closed and closed[0][2] == 1001
+    assert transport.closed is None, "nothing is sent to a peer that has gone"
+
+
+def test_the_session_is_attached_to_the_transport_and_registered_while_open() -> None:
+    seen: dict[str, Any] = {}
+    sessions = SessionManager(4)
+
+    def record(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
+        seen["active"] = sessions.active_count()
+        return {"frame_index": index, "result": {}}
+
+    async def scenario():
+        transport = FakeTransport([binary()], then=[Inbound(InboundKind.DISCONNECT, close_code=1000)], replies=1)
+        await service(FakeVideo(record), sessions).serve(transport, "p")
+        return transport
+
+    transport = asyncio.run(scenario())
+    assert seen["active"] == 1
+    assert transport.session is not None and transport.session.pipeline_id == "p"
+    assert transport.session.processed_frames == 1
+
+
+def test_shutdown_cancels_sessions_that_miss_the_deadline() -> None:
+    async def scenario():
+        sessions = SessionManager(4)
+        transport = FakeTransport([])
+
+        class Stuck(FakeTransport):
+            async def send_json(self, message: dict[str, Any]) -> None:
+                await asyncio.sleep(3600)
+
+        stuck = Stuck([])
+        task = asyncio.create_task(service(FakeVideo(lambda p, i, d: {}), sessions).serve(stuck, "p"))
+        await asyncio.sleep(0.05)
+        assert sessions.active_count() == 1
+        cancelled = await sessions.shutdown(0.2)
+        await asyncio.gather(task, return_exceptions=True)
+        del transport
+        return cancelled, sessions.active_count()
+
+    assert asyncio.run(scenario()) == (1, 0)
+
+
+def test_a_new_session_during_shutdown_is_refused_with_1012() -> None:
+    async def scenario():
+        sessions = SessionManager(4)
+        await sessions.shutdown(0.1)
+        transport = FakeTransport([])
+        await service(FakeVideo(lambda p, i, d: {}), sessions).serve(transport, "p")
+        return transport
+
+    transport = asyncio.run(scenario())
+    assert transport.sent[0]["error"] == ErrorCode.SHUTTING_DOWN.value
+    assert transport.closed == (1012, "shutting_down")
