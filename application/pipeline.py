@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from application.json_safe import JsonSafetyError, to_json_safe
-from application.ports import Availability, ImageDecoder, PipelineCatalog, PipelineObserver, Plugin, Tool
+from application.ports import Availability, ImageDecoder, PipelineCatalog, PipelineObserver, Plugin, Tool, runs_inline
 from domain import ErrorCode, FrameValidationError, PipelineDefinition, PipelineValidationError, StreamError
 
 _UNDECODED = object()
@@ -139,6 +139,16 @@ class DagPipelineService:
         self._observer = observer
         for pipeline_id in catalog.ids():
             self._check_tools(catalog.get(pipeline_id))
+        self._inline = {
+            pipeline_id: all(
+                runs_inline(self._plugins[node.plugin_id].tools()[node.tool_id]) for node in catalog.get(pipeline_id).nodes
+            )
+            for pipeline_id in catalog.ids()
+        }
+
+    def runs_inline(self, pipeline_id: str) -> bool:
+        """True when every tool of the pipeline declares header-bounded work (see the Tool port)."""
+        return self._inline.get(pipeline_id, False)
 
     def _check_tools(self, definition: PipelineDefinition) -> None:
         for node in definition.nodes:

@@ -38,7 +38,20 @@ class ToolContext(Protocol):
 
 
 class Tool(Protocol):
+    """One step of a pipeline.
+
+    A tool may set the attribute `runs_inline = True` to promise work bounded by
+    the JPEG header: no decode, no model, no I/O, a few microseconds. A pipeline
+    made only of such tools runs on the event loop, because handing it to a
+    worker thread (two thread wake-ups, about 100 us here) costs far more than
+    the work. Anything that decodes or runs a model must not set it.
+    """
+
     def __call__(self, inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]: ...
+
+
+def runs_inline(tool: Tool) -> bool:
+    return getattr(tool, "runs_inline", False) is True
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -125,11 +125,15 @@ class StreamService:
         self.check_pipeline(pipeline_id)
         timeout_s = self._settings.frame_timeout_s
         try:
-            return await self._pool.run(
-                lambda: self._video.run_on_frame(pipeline_id, frame_index, frame_bytes), timeout_s=timeout_s
-            )
+            return await self._execute(pipeline_id, lambda: self._video.run_on_frame(pipeline_id, frame_index, frame_bytes))
         except TimeoutError:
             raise FrameTimeoutError(pipeline_id, frame_index, timeout_s) from None
+
+    async def _execute(self, pipeline_id: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run a frame's work: in the worker pool, or on the loop when the pipeline is header-only."""
+        if self._video.runs_inline(pipeline_id):
+            return work()
+        return await self._pool.run(work, timeout_s=self._settings.frame_timeout_s)
 
     async def serve(self, transport: Transport, pipeline_id: str | None) -> None:
         """Serve one accepted connection until it closes, whoever closes it."""
@@ -339,9 +343,8 @@ class _SessionRun:
         succeeded = False
         fatal: _Close | None = None
         try:
-            reply = await service._pool.run(
-                lambda: video.run_on_frame(pipeline_id, frame.index, frame.data, stream_id=session_id),
-                timeout_s=service._settings.frame_timeout_s,
+            reply = await service._execute(
+                pipeline_id, lambda: video.run_on_frame(pipeline_id, frame.index, frame.data, stream_id=session_id)
             )
             succeeded = True
         except PipelineExecutionError as error:

@@ -48,6 +48,9 @@ class VideoFilePipelineService:
         if not status.available:
             raise PipelineUnavailableError(pipeline_id, status.reason or "unavailable")
 
+    def runs_inline(self, pipeline_id: str) -> bool:
+        return self._pipelines.runs_inline(pipeline_id)
+
     def pipeline_availability(self, pipeline_id: str) -> Availability:
         return self._pipelines.availability(pipeline_id)
 

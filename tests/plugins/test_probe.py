@@ -27,3 +27,16 @@ def test_probe_is_always_available():
     assert plugin.plugin_id == "probe"
     assert plugin.availability().available
     assert set(plugin.tools()) == {"frame_info"}
+
+
+def test_only_the_header_reading_probe_runs_inline() -> None:
+    from adapters.plugins.ocr import OcrPlugin
+    from adapters.plugins.opencv_vision import OpenCvVisionPlugin
+    from adapters.plugins.probe import ProbePlugin
+    from adapters.plugins.yolo import YoloPlugin
+    from application.ports import runs_inline
+
+    assert [runs_inline(tool) for tool in ProbePlugin().tools().values()] == [True]
+    for plugin in (OpenCvVisionPlugin(), OcrPlugin(), YoloPlugin(model_path=None)):
+        assert plugin.tools(), plugin.plugin_id
+        assert not any(runs_inline(tool) for tool in plugin.tools().values()), plugin.plugin_id

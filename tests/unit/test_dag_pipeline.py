@@ -471,3 +471,27 @@ def test_observer_hears_the_failed_node_and_the_failed_pipeline() -> None:
         pipelines.run_pipeline("fragile", PAYLOAD)
     assert observer.nodes == [("fragile", "first", False), ("fragile", "second", True)]
     assert observer.pipelines == [("fragile", True)]
+
+
+# Where a pipeline runs ------------------------------------------------------------
+
+
+def test_only_pipelines_made_entirely_of_inline_tools_run_inline() -> None:
+    def header(inputs: Mapping[str, Any], context: Any) -> dict[str, Any]:
+        return {"bytes": len(context.image_bytes)}
+
+    def model(inputs: Mapping[str, Any], context: Any) -> dict[str, Any]:
+        return {"seen": True}
+
+    header.runs_inline = True  # type: ignore[attr-defined]
+    model.runs_inline = "yes"  # type: ignore[attr-defined]  # only the literal True counts
+    plugin = FakePlugin("p", {"header": header, "model": model})
+    pipelines = service(
+        [
+            definition("cheap", [("h", "p", "header")], entry=["h"], output=["h"]),
+            definition("mixed", [("h", "p", "header"), ("m", "p", "model")], [("h", "m")], entry=["h"], output=["m"]),
+            definition("heavy", [("m", "p", "model")], entry=["m"], output=["m"]),
+        ],
+        [plugin],
+    )
+    assert [pipelines.runs_inline(name) for name in ("cheap", "mixed", "heavy", "unknown")] == [True, False, False, False]

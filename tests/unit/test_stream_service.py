@@ -64,9 +64,13 @@ class ThreadPool:
 
 
 class FakeVideo:
-    def __init__(self, run: Callable[[str, int, bytes], dict[str, Any]]) -> None:
+    def __init__(self, run: Callable[[str, int, bytes], dict[str, Any]], *, inline: bool = False) -> None:
         self._run = run
+        self._inline = inline
         self.released: list[str] = []
+
+    def runs_inline(self, pipeline_id: str) -> bool:
+        return self._inline
 
     def check_pipeline(self, pipeline_id: str | None) -> None:
         return None
@@ -89,10 +93,12 @@ class RecordingObserver:
         return record
 
 
-def service(video: FakeVideo, sessions: SessionManager | None = None, observer: Any = None) -> StreamService:
+def service(
+    video: FakeVideo, sessions: SessionManager | None = None, observer: Any = None, pool: ThreadPool | None = None
+) -> StreamService:
     return StreamService(
         video=video,  # type: ignore[arg-type]
-        pool=ThreadPool(),
+        pool=pool or ThreadPool(),
         sessions=sessions or SessionManager(4),
         observer=observer or RecordingObserver(),
         settings=StreamSettings(policy=BackpressurePolicy(), frame_timeout_s=2.0, max_frame_bytes=1_000_000),
@@ -210,3 +216,27 @@ def test_a_new_session_during_shutdown_is_refused_with_1012() -> None:
     transport = asyncio.run(scenario())
     assert transport.sent[0]["error"] == ErrorCode.SHUTTING_DOWN.value
     assert transport.closed == (1012, "shutting_down")
+
+
+def test_header_only_pipelines_run_on_the_loop_and_others_in_the_pool() -> None:
+    import threading
+
+    threads: dict[bool, set[str]] = {True: set(), False: set()}
+
+    def work_for(inline: bool) -> Callable[[str, int, bytes], dict[str, Any]]:
+        def work(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
+            threads[inline].add(threading.current_thread().name)
+            return {"frame_index": index, "result": {}}
+
+        return work
+
+    async def scenario(inline: bool) -> tuple[int, list[dict[str, Any]]]:
+        pool = ThreadPool()
+        transport = FakeTransport([binary()], then=[Inbound(InboundKind.DISCONNECT, close_code=1000)], replies=1)
+        await service(FakeVideo(work_for(inline), inline=inline), pool=pool).serve(transport, "p")
+        return pool.calls, transport.sent
+
+    assert asyncio.run(scenario(True)) == (0, [{"frame_index": 0, "result": {}}])
+    assert asyncio.run(scenario(False)) == (1, [{"frame_index": 0, "result": {}}])
+    assert threads[True] == {threading.main_thread().name}
+    assert threading.main_thread().name not in threads[False]
