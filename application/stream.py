@@ -313,7 +313,9 @@ class _SessionRun:
                 while frame is not None:
                     await self._process(frame)
                     frame = None if self._ending.done() else session.start_next()
-                self._idle.set()
+                # A frame admitted while the last reply was being sent is already queued here.
+                if self._to_start.empty():
+                    self._idle.set()
         except ConnectionClosed:
             self._end(_Close(_Ending.PEER_GONE))
         except asyncio.CancelledError:

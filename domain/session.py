@@ -224,9 +224,14 @@ class Session:
         self._refresh_state(now)
 
     def start_next(self) -> Frame | None:
-        """Put the oldest waiting frame in flight, if the pipeline is idle and one waits."""
-        if self.in_flight is None and self._waiting:
-            self.in_flight = self._waiting.popleft()
+        """Put the oldest waiting frame in flight, if the pipeline is idle and one waits.
+
+        Returns only the frame it started: a frame that `receive_frame` started
+        is already in the caller's hands, and returning it here would run it twice.
+        """
+        if self.in_flight is not None or not self._waiting:
+            return None
+        self.in_flight = self._waiting.popleft()
         return self.in_flight
 
     def take_slowdown_signal(self) -> SlowDownSignal | None:

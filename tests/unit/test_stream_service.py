@@ -240,3 +240,31 @@ def test_header_only_pipelines_run_on_the_loop_and_others_in_the_pool() -> None:
     assert asyncio.run(scenario(False)) == (1, [{"frame_index": 0, "result": {}}])
     assert threads[True] == {threading.main_thread().name}
     assert threading.main_thread().name not in threads[False]
+
+
+def test_a_frame_admitted_while_a_reply_is_being_sent_runs_exactly_once() -> None:
+    """The reply's send suspends (a slow reader); a frame arriving then starts at once and must not run twice."""
+    runs: list[int] = []
+
+    def record(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
+        runs.append(index)
+        return {"frame_index": index, "result": {}}
+
+    class SlowReader(FakeTransport):
+        async def send_json(self, message: dict[str, Any]) -> None:
+            await super().send_json(message)
+            if len(self.sent) == 1:
+                self.inbound.put_nowait(binary())
+                await asyncio.sleep(0.05)
+            elif len(self.sent) == 2:
+                self.inbound.put_nowait(Inbound(InboundKind.DISCONNECT, close_code=1000))
+
+    async def scenario() -> SlowReader:
+        transport = SlowReader([binary()])
+        await service(FakeVideo(record)).serve(transport, "p")
+        return transport
+
+    transport = asyncio.run(scenario())
+    assert runs == [0, 1]
+    assert transport.sent == [{"frame_index": 0, "result": {}}, {"frame_index": 1, "result": {}}]
+    assert transport.closed is None
