@@ -17,6 +17,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from application.ports import WorkStillRunning
+
 T = TypeVar("T")
 
 
@@ -60,8 +62,9 @@ class ThreadWorkerPool:
             future.cancel()  # work still queued never starts
             raise
         if not done:
-            future.cancel()
-            raise TimeoutError(f"the work did not finish within {timeout_s} s")
+            if future.cancel():
+                raise TimeoutError(f"the work did not start within {timeout_s} s")
+            raise WorkStillRunning(timeout_s, waiter)
         return waiter.result()
 
     def busy_workers(self) -> int:

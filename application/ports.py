@@ -94,11 +94,24 @@ class PipelineCatalog(Protocol):
 # Execution ------------------------------------------------------------------
 
 
+class WorkStillRunning(TimeoutError):
+    """The deadline passed while the work runs on: a thread cannot be killed.
+
+    `finished` completes when the work returns, so a caller that must not
+    overlap two runs (one stream's tool state) can wait for it.
+    """
+
+    def __init__(self, timeout_s: float, finished: Awaitable[object]) -> None:
+        super().__init__(f"the work did not finish within {timeout_s} s")
+        self.finished = finished
+
+
 class WorkerPool(Protocol):
     """Runs blocking work off the event loop, with a deadline on the caller's wait.
 
-    A thread cannot be killed: when the deadline passes, the caller gets
-    TimeoutError while the work keeps its worker until it returns.
+    When the deadline passes, work that has not started is cancelled and the
+    caller gets TimeoutError; work already running raises WorkStillRunning and
+    keeps its worker until it returns.
     """
 
     async def run(self, fn: Callable[[], T], *, timeout_s: float) -> T: ...

@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from application.pipeline import PipelineExecutionError
-from application.ports import ConnectionClosed, InboundKind, StreamObserver, Transport, WorkerPool
+from application.ports import ConnectionClosed, InboundKind, StreamObserver, Transport, WorkerPool, WorkStillRunning
 from application.sessions import Admission, SessionManager
 from application.video_service import VideoFilePipelineService
 from domain import (
@@ -313,6 +313,8 @@ class _SessionRun:
                 while frame is not None:
                     await self._process(frame)
                     frame = None if self._ending.done() else session.start_next()
+                    if frame is not None:
+                        self._idle.clear()
                 # A frame admitted while the last reply was being sent is already queued here.
                 if self._to_start.empty():
                     self._idle.set()
@@ -344,6 +346,7 @@ class _SessionRun:
         reply: dict[str, Any]
         succeeded = False
         fatal: _Close | None = None
+        straggler: WorkStillRunning | None = None
         try:
             reply = await service._execute(
                 pipeline_id, lambda: video.run_on_frame(pipeline_id, frame.index, frame.data, stream_id=session_id)
@@ -356,10 +359,27 @@ class _SessionRun:
             failure = FrameTimeoutError(pipeline_id, frame.index, service._settings.frame_timeout_s)
             service._observer.frame_failed(session, frame.index, error, code=failure.code)
             reply = error_message(failure, frame.index)
+            if isinstance(error, WorkStillRunning):
+                straggler = error
         except FrameValidationError as error:
             # Markers were fine but the image does not decode (or declares too many pixels).
             fatal = _Close(_Ending.CLIENT_ERROR, error, frame_index=frame.index)
             reply = {}
+        except StreamError as error:
+            # The pipeline became unavailable or unknown mid-stream: this frame fails, the stream goes on.
+            failure = StreamError(ErrorCode.PIPELINE_FAILURE, error.detail, log_message=error.log_message)
+            service._observer.frame_failed(session, frame.index, error, code=failure.code)
+            reply = error_message(failure, frame.index)
+        if straggler is not None:
+            # The client gets its answer at the deadline, but this session starts nothing new until
+            # the thread returns: a stuck tool then holds one worker, never the whole pool, and one
+            # stream's tool state is never used by two threads at once.
+            await self._send(reply)
+            service._observer.error_sent(session, ErrorCode.PIPELINE_FAILURE)
+            self._idle.set()
+            await asyncio.wait({straggler.finished})
+            session.complete_frame(frame, processing_ms=session.now_ms() - started, succeeded=False)
+            return
         processing_ms = session.now_ms() - started
         session.complete_frame(frame, processing_ms=processing_ms, succeeded=succeeded)
         if fatal is not None:

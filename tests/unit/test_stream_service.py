@@ -4,7 +4,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from application.ports import ConnectionClosed, Inbound, InboundKind
+from application.ports import ConnectionClosed, Inbound, InboundKind, WorkStillRunning
 from application.sessions import SessionManager
 from application.stream import StreamService, StreamSettings
 from domain import BackpressurePolicy, DropCause, ErrorCode, Session
@@ -56,7 +56,7 @@ class ThreadPool:
         work = asyncio.ensure_future(asyncio.to_thread(fn))
         done, _ = await asyncio.wait({work}, timeout=timeout_s)
         if not done:
-            raise TimeoutError()
+            raise WorkStillRunning(timeout_s, work)
         return work.result()
 
     def busy_workers(self) -> int:
@@ -94,14 +94,18 @@ class RecordingObserver:
 
 
 def service(
-    video: FakeVideo, sessions: SessionManager | None = None, observer: Any = None, pool: ThreadPool | None = None
+    video: FakeVideo,
+    sessions: SessionManager | None = None,
+    observer: Any = None,
+    pool: ThreadPool | None = None,
+    frame_timeout_s: float = 2.0,
 ) -> StreamService:
     return StreamService(
         video=video,  # type: ignore[arg-type]
         pool=pool or ThreadPool(),
         sessions=sessions or SessionManager(4),
         observer=observer or RecordingObserver(),
-        settings=StreamSettings(policy=BackpressurePolicy(), frame_timeout_s=2.0, max_frame_bytes=1_000_000),
+        settings=StreamSettings(policy=BackpressurePolicy(), frame_timeout_s=frame_timeout_s, max_frame_bytes=1_000_000),
     )
 
 
@@ -267,4 +271,42 @@ def test_a_frame_admitted_while_a_reply_is_being_sent_runs_exactly_once() -> Non
     transport = asyncio.run(scenario())
     assert runs == [0, 1]
     assert transport.sent == [{"frame_index": 0, "result": {}}, {"frame_index": 1, "result": {}}]
+    assert transport.closed is None
+
+
+def test_after_a_timeout_the_next_frame_waits_for_the_stuck_thread() -> None:
+    """The late frame is answered at the deadline, but two runs of one stream never overlap."""
+    import threading
+    import time
+
+    spans: dict[int, tuple[float, float]] = {}
+    release = threading.Event()
+
+    def stuck_then_quick(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
+        started = time.monotonic()
+        if index == 0:
+            release.wait(5)
+        spans[index] = (started, time.monotonic())
+        return {"frame_index": index, "result": {}}
+
+    class Client(FakeTransport):
+        async def send_json(self, message: dict[str, Any]) -> None:
+            await super().send_json(message)
+            if message.get("error") == "pipeline_failure":
+                # Frame 1 arrives while frame 0's thread is still stuck; then the tool comes back.
+                self.inbound.put_nowait(binary())
+                await asyncio.sleep(0.1)
+                release.set()
+            elif message.get("frame_index") == 1:
+                self.inbound.put_nowait(Inbound(InboundKind.DISCONNECT, close_code=1000))
+
+    async def scenario() -> Client:
+        transport = Client([binary()])
+        await service(FakeVideo(stuck_then_quick), frame_timeout_s=0.2).serve(transport, "p")
+        return transport
+
+    transport = asyncio.run(scenario())
+    assert [message.get("error") for message in transport.sent] == ["pipeline_failure", None]
+    assert transport.sent[0]["frame_index"] == 0 and transport.sent[1] == {"frame_index": 1, "result": {}}
+    assert spans[1][0] >= spans[0][1], "frame 1 started before frame 0's thread returned"
     assert transport.closed is None
