@@ -57,7 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
             from adapters.server import serve
 
-            serve(settings, workers=args.workers)
+            try:
+                serve(settings, workers=args.workers)
+            except KeyboardInterrupt:
+                # uvicorn re-raises Ctrl-C once shutdown is complete; the logs already say so.
+                return 130
             return 0
         return _run_file(settings, args.video, args.pipeline, args.stride, args.max_frames)
     except (PipelineLoadError, PipelineValidationError, PluginLoadError) as error:
@@ -75,7 +79,8 @@ def _run_file(settings: Settings, video: str, pipeline_id: str, stride: int, max
     from adapters.container import build_container
     from adapters.logging_observer import configure_logging
 
-    configure_logging("warning" if settings.log_level == "info" else settings.log_level)
+    # stdout carries the results, one JSON line per frame; the logs go to stderr beside them.
+    configure_logging("warning" if settings.log_level == "info" else settings.log_level, stream=sys.stderr)
     container = build_container(settings)
     service = container.video_service()
     for reply in service.run_on_file(video, pipeline_id, frame_stride=stride, max_frames=max_frames):

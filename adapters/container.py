@@ -13,6 +13,7 @@ from dependency_injector import containers, providers
 
 from adapters.image_codec import OpenCvJpegDecoder, OpenCvVideoReader
 from adapters.logging_observer import LoggingStreamObserver
+from adapters.metrics import MetricsExporter, PrometheusObserver, new_registry
 from adapters.pipeline_catalog import JsonPipelineCatalog
 from adapters.plugins.ocr import OcrPlugin
 from adapters.plugins.opencv_vision import OpenCvVisionPlugin
@@ -20,6 +21,7 @@ from adapters.plugins.probe import ProbePlugin
 from adapters.plugins.yolo import YoloPlugin
 from adapters.settings import Settings
 from adapters.worker_pool import ThreadWorkerPool
+from application.observers import FanOutStreamObserver
 from application.pipeline import DagPipelineService, StreamStateStore
 from application.sessions import SessionManager
 from application.stream import StreamService, StreamSettings
@@ -92,7 +94,10 @@ class Container(containers.DeclarativeContainer):
         providers.Singleton(ProbePlugin),
     )
     state_store = providers.Singleton(StreamStateStore)
-    pipeline_observer = providers.Object(None)
+    metrics_registry = providers.Singleton(new_registry)
+    metrics = providers.Singleton(PrometheusObserver, registry=metrics_registry, pipeline_ids=catalog.provided.ids.call())
+    metrics_exporter = providers.Singleton(MetricsExporter, registry=metrics_registry)
+    pipeline_observer = metrics
     pipelines = providers.Singleton(
         DagPipelineService,
         catalog=catalog,
@@ -109,7 +114,8 @@ class Container(containers.DeclarativeContainer):
     )
     worker_pool = providers.Singleton(ThreadWorkerPool, workers=settings.provided.inference_workers)
     session_manager = providers.Singleton(SessionManager, max_sessions=settings.provided.max_sessions)
-    stream_observer = providers.Singleton(LoggingStreamObserver)
+    log_observer = providers.Singleton(LoggingStreamObserver)
+    stream_observer = providers.Singleton(FanOutStreamObserver, log_observer, metrics)
     stream_settings = providers.Singleton(_stream_settings, settings)
     stream_service = providers.Singleton(
         StreamService,
@@ -136,6 +142,7 @@ def build_app(container: Container) -> Any:
     return create_app(
         stream_service=container.stream_service(),
         pipelines=container.pipelines(),
+        metrics=container.metrics_exporter(),
         max_body_bytes=settings.ws_max_size,
         on_shutdown=[pool.shutdown],
     )

@@ -32,6 +32,7 @@ from litestar.status_codes import (
     HTTP_504_GATEWAY_TIMEOUT,
 )
 
+from adapters.metrics import MetricsExporter
 from application.pipeline import DagPipelineService, PipelineUnavailableError
 from application.ports import ConnectionClosed, Inbound, InboundKind
 from application.stream import FrameTimeoutError, StreamService
@@ -182,7 +183,10 @@ def _http_error_handler(_: Request[Any, Any, Any], error: HTTPException) -> Resp
     if status >= 500:
         log.error("http_error", status=status, detail=str(error.detail), exc_info=error)
         return _error_response(ErrorCode.INTERNAL_ERROR.value, GENERIC_INTERNAL_DETAIL, status)
-    return _error_response(code, str(error.detail), status)
+    response = _error_response(code, str(error.detail), status)
+    # Litestar puts headers the client needs on the exception: Allow on a 405 (RFC 9110).
+    response.headers.update(error.headers or {})
+    return response
 
 
 def _pipeline_view(pipelines: DagPipelineService, pipeline_id: str) -> PipelineView:
@@ -218,6 +222,19 @@ _ERROR_RESPONSES = {
 @get("/health", sync_to_thread=False)
 def health(stream_service: StreamService, pipelines: DagPipelineService) -> Health:
     return Health("ok", stream_service.sessions.active_count(), len(pipelines.pipeline_ids()), stream_service.busy_workers())
+
+
+@get(
+    "/metrics",
+    sync_to_thread=False,
+    summary="Prometheus metrics",
+    description="Prometheus text exposition (OpenMetrics when the Accept header asks for it), summed over worker processes.",
+    media_type="text/plain",
+)
+def metrics_route(request: Request[Any, Any, Any], metrics_exporter: MetricsExporter) -> Response[bytes]:
+    body, content_type = metrics_exporter.render(request.headers.get("accept"))
+    # The exposition's content type already names its charset; Litestar would append a second one.
+    return Response(body, media_type=content_type, headers={"content-type": content_type})
 
 
 @get("/v1/pipelines", sync_to_thread=False)
@@ -266,6 +283,7 @@ def create_app(
     *,
     stream_service: StreamService,
     pipelines: DagPipelineService,
+    metrics: MetricsExporter,
     max_body_bytes: int,
     extra_route_handlers: list[Any] | None = None,
     on_shutdown: list[Any] | None = None,
@@ -279,8 +297,12 @@ def create_app(
         return Provide(provider, sync_to_thread=False)
 
     return Litestar(
-        route_handlers=[health, list_pipelines, get_pipeline, post_frame, video_stream, *(extra_route_handlers or [])],
-        dependencies={"stream_service": provide(stream_service), "pipelines": provide(pipelines)},
+        route_handlers=[health, metrics_route, list_pipelines, get_pipeline, post_frame, video_stream, *(extra_route_handlers or [])],
+        dependencies={
+            "stream_service": provide(stream_service),
+            "pipelines": provide(pipelines),
+            "metrics_exporter": provide(metrics),
+        },
         exception_handlers={
             StreamError: _stream_error_handler,
             HTTPException: _http_error_handler,

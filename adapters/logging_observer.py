@@ -3,47 +3,76 @@
 from __future__ import annotations
 
 import logging
+import logging.config
+import os
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
 from domain import DropCause, ErrorCode, Session
 
+
+def _add_pid(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """With several worker processes writing to one stdout, the pid tells their lines apart."""
+    event_dict.setdefault("pid", os.getpid())
+    return event_dict
+
+
 _SHARED_PROCESSORS: list[Any] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
+    _add_pid,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]
 
+# Libraries that install handlers of their own; their records go to the root handler instead.
+_ROUTED_TO_ROOT = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi", "RapidOCR")
 
-def configure_logging(level: str = "info") -> None:
-    """Route structlog and the standard library (uvicorn included) through one JSON renderer to stdout.
 
-    Idempotent: the CLI, the server and worker processes may all call it.
+def logging_config(level: str = "info", stream: TextIO | None = None) -> dict[str, Any]:
+    """The dictConfig that renders every standard-library record as one JSON line.
+
+    uvicorn applies the `log_config` it is given when its Config is built, after
+    ours; it gets this same dictionary, so whichever runs last, the result is
+    the same. A fresh dictionary each call: dictConfig consumes parts of it.
     """
     numeric = logging.getLevelName(level.upper())
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=_SHARED_PROCESSORS,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-    )
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(numeric)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        uvicorn_logger = logging.getLogger(name)
-        uvicorn_logger.handlers[:] = []
-        uvicorn_logger.propagate = True
-    # RapidOCR logs every model load at INFO with its own colour handler.
-    logging.getLogger("RapidOCR").handlers[:] = []
-    logging.getLogger("RapidOCR").propagate = True
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "json": {
+                "()": structlog.stdlib.ProcessorFormatter,
+                "foreign_pre_chain": list(_SHARED_PROCESSORS),
+                "processors": [
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info,
+                    structlog.processors.JSONRenderer(),
+                ],
+            }
+        },
+        "handlers": {
+            "json": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": stream if stream is not None else sys.stdout,
+            }
+        },
+        "root": {"handlers": ["json"], "level": numeric},
+        "loggers": {name: {"handlers": [], "propagate": True, "level": numeric} for name in _ROUTED_TO_ROOT},
+    }
+
+
+def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
+    """Route structlog and the standard library (uvicorn and warnings included) through one JSON renderer.
+
+    Logs go to stdout unless `stream` says otherwise (run-file keeps stdout for
+    its results). Idempotent: the CLI, the server and worker processes may all call it.
+    """
+    logging.config.dictConfig(logging_config(level, stream))
+    logging.captureWarnings(True)
     structlog.configure(
         processors=[*_SHARED_PROCESSORS, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -53,7 +82,13 @@ def configure_logging(level: str = "info") -> None:
 
 
 class LoggingStreamObserver:
-    """Logs session lifecycles at info and per-frame events at debug, so a 30 fps stream stays quiet at info."""
+    """Logs session lifecycles at info and per-frame events at debug, so a 30 fps stream stays quiet at info.
+
+    Opening a session also binds its session_id and pipeline_id to the logging
+    context of the task serving it; the session's receive and process tasks
+    inherit that context, so any record logged while serving the session,
+    standard-library ones included, carries both ids.
+    """
 
     def __init__(self) -> None:
         self._log = structlog.get_logger("forgesyte.stream")
@@ -62,6 +97,7 @@ class LoggingStreamObserver:
         return self._log.bind(session_id=session.session_id, pipeline_id=session.pipeline_id)
 
     def session_opened(self, session: Session, client: str) -> None:
+        structlog.contextvars.bind_contextvars(session_id=session.session_id, pipeline_id=session.pipeline_id)
         self._bound(session).info("session_connected", client=client)
 
     def session_closed(self, session: Session, client: str, close_code: int, reason: str) -> None:
@@ -78,6 +114,7 @@ class LoggingStreamObserver:
             drop_rate=round(session.drop_rate(), 4),
             slowdown_signals=session.slowdown_signals,
         )
+        structlog.contextvars.unbind_contextvars("session_id", "pipeline_id")
 
     def session_rejected(self, pipeline_id: str | None, client: str, code: ErrorCode, detail: str) -> None:
         self._log.warning("session_rejected", pipeline_id=pipeline_id, client=client, error=code.value, detail=detail)

@@ -4,11 +4,15 @@ On SIGTERM or SIGINT the server stops accepting connections, lets every
 session answer its in-flight frame, answer its waiting frames as dropped and
 close with 1012, waiting at most FORGESYTE_STREAM_SHUTDOWN_TIMEOUT_S; sessions
 still open then are cancelled, and uvicorn's own shutdown follows.
+
+Every line on stdout is JSON: uvicorn is handed the same logging configuration
+the app uses (adapters.logging_observer), not its own text format.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import socket
@@ -19,7 +23,8 @@ import structlog
 import uvicorn
 
 from adapters.container import build_app, build_container
-from adapters.logging_observer import configure_logging
+from adapters.logging_observer import configure_logging, logging_config
+from adapters.metrics import shared_metrics_directory, worker_exited
 from adapters.settings import Settings
 
 log = structlog.get_logger("forgesyte.server")
@@ -51,7 +56,8 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         "ws": "websockets-sansio",
         "ws_per_message_deflate": False,
         "ws_max_size": settings.ws_max_size,
-        "log_config": None,
+        "log_config": logging_config(settings.log_level),
+        "log_level": settings.log_level,
         "access_log": False,
         "lifespan": "on",
         "timeout_graceful_shutdown": 5,
@@ -77,31 +83,63 @@ def serve(settings: Settings, workers: int = 1) -> None:
 
 def _worker_main(settings: Settings, sock: socket.socket) -> None:
     configure_logging(settings.log_level)
-    build_server(settings).run(sockets=[sock])
+    try:
+        build_server(settings).run(sockets=[sock])
+    except KeyboardInterrupt:
+        # Ctrl-C reaches every process of the terminal's group; the worker has shut down gracefully by now.
+        return
 
 
 def _serve_workers(settings: Settings, workers: int) -> None:
-    """Several processes sharing one listening socket, each with its own sessions and graceful shutdown."""
+    """Several processes sharing one listening socket, each with its own sessions and graceful shutdown.
+
+    Their metrics are summed through a shared prometheus-client multiprocess
+    directory (see adapters.metrics), created before the first worker starts
+    and removed once the last one has exited.
+    """
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))
     sock.set_inheritable(True)
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker_main, args=(settings, sock), name=f"forgesyte-worker-{i}") for i in range(workers)]
-    for process in processes:
-        process.start()
-    log.info("workers_started", workers=workers, pids=[p.pid for p in processes], host=settings.host, port=settings.port)
+    with shared_metrics_directory() as metrics_dir:
+        processes = [
+            context.Process(target=_worker_main, args=(settings, sock), name=f"forgesyte-worker-{i}") for i in range(workers)
+        ]
 
-    def forward(signum: int, _frame: Any) -> None:
+        stop_requested: list[int] = []
+
+        def forward(signum: int, _frame: Any) -> None:
+            stop_requested.append(signum)
+            for process in processes:
+                if process.is_alive() and process.pid is not None:
+                    try:
+                        os.kill(process.pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        continue
+
+        # Installed before any worker starts, so a stop during start-up still ends in the cleanup below.
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
         for process in processes:
-            if process.is_alive() and process.pid is not None:
-                try:
-                    os.kill(process.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for process in processes:
-        process.join()
+            process.start()
+        if stop_requested:
+            forward(stop_requested[0], None)  # workers started after the signal have not heard it yet
+        log.info(
+            "workers_started",
+            workers=workers,
+            pids=[p.pid for p in processes],
+            host=settings.host,
+            port=settings.port,
+            metrics_dir=str(metrics_dir),
+        )
+        running = {process.sentinel: process for process in processes}
+        while running:
+            ready = set(multiprocessing.connection.wait(list(running)))
+            for sentinel in [sentinel for sentinel in running if sentinel in ready]:
+                process = running.pop(sentinel)
+                process.join()
+                assert process.pid is not None
+                worker_exited(process.pid, metrics_dir)
+                log.info("worker_exited", worker_pid=process.pid, exitcode=process.exitcode)
     sock.close()

@@ -1,0 +1,59 @@
+"""Reporting one stream to several observers (logs and metrics) through the single StreamObserver port."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from application.ports import StreamObserver
+from domain import DropCause, ErrorCode
+
+logger = logging.getLogger(__name__)
+
+
+class FanOutStreamObserver:
+    """Forwards every event to each observer in order.
+
+    The port promises that observation never changes what a client receives;
+    here that promise holds even when one observer breaks it: its failure is
+    logged with the traceback and the remaining observers still hear the event.
+    """
+
+    def __init__(self, *observers: StreamObserver) -> None:
+        self._observers = observers
+
+    def _each(self, event: str, *args: Any, **kwargs: Any) -> None:
+        for observer in self._observers:
+            try:
+                getattr(observer, event)(*args, **kwargs)
+            except Exception:
+                logger.exception("observer %s failed on %s", type(observer).__name__, event)
+
+    def session_opened(self, session: Any, client: str) -> None:
+        self._each("session_opened", session, client)
+
+    def session_closed(self, session: Any, client: str, close_code: int, reason: str) -> None:
+        self._each("session_closed", session, client, close_code, reason)
+
+    def session_rejected(self, pipeline_id: str | None, client: str, code: ErrorCode, detail: str) -> None:
+        self._each("session_rejected", pipeline_id, client, code, detail)
+
+    def frame_received(self, session: Any, frame_index: int, size: int) -> None:
+        self._each("frame_received", session, frame_index, size)
+
+    def frame_dropped(self, session: Any, frame_index: int, cause: DropCause) -> None:
+        self._each("frame_dropped", session, frame_index, cause)
+
+    def frame_processed(
+        self, session: Any, frame_index: int, *, queue_ms: float, processing_ms: float, latency_ms: float
+    ) -> None:
+        self._each("frame_processed", session, frame_index, queue_ms=queue_ms, processing_ms=processing_ms, latency_ms=latency_ms)
+
+    def frame_failed(self, session: Any, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
+        self._each("frame_failed", session, frame_index, error, code=code)
+
+    def slowdown_sent(self, session: Any, drop_rate: float, suggested_fps: float | None) -> None:
+        self._each("slowdown_sent", session, drop_rate, suggested_fps)
+
+    def error_sent(self, session: Any | None, code: ErrorCode) -> None:
+        self._each("error_sent", session, code)
