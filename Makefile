@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 NODE_STAMP := contracts/node/node_modules/.installed
 PIP := $(BIN)/pip --disable-pip-version-check --quiet
 
-.PHONY: setup serve test bench docs-html lock
+.PHONY: setup serve test contracts models bench docs-html lock
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,13 +23,26 @@ setup: $(STAMP) $(NODE_STAMP)
 serve: $(STAMP)
 	$(BIN)/forgesyte-stream serve
 
+# The project's tests, then the contract suite (contracts/README.md) three ways: against the
+# self-started Litestar server and the alternate websockets adapter, and against a separately
+# started `forgesyte-stream serve` given to it with --target, as another team would run it.
 test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/pytest
+	$(MAKE) --no-print-directory contracts
+
+contracts: $(STAMP)
+	$(BIN)/pytest contracts
+	$(BIN)/python -m contracts.against_serve
+
+# Regenerate the client's message models (contracts/generated/) after editing asyncapi.yaml.
+models: $(STAMP)
+	$(BIN)/python -m contracts.generate_models
 
 bench: $(STAMP)
 	$(BIN)/python bench/stream_bench.py
 
-# HTML documentation of the contract (needs network access to the npm registry, not run by CI).
+# HTML documentation of the contract into docs/html/ (fetches @asyncapi/generator and its
+# HTML template from the npm registry on first use, so it is not part of `make test`).
 docs-html:
 	PUPPETEER_SKIP_DOWNLOAD=1 npx --yes -p @asyncapi/generator@2 -p @asyncapi/html-template@3 \
 		ag asyncapi.yaml @asyncapi/html-template -o docs/html --force-write

@@ -1,0 +1,171 @@
+"""A second inbound adapter: the stream endpoint on the `websockets` library's asyncio server.
+
+It exists to prove the hexagon: the same StreamService, wired by the same
+container, serves `/ws/video/stream` without Litestar or uvicorn, and the
+contract suite (contracts/) runs unchanged against it. So this module holds
+only what the library cannot know: turning its messages into `Inbound`
+values and JSON replies into text messages, routing the one path, and
+starting and draining the server. Every protocol decision stays in
+application.stream.
+
+    python -m adapters.websockets_transport --host 127.0.0.1 --port 8001
+
+There is no HTTP API here (no /health, no /v1/pipelines); only the WebSocket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import structlog
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed as WebsocketsConnectionClosed
+from websockets.http11 import Request, Response
+
+from adapters.container import Container, build_container
+from adapters.logging_observer import configure_logging
+from adapters.settings import Settings, SettingsError
+from application.ports import ConnectionClosed, Inbound, InboundKind
+from application.stream import StreamService
+
+STREAM_PATH = "/ws/video/stream"
+
+log = structlog.get_logger("forgesyte.websockets")
+
+
+class WebsocketsTransport:
+    """Adapts one `websockets` server connection to the application's Transport port."""
+
+    def __init__(self, connection: ServerConnection) -> None:
+        self._connection = connection
+        self.session: Any = None
+        address = connection.remote_address
+        self.client = f"{address[0]}:{address[1]}" if address else "unknown"
+
+    async def receive(self) -> Inbound:
+        try:
+            data = await self._connection.recv()
+        except WebsocketsConnectionClosed as closed:
+            return Inbound(InboundKind.DISCONNECT, close_code=closed.rcvd.code if closed.rcvd is not None else None)
+        if isinstance(data, bytes):
+            return Inbound(InboundKind.BINARY, data)
+        return Inbound(InboundKind.TEXT, data)
+
+    async def send_json(self, message: Mapping[str, Any]) -> None:
+        # allow_nan=False: NaN is not JSON; the application never hands one over, and a bug that did
+        # must fail loudly rather than reach clients as an unparsable message.
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        try:
+            await self._connection.send(text)
+        except WebsocketsConnectionClosed as gone:
+            raise ConnectionClosed() from gone
+
+    async def close(self, code: int, reason: str = "") -> None:
+        # websockets completes or abandons the closing handshake itself; closing twice is a no-op.
+        await self._connection.close(code, reason)
+
+    def attach_session(self, session: Any) -> None:
+        self.session = session
+
+
+def pipeline_id_of(path: str) -> str | None:
+    """The pipeline_id query parameter of a request path, None when absent (the service rejects it)."""
+    values = parse_qs(urlsplit(path).query, keep_blank_values=True).get("pipeline_id")
+    return values[0] if values else None
+
+
+def _only_the_stream_path(connection: ServerConnection, request: Request) -> Response | None:
+    if urlsplit(request.path).path == STREAM_PATH:
+        return None
+    body = f"no WebSocket endpoint at {urlsplit(request.path).path}; the stream is at {STREAM_PATH}\n"
+    return Response(
+        HTTPStatus.NOT_FOUND.value,
+        HTTPStatus.NOT_FOUND.phrase,
+        Headers([("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body.encode())))]),
+        body.encode(),
+    )
+
+
+def handler_for(stream_service: StreamService) -> Callable[[ServerConnection], Awaitable[None]]:
+    async def handle(connection: ServerConnection) -> None:
+        # The library calls this only after a completed handshake, so the request is there.
+        path = connection.request.path if connection.request is not None else ""
+        await stream_service.serve(WebsocketsTransport(connection), pipeline_id_of(path))
+
+    return handle
+
+
+async def run(settings: Settings, container: Container | None = None, *, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then drain sessions the way adapters.server does for uvicorn.
+
+    Listening stops first, so no new session starts; every open session is
+    asked to answer its frames and close with 1012 within
+    FORGESYTE_STREAM_SHUTDOWN_TIMEOUT_S; what is still open after that is
+    closed by the library with 1001.
+    """
+    container = container or build_container(settings)
+    stream_service = container.stream_service()
+    sessions = container.session_manager()
+    pool = container.worker_pool()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with serve(
+            handler_for(stream_service),
+            settings.host,
+            settings.port,
+            process_request=_only_the_stream_path,
+            compression=None,
+            max_size=settings.ws_max_size,
+        ) as server:
+            log.info("websockets_server_started", host=settings.host, port=settings.port, path=STREAM_PATH)
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+            server.close(close_connections=False)
+            log.info("draining_sessions", deadline_s=settings.shutdown_timeout_s)
+            cancelled = await sessions.shutdown(settings.shutdown_timeout_s)
+            if cancelled:
+                log.warning("sessions_cancelled_at_deadline", count=cancelled)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        pool.shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m adapters.websockets_transport",
+        description=f"Serve {STREAM_PATH} on the websockets library (no HTTP API).",
+    )
+    parser.add_argument("--host", help="bind address (default: FORGESYTE_STREAM_HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default: FORGESYTE_STREAM_PORT or 8000)")
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    try:
+        settings = Settings.from_env(**overrides)
+    except SettingsError as error:
+        print(f"websockets_transport: configuration error: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    asyncio.run(run(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

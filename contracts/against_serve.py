@@ -1,0 +1,60 @@
+"""The contract suite against a server it did not start: `forgesyte-stream serve`, run as an operator would.
+
+    python -m contracts.against_serve [pytest arguments]
+
+Starts `forgesyte-stream serve` on a free 127.0.0.1 port with the suite's
+pipelines and fault plugin (the setup contracts/README.md asks of any
+target), then runs `pytest contracts --target ws://127.0.0.1:PORT` with a
+`--target-shutdown` that sends the server SIGTERM, exactly as another team
+would point the suite at their deployment. Exits with pytest's status.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from contracts.targets import ROOT, LocalServer, free_port, server_environment
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    port = free_port()
+    serve = Path(sys.executable).parent / "forgesyte-stream"
+    if not serve.is_file():
+        print(f"{serve} is missing: install the project first (`make setup`)", file=sys.stderr)
+        return 2
+    log_path = Path(tempfile.mkdtemp(prefix="contract-serve-")) / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(serve), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=server_environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = LocalServer("forgesyte-stream serve", process, port, log_path)
+    try:
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "contracts",
+            "--target",
+            f"ws://127.0.0.1:{port}",
+            "--target-shutdown",
+            f"kill -TERM {process.pid}",
+            *(argv if argv is not None else sys.argv[1:]),
+        ]
+        status = subprocess.run(command, cwd=ROOT, check=False).returncode
+    finally:
+        code = server.stop()
+    if status != 0:
+        print(f"forgesyte-stream serve exited with {code}; its log ({log_path}) ends with:\n{server.log_tail()}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The server-side half of the contract suite: tools that drive a server into each declared outcome.
+
+A server under contract test loads it next to its own plugins and serves the
+pipelines in contracts/pipelines/:
+
+    FORGESYTE_STREAM_PIPELINES_DIR=contracts/pipelines \
+    FORGESYTE_STREAM_PLUGINS=contracts.fault_plugin:ContractFaultPlugin \
+    PYTHONPATH=. forgesyte-stream serve
+
+A result, a drop, a slow-down warning, a pipeline_failure and an internal_error
+cannot be provoked from the wire alone against arbitrary pipelines: they need a
+pipeline of known cost, one that fails, and one that breaks the server's own
+handling of a frame. These are those pipelines' tools.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from application.ports import Availability, ToolContext
+
+# Text that must never reach a client: the crash and failure tools put it in their exceptions.
+SECRET = "contract-secret-/etc/forgesyte/model.key"
+
+
+def _sleep(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]:
+    """Costs `ms` of wall time (time.sleep releases the GIL, so the event loop keeps reading frames)."""
+    time.sleep(float(inputs.get("ms", 100)) / 1000.0)
+    return {"slept_ms": float(inputs.get("ms", 100))}
+
+
+def _fail(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]:
+    if context.frame_index % int(inputs.get("every", 1)) == 0:
+        raise RuntimeError(f"injected failure at frame {context.frame_index}: {SECRET}")
+    return {"ok": True}
+
+
+def _decode(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]:
+    image = context.image()
+    return {"shape": [int(size) for size in image.shape]}
+
+
+class _UnreadableOutput(Mapping[str, Any]):
+    """A tool output that passes the engine's "is it a mapping" check and then raises when read.
+
+    The engine wraps what a tool raises as pipeline_failure; an error while it
+    reads a result is outside every translation, which is what internal_error
+    exists for. This is the one way to reach that message from outside.
+    """
+
+    def __getitem__(self, key: str) -> Any:
+        raise RuntimeError(f"unreadable tool output: {SECRET}")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("value",))
+
+    def __len__(self) -> int:
+        return 1
+
+
+def _crash(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]:
+    return _UnreadableOutput()
+
+
+class ContractFaultPlugin:
+    plugin_id = "contract"
+
+    def tools(self) -> Mapping[str, Any]:
+        return {"sleep": _sleep, "fail": _fail, "decode": _decode, "crash": _crash}
+
+    def availability(self) -> Availability:
+        return Availability(True)

@@ -1,0 +1,22 @@
+"""Schemathesis hooks for the HTTP contract case (loaded through SCHEMATHESIS_HOOKS).
+
+The suite's fault pipelines exist to drive the stream into pipeline_failure
+and internal_error on purpose. Over HTTP the same pipelines would answer 422
+and 500 by design, which schemathesis rightly reports as a rejected valid
+request and a server error; so it never sends to them. Their ids come from
+FORGESYTE_CONTRACT_FAULT_PIPELINES (comma-separated), set by the case.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import schemathesis
+
+FAULT_PIPELINES = frozenset(filter(None, os.environ.get("FORGESYTE_CONTRACT_FAULT_PIPELINES", "").split(",")))
+
+
+@schemathesis.hook
+def filter_case(context: Any, case: Any) -> bool:
+    return (case.path_parameters or {}).get("pipeline_id") not in FAULT_PIPELINES

@@ -1,0 +1,179 @@
+"""The servers the contract suite runs against: ones it starts itself, or any running one.
+
+`--target` (or FORGESYTE_CONTRACT_TARGET, comma-separated) names them:
+
+- `litestar`: the project's server (`python -m adapters.cli serve`, Litestar
+  on uvicorn), started on 127.0.0.1 with the suite's pipelines;
+- `websockets`: the same application behind the alternate adapter
+  (`python -m adapters.websockets_transport`), which has no HTTP API;
+- `ws://HOST:PORT`: a server that is already running. It must serve the
+  pipelines of contracts/pipelines/ under their ids (or others named with
+  `--pipeline ROLE=ID`) and be started with the document's default frame limit
+  (or say its own with `--max-frame-bytes`). The last case shuts it down to
+  reach shutting_down/1012, by running `--target-shutdown CMD`.
+
+Without any, the suite runs against `litestar` and `websockets`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from contracts.client import StreamClient
+from contracts.coverage import ContractCoverage
+
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINES_DIR = Path(__file__).resolve().parent / "pipelines"
+FAULT_PLUGIN = "contracts.fault_plugin:ContractFaultPlugin"
+STREAM_PATH = "/ws/video/stream"
+
+# What each case needs of a pipeline -> the id contracts/pipelines gives it.
+ROLES: dict[str, str] = {
+    "result": "probe",  # answers every frame at once from its header
+    "decode": "decode",  # decodes the image
+    "slow": "slow",  # 100 ms per frame
+    "failing": "failing",  # pipeline_failure on even frames, results on odd ones
+    "crash": "crash",  # internal_error
+}
+
+SELF_STARTED: dict[str, list[str]] = {
+    "litestar": ["-m", "adapters.cli", "serve"],
+    "websockets": ["-m", "adapters.websockets_transport"],
+}
+HAS_HTTP = {"litestar": True, "websockets": False}
+
+
+class TargetUnavailable(RuntimeError):
+    """The target did not start or cannot be reached; the message says what it printed or tried."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_listening(host: str, port: int, timeout_s: float, alive: Callable[[], bool] = lambda: True) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def server_environment(**extra: str) -> dict[str, str]:
+    """The environment of a self-started server: the document's defaults plus the suite's pipelines.
+
+    Inherited FORGESYTE_STREAM_* settings are dropped, so a developer's shell
+    cannot move the limits the suite assumes.
+    """
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("FORGESYTE_STREAM_")}
+    environment.update(
+        {
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
+            "FORGESYTE_STREAM_PIPELINES_DIR": str(PIPELINES_DIR),
+            "FORGESYTE_STREAM_PLUGINS": FAULT_PLUGIN,
+            **extra,
+        }
+    )
+    return environment
+
+
+@dataclass
+class LocalServer:
+    """A server process this suite started; its output goes to a log file shown when something fails."""
+
+    kind: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def terminate(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        self.terminate()
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(timeout=5)
+
+
+def start_local(kind: str, timeout_s: float = 60.0) -> LocalServer:
+    port = free_port()
+    log_path = Path(tempfile.mkdtemp(prefix=f"contract-{kind}-")) / "server.log"
+    command = [sys.executable, *SELF_STARTED[kind], "--host", "127.0.0.1", "--port", str(port)]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=server_environment(), stdout=log, stderr=subprocess.STDOUT)
+    server = LocalServer(kind, process, port, log_path)
+    if not wait_until_listening("127.0.0.1", port, timeout_s, alive=lambda: process.poll() is None):
+        code = server.stop()
+        raise TargetUnavailable(f"{kind} server did not listen on port {port} (exit status {code}):\n{server.log_tail()}")
+    return server
+
+
+@dataclass
+class Target:
+    """One server under test, as the cases see it."""
+
+    name: str
+    ws_base: str
+    http_base: str | None
+    coverage: ContractCoverage
+    max_frame_bytes: int
+    pipelines: Mapping[str, str] = field(default_factory=lambda: dict(ROLES))
+    shutdown: Callable[[], None] | None = None
+    local: LocalServer | None = None
+
+    def url(self, pipeline_id: str | None) -> str:
+        return self.ws_base + STREAM_PATH + ("" if pipeline_id is None else f"?pipeline_id={pipeline_id}")
+
+    def pipeline(self, role: str) -> str:
+        return self.pipelines[role]
+
+    async def open(self, role: str | None = None, *, pipeline_id: str | None = None, reply_timeout_s: float = 15.0) -> StreamClient:
+        """A client on the pipeline serving `role`, or on an explicit `pipeline_id` (None: no query at all)."""
+        chosen = self.pipeline(role) if role is not None else pipeline_id
+        return await StreamClient.connect(
+            self.url(chosen), contract=self.coverage.contract, observer=self.coverage, reply_timeout_s=reply_timeout_s
+        )
+
+    def describe(self) -> str:
+        if self.local is not None:
+            return f"{self.name} (self-started on port {self.local.port}; log {self.local.log_path}):\n{self.local.log_tail()}"
+        return f"{self.name} ({self.ws_base})"
+
+
+def parse_target(value: str) -> tuple[str, str | None]:
+    """A --target value -> (name, ws base URL or None for a self-started kind)."""
+    value = value.strip()
+    if value in SELF_STARTED:
+        return value, None
+    parts = urlsplit(value)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname or parts.port is None:
+        raise ValueError(f"--target {value!r}: expected {' or '.join(SELF_STARTED)}, or ws://HOST:PORT")
+    return value, f"{parts.scheme}://{parts.hostname}:{parts.port}"
+
+
+def foreign_http_base(ws_base: str) -> str:
+    parts = urlsplit(ws_base)
+    return f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.hostname}:{parts.port}"

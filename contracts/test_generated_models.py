@@ -1,0 +1,69 @@
+"""The generated models are the document's, now: regenerated when asyncapi.yaml changes, and agreeing with it.
+
+The first two cases fail when asyncapi.yaml was edited without `make models`:
+one compares the document's hash with the one recorded in the generated file
+(instant, and names the fix), the other runs the generator and compares its
+output with the committed copy (also catches a hand edit, or a generator
+upgrade that changes the code).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from contracts import generate_models
+from contracts.asyncapi_doc import DEFAULT_PATH, Contract
+from contracts.client import message_models, parse_message
+
+
+def test_the_generated_models_were_made_from_this_asyncapi_yaml() -> None:
+    assert generate_models.recorded_hash() == generate_models.document_hash(), (
+        "asyncapi.yaml changed since contracts/generated/ was generated: run `make models`"
+    )
+
+
+def test_regenerating_gives_the_committed_models() -> None:
+    assert generate_models.stale_files() == [], "contracts/generated/ is not what the generator makes of asyncapi.yaml: run `make models`"
+
+
+def test_a_changed_document_is_detected_as_stale(tmp_path: Path) -> None:
+    document = yaml.safe_load(DEFAULT_PATH.read_text(encoding="utf-8"))
+    changed = copy.deepcopy(document)
+    changed["components"]["schemas"]["FrameDroppedPayload"]["properties"]["cause"]["enum"].append("overheated")
+    path = tmp_path / "asyncapi.yaml"
+    path.write_text(yaml.safe_dump(changed, sort_keys=False), encoding="utf-8")
+    assert generate_models.document_hash(path) != generate_models.recorded_hash()
+    assert generate_models.stale_files(path) == ["messages.py"]
+
+
+def test_every_declared_server_message_has_a_generated_model(contract: Contract) -> None:
+    assert set(message_models(contract)) == set(contract.server_messages())
+
+
+def test_each_example_parses_into_its_own_generated_model(contract: Contract) -> None:
+    models = message_models(contract)
+    examples = list(contract.examples())
+    assert {name for name, _, _ in examples} == set(contract.server_messages())
+    for name, example, payload in examples:
+        parsed = parse_message(models[name], payload)
+        assert parsed.model_dump(mode="json", exclude_unset=True) == payload, f"{name}:{example}"
+
+
+@pytest.mark.parametrize(
+    ("name", "payload"),
+    [
+        ("FrameDropped", {"frame_index": 1, "dropped": True, "cause": "tired"}),
+        ("FrameResult", {"frame_index": -1, "result": {}}),
+        ("SlowDownWarning", {"warning": "slow_down", "drop_rate": 1.5, "suggested_fps": None, "processing_ms": None, "interval_ms": None}),
+        ("PipelineFailureError", {"error": "pipeline_failure", "detail": "x"}),
+        ("InvalidFrameError", {"error": "invalid_message", "detail": "x"}),
+    ],
+)
+def test_the_generated_models_refuse_what_the_schema_refuses(contract: Contract, name: str, payload: dict) -> None:
+    with pytest.raises(ValidationError):
+        parse_message(message_models(contract)[name], payload)
