@@ -17,24 +17,67 @@ class JsonSafetyError(TypeError):
 
 
 def to_json_safe(value: Any, path: str = "result") -> Any:
-    if value is None or isinstance(value, (bool, str)):
+    """A copy of `value` made of dict, list, str, int, float, bool and None only.
+
+    The error names where in the result the offending value sits; that path is
+    only built when there is an error, since this runs on every frame.
+    """
+    try:
+        return _convert(value)
+    except _Unsafe as unsafe:
+        raise JsonSafetyError(f"{path}{''.join(reversed(unsafe.where))} {unsafe.problem}") from None
+
+
+class _Unsafe(Exception):
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.where: list[str] = []
+
+
+_PLAIN = (str, bool, type(None))
+
+
+def _convert(value: Any) -> Any:
+    kind = type(value)
+    if kind in _PLAIN:
         return value
+    if kind is int:
+        return value
+    if kind is float:
+        if not math.isfinite(value):
+            raise _Unsafe(f"is {value!r}, which JSON cannot carry")
+        return value
+    if isinstance(value, Mapping):
+        converted: dict[str, Any] = {}
+        for key, item in value.items():
+            try:
+                converted[str(key)] = _convert(item)
+            except _Unsafe as unsafe:
+                unsafe.where.append(f".{key}")
+                raise
+        return converted
+    if isinstance(value, (list, tuple)):
+        items: list[Any] = []
+        for i, item in enumerate(value):
+            try:
+                items.append(_convert(item))
+            except _Unsafe as unsafe:
+                unsafe.where.append(f"[{i}]")
+                raise
+        return items
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise _Unsafe(f"holds {len(value)} raw bytes; results carry no binary data")
+    if isinstance(value, str):  # a subclass such as a str-valued enum member: its plain string
+        return str.__str__(value)
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
-        if not math.isfinite(value):
-            raise JsonSafetyError(f"{path} is {value!r}, which JSON cannot carry")
-        return float(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        raise JsonSafetyError(f"{path} holds {len(value)} raw bytes; results carry no binary data")
-    if isinstance(value, Mapping):
-        return {str(key): to_json_safe(item, f"{path}.{key}") for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json_safe(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return _convert(float(value))
     tolist = getattr(value, "tolist", None)
     if callable(tolist):
-        return to_json_safe(tolist(), path)
+        return _convert(tolist())
     item = getattr(value, "item", None)
     if callable(item):
-        return to_json_safe(item(), path)
-    raise JsonSafetyError(f"{path} is a {type(value).__name__}, which is not JSON-serialisable")
+        return _convert(item())
+    raise _Unsafe(f"is a {type(value).__name__}, which is not JSON-serialisable")

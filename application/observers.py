@@ -11,6 +11,19 @@ from domain import DropCause, ErrorCode
 logger = logging.getLogger(__name__)
 
 
+_EVENTS = (
+    "session_opened",
+    "session_closed",
+    "session_rejected",
+    "frame_received",
+    "frame_dropped",
+    "frame_processed",
+    "frame_failed",
+    "slowdown_sent",
+    "error_sent",
+)
+
+
 class FanOutStreamObserver:
     """Forwards every event to each observer in order.
 
@@ -21,13 +34,17 @@ class FanOutStreamObserver:
 
     def __init__(self, *observers: StreamObserver) -> None:
         self._observers = observers
+        # Bound methods looked up once: several events fire on every frame.
+        self._handlers: dict[str, list[tuple[str, Any]]] = {
+            event: [(type(observer).__name__, getattr(observer, event)) for observer in observers] for event in _EVENTS
+        }
 
     def _each(self, event: str, *args: Any, **kwargs: Any) -> None:
-        for observer in self._observers:
+        for name, handler in self._handlers[event]:
             try:
-                getattr(observer, event)(*args, **kwargs)
+                handler(*args, **kwargs)
             except Exception:
-                logger.exception("observer %s failed on %s", type(observer).__name__, event)
+                logger.exception("observer %s failed on %s", name, event)
 
     def session_opened(self, session: Any, client: str) -> None:
         self._each("session_opened", session, client)

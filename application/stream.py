@@ -198,6 +198,9 @@ class _SessionRun:
         self._to_start: asyncio.Queue[Frame] = asyncio.Queue()
         self._idle = asyncio.Event()
         self._idle.set()
+        # Set except while the receive loop itself is answering a header-only frame (see _answer_inline).
+        self._receiver_free = asyncio.Event()
+        self._receiver_free.set()
         self._ending: asyncio.Future[_Close] = asyncio.get_running_loop().create_future()
 
     def _end(self, close: _Close) -> None:
@@ -213,6 +216,9 @@ class _SessionRun:
             if not self._ending.done():
                 self._end(_Close(_Ending.SHUTDOWN, StreamError(ErrorCode.SHUTTING_DOWN, "the server is shutting down; reconnect later")))
             close = self._ending.result()
+            if close.ending is not _Ending.PEER_GONE:
+                # A reply the receive loop is sending for a header-only frame is not cut off halfway.
+                await self._receiver_free.wait()
             receiver.cancel()
             await asyncio.gather(receiver, return_exceptions=True)
             if close.ending is _Ending.PEER_GONE:
@@ -256,7 +262,8 @@ class _SessionRun:
         observer = self._service._observer
         max_bytes = self._service._settings.max_frame_bytes
         try:
-            while True:
+            inline = self._service._video.runs_inline(session.pipeline_id)
+            while not self._ending.done():
                 inbound = await self._transport.receive()
                 if inbound.kind is InboundKind.DISCONNECT:
                     self._end(_Close(_Ending.PEER_GONE, peer_code=inbound.close_code))
@@ -288,7 +295,10 @@ class _SessionRun:
                     observer.frame_dropped(session, drop.frame.index, drop.cause)
                 if admission.start is not None:
                     self._idle.clear()
-                    self._to_start.put_nowait(admission.start)
+                    if inline:
+                        await self._answer_inline(admission.start)
+                    else:
+                        self._to_start.put_nowait(admission.start)
                 if admission.dropped:
                     signal = session.take_slowdown_signal()
                     if signal is not None:
@@ -301,6 +311,36 @@ class _SessionRun:
         except Exception as exc:
             logger.exception("receive loop of session %s failed", session.session_id)
             self._end(_Close(_Ending.INTERNAL, StreamError(ErrorCode.INTERNAL_ERROR, GENERIC_INTERNAL_DETAIL, log_message=repr(exc))))
+
+    async def _answer_inline(self, frame: Frame) -> None:
+        """Answer a header-only frame right here, without handing it to the processing task.
+
+        The work is a header read, so nothing else could have arrived meanwhile;
+        skipping the hand-off saves an event-loop round per frame, which is most
+        of what a cheap frame costs. Frames of every other pipeline go through
+        the processing task, so that the receive loop keeps reading while they run.
+        """
+        self._receiver_free.clear()
+        try:
+            next_frame: Frame | None = frame
+            while next_frame is not None:
+                await self._process(next_frame)
+                next_frame = None if self._ending.done() else self._session.start_next()
+        except (ConnectionClosed, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            logger.exception("answering frame %d of session %s failed", frame.index, self._session.session_id)
+            self._end(
+                _Close(
+                    _Ending.INTERNAL,
+                    StreamError(ErrorCode.INTERNAL_ERROR, GENERIC_INTERNAL_DETAIL, log_message=repr(exc)),
+                    frame_index=frame.index,
+                )
+            )
+        finally:
+            self._receiver_free.set()
+            if self._to_start.empty():
+                self._idle.set()
 
     # Processing ----------------------------------------------------------------
 
