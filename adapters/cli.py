@@ -46,9 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"forgesyte-stream: configuration error: {error}", file=sys.stderr)
         return 2
 
-    from adapters.container import PluginLoadError
-    from adapters.pipeline_catalog import PipelineLoadError
-    from domain import PipelineValidationError, StreamError
+    from adapters.startup import CONFIGURATION_ERRORS, CONFIGURATION_EXIT_STATUS, configuration_error_line
+    from domain import StreamError
 
     try:
         if args.command == "serve":
@@ -58,21 +57,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             from adapters.server import serve
 
             try:
-                serve(settings, workers=args.workers)
+                return serve(settings, workers=args.workers)
             except KeyboardInterrupt:
                 # uvicorn re-raises Ctrl-C once shutdown is complete; the logs already say so.
                 return 130
-            return 0
+        if args.stride < 1:
+            print(f"forgesyte-stream: --stride={args.stride}; expected at least 1", file=sys.stderr)
+            return 2
+        if args.max_frames is not None and args.max_frames < 1:
+            print(f"forgesyte-stream: --max-frames={args.max_frames}; expected at least 1", file=sys.stderr)
+            return 2
         return _run_file(settings, args.video, args.pipeline, args.stride, args.max_frames)
-    except (PipelineLoadError, PipelineValidationError, PluginLoadError) as error:
-        print(f"forgesyte-stream: pipeline configuration error: {error}", file=sys.stderr)
-        return 2
+    except CONFIGURATION_ERRORS as error:
+        print(configuration_error_line(error), file=sys.stderr)
+        return CONFIGURATION_EXIT_STATUS
     except StreamError as error:
         print(f"forgesyte-stream: {error.code.value}: {error.detail}", file=sys.stderr)
         return 1
-    except ValueError as error:
-        print(f"forgesyte-stream: {error}", file=sys.stderr)
-        return 2
 
 
 def _run_file(settings: Settings, video: str, pipeline_id: str, stride: int, max_frames: int | None) -> int:

@@ -11,11 +11,14 @@ the app uses (adapters.logging_observer), not its own text format.
 
 from __future__ import annotations
 
+import collections
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
 import socket
+import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,6 +29,7 @@ from adapters.container import build_app, build_container
 from adapters.logging_observer import configure_logging, logging_config
 from adapters.metrics import shared_metrics_directory, worker_exited
 from adapters.settings import Settings
+from adapters.startup import CONFIGURATION_ERRORS, CONFIGURATION_EXIT_STATUS, configuration_error_line
 
 log = structlog.get_logger("forgesyte.server")
 
@@ -73,25 +77,44 @@ def build_server(settings: Settings, **config_overrides: Any) -> GracefulServer:
     return GracefulServer(uvicorn_config(app, settings, **config_overrides), sessions.shutdown, settings.shutdown_timeout_s)
 
 
-def serve(settings: Settings, workers: int = 1) -> None:
+def serve(settings: Settings, workers: int = 1) -> int:
+    """Run until stopped; the exit status for the command (0 after a requested stop)."""
     configure_logging(settings.log_level)
     if workers <= 1:
         build_server(settings).run()
-        return
-    _serve_workers(settings, workers)
+        return 0
+    return _serve_workers(settings, workers)
+
+
+# Replacements of crashed workers allowed within any minute before the whole server stops.
+MAX_RESTARTS_PER_MINUTE = 5
 
 
 def _worker_main(settings: Settings, sock: socket.socket) -> None:
     configure_logging(settings.log_level)
     try:
-        build_server(settings).run(sockets=[sock])
+        server = build_server(settings)
+    except CONFIGURATION_ERRORS as error:
+        print(configuration_error_line(error), file=sys.stderr, flush=True)
+        sys.exit(CONFIGURATION_EXIT_STATUS)
+    try:
+        server.run(sockets=[sock])
     except KeyboardInterrupt:
         # Ctrl-C reaches every process of the terminal's group; the worker has shut down gracefully by now.
         return
 
 
-def _serve_workers(settings: Settings, workers: int) -> None:
+def _serve_workers(settings: Settings, workers: int) -> int:
     """Several processes sharing one listening socket, each with its own sessions and graceful shutdown.
+
+    A worker that dies on its own (a crash, the OOM killer) is replaced, so the
+    server keeps the capacity it was asked for; its clients see their
+    connection drop and reconnect. Two cases stop every worker instead and
+    become the command's exit status, so that the supervisor above (systemd,
+    Kubernetes) sees the failure rather than a server that quietly runs on
+    fewer workers or on none: a worker refusing the configuration at start-up
+    (status 2; every replacement would refuse it too), and more than
+    MAX_RESTARTS_PER_MINUTE replacements within a minute (status 1, a crash loop).
 
     Their metrics are summed through a shared prometheus-client multiprocess
     directory (see adapters.metrics), created before the first worker starts
@@ -133,6 +156,8 @@ def _serve_workers(settings: Settings, workers: int) -> None:
             port=settings.port,
             metrics_dir=str(metrics_dir),
         )
+        status = 0
+        restarts: collections.deque[float] = collections.deque()
         running = {process.sentinel: process for process in processes}
         while running:
             ready = set(multiprocessing.connection.wait(list(running)))
@@ -141,5 +166,26 @@ def _serve_workers(settings: Settings, workers: int) -> None:
                 process.join()
                 assert process.pid is not None
                 worker_exited(process.pid, metrics_dir)
-                log.info("worker_exited", worker_pid=process.pid, exitcode=process.exitcode)
+                exitcode = process.exitcode
+                if stop_requested or exitcode == 0:
+                    log.info("worker_exited", worker_pid=process.pid, exitcode=exitcode)
+                    continue
+                now = time.monotonic()
+                restarts.append(now)
+                while now - restarts[0] > 60.0:
+                    restarts.popleft()
+                if exitcode == CONFIGURATION_EXIT_STATUS or len(restarts) > MAX_RESTARTS_PER_MINUTE:
+                    cause = "configuration" if exitcode == CONFIGURATION_EXIT_STATUS else "crash_loop"
+                    log.error("worker_failed", worker_pid=process.pid, exitcode=exitcode, cause=cause, stopping=len(running))
+                    status = CONFIGURATION_EXIT_STATUS if cause == "configuration" else 1
+                    forward(signal.SIGTERM, None)
+                    continue
+                replacement = context.Process(target=_worker_main, args=(settings, sock), name=process.name)
+                processes.append(replacement)
+                replacement.start()
+                running[replacement.sentinel] = replacement
+                log.warning("worker_restarted", worker_pid=process.pid, exitcode=exitcode, new_worker_pid=replacement.pid)
+                if stop_requested:
+                    forward(stop_requested[0], None)  # a stop that arrived while the replacement was starting
     sock.close()
+    return status

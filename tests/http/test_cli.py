@@ -191,8 +191,8 @@ def write_video(path: Path, frames: int = 12, width: int = 160, height: int = 12
     return path
 
 
-def run_file_env() -> dict[str, str]:
-    return clean_env(FORGESYTE_STREAM_PIPELINES_DIR=str(SHIPPED_PIPELINES), FORGESYTE_STREAM_PLUGINS="")
+def run_file_env(**extra: str) -> dict[str, str]:
+    return clean_env(FORGESYTE_STREAM_PIPELINES_DIR=str(SHIPPED_PIPELINES), FORGESYTE_STREAM_PLUGINS="", **extra)
 
 
 def test_run_file_prints_one_json_line_per_processed_frame(tmp_path: Path) -> None:
@@ -248,6 +248,44 @@ def test_run_file_with_an_unknown_pipeline_fails_cleanly(tmp_path: Path) -> None
 def test_run_file_refuses_a_zero_stride(tmp_path: Path) -> None:
     video = write_video(tmp_path / "square.avi", frames=3)
     result = cli("run-file", str(video), "--pipeline", "motion", "--stride", "0", env=run_file_env())
-    assert result.returncode == 2
-    assert "frame_stride" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert_refused(result, "--stride=0", "expected at least 1")
+
+
+def test_run_file_refuses_a_zero_max_frames(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "square.avi", frames=3)
+    result = cli("run-file", str(video), "--pipeline", "motion", "--max-frames", "0", env=run_file_env())
+    assert_refused(result, "--max-frames=0", "expected at least 1")
+
+
+# an unusable model ------------------------------------------------------------------------
+
+
+def not_a_model(tmp_path: Path) -> Path:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"this is not an ONNX protobuf")
+    return path
+
+
+def test_serve_refuses_an_unusable_yolo_model_in_one_line(tmp_path: Path) -> None:
+    model = not_a_model(tmp_path)
+    result = serve(FORGESYTE_STREAM_YOLO_MODEL=str(model))
+    assert_refused(result, "model configuration error", str(model), "does not load in ONNX Runtime")
+
+
+def test_run_file_refuses_an_unusable_yolo_model_in_one_line(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "square.avi", frames=3)
+    model = not_a_model(tmp_path)
+    result = cli("run-file", str(video), "--pipeline", "motion", env=run_file_env(FORGESYTE_STREAM_YOLO_MODEL=str(model)))
+    assert_refused(result, "model configuration error", str(model))
+    assert result.stdout == ""
+
+
+def test_serve_with_workers_exits_with_the_workers_start_up_failure(tmp_path: Path) -> None:
+    """Every worker refusing the configuration must not leave a supervisor that exits 0 (or runs on)."""
+    model = not_a_model(tmp_path)
+    result = cli(
+        "serve", "--host", "127.0.0.1", "--port", str(free_port()), "--workers", "2",
+        env=clean_env(FORGESYTE_STREAM_YOLO_MODEL=str(model)),
+    )
+    assert_refused(result, "model configuration error", str(model))
+    assert '"worker_failed"' in result.stdout, result.stdout

@@ -91,7 +91,7 @@ def test_sessions_and_frames_on_both_workers_are_summed_in_every_scrape() -> Non
         server.stop()
 
 
-def test_a_dead_worker_leaves_the_gauge_but_keeps_its_counts() -> None:
+def test_a_dead_worker_is_replaced_and_its_counts_kept() -> None:
     server, (doomed, survivor), metrics_dir = start_workers()
     try:
         assert metrics_dir.is_dir()
@@ -110,9 +110,22 @@ def test_a_dead_worker_leaves_the_gauge_but_keeps_its_counts() -> None:
                 orphan.connection.transport.abort()
 
         run(scenario())
-        (exited,) = wait_for_records(server, lambda r: r["event"] == "worker_exited" and r["worker_pid"] == doomed)
-        assert exited["exitcode"] == -signal.SIGKILL
+        (restarted,) = wait_for_records(server, lambda r: r["event"] == "worker_restarted" and r["worker_pid"] == doomed)
+        assert restarted["exitcode"] == -signal.SIGKILL
+        replacement = restarted["new_worker_pid"]
+        assert replacement not in (doomed, survivor)
+        wait_for_records(server, lambda r: r["event"] == "Application startup complete." and r["pid"] == replacement)
         assert settled(server).value("stream_frames_processed_total", pipeline_id="probe") == 7
+
+        async def on_the_replacement() -> None:
+            with only(server, replacement, [replacement, survivor]):
+                (client,) = await open_sessions(server, 1, frames=2)
+            await client.close()
+
+        run(on_the_replacement())
+        assert connected_pids(server).count(replacement) == 1
+        assert settled(server).value("stream_frames_processed_total", pipeline_id="probe") == 9
+        assert server.process.poll() is None, "a crashed worker is replaced; the server keeps running"
     finally:
         server.stop()
     assert not metrics_dir.exists(), "the supervisor removes its metrics directory at exit"
