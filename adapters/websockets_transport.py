@@ -36,6 +36,7 @@ from adapters.logging_observer import configure_logging
 from adapters.settings import Settings, SettingsError
 from application.ports import ConnectionClosed, Inbound, InboundKind
 from application.stream import StreamService
+from domain import CloseCode
 
 STREAM_PATH = "/ws/video/stream"
 
@@ -110,7 +111,7 @@ async def run(settings: Settings, container: Container | None = None, *, ready: 
     Listening stops first, so no new session starts; every open session is
     asked to answer its frames and close with 1012 within
     FORGESYTE_STREAM_SHUTDOWN_TIMEOUT_S; what is still open after that is
-    closed by the library with 1001.
+    cancelled and closed with 1012 too (the library's default would be 1001).
     """
     container = container or build_container(settings)
     stream_service = container.stream_service()
@@ -138,6 +139,11 @@ async def run(settings: Settings, container: Container | None = None, *, ready: 
             cancelled = await sessions.shutdown(settings.shutdown_timeout_s)
             if cancelled:
                 log.warning("sessions_cancelled_at_deadline", count=cancelled)
+            # What the deadline cut off closes with 1012, as under uvicorn, not the library's 1001.
+            await asyncio.gather(
+                *(connection.close(int(CloseCode.SERVICE_RESTART), "shutting_down") for connection in list(server.connections)),
+                return_exceptions=True,
+            )
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -170,6 +170,12 @@ class StreamService:
         close_code, reason = int(CloseCode.INTERNAL_ERROR), "internal_error"
         try:
             close_code, reason = await run.run()
+        except asyncio.CancelledError:
+            # Cut off by the shutdown deadline (the transport then closes the connection with 1012),
+            # or by the host cancelling the connection's task.
+            close_code = int(CloseCode.SERVICE_RESTART)
+            reason = "shutdown_deadline" if self._sessions.shutting_down else "cancelled"
+            raise
         finally:
             self._sessions.unregister(session.session_id)
             self._video.release_stream(session.session_id)

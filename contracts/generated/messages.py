@@ -1,6 +1,6 @@
 # Generated from asyncapi.yaml by asyncapi-python 0.3.1 (codegen); do not edit by hand.
 # Regenerate with `make models` (python -m contracts.generate_models).
-# source-sha256: e51fd1fb83a1a67a15c640393e55969e3ee363a94fedfa64a505f764d78782c6
+# source-sha256: 46820e518516f9e2c82d0e05c4cccadc3deefa8fb5ea61354393ea5d49f9a352
 
 from __future__ import annotations
 

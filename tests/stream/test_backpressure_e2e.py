@@ -5,6 +5,7 @@ checks are about which replies arrive, how many, and in what relation.
 """
 
 import asyncio
+import json
 import signal
 import time
 
@@ -216,5 +217,29 @@ def test_sigterm_answers_the_frame_in_flight_and_closes_every_session_with_1012(
         # uvicorn re-raises the captured signal once shutdown is complete, as a service manager expects.
         assert server.process.wait(timeout=30) == -signal.SIGTERM
         assert '"event": "draining_sessions"' in server.log_text()
+    finally:
+        server.stop()
+
+
+def test_a_session_still_busy_at_the_shutdown_deadline_is_cut_off_with_1012() -> None:
+    """The frame outlives the shutdown deadline: the session is cancelled, closed 1012, and logged as such."""
+    server = start_server({"FORGESYTE_STREAM_SHUTDOWN_TIMEOUT_S": "0.3", "FORGESYTE_STREAM_FRAME_TIMEOUT_MS": "30000"})
+    try:
+        async def scenario():
+            stuck = await StreamClient.open(server.ws("hang"))  # 1.5 s per frame, longer than the deadline
+            await stuck.send(FRAME)
+            await asyncio.sleep(0.1)
+            server.process.send_signal(signal.SIGTERM)
+            return await stuck.recv_until_closed()
+
+        stuck = run(scenario())
+        assert stuck.close_code == 1012
+        assert stuck.messages == [], "no reply could be sent in time, and none is invented"
+        assert server.process.wait(timeout=30) == -signal.SIGTERM
+        records = [json.loads(line) for line in server.lines if line.startswith("{")]
+        (cancelled,) = [r for r in records if r["event"] == "sessions_cancelled_at_deadline"]
+        assert cancelled["count"] == 1
+        (closed,) = [r for r in records if r["event"] == "session_disconnected"]
+        assert (closed["close_code"], closed["reason"]) == (1012, "shutdown_deadline")
     finally:
         server.stop()
