@@ -24,7 +24,7 @@ def test_defaults() -> None:
     assert settings.slowdown_repeat_ms == 5000
     assert settings.frame_timeout_ms == 10_000
     assert settings.inference_workers == 4
-    assert settings.shutdown_timeout_s == 10.0
+    assert settings.shutdown_timeout_s == 15.0
     assert settings.plugins == ()
     assert settings.yolo_model is None
     assert settings.yolo_labels is None
