@@ -196,7 +196,8 @@ def test_sigterm_answers_the_frame_in_flight_and_closes_every_session_with_1012(
     server = start_server()
     try:
         async def scenario():
-            busy = await StreamClient.open(server.ws("slow"))
+            # 1.5 s in flight: uvicorn notices the signal on its next 0.1 s tick, long before the frame ends.
+            busy = await StreamClient.open(server.ws("hang"))
             idle = await StreamClient.open(server.ws("probe"))
             await idle.send(FRAME)
             await idle.recv()
