@@ -151,6 +151,7 @@ class PrometheusObserver:
             registry=registry,
         )
         self._series: dict[str, _PipelineSeries] = {}
+        self._node_series: dict[tuple[str, str], Any] = {}
         for pipeline_id in pipeline_ids:
             self._for(pipeline_id)
 
@@ -217,7 +218,11 @@ class PrometheusObserver:
     # PipelineObserver (called from worker threads; prometheus-client is thread-safe) -------
 
     def node_finished(self, pipeline_id: str, node_id: str, duration_ms: float, *, failed: bool) -> None:
-        self.node_duration.labels(pipeline_id, node_id).observe(duration_ms / 1000.0)
+        key = (pipeline_id, node_id)
+        child = self._node_series.get(key)
+        if child is None:  # bounded: node ids come from the catalogue's graphs
+            child = self._node_series[key] = self.node_duration.labels(pipeline_id, node_id)
+        child.observe(duration_ms / 1000.0)
         if failed:
             self.node_failures.labels(pipeline_id, node_id).inc()
 

@@ -139,11 +139,15 @@ class DagPipelineService:
         self._observer = observer
         for pipeline_id in catalog.ids():
             self._check_tools(catalog.get(pipeline_id))
-        self._inline = {
-            pipeline_id: all(
-                runs_inline(self._plugins[node.plugin_id].tools()[node.tool_id]) for node in catalog.get(pipeline_id).nodes
-            )
+        # Each node's tool, resolved once: the catalogue and the plugins' tool sets are fixed at start-up.
+        self._tools: dict[str, dict[str, Tool]] = {
+            pipeline_id: {
+                node.id: self._plugins[node.plugin_id].tools()[node.tool_id] for node in catalog.get(pipeline_id).nodes
+            }
             for pipeline_id in catalog.ids()
+        }
+        self._inline = {
+            pipeline_id: all(runs_inline(tool) for tool in tools.values()) for pipeline_id, tools in self._tools.items()
         }
 
     def runs_inline(self, pipeline_id: str) -> bool:
@@ -192,6 +196,7 @@ class DagPipelineService:
             raise PipelineUnavailableError(pipeline_id, status.reason or "unavailable")
         frame = FrameContext(int(payload["frame_index"]), payload["image_bytes"], self._decoder, {})
         stream_state = self._state_store.for_stream(stream_id)
+        tools = self._tools[pipeline_id]
         outputs: dict[str, Mapping[str, Any]] = {}
         started = time.perf_counter()
         failed = True
@@ -201,7 +206,7 @@ class DagPipelineService:
                 inputs: dict[str, Any] = {**payload, **node.params}
                 for predecessor in definition.predecessors(node_id):
                     inputs.update(outputs[predecessor])
-                tool: Tool = self._plugins[node.plugin_id].tools()[node.tool_id]
+                tool = tools[node_id]
                 node_started = time.perf_counter()
                 node_failed = True
                 try:

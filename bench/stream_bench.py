@@ -292,7 +292,8 @@ def write_pipelines(directory: Path, cost_ms: float) -> None:
     (directory / f"{POOLED_PIPELINE}.json").write_text(json.dumps(pooled, indent=2))
 
 
-def start_forgesyte(pipelines_dir: Path, log_path: Path, timeout_s: float = 60.0) -> Child:
+def start_forgesyte(pipelines_dir: Path, log_path: Path, timeout_s: float = 60.0, *, transport: str = "litestar") -> Child:
+    """The real server: `forgesyte-stream serve` (Litestar on uvicorn), or the same application on the websockets adapter."""
     port = _free_port()
     env = {
         **os.environ,
@@ -301,23 +302,28 @@ def start_forgesyte(pipelines_dir: Path, log_path: Path, timeout_s: float = 60.0
         "FORGESYTE_STREAM_PLUGINS": FAULT_PLUGIN,
         "FORGESYTE_STREAM_LOG_LEVEL": "warning",
     }
-    command = [sys.executable, "-m", "adapters.cli", "serve", "--host", HOST, "--port", str(port)]
+    module = "adapters.cli" if transport == "litestar" else "adapters.websockets_transport"
+    command = [sys.executable, "-m", module, *(["serve"] if transport == "litestar" else []), "--host", HOST, "--port", str(port)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    child = Child("forgesyte", process, port, log_path)
+    child = Child(f"forgesyte-{transport}", process, port, log_path)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise BenchError(f"the ForgeSyte server exited with {process.returncode} during start-up:\n{child.log_tail()}")
+            raise BenchError(f"the ForgeSyte server ({transport}) exited with {process.returncode} during start-up:\n{child.log_tail()}")
         try:
-            with _NO_PROXY.open(f"http://{HOST}:{port}/health", timeout=1) as response:
-                if response.status == 200:
-                    return child
+            if transport == "litestar":
+                with _NO_PROXY.open(f"http://{HOST}:{port}/health", timeout=1) as response:
+                    if response.status == 200:
+                        return child
+            else:  # no HTTP API on this adapter: listening is ready
+                socket.create_connection((HOST, port), timeout=1).close()
+                return child
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.1)
     child.stop()
-    raise BenchError(f"the ForgeSyte server did not answer /health within {timeout_s:g} s:\n{child.log_tail()}")
+    raise BenchError(f"the ForgeSyte server ({transport}) did not start within {timeout_s:g} s:\n{child.log_tail()}")
 
 
 # Client ----------------------------------------------------------------------------
@@ -630,7 +636,9 @@ class Check:
 # The run ------------------------------------------------------------------------------
 
 
-async def run_benchmark(profile: Profile, frame: BenchFrame, forgesyte: Child, echo: Child, fifo: Child) -> tuple[list[Check], bool]:
+async def run_benchmark(
+    profile: Profile, frame: BenchFrame, forgesyte: Child, echo: Child, fifo: Child, alternate: Child
+) -> tuple[list[Check], bool]:
     checks: list[Check] = []
     failed = False
 
@@ -641,14 +649,20 @@ async def run_benchmark(profile: Profile, frame: BenchFrame, forgesyte: Child, e
     echo_fps: list[float] = []
     server_fps: list[float] = []
     pooled_fps: list[float] = []
+    alternate_fps: list[float] = []
     echo_lat: list[float] = []
     server_lat: list[float] = []
     try:
         print(f"  {'round':<7}{'echo fps':>12}{'server fps':>13}{'ratio':>8}{'echo p50 ms':>13}{'server p50 ms':>15}"
-              f"{'pooled fps':>12}{'ratio':>8}")
+              f"{'pooled fps':>12}{'ratio':>8}{'ws-adapter fps':>16}{'ratio':>8}")
         for round_number in range(1, profile.transport_rounds + 1):
             runs = {}
-            for name, url in (("echo", echo.url()), ("server", forgesyte.url("probe")), ("pooled", forgesyte.url(POOLED_PIPELINE))):
+            for name, url in (
+                ("echo", echo.url()),
+                ("server", forgesyte.url("probe")),
+                ("pooled", forgesyte.url(POOLED_PIPELINE)),
+                ("alternate", alternate.url("probe")),
+            ):
                 runs[name] = await asyncio.wait_for(
                     ping_pong(url, frame.data, seconds=profile.transport_seconds, max_frames=profile.transport_max_frames,
                               warmup=profile.warmup_frames),
@@ -657,18 +671,24 @@ async def run_benchmark(profile: Profile, frame: BenchFrame, forgesyte: Child, e
             echo_fps.append(runs["echo"].fps)
             server_fps.append(runs["server"].fps)
             pooled_fps.append(runs["pooled"].fps)
+            alternate_fps.append(runs["alternate"].fps)
             echo_lat += runs["echo"].latencies_s
             server_lat += runs["server"].latencies_s
             print(f"  {round_number:<7}{runs['echo'].fps:>12,.0f}{runs['server'].fps:>13,.0f}{runs['server'].fps / runs['echo'].fps:>8.2f}"
                   f"{runs['echo'].median_ms:>13.3f}{runs['server'].median_ms:>15.3f}"
-                  f"{runs['pooled'].fps:>12,.0f}{runs['pooled'].fps / runs['echo'].fps:>8.2f}")
+                  f"{runs['pooled'].fps:>12,.0f}{runs['pooled'].fps / runs['echo'].fps:>8.2f}"
+                  f"{runs['alternate'].fps:>16,.0f}{runs['alternate'].fps / runs['echo'].fps:>8.2f}")
         echo_median = statistics.median(echo_fps)
         server_median = statistics.median(server_fps)
         ratio = server_median / echo_median
         pooled_median = statistics.median(pooled_fps)
+        alternate_median = statistics.median(alternate_fps)
         print(f"  {'median':<7}{echo_median:>12,.0f}{server_median:>13,.0f}{ratio:>8.2f}"
               f"{statistics.median(echo_lat) * 1000:>13.3f}{statistics.median(server_lat) * 1000:>15.3f}"
-              f"{pooled_median:>12,.0f}{pooled_median / echo_median:>8.2f}")
+              f"{pooled_median:>12,.0f}{pooled_median / echo_median:>8.2f}"
+              f"{alternate_median:>16,.0f}{alternate_median / echo_median:>8.2f}")
+        print("  ws-adapter: the same application service and `probe` pipeline on adapters.websockets_transport "
+              "(no Litestar, no uvicorn): the gap to `server` is the HTTP framework's share")
         print("  server: `probe` (header-only, runs on the event loop); pooled: `fault.count` through the worker pool "
               f"(thread hand-off: {(1 / pooled_median - 1 / server_median) * 1e6:,.0f} us per frame)")
         print(f"  latency p99: echo {percentile(echo_lat, 99) * 1000:.3f} ms, server {percentile(server_lat, 99) * 1000:.3f} ms; "
@@ -676,6 +696,7 @@ async def run_benchmark(profile: Profile, frame: BenchFrame, forgesyte: Child, e
         checks.append(Check("transport: probe fps / echo fps (medians)", f"{ratio:.2f} ({server_median:,.0f} / {echo_median:,.0f})",
                             f">= {TARGET_TRANSPORT_RATIO}", ratio >= TARGET_TRANSPORT_RATIO))
         checks.append(Check("transport: pooled fps / echo fps (medians)", f"{pooled_median / echo_median:.2f}", "(info)", None))
+        checks.append(Check("transport: ws-adapter probe fps / echo fps", f"{alternate_median / echo_median:.2f}", "(info)", None))
     except Exception as error:  # noqa: BLE001 - a benchmark reports what broke and goes on
         failed = True
         print(f"  ERROR: transport phase failed: {error!r}")
@@ -795,13 +816,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         forgesyte = start_forgesyte(pipelines_dir, workdir / "server.log")
         children.append(forgesyte)
+        alternate = start_forgesyte(pipelines_dir, workdir / "websockets-adapter.log", transport="websockets")
+        children.append(alternate)
         echo = start_baseline("echo", profile.cost_ms)
         children.append(echo)
         fifo = start_baseline("fifo", profile.cost_ms)
         children.append(fifo)
         print(f"  servers up in {time.perf_counter() - t0:.1f} s: ForgeSyte :{forgesyte.port} (pid {forgesyte.process.pid}), "
               f"echo :{echo.port}, FIFO :{fifo.port}")
-        checks, failed = asyncio.run(run_benchmark(profile, frame, forgesyte, echo, fifo))
+        checks, failed = asyncio.run(run_benchmark(profile, frame, forgesyte, echo, fifo, alternate))
         print_summary(checks)
         if forgesyte.process.poll() is not None:
             failed = True
