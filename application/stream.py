@@ -213,6 +213,17 @@ class _SessionRun:
         if not self._ending.done():
             self._ending.set_result(close)
 
+    def _fail(self, where: str, error: Exception, frame: Frame | None) -> None:
+        """A bug in serving this session: the log gets the traceback, the client a generic internal_error."""
+        logger.exception("%s of session %s failed", where, self._session.session_id, exc_info=error)
+        self._end(
+            _Close(
+                _Ending.INTERNAL,
+                StreamError(ErrorCode.INTERNAL_ERROR, GENERIC_INTERNAL_DETAIL, log_message=repr(error)),
+                frame_index=frame.index if frame is not None else None,
+            )
+        )
+
     async def run(self) -> tuple[int, str]:
         receiver = asyncio.create_task(self._receive_loop(), name=f"receive-{self._session.session_id}")
         processor = asyncio.create_task(self._process_loop(), name=f"process-{self._session.session_id}")
@@ -315,8 +326,7 @@ class _SessionRun:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            logger.exception("receive loop of session %s failed", session.session_id)
-            self._end(_Close(_Ending.INTERNAL, StreamError(ErrorCode.INTERNAL_ERROR, GENERIC_INTERNAL_DETAIL, log_message=repr(exc))))
+            self._fail("receive loop", exc, None)
 
     async def _answer_inline(self, frame: Frame) -> None:
         """Answer a header-only frame right here, without handing it to the processing task.
@@ -335,14 +345,7 @@ class _SessionRun:
         except (ConnectionClosed, asyncio.CancelledError):
             raise
         except Exception as exc:
-            logger.exception("answering frame %d of session %s failed", frame.index, self._session.session_id)
-            self._end(
-                _Close(
-                    _Ending.INTERNAL,
-                    StreamError(ErrorCode.INTERNAL_ERROR, GENERIC_INTERNAL_DETAIL, log_message=repr(exc)),
-                    frame_index=frame.index,
-                )
-            )
+            self._fail(f"answering frame {frame.index}", exc, frame)
         finally:
             self._receiver_free.set()
             if self._to_start.empty():
@@ -369,14 +372,7 @@ class _SessionRun:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            logger.exception("processing loop of session %s failed", session.session_id)
-            self._end(
-                _Close(
-                    _Ending.INTERNAL,
-                    StreamError(ErrorCode.INTERNAL_ERROR, GENERIC_INTERNAL_DETAIL, log_message=repr(exc)),
-                    frame_index=frame.index if frame is not None else None,
-                )
-            )
+            self._fail("processing loop", exc, frame)
         finally:
             self._idle.set()
 
