@@ -4,6 +4,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from application.ports import ConnectionClosed, Inbound, InboundKind, WorkStillRunning
 from application.sessions import SessionManager
 from application.stream import StreamService, StreamSettings
@@ -113,13 +115,14 @@ def binary() -> Inbound:
     return Inbound(InboundKind.BINARY, FRAME)
 
 
-def test_an_unexpected_failure_is_internal_error_1011_without_detail() -> None:
+@pytest.mark.parametrize("inline", [False, True], ids=["in the pool", "on the receive loop"])
+def test_an_unexpected_failure_is_internal_error_1011_without_detail(inline: bool) -> None:
     def explode(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
         raise ZeroDivisionError("secret /srv/models/weights.onnx")
 
     async def scenario():
         transport = FakeTransport([binary()])
-        video = FakeVideo(explode)
+        video = FakeVideo(explode, inline=inline)
         sessions = SessionManager(4)
         await service(video, sessions).serve(transport, "p")
         return transport, video, sessions
