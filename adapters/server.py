@@ -11,6 +11,7 @@ the app uses (adapters.logging_observer), not its own text format.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import multiprocessing
 import multiprocessing.connection
@@ -40,6 +41,12 @@ class GracefulServer(uvicorn.Server):
         self._drain = drain
         self._deadline_s = deadline_s
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = type(asyncio.get_running_loop())
+        # Says which event loop actually runs (FORGESYTE_STREAM_EVENT_LOOP), for whoever reads a benchmark.
+        log.info("event_loop", loop=f"{loop.__module__}.{loop.__qualname__}")
+        await super().startup(sockets)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
             server.close()
@@ -58,6 +65,7 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         "host": settings.host,
         "port": settings.port,
         "ws": "websockets-sansio",
+        "loop": settings.event_loop,
         "ws_per_message_deflate": False,
         "ws_max_size": settings.ws_max_size,
         "log_config": logging_config(settings.log_level),

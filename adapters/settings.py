@@ -111,6 +111,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("slowdown_repeat_ms", 5000, "repeat interval of slow_down while the rate stays high, 100-600000 ms", _int(100, 600_000)),
     _Spec("frame_timeout_ms", 10_000, "per-frame pipeline deadline in ms, 10-600000", _int(10, 600_000)),
     _Spec("inference_workers", 4, "worker threads running pipelines, 1-256", _int(1, 256)),
+    _Spec("event_loop", "uvloop", "event loop of the server: uvloop (libuv, faster) or asyncio (the standard library's)", _choice(("uvloop", "asyncio"))),
     _Spec("shutdown_timeout_s", 15.0, "seconds sessions get to finish at shutdown (keep above the frame timeout), 0-600", _float(0.0, 600.0)),
     _Spec("plugins", (), "extra plugins, comma-separated module:factory references, each returning a plugin", _plugin_refs),
     _Spec("yolo_model", None, "path of a YOLOv8-style ONNX model; unset leaves the yolo pipeline unavailable", _optional_file),
@@ -135,6 +136,7 @@ class Settings:
     slowdown_repeat_ms: int
     frame_timeout_ms: int
     inference_workers: int
+    event_loop: str
     shutdown_timeout_s: float
     plugins: tuple[str, ...]
     yolo_model: Path | None

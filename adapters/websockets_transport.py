@@ -169,7 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"websockets_transport: configuration error: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    asyncio.run(run(settings))
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(run(settings))
+    else:
+        asyncio.run(run(settings))
     return 0
 
 

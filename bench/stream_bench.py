@@ -257,8 +257,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_baseline(kind: str, cost_ms: float) -> Child:
-    command = [sys.executable, str(Path(__file__).resolve()), "--serve", kind, "--cost-ms", str(cost_ms)]
+def start_baseline(kind: str, cost_ms: float, *, uvloop: bool = False) -> Child:
+    command = [sys.executable, str(Path(__file__).resolve()), "--serve", kind, "--cost-ms", str(cost_ms), *(["--uvloop"] if uvloop else [])]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     ready, _, _ = select.select([process.stdout], [], [], 15)
@@ -267,7 +267,7 @@ def start_baseline(kind: str, cost_ms: float) -> Child:
         process.kill()
         process.wait()
         raise BenchError(f"the {kind} baseline server did not start (got {line!r})")
-    return Child(kind, process, int(line.split()[1]))
+    return Child(f"{kind} (uvloop)" if uvloop else kind, process, int(line.split()[1]))
 
 
 def write_pipelines(directory: Path, cost_ms: float) -> None:
@@ -637,7 +637,7 @@ class Check:
 
 
 async def run_benchmark(
-    profile: Profile, frame: BenchFrame, forgesyte: Child, echo: Child, fifo: Child, alternate: Child
+    profile: Profile, frame: BenchFrame, forgesyte: Child, echo: Child, fifo: Child, alternate: Child, echo_uvloop: Child
 ) -> tuple[list[Check], bool]:
     checks: list[Check] = []
     failed = False
@@ -650,6 +650,7 @@ async def run_benchmark(
     server_fps: list[float] = []
     pooled_fps: list[float] = []
     alternate_fps: list[float] = []
+    echo_uvloop_fps: list[float] = []
     echo_lat: list[float] = []
     server_lat: list[float] = []
     try:
@@ -662,6 +663,7 @@ async def run_benchmark(
                 ("server", forgesyte.url("probe")),
                 ("pooled", forgesyte.url(POOLED_PIPELINE)),
                 ("alternate", alternate.url("probe")),
+                ("echo_uvloop", echo_uvloop.url()),
             ):
                 runs[name] = await asyncio.wait_for(
                     ping_pong(url, frame.data, seconds=profile.transport_seconds, max_frames=profile.transport_max_frames,
@@ -672,6 +674,7 @@ async def run_benchmark(
             server_fps.append(runs["server"].fps)
             pooled_fps.append(runs["pooled"].fps)
             alternate_fps.append(runs["alternate"].fps)
+            echo_uvloop_fps.append(runs["echo_uvloop"].fps)
             echo_lat += runs["echo"].latencies_s
             server_lat += runs["server"].latencies_s
             print(f"  {round_number:<7}{runs['echo'].fps:>12,.0f}{runs['server'].fps:>13,.0f}{runs['server'].fps / runs['echo'].fps:>8.2f}"
@@ -687,6 +690,9 @@ async def run_benchmark(
               f"{statistics.median(echo_lat) * 1000:>13.3f}{statistics.median(server_lat) * 1000:>15.3f}"
               f"{pooled_median:>12,.0f}{pooled_median / echo_median:>8.2f}"
               f"{alternate_median:>16,.0f}{alternate_median / echo_median:>8.2f}")
+        echo_uvloop_median = statistics.median(echo_uvloop_fps)
+        print(f"  the server runs on uvloop (FORGESYTE_STREAM_EVENT_LOOP); the same echo server on uvloop: "
+              f"{echo_uvloop_median:,.0f} fps, server / that = {server_median / echo_uvloop_median:.2f} (like for like)")
         print("  ws-adapter: the same application service and `probe` pipeline on adapters.websockets_transport "
               "(no Litestar, no uvicorn): the gap to `server` is the HTTP framework's share")
         print("  server: `probe` (header-only, runs on the event loop); pooled: `fault.count` through the worker pool "
@@ -697,6 +703,7 @@ async def run_benchmark(
                             f">= {TARGET_TRANSPORT_RATIO}", ratio >= TARGET_TRANSPORT_RATIO))
         checks.append(Check("transport: pooled fps / echo fps (medians)", f"{pooled_median / echo_median:.2f}", "(info)", None))
         checks.append(Check("transport: ws-adapter probe fps / echo fps", f"{alternate_median / echo_median:.2f}", "(info)", None))
+        checks.append(Check("transport: probe fps / echo-on-uvloop fps", f"{server_median / echo_uvloop_median:.2f}", "(info)", None))
     except Exception as error:  # noqa: BLE001 - a benchmark reports what broke and goes on
         failed = True
         print(f"  ERROR: transport phase failed: {error!r}")
@@ -786,10 +793,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Transport and backpressure benchmark of the ForgeSyte Stream WebSocket.")
     parser.add_argument("--quick", action="store_true", help="shorter runs (~25 s instead of ~60 s)")
     parser.add_argument("--serve", choices=("echo", "fifo"), help=argparse.SUPPRESS)
+    parser.add_argument("--uvloop", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cost-ms", type=float, default=FULL.cost_ms, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        asyncio.run(_serve_baseline(args.serve, args.cost_ms))
+        if args.uvloop:
+            import uvloop
+
+            uvloop.run(_serve_baseline(args.serve, args.cost_ms))
+        else:
+            asyncio.run(_serve_baseline(args.serve, args.cost_ms))
         return 0
 
     profile = QUICK if args.quick else FULL
@@ -820,11 +833,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         children.append(alternate)
         echo = start_baseline("echo", profile.cost_ms)
         children.append(echo)
+        echo_uvloop = start_baseline("echo", profile.cost_ms, uvloop=True)
+        children.append(echo_uvloop)
         fifo = start_baseline("fifo", profile.cost_ms)
         children.append(fifo)
         print(f"  servers up in {time.perf_counter() - t0:.1f} s: ForgeSyte :{forgesyte.port} (pid {forgesyte.process.pid}), "
               f"echo :{echo.port}, FIFO :{fifo.port}")
-        checks, failed = asyncio.run(run_benchmark(profile, frame, forgesyte, echo, fifo, alternate))
+        checks, failed = asyncio.run(run_benchmark(profile, frame, forgesyte, echo, fifo, alternate, echo_uvloop))
         print_summary(checks)
         if forgesyte.process.poll() is not None:
             failed = True

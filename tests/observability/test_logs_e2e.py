@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.observability.support import (
+    FRAME,
     PER_FRAME_EVENTS,
     overload,
     records,
@@ -153,3 +154,26 @@ def test_every_stdout_line_of_a_server_is_json_from_start_up_to_exit() -> None:
     assert all({"event", "level", "logger", "timestamp", "pid"} <= set(r) for r in lines)
     assert all(r["pid"] == running.process.pid for r in lines)
     assert all(SESSION_FIELDS <= set(r) for r in lines if r["logger"] == "forgesyte.stream" and r["event"] != "session_rejected")
+
+
+def test_the_server_runs_on_uvloop_by_default(server: RunningServer) -> None:
+    (record,) = wait_for_records(server, lambda r: r["event"] == "event_loop")
+    assert record["loop"].startswith("uvloop"), record
+
+
+def test_the_standard_library_event_loop_can_be_chosen_and_serves_the_stream() -> None:
+    running = start_server({"FORGESYTE_STREAM_EVENT_LOOP": "asyncio", "FORGESYTE_STREAM_LOG_LEVEL": "info"})
+    try:
+        (record,) = wait_for_records(running, lambda r: r["event"] == "event_loop")
+        assert record["loop"].startswith("asyncio."), record
+
+        async def one_frame() -> dict[str, Any]:
+            client = await StreamClient.open(running.ws("probe"))
+            await client.send(FRAME)
+            reply = await client.recv()
+            await client.close()
+            return reply
+
+        assert run(one_frame())["frame_index"] == 0
+    finally:
+        running.stop()

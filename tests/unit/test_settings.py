@@ -24,6 +24,7 @@ def test_defaults() -> None:
     assert settings.slowdown_repeat_ms == 5000
     assert settings.frame_timeout_ms == 10_000
     assert settings.inference_workers == 4
+    assert settings.event_loop == "uvloop"
     assert settings.shutdown_timeout_s == 15.0
     assert settings.plugins == ()
     assert settings.yolo_model is None
@@ -98,6 +99,7 @@ def test_overrides_win_over_the_environment() -> None:
         ("FORGESYTE_STREAM_SLOWDOWN_REPEAT_MS", "99", "[100, 600000]"),
         ("FORGESYTE_STREAM_FRAME_TIMEOUT_MS", "5", "[10, 600000]"),
         ("FORGESYTE_STREAM_INFERENCE_WORKERS", "0", "[1, 256]"),
+        ("FORGESYTE_STREAM_EVENT_LOOP", "trio", "uvloop, asyncio"),
         ("FORGESYTE_STREAM_SHUTDOWN_TIMEOUT_S", "-1", "[0.0, 600.0]"),
         ("FORGESYTE_STREAM_PLUGINS", "no_colon_here", "module:factory"),
         ("FORGESYTE_STREAM_YOLO_MODEL", "/nonexistent.onnx", "/nonexistent.onnx"),
