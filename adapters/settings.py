@@ -7,6 +7,7 @@ harder to operate than one that refuses to start.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -168,6 +169,11 @@ class Settings:
         return settings
 
     def _check_relations(self) -> None:
+        if self.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise SettingsError(
+                f"{PREFIX}EVENT_LOOP=uvloop but the uvloop package is not installed (it has no Windows build); "
+                "install it or set the variable to asyncio"
+            )
         if self.slowdown_threshold <= self.drop_threshold:
             raise SettingsError(
                 f"{PREFIX}SLOWDOWN_THRESHOLD={self.slowdown_threshold} must be above "

@@ -161,3 +161,13 @@ def test_documentation_defaults_match_the_real_defaults() -> None:
     assert docs["FORGESYTE_STREAM_MAX_FRAME_BYTES"] == "5242880"
     assert docs["FORGESYTE_STREAM_YOLO_MODEL"] == "unset"
     assert docs["FORGESYTE_STREAM_PLUGINS"] == "unset"
+
+
+def test_uvloop_without_the_package_is_refused_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvloop" else real_find_spec(name, *a))
+    with pytest.raises(SettingsError, match="FORGESYTE_STREAM_EVENT_LOOP=uvloop.*not installed.*asyncio"):
+        Settings.from_env({})
+    assert Settings.from_env({"FORGESYTE_STREAM_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
