@@ -12,6 +12,8 @@ cancelled and never runs.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,9 +24,7 @@ from application.ports import WorkStillRunning
 T = TypeVar("T")
 
 
-def _consume(future: asyncio.Future[object]) -> None:
-    if not future.cancelled():
-        future.exception()
+log = logging.getLogger(__name__)
 
 
 class ThreadWorkerPool:
@@ -49,19 +49,32 @@ class ThreadWorkerPool:
         return run
 
     async def run(self, fn: Callable[[], T], *, timeout_s: float) -> T:
-        future = self._executor.submit(self._tracked(fn))
+        # The caller's context goes with the work, so records logged in the thread keep
+        # the session's bound ids (session_id, pipeline_id).
+        future = self._executor.submit(contextvars.copy_context().run, self._tracked(fn))
         waiter = asyncio.wrap_future(future)
-        # Retrieve the outcome even when nobody awaits it any more (timeout, cancellation),
-        # so a late failure is not reported as "exception never retrieved".
-        waiter.add_done_callback(_consume)
+        abandoned = False
+
+        def settle(done: asyncio.Future[object]) -> None:
+            # Retrieve the outcome even when nobody awaits it any more, so that a late
+            # failure is logged here rather than reported as "exception never retrieved".
+            if done.cancelled():
+                return
+            error = done.exception()
+            if error is not None and abandoned:
+                log.warning("work that outlived its frame's deadline failed later", exc_info=error)
+
+        waiter.add_done_callback(settle)
         # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation
         # that arrives as the work completes, leaving the caller's task uncancellable.
         try:
             done, _ = await asyncio.wait({waiter}, timeout=timeout_s)
         except asyncio.CancelledError:
+            abandoned = True
             future.cancel()  # work still queued never starts
             raise
         if not done:
+            abandoned = True
             if future.cancel():
                 raise TimeoutError(f"the work did not start within {timeout_s} s")
             raise WorkStillRunning(timeout_s, waiter)

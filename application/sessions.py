@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from domain import Session
+
+logger = logging.getLogger(__name__)
+
+# After the shutdown deadline, how long sessions get to send their last messages before they are cancelled.
+FINAL_MESSAGES_GRACE_S = 2.0
 
 
 class Admission(StrEnum):
@@ -21,6 +27,9 @@ class SessionHandle:
 
     session: Session
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when the shutdown deadline passes with the session still open: its frame in flight is
+    # then answered as failed at once instead of being waited for.
+    deadline_passed: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -66,11 +75,15 @@ class SessionManager:
     def sessions(self) -> list[Session]:
         return [handle.session for handle in self._handles.values()]
 
-    async def shutdown(self, deadline_s: float) -> int:
-        """Ask every session to answer its in-flight frame and close with 1012, then wait.
+    async def shutdown(self, deadline_s: float, final_grace_s: float = FINAL_MESSAGES_GRACE_S) -> int:
+        """Ask every session to answer its frames and close with 1012, then wait.
 
-        Sessions still open at the deadline have their tasks cancelled. Returns
-        how many had to be cancelled.
+        Until `deadline_s` each session finishes its frame in flight. At the
+        deadline the sessions still open are told so (`deadline_passed`): they
+        answer their frame in flight with pipeline_failure without waiting for
+        it, answer waiting frames as dropped, and close; that takes a moment
+        unless the client has stopped reading. Those still open `final_grace_s`
+        later are cancelled. Returns how many had to be cancelled.
         """
         self._shutting_down = True
         handles = list(self._handles.values())
@@ -78,12 +91,22 @@ class SessionManager:
             handle.stop_requested.set()
         if not handles:
             return 0
-        waiters = [asyncio.ensure_future(handle.finished.wait()) for handle in handles]
-        _, pending = await asyncio.wait(waiters, timeout=deadline_s)
-        for waiter in pending:
-            waiter.cancel()
+        if not await self._wait_finished(handles, deadline_s):
+            late = [h for h in handles if not h.finished.is_set()]
+            logger.warning("shutdown deadline passed with %d session(s) still busy; answering their frames as failed", len(late))
+            for handle in late:
+                handle.deadline_passed.set()
+            await self._wait_finished(late, final_grace_s)
         stragglers = [h for h in handles if not h.finished.is_set()]
         for handle in stragglers:
             if handle.task is not None:
                 handle.task.cancel()
         return len(stragglers)
+
+    @staticmethod
+    async def _wait_finished(handles: list[SessionHandle], timeout_s: float) -> bool:
+        waiters = [asyncio.ensure_future(handle.finished.wait()) for handle in handles]
+        _, pending = await asyncio.wait(waiters, timeout=timeout_s)
+        for waiter in pending:
+            waiter.cancel()
+        return not pending

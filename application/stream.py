@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from application.pipeline import PipelineExecutionError
-from application.ports import ConnectionClosed, InboundKind, StreamObserver, Transport, WorkerPool, WorkStillRunning
+from application.ports import ConnectionClosed, Inbound, InboundKind, StreamObserver, Transport, WorkerPool, WorkStillRunning
 from application.sessions import Admission, SessionManager
 from application.video_service import VideoFilePipelineService
 from domain import (
@@ -166,7 +166,7 @@ class StreamService:
         transport.attach_session(session)
         session.transition(SessionState.OPEN)
         self._observer.session_opened(session, transport.client)
-        run = _SessionRun(self, transport, session, handle.stop_requested)
+        run = _SessionRun(self, transport, session, handle.stop_requested, handle.deadline_passed)
         close_code, reason = int(CloseCode.INTERNAL_ERROR), "internal_error"
         try:
             close_code, reason = await run.run()
@@ -195,16 +195,23 @@ class StreamService:
 class _SessionRun:
     """The two loops of one session: receiving frames and processing them, one at a time."""
 
-    def __init__(self, service: StreamService, transport: Transport, session: Session, stop: asyncio.Event) -> None:
+    def __init__(
+        self, service: StreamService, transport: Transport, session: Session, stop: asyncio.Event, deadline: asyncio.Event
+    ) -> None:
         self._service = service
         self._transport = transport
+        self._deadline = deadline
+        # True while the processing task awaits a frame's work (not while it sends): only then may
+        # the shutdown deadline interrupt it, so that no reply is ever cut off halfway.
+        self._executing = False
         self._session = session
         self._stop = stop
         self._send_lock = asyncio.Lock()
         self._to_start: asyncio.Queue[Frame] = asyncio.Queue()
         self._idle = asyncio.Event()
         self._idle.set()
-        # Set except while the receive loop itself is answering a header-only frame (see _answer_inline).
+        # Clear while the receive loop handles a message it has read: the frame is admitted, its
+        # displaced frames answered and it is handed on (or answered inline) before the loop may stop.
         self._receiver_free = asyncio.Event()
         self._receiver_free.set()
         self._ending: asyncio.Future[_Close] = asyncio.get_running_loop().create_future()
@@ -234,7 +241,8 @@ class _SessionRun:
                 self._end(_Close(_Ending.SHUTDOWN, StreamError(ErrorCode.SHUTTING_DOWN, "the server is shutting down; reconnect later")))
             close = self._ending.result()
             if close.ending is not _Ending.PEER_GONE:
-                # A reply the receive loop is sending for a header-only frame is not cut off halfway.
+                # A frame the receive loop has read is taken all the way (admitted, displaced frames
+                # answered, handed on) before the loop stops: stopping it halfway could lose a frame.
                 await self._receiver_free.wait()
             receiver.cancel()
             await asyncio.gather(receiver, return_exceptions=True)
@@ -253,8 +261,9 @@ class _SessionRun:
         cause = DropCause.SHUTDOWN if close.ending is _Ending.SHUTDOWN else DropCause.CLOSING
         try:
             # The frame in flight finishes within the frame timeout, which the worker pool enforces;
-            # the processor starts no further frame once the session is ending.
-            await self._idle.wait()
+            # the processor starts no further frame once the session is ending. A shutdown deadline
+            # that passes first interrupts the wait for the work (see _process), never a send.
+            await self._wait_idle_or_deadline(processor)
             processor.cancel()
             await asyncio.gather(processor, return_exceptions=True)
             for drop in self._session.drain_waiting(cause):
@@ -268,6 +277,17 @@ class _SessionRun:
         except ConnectionClosed:
             return int(CloseCode.GOING_AWAY), "peer_gone"
 
+    async def _wait_idle_or_deadline(self, processor: asyncio.Task[None]) -> None:
+        idle = asyncio.ensure_future(self._idle.wait())
+        deadline = asyncio.ensure_future(self._deadline.wait())
+        try:
+            await asyncio.wait({idle, deadline}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            deadline.cancel()
+        if not idle.done() and self._executing:
+            processor.cancel()
+        await idle
+
     async def _send(self, message: Mapping[str, Any]) -> None:
         async with self._send_lock:
             await self._transport.send_json(message)
@@ -276,57 +296,66 @@ class _SessionRun:
 
     async def _receive_loop(self) -> None:
         session = self._session
-        observer = self._service._observer
         max_bytes = self._service._settings.max_frame_bytes
         try:
             inline = self._service._video.runs_inline(session.pipeline_id)
             while not self._ending.done():
                 inbound = await self._transport.receive()
-                if inbound.kind is InboundKind.DISCONNECT:
-                    self._end(_Close(_Ending.PEER_GONE, peer_code=inbound.close_code))
-                    return
-                if inbound.kind is InboundKind.TEXT:
-                    self._end(
-                        _Close(
-                            _Ending.CLIENT_ERROR,
-                            StreamError(
-                                ErrorCode.INVALID_MESSAGE,
-                                "expected a binary message holding one JPEG image, got a text message",
-                            ),
-                        )
-                    )
-                    return
-                data = inbound.data
-                assert isinstance(data, bytes)
+                self._receiver_free.clear()
                 try:
-                    validate_jpeg(data, max_bytes)
-                except FrameValidationError as error:
-                    index = session.increment_frame()
-                    observer.frame_received(session, index, len(data))
-                    self._end(_Close(_Ending.CLIENT_ERROR, error, frame_index=index))
-                    return
-                admission = session.receive_frame(data)
-                observer.frame_received(session, admission.frame.index, len(data))
-                for drop in admission.dropped:
-                    await self._send(dropped_message(drop))
-                    observer.frame_dropped(session, drop.frame.index, drop.cause)
-                if admission.start is not None:
-                    self._idle.clear()
-                    if inline:
-                        await self._answer_inline(admission.start)
-                    else:
-                        self._to_start.put_nowait(admission.start)
-                if admission.dropped:
-                    signal = session.take_slowdown_signal()
-                    if signal is not None:
-                        await self._send(slowdown_message(signal))
-                        observer.slowdown_sent(session, signal.drop_rate, signal.suggested_fps)
+                    await self._handle_inbound(inbound, inline, max_bytes)
+                finally:
+                    self._receiver_free.set()
         except ConnectionClosed:
             self._end(_Close(_Ending.PEER_GONE))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._fail("receive loop", exc, None)
+
+    async def _handle_inbound(self, inbound: Inbound, inline: bool, max_bytes: int) -> None:
+        """One message from the client, taken all the way: a frame is admitted and handed on, or the session ends."""
+        session = self._session
+        observer = self._service._observer
+        if inbound.kind is InboundKind.DISCONNECT:
+            self._end(_Close(_Ending.PEER_GONE, peer_code=inbound.close_code))
+            return
+        if inbound.kind is InboundKind.TEXT:
+            self._end(
+                _Close(
+                    _Ending.CLIENT_ERROR,
+                    StreamError(
+                        ErrorCode.INVALID_MESSAGE,
+                        "expected a binary message holding one JPEG image, got a text message",
+                    ),
+                )
+            )
+            return
+        data = inbound.data
+        assert isinstance(data, bytes)
+        try:
+            validate_jpeg(data, max_bytes)
+        except FrameValidationError as error:
+            index = session.increment_frame()
+            observer.frame_received(session, index, len(data))
+            self._end(_Close(_Ending.CLIENT_ERROR, error, frame_index=index))
+            return
+        admission = session.receive_frame(data)
+        observer.frame_received(session, admission.frame.index, len(data))
+        if admission.start is not None:
+            self._idle.clear()
+            if not inline:
+                self._to_start.put_nowait(admission.start)  # the pipeline starts before the drop notices go out
+        for drop in admission.dropped:
+            await self._send(dropped_message(drop))
+            observer.frame_dropped(session, drop.frame.index, drop.cause)
+        if admission.start is not None and inline:
+            await self._answer_inline(admission.start)
+        if admission.dropped:
+            signal = session.take_slowdown_signal()
+            if signal is not None:
+                await self._send(slowdown_message(signal))
+                observer.slowdown_sent(session, signal.drop_rate, signal.suggested_fps)
 
     async def _answer_inline(self, frame: Frame) -> None:
         """Answer a header-only frame right here, without handing it to the processing task.
@@ -336,7 +365,6 @@ class _SessionRun:
         of what a cheap frame costs. Frames of every other pipeline go through
         the processing task, so that the receive loop keeps reading while they run.
         """
-        self._receiver_free.clear()
         try:
             next_frame: Frame | None = frame
             while next_frame is not None:
@@ -347,7 +375,6 @@ class _SessionRun:
         except Exception as exc:
             self._fail(f"answering frame {frame.index}", exc, frame)
         finally:
-            self._receiver_free.set()
             if self._to_start.empty():
                 self._idle.set()
 
@@ -390,10 +417,28 @@ class _SessionRun:
         fatal: _Close | None = None
         straggler: WorkStillRunning | None = None
         try:
-            reply = await service._execute(
-                pipeline_id, lambda: video.run_on_frame(pipeline_id, frame.index, frame.data, stream_id=session_id)
-            )
+            self._executing = True
+            try:
+                reply = await service._execute(
+                    pipeline_id, lambda: video.run_on_frame(pipeline_id, frame.index, frame.data, stream_id=session_id)
+                )
+            finally:
+                self._executing = False
             succeeded = True
+        except asyncio.CancelledError:
+            if not self._deadline.is_set():
+                raise
+            # The shutdown deadline passed while the work ran: answer now; the thread's result is discarded.
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()
+            failure = StreamError(
+                ErrorCode.PIPELINE_FAILURE,
+                f"the server shut down before frame {frame.index} finished",
+                log_message=f"frame {frame.index} of pipeline {pipeline_id!r} cut off by the shutdown deadline",
+            )
+            service._observer.frame_failed(session, frame.index, failure, code=failure.code)
+            reply = error_message(failure, frame.index)
         except PipelineExecutionError as error:
             service._observer.frame_failed(session, frame.index, error, code=error.code)
             reply = error_message(error, frame.index)

@@ -1,6 +1,6 @@
 # Generated from asyncapi.yaml by asyncapi-python 0.3.1 (codegen); do not edit by hand.
 # Regenerate with `make models` (python -m contracts.generate_models).
-# source-sha256: 46820e518516f9e2c82d0e05c4cccadc3deefa8fb5ea61354393ea5d49f9a352
+# source-sha256: 7aa6777a78877657660af36afa39d3393a8dac87a51dfbef6eb6f136e73e3ce2
 
 from __future__ import annotations
 

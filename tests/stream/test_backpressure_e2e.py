@@ -222,25 +222,31 @@ def test_sigterm_answers_the_frame_in_flight_and_closes_every_session_with_1012(
         server.stop()
 
 
-def test_a_session_still_busy_at_the_shutdown_deadline_is_cut_off_with_1012() -> None:
-    """The frame outlives the shutdown deadline: the session is cancelled, closed 1012, and logged as such."""
+def test_a_frame_still_running_at_the_shutdown_deadline_is_answered_as_failed_then_1012() -> None:
+    """The frame outlives the shutdown deadline: it still gets its one reply, a pipeline_failure, before the close."""
     server = start_server({"FORGESYTE_STREAM_SHUTDOWN_TIMEOUT_S": "0.3", "FORGESYTE_STREAM_FRAME_TIMEOUT_MS": "30000"})
     try:
         async def scenario():
             stuck = await StreamClient.open(server.ws("hang"))  # 1.5 s per frame, longer than the deadline
             await stuck.send(FRAME)
             await asyncio.sleep(0.1)
+            await stuck.send(FRAME)  # waits behind it
+            await asyncio.sleep(0.1)
             server.process.send_signal(signal.SIGTERM)
             return await stuck.recv_until_closed()
 
         stuck = run(scenario())
-        assert stuck.close_code == 1012
-        assert stuck.messages == [], "no reply could be sent in time, and none is invented"
+        replies = stuck.replies()
+        assert sorted(replies) == [0, 1]
+        (failure,) = replies[0]
+        assert failure["error"] == "pipeline_failure" and "shut down before frame 0 finished" in failure["detail"]
+        assert replies[1] == [{"frame_index": 1, "dropped": True, "cause": "shutdown"}]
+        assert stuck.messages[-1]["error"] == "shutting_down" and stuck.close_code == 1012
         assert server.process.wait(timeout=30) == -signal.SIGTERM
         records = [json.loads(line) for line in server.lines if line.startswith("{")]
-        (cancelled,) = [r for r in records if r["event"] == "sessions_cancelled_at_deadline"]
-        assert cancelled["count"] == 1
+        assert [r for r in records if r["event"] == "sessions_cancelled_at_deadline"] == []
         (closed,) = [r for r in records if r["event"] == "session_disconnected"]
-        assert (closed["close_code"], closed["reason"]) == (1012, "shutdown_deadline")
+        assert (closed["close_code"], closed["reason"]) == (1012, "shutting_down")
+        assert any("shutdown deadline passed" in r["event"] for r in records)
     finally:
         server.stop()

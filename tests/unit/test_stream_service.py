@@ -204,12 +204,89 @@ def test_shutdown_cancels_sessions_that_miss_the_deadline() -> None:
         task = asyncio.create_task(service(FakeVideo(lambda p, i, d: {}), sessions).serve(stuck, "p"))
         await asyncio.sleep(0.05)
         assert sessions.active_count() == 1
-        cancelled = await sessions.shutdown(0.2)
+        cancelled = await sessions.shutdown(0.2, final_grace_s=0.2)
         await asyncio.gather(task, return_exceptions=True)
         del transport
         return cancelled, sessions.active_count()
 
     assert asyncio.run(scenario()) == (1, 0)
+
+
+class SlowFirstDrop(FakeTransport):
+    """The first dropped notice takes a while to go out, as on a congested socket."""
+
+    def __init__(self, inbound: list[Inbound]) -> None:
+        super().__init__(inbound)
+        self._delayed = False
+
+    async def send_json(self, message: dict[str, Any]) -> None:
+        if message.get("dropped") and not self._delayed:
+            self._delayed = True
+            await asyncio.sleep(0.5)
+        await super().send_json(message)
+
+
+def test_shutdown_while_a_drop_notice_is_being_sent_still_answers_every_frame() -> None:
+    """Stopping the receive loop while it sends a drop notice must not lose the frame it was admitting."""
+    import time
+
+    def slow(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
+        time.sleep(0.3)
+        return {"frame_index": index, "result": {}}
+
+    async def scenario():
+        sessions = SessionManager(4)
+        transport = SlowFirstDrop([binary(), binary(), binary()])
+        stream = StreamService(
+            video=FakeVideo(slow),  # type: ignore[arg-type]
+            pool=ThreadPool(),
+            sessions=sessions,
+            observer=RecordingObserver(),
+            settings=StreamSettings(policy=BackpressurePolicy(buffer_capacity=1), frame_timeout_s=5, max_frame_bytes=1_000_000),
+        )
+        task = asyncio.create_task(stream.serve(transport, "p"))
+        await asyncio.sleep(0.1)  # frame 0 runs, frame 1 waited, frame 2 displaced it: dropped{1} is on its way
+        await sessions.shutdown(5.0)
+        await task
+        return transport
+
+    transport = asyncio.run(scenario())
+    replies: dict[int, list[str]] = {}
+    for message in transport.sent:
+        if "frame_index" in message:
+            kind = "result" if "result" in message else f"dropped:{message.get('cause')}"
+            replies.setdefault(message["frame_index"], []).append(kind)
+    assert replies == {0: ["result"], 1: ["dropped:buffer_full"], 2: ["dropped:shutdown"]}
+    assert transport.sent[-1]["error"] == "shutting_down" and transport.closed == (1012, "shutting_down")
+
+
+def test_at_the_shutdown_deadline_the_frame_in_flight_is_answered_as_failed() -> None:
+    import threading
+
+    release = threading.Event()
+
+    def hang(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
+        release.wait(5)
+        return {"frame_index": index, "result": {}}
+
+    async def scenario():
+        sessions = SessionManager(4)
+        transport = FakeTransport([binary()])
+        observer = RecordingObserver()
+        task = asyncio.create_task(service(FakeVideo(hang), sessions, observer=observer, frame_timeout_s=30).serve(transport, "p"))
+        await asyncio.sleep(0.05)
+        cancelled = await sessions.shutdown(0.2, final_grace_s=2.0)
+        await task
+        release.set()
+        return cancelled, transport, observer
+
+    cancelled, transport, observer = asyncio.run(scenario())
+    assert cancelled == 0, "the session closed by itself once told the deadline had passed"
+    assert transport.sent[0]["error"] == "pipeline_failure" and transport.sent[0]["frame_index"] == 0
+    assert "shut down before frame 0 finished" in transport.sent[0]["detail"]
+    assert transport.sent[1:] == [{"error": "shutting_down", "detail": "the server is shutting down; reconnect later"}]
+    assert transport.closed == (1012, "shutting_down")
+    assert [name for name, _ in observer.events if name == "frame_failed"] == ["frame_failed"]
 
 
 def test_a_new_session_during_shutdown_is_refused_with_1012() -> None:
