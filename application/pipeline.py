@@ -155,16 +155,17 @@ class DagPipelineService:
         return self._inline.get(pipeline_id, False)
 
     def _check_tools(self, definition: PipelineDefinition) -> None:
+        where = f"{self._catalog.source(definition.id)}: pipeline {definition.id!r}"
         for node in definition.nodes:
             plugin = self._plugins.get(node.plugin_id)
             if plugin is None:
                 raise PipelineValidationError(
-                    f"pipeline {definition.id!r}: node {node.id!r} names unknown plugin {node.plugin_id!r}; "
+                    f"{where}: node {node.id!r} names unknown plugin {node.plugin_id!r}; "
                     f"known plugins: {sorted(self._plugins)}"
                 )
             if node.tool_id not in plugin.tools():
                 raise PipelineValidationError(
-                    f"pipeline {definition.id!r}: node {node.id!r} names unknown tool {node.tool_id!r} "
+                    f"{where}: node {node.id!r} names unknown tool {node.tool_id!r} "
                     f"of plugin {node.plugin_id!r}; its tools: {sorted(plugin.tools())}"
                 )
 

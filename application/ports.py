@@ -90,6 +90,10 @@ class PipelineCatalog(Protocol):
 
     def ids(self) -> list[str]: ...
 
+    def source(self, pipeline_id: str) -> Any:
+        """Where the definition came from (a file path), so that start-up errors can name it."""
+        ...
+
 
 # Execution ------------------------------------------------------------------
 

@@ -145,9 +145,9 @@ def test_pipeline_with_a_cycle_is_refused_naming_file_and_node(tmp_path: Path) -
 
 
 def test_pipeline_with_an_unknown_plugin_is_refused_naming_it(tmp_path: Path) -> None:
-    write_pipeline(
+    path = write_pipeline(
         tmp_path,
-        "ghostly.json",
+        "spooky-file.json",
         {
             "id": "ghostly",
             "nodes": [{"id": "haunt", "plugin_id": "ghost_plugin", "tool_id": "boo"}],
@@ -157,7 +157,23 @@ def test_pipeline_with_an_unknown_plugin_is_refused_naming_it(tmp_path: Path) ->
         },
     )
     result = serve(FORGESYTE_STREAM_PIPELINES_DIR=str(tmp_path), FORGESYTE_STREAM_PLUGINS="")
-    assert_refused(result, "ghost_plugin", "haunt", "ghostly")
+    assert_refused(result, str(path), "ghost_plugin", "haunt", "ghostly")
+
+
+def test_pipeline_with_an_unknown_tool_is_refused_naming_file_node_and_tool(tmp_path: Path) -> None:
+    path = write_pipeline(
+        tmp_path,
+        "wrong-tool.json",
+        {
+            "id": "faces_typo",
+            "nodes": [{"id": "detect", "plugin_id": "opencv", "tool_id": "face_detekt"}],
+            "edges": [],
+            "entry_nodes": ["detect"],
+            "output_nodes": ["detect"],
+        },
+    )
+    result = serve(FORGESYTE_STREAM_PIPELINES_DIR=str(tmp_path), FORGESYTE_STREAM_PLUGINS="")
+    assert_refused(result, str(path), "faces_typo", "'detect'", "unknown tool 'face_detekt'")
 
 
 def test_pipeline_with_invalid_json_is_refused_naming_file_and_line(tmp_path: Path) -> None:

@@ -13,17 +13,7 @@ from adapters.plugins.probe import ProbePlugin
 from adapters.plugins.yolo import YoloPlugin
 from application.pipeline import DagPipelineService, StreamStateStore
 from domain import PipelineDefinition, PipelineEdge, PipelineNode
-
-
-class _Catalog:
-    def __init__(self, *definitions: PipelineDefinition) -> None:
-        self._definitions = {definition.id: definition for definition in definitions}
-
-    def get(self, pipeline_id: str) -> PipelineDefinition:
-        return self._definitions[pipeline_id]
-
-    def ids(self) -> list[str]:
-        return sorted(self._definitions)
+from tests.support.catalog import DictCatalog
 
 
 def _single(pipeline_id: str, plugin_id: str, tool_id: str, **params) -> PipelineDefinition:
@@ -47,7 +37,7 @@ def service(opencv_plugin, ocr_plugin) -> DagPipelineService:
         entry_nodes=["detect"],
         output_nodes=["detect", "read"],
     )
-    catalog = _Catalog(
+    catalog = DictCatalog(
         text_chain,
         _single("motion", "opencv", "motion_detect", min_area=100),
         _single("faces", "opencv", "face_detect"),

@@ -16,23 +16,13 @@ from application.pipeline import (
 )
 from application.ports import Availability, PipelineObserver, ToolContext
 from domain import ErrorCode, FrameValidationError, PipelineDefinition, PipelineEdge, PipelineNode, PipelineValidationError
+from tests.support.catalog import DictCatalog
 
 SECRET_TEXT = "tool-internal-secret-/var/lib/model.bin"
 PAYLOAD = {"frame_index": 7, "image_bytes": b"\xff\xd8fake\xff\xd9"}
 
 
 # Fakes ------------------------------------------------------------------------
-
-
-class DictCatalog:
-    def __init__(self, *definitions: PipelineDefinition) -> None:
-        self._definitions = {d.id: d for d in definitions}
-
-    def get(self, pipeline_id: str) -> PipelineDefinition:
-        return self._definitions[pipeline_id]
-
-    def ids(self) -> list[str]:
-        return sorted(self._definitions)
 
 
 class CountingDecoder:

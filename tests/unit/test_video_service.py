@@ -11,18 +11,8 @@ from application.pipeline import DagPipelineService, PipelineUnavailableError, S
 from application.ports import Availability, ToolContext
 from application.video_service import VideoFilePipelineService
 from domain import ErrorCode, FrameValidationError, PipelineDefinition, PipelineNode, StreamError
+from tests.support.catalog import DictCatalog
 from tests.support.media import jpeg
-
-
-class DictCatalog:
-    def __init__(self, *definitions: PipelineDefinition) -> None:
-        self._definitions = {d.id: d for d in definitions}
-
-    def get(self, pipeline_id: str) -> PipelineDefinition:
-        return self._definitions[pipeline_id]
-
-    def ids(self) -> list[str]:
-        return sorted(self._definitions)
 
 
 class CountingDecoder:
