@@ -32,6 +32,7 @@ from litestar.status_codes import (
     HTTP_504_GATEWAY_TIMEOUT,
 )
 
+from adapters.logging_observer import pipeline_error_fields
 from adapters.metrics import MetricsExporter
 from application.pipeline import DagPipelineService, PipelineUnavailableError
 from application.ports import ConnectionClosed, Inbound, InboundKind
@@ -166,7 +167,7 @@ def _stream_error_handler(_: Request[Any, Any, Any], error: StreamError) -> Resp
     elif isinstance(error, FrameTimeoutError):
         status = HTTP_504_GATEWAY_TIMEOUT
     if error.code is ErrorCode.PIPELINE_FAILURE:
-        log.error("pipeline_error", error=error.code.value, message=error.log_message, exc_info=error.__cause__)
+        log.error("pipeline_error", error=error.code.value, **pipeline_error_fields(error))
     return _error_response(error.code.value, error.detail, status, 0 if error.code is ErrorCode.PIPELINE_FAILURE else None)
 
 

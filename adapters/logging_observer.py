@@ -89,6 +89,15 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     )
 
 
+def pipeline_error_fields(error: Exception) -> dict[str, Any]:
+    """The fields of a `pipeline_error` record, streamed or HTTP: node, plugin, tool, message and traceback."""
+    fields: dict[str, Any] = {"message": getattr(error, "log_message", str(error)), "exc_info": error}
+    for attribute, field_name in (("node_id", "node"), ("plugin_id", "plugin"), ("tool_id", "tool")):
+        if hasattr(error, attribute):
+            fields[field_name] = getattr(error, attribute)
+    return fields
+
+
 class LoggingStreamObserver:
     """Logs session lifecycles at info and per-frame events at debug, so a 30 fps stream stays quiet at info.
 
@@ -160,18 +169,7 @@ class LoggingStreamObserver:
             )
 
     def frame_failed(self, session: Session, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
-        details: dict[str, Any] = {}
-        for attribute in ("node_id", "plugin_id", "tool_id"):
-            if hasattr(error, attribute):
-                details[attribute.removesuffix("_id") if attribute != "node_id" else "node"] = getattr(error, attribute)
-        self._bound(session).error(
-            "pipeline_error",
-            frame_index=frame_index,
-            error=code.value,
-            message=getattr(error, "log_message", str(error)),
-            exc_info=error,
-            **details,
-        )
+        self._bound(session).error("pipeline_error", frame_index=frame_index, error=code.value, **pipeline_error_fields(error))
 
     def slowdown_sent(self, session: Session, drop_rate: float, suggested_fps: float | None) -> None:
         self._bound(session).info("slow_down_sent", drop_rate=round(drop_rate, 4), suggested_fps=suggested_fps)

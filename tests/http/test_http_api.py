@@ -7,6 +7,7 @@ and a 2 KiB frame limit.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -291,7 +292,9 @@ def test_failing_tool_is_422_without_leaking_the_exception(faulty: RunningServer
     deadline = time.monotonic() + 10
     while SECRET not in faulty.log_text() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert any("pipeline_error" in line and SECRET in line for line in faulty.lines)
+    (record,) = [json.loads(line) for line in faulty.lines if '"pipeline_error"' in line and SECRET in line]
+    assert (record["node"], record["plugin"], record["tool"]) == ("boom", "fault", "fail")
+    assert "Traceback" in record["exception"] and SECRET in record["exception"]
 
 
 def test_tool_output_with_raw_bytes_is_422(faulty_client: httpx.Client, contract: Contract) -> None:

@@ -1,0 +1,125 @@
+"""The thread pool that runs pipelines off the event loop: deadlines, cancellation, context, late failures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+
+import pytest
+
+from adapters.worker_pool import ThreadWorkerPool
+from application.ports import WorkStillRunning
+
+REQUEST = contextvars.ContextVar("REQUEST", default="none")
+
+
+def test_work_runs_on_a_pool_thread_and_returns_its_result() -> None:
+    pool = ThreadWorkerPool(2)
+
+    async def scenario() -> tuple[str, str]:
+        return await pool.run(lambda: ("done", threading.current_thread().name), timeout_s=5)
+
+    try:
+        result, thread = asyncio.run(scenario())
+    finally:
+        pool.shutdown()
+    assert result == "done" and thread.startswith("forgesyte-infer")
+
+
+def test_the_callers_context_goes_with_the_work() -> None:
+    pool = ThreadWorkerPool(1)
+
+    async def scenario() -> str:
+        REQUEST.set("session-42")
+        return await pool.run(REQUEST.get, timeout_s=5)
+
+    try:
+        assert asyncio.run(scenario()) == "session-42"
+    finally:
+        pool.shutdown()
+
+
+def test_running_work_past_its_deadline_raises_work_still_running_with_its_end() -> None:
+    pool = ThreadWorkerPool(1)
+    release = threading.Event()
+
+    async def scenario() -> bool:
+        with pytest.raises(WorkStillRunning) as caught:
+            await pool.run(lambda: release.wait(5), timeout_s=0.05)
+        assert pool.busy_workers() == 1
+        release.set()
+        await asyncio.wait({caught.value.finished}, timeout=5)
+        return caught.value.finished.done()
+
+    try:
+        assert asyncio.run(scenario()) is True
+        assert pool.busy_workers() == 0
+    finally:
+        pool.shutdown()
+
+
+def test_queued_work_past_its_deadline_never_starts() -> None:
+    pool = ThreadWorkerPool(1)
+    release = threading.Event()
+    started: list[str] = []
+
+    async def scenario() -> None:
+        blocker = asyncio.ensure_future(pool.run(lambda: release.wait(5), timeout_s=5))
+        await asyncio.sleep(0.05)
+        with pytest.raises(TimeoutError) as caught:
+            await pool.run(lambda: started.append("queued"), timeout_s=0.05)
+        assert not isinstance(caught.value, WorkStillRunning)
+        release.set()
+        await blocker
+        await asyncio.sleep(0.05)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        pool.shutdown()
+    assert started == []
+
+
+def test_a_failure_after_the_deadline_is_logged_not_lost(caplog: pytest.LogCaptureFixture) -> None:
+    pool = ThreadWorkerPool(1)
+    release = threading.Event()
+
+    def fail_late() -> None:
+        release.wait(5)
+        raise RuntimeError("late failure")
+
+    async def scenario() -> None:
+        with pytest.raises(WorkStillRunning) as caught:
+            await pool.run(fail_late, timeout_s=0.05)
+        release.set()
+        await asyncio.wait({caught.value.finished}, timeout=5)
+        await asyncio.sleep(0)  # the done-callback runs on the loop
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="adapters.worker_pool"):
+            asyncio.run(scenario())
+    finally:
+        pool.shutdown()
+    (record,) = caplog.records
+    assert "outlived its frame's deadline" in record.getMessage()
+    assert record.exc_info is not None and str(record.exc_info[1]) == "late failure"
+
+
+def test_a_failure_the_caller_receives_is_not_logged_again(caplog: pytest.LogCaptureFixture) -> None:
+    pool = ThreadWorkerPool(1)
+
+    def fail() -> None:
+        raise ValueError("reported to the caller")
+
+    async def scenario() -> None:
+        with pytest.raises(ValueError):
+            await pool.run(fail, timeout_s=5)
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="adapters.worker_pool"):
+            asyncio.run(scenario())
+    finally:
+        pool.shutdown()
+    assert caplog.records == []
