@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from application.pipeline import DagPipelineService, PipelineUnavailableError, UnknownPipelineError
+from application.pipeline import DagPipelineService, PipelineUnavailableError
 from application.ports import Availability, VideoReader
 from domain import DEFAULT_MAX_FRAME_BYTES, ErrorCode, StreamError, validate_jpeg
 
@@ -29,16 +29,15 @@ class VideoFilePipelineService:
         self.max_frame_bytes = max_frame_bytes
 
     def is_valid_pipeline(self, pipeline_id: str | None) -> bool:
-        """True when the id names a known pipeline whose plugins can run now."""
-        if not pipeline_id:
-            return False
+        """True when the id names a known pipeline whose plugins can run now (check_pipeline says why not)."""
         try:
-            return self._pipelines.availability(pipeline_id).available
-        except UnknownPipelineError:
+            self.check_pipeline(pipeline_id)
+        except StreamError:
             return False
+        return True
 
     def check_pipeline(self, pipeline_id: str | None) -> None:
-        """Like is_valid_pipeline, but raising the error that tells the client what is wrong."""
+        """The one pipeline check the stream and the HTTP API use: raises the error that tells the client what is wrong."""
         if not pipeline_id:
             raise StreamError(
                 ErrorCode.INVALID_PIPELINE,

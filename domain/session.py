@@ -161,9 +161,15 @@ class Session:
             return self._arrivals[-1] - self._previous_arrival
         return None
 
+    def drop_cause(self, processing_time_ms: float | None, now: float | None = None) -> DropCause | None:
+        """Why the oldest waiting frame must give way to a newer one now, if it must (the policy decides)."""
+        return self.policy.should_drop(
+            processing_ms=processing_time_ms, interval_ms=self.frame_interval_ms(now), waiting=len(self._waiting)
+        )
+
     def should_drop_frame(self, processing_time_ms: float | None) -> bool:
-        """Whether, at this processing time, the session lags the client's frame rate."""
-        return self.policy.is_lagging(processing_time_ms, self.frame_interval_ms())
+        """Whether, at this processing time, a waiting frame would be dropped now (lagging, or the buffer full)."""
+        return self.drop_cause(processing_time_ms) is not None
 
     def should_slow_down(self) -> bool:
         now = self.now_ms()
@@ -189,11 +195,7 @@ class Session:
 
         dropped: list[Drop] = []
         while True:
-            cause = self.policy.should_drop(
-                processing_ms=self.processing_ms,
-                interval_ms=self.frame_interval_ms(now),
-                waiting=len(self._waiting),
-            )
+            cause = self.drop_cause(self.processing_ms, now)
             if cause is None:
                 break
             victim = self._waiting.popleft()
