@@ -1,4 +1,4 @@
-"""The use cases of story 1 and 7: check a pipeline id, run a frame, run a video file."""
+"""The video use cases: check a pipeline id, run one frame, run a video file."""
 
 from __future__ import annotations
 

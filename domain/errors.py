@@ -48,6 +48,14 @@ CLOSE_CODE_FOR_ERROR: dict[ErrorCode, CloseCode] = {
 GENERIC_INTERNAL_DETAIL = "the server hit an unexpected error; the event was logged"
 
 
+def _error_code(code: ErrorCode | str) -> ErrorCode:
+    """The enumeration member for a code given as a member or as its wire string."""
+    try:
+        return ErrorCode(code)
+    except ValueError:
+        raise ValueError(f"unknown error code {code!r}; expected one of {[c.value for c in ErrorCode]}") from None
+
+
 class StreamError(Exception):
     """A failure with a public detail for the client, kept apart from the private log message.
 
@@ -55,7 +63,8 @@ class StreamError(Exception):
     or anything else that must never cross the wire.
     """
 
-    def __init__(self, code: ErrorCode, detail: str, *, log_message: str | None = None) -> None:
+    def __init__(self, code: ErrorCode | str, detail: str, *, log_message: str | None = None) -> None:
+        code = _error_code(code)
         super().__init__(f"{code.value}: {detail}")
         self.code = code
         self.detail = detail

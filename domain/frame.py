@@ -23,9 +23,9 @@ _STANDALONE_MARKERS = frozenset(range(0xD0, 0xD8)) | {0x01}
 class FrameValidationError(StreamError):
     """A frame rejected before any work is spent on it: `invalid_frame` or `frame_too_large`."""
 
-    def __init__(self, code: ErrorCode, detail: str) -> None:
+    def __init__(self, code: ErrorCode | str, detail: str) -> None:
         if code not in (ErrorCode.INVALID_FRAME, ErrorCode.FRAME_TOO_LARGE):
-            raise ValueError(f"a frame is rejected as invalid_frame or frame_too_large, not {code.value}")
+            raise ValueError(f"a frame is rejected as invalid_frame or frame_too_large, not {code!r}")
         super().__init__(code, detail)
 
 

@@ -69,7 +69,7 @@ def _monotonic_ms() -> float:
 
 @dataclass(eq=False)
 class Session:
-    """The per-connection state of story 2, with the backpressure rule applied to it.
+    """The per-connection state of a stream, with the backpressure rule applied to it.
 
     `frame_index` is the number of frames received so far, so the next frame
     gets that index. `drop_rate()` is cumulative and reports what happened;
@@ -124,7 +124,7 @@ class Session:
             raise IllegalTransition(f"session {self.session_id}: cannot go from {self.state.value} to {target.value}")
         self.state = target
 
-    # Story 2 counters ------------------------------------------------------
+    # Counters and rates ----------------------------------------------------
 
     def increment_frame(self) -> int:
         """Count a received frame and return the index it gets."""

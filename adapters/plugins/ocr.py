@@ -80,12 +80,6 @@ class OcrPlugin:
                 self._engine = RapidOCR(params=_ENGINE_PARAMS)
             return self._engine(image, **flags)
 
-    def warm_up(self) -> None:
-        """Load the detection and recognition models now rather than on the first frame that needs them."""
-        blank = np.full((64, 256, 3), 255, dtype=np.uint8)
-        self._run(blank, use_det=True, use_cls=False, use_rec=False, box_thresh=_DEFAULT_BOX_THRESHOLD)
-        self._run(blank, use_det=False, use_cls=False, use_rec=True)
-
     def read_all(self, inputs: Mapping[str, Any], context: ToolContext) -> dict[str, Any]:
         """Every line of text with what it says.
 

@@ -60,3 +60,22 @@ def test_header_reader_rejects_headers_without_a_frame(data: bytes) -> None:
     with pytest.raises(FrameValidationError) as caught:
         read_jpeg_info(data)
     assert caught.value.code is ErrorCode.INVALID_FRAME
+
+
+def test_error_codes_may_be_given_as_their_wire_strings() -> None:
+    from domain import ErrorCode, FrameValidationError, StreamError
+
+    error = FrameValidationError("invalid_frame", "not a JPEG")
+    assert error.code is ErrorCode.INVALID_FRAME and error.to_message() == {"error": "invalid_frame", "detail": "not a JPEG"}
+    assert StreamError("server_busy", "full").code is ErrorCode.SERVER_BUSY
+
+
+def test_an_unknown_error_code_is_refused_naming_the_accepted_ones() -> None:
+    import pytest
+
+    from domain import FrameValidationError, StreamError
+
+    with pytest.raises(ValueError, match=r"unknown error code 'oops'; expected one of \['invalid_message'"):
+        StreamError("oops", "x")
+    with pytest.raises(ValueError, match="invalid_frame or frame_too_large, not 'server_busy'"):
+        FrameValidationError("server_busy", "x")
