@@ -176,6 +176,8 @@ def test_sessions_beyond_the_limit_get_server_busy_1013() -> None:
             third = await StreamClient.open(server.ws("probe"))
             refused = await third.recv_until_closed()
             await first.close()
+            # The close handshake completes before the server has unregistered the session.
+            await asyncio.to_thread(server.wait_for, lambda health: health["sessions_active"] == 1)
             fourth = await StreamClient.open(server.ws("probe"))
             await fourth.send(FRAME)
             accepted = await fourth.recv()
