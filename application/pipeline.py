@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from application.json_safe import JsonSafetyError, to_json_safe
@@ -94,19 +96,51 @@ class StreamStateStore:
     """Per-stream, per-node tool state (a motion model, say), released when the stream ends.
 
     Access happens from worker threads, but one stream has one frame in flight
-    at a time, so each stream's slice is only ever touched by one thread.
+    at a time, so each stream's slice is only ever touched by one thread. A run
+    holds a lease on its stream's state; a release that comes while a run still
+    holds it (the client left mid-frame, or shutdown answered the frame without
+    waiting) is carried out when that run returns, never under it.
     """
 
     def __init__(self) -> None:
         self._streams: dict[str, dict[str, dict[str, Any]]] = {}
+        self._leases: dict[str, int] = {}
+        self._released: set[str] = set()
+        self._lock = threading.Lock()
 
-    def for_stream(self, stream_id: str | None) -> dict[str, dict[str, Any]]:
+    @contextmanager
+    def lease(self, stream_id: str | None) -> Iterator[dict[str, dict[str, Any]]]:
+        """The stream's state for the length of one run (a throw-away one without a stream)."""
         if stream_id is None:
-            return {}
-        return self._streams.setdefault(stream_id, {})
+            yield {}
+            return
+        with self._lock:
+            state = self._streams.setdefault(stream_id, {})
+            self._leases[stream_id] = self._leases.get(stream_id, 0) + 1
+        try:
+            yield state
+        finally:
+            with self._lock:
+                remaining = self._leases.pop(stream_id) - 1
+                if remaining:
+                    self._leases[stream_id] = remaining
+                deferred = not remaining and stream_id in self._released
+                if deferred:
+                    self._released.discard(stream_id)
+                    states = self._streams.pop(stream_id, None)
+            if deferred:
+                self._close(states)
 
     def release(self, stream_id: str) -> None:
-        states = self._streams.pop(stream_id, None)
+        with self._lock:
+            if self._leases.get(stream_id):
+                self._released.add(stream_id)
+                return
+            states = self._streams.pop(stream_id, None)
+        self._close(states)
+
+    @staticmethod
+    def _close(states: dict[str, dict[str, Any]] | None) -> None:
         for node_state in (states or {}).values():
             for value in node_state.values():
                 closer = getattr(value, "close", None)
@@ -114,7 +148,8 @@ class StreamStateStore:
                     closer()
 
     def active_streams(self) -> int:
-        return len(self._streams)
+        with self._lock:
+            return len(self._streams)
 
 
 class DagPipelineService:
@@ -195,8 +230,14 @@ class DagPipelineService:
         status = self.availability(pipeline_id)
         if not status.available:
             raise PipelineUnavailableError(pipeline_id, status.reason or "unavailable")
+        with self._state_store.lease(stream_id) as stream_state:
+            return self._run_nodes(definition, payload, stream_state)
+
+    def _run_nodes(
+        self, definition: PipelineDefinition, payload: Mapping[str, Any], stream_state: dict[str, dict[str, Any]]
+    ) -> dict[str, Any]:
+        pipeline_id = definition.id
         frame = FrameContext(int(payload["frame_index"]), payload["image_bytes"], self._decoder, {})
-        stream_state = self._state_store.for_stream(stream_id)
         tools = self._tools[pipeline_id]
         outputs: dict[str, Mapping[str, Any]] = {}
         started = time.perf_counter()

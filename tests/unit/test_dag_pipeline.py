@@ -393,6 +393,11 @@ def test_state_persists_across_frames_of_one_stream() -> None:
     assert counts == [1, 2, 3]
 
 
+def peek(store: StreamStateStore, stream_id: str | None) -> dict[str, dict[str, Any]]:
+    with store.lease(stream_id) as states:
+        return states
+
+
 def test_state_is_isolated_between_streams() -> None:
     pipelines = counter_service(StreamStateStore())
     assert pipelines.run_pipeline("counter", PAYLOAD, stream_id="a")["count"] == 1
@@ -405,7 +410,7 @@ def test_state_is_per_node() -> None:
     store = StreamStateStore()
     pipelines = counter_service(store)
     pipelines.run_pipeline("counter", PAYLOAD, stream_id="s")
-    states = store.for_stream("s")
+    states = peek(store, "s")
     assert set(states) == {"c1", "c2"}
     assert states["c1"]["resource"] is not states["c2"]["resource"]
 
@@ -415,7 +420,7 @@ def test_state_is_fresh_for_one_off_frames() -> None:
     pipelines = counter_service(store)
     assert [pipelines.run_pipeline("counter", PAYLOAD)["count"] for _ in range(3)] == [1, 1, 1]
     assert pipelines.run_pipeline("counter", PAYLOAD, stream_id=None)["count"] == 1
-    assert store.for_stream(None) == {}
+    assert peek(store, None) == {}
     assert store.active_streams() == 0
 
 
@@ -424,8 +429,8 @@ def test_release_closes_state_values_and_forgets_the_stream() -> None:
     pipelines = counter_service(store)
     pipelines.run_pipeline("counter", PAYLOAD, stream_id="s")
     pipelines.run_pipeline("counter", PAYLOAD, stream_id="other")
-    resources = [state["resource"] for state in store.for_stream("s").values()]
-    other = [state["resource"] for state in store.for_stream("other").values()]
+    resources = [state["resource"] for state in peek(store, "s").values()]
+    other = [state["resource"] for state in peek(store, "other").values()]
     assert store.active_streams() == 2
     pipelines.release_stream("s")
     assert [r.closed for r in resources] == [1, 1]
@@ -433,6 +438,34 @@ def test_release_closes_state_values_and_forgets_the_stream() -> None:
     assert store.active_streams() == 1
     # After release the stream starts over.
     assert pipelines.run_pipeline("counter", PAYLOAD, stream_id="s")["count"] == 1
+
+
+def test_a_release_during_a_run_waits_for_the_run_to_return() -> None:
+    """The client left while its frame ran: the state is closed after the tool is done with it, not under it."""
+    import threading
+
+    store = StreamStateStore()
+    pipelines = counter_service(store)
+    pipelines.run_pipeline("counter", PAYLOAD, stream_id="s")
+    resources = [state["resource"] for state in peek(store, "s").values()]
+    inside = threading.Event()
+    finish = threading.Event()
+
+    def run_holding_the_lease() -> None:
+        with store.lease("s"):
+            inside.set()
+            finish.wait(5)
+
+    worker = threading.Thread(target=run_holding_the_lease)
+    worker.start()
+    assert inside.wait(5)
+    pipelines.release_stream("s")
+    assert [r.closed for r in resources] == [0, 0], "still in use by the running frame"
+    assert store.active_streams() == 1
+    finish.set()
+    worker.join(5)
+    assert [r.closed for r in resources] == [1, 1]
+    assert store.active_streams() == 0
 
 
 def test_release_of_unknown_stream_is_harmless() -> None:
