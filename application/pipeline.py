@@ -95,11 +95,15 @@ class _NodeContext:
 class StreamStateStore:
     """Per-stream, per-node tool state (a motion model, say), released when the stream ends.
 
-    Access happens from worker threads, but one stream has one frame in flight
-    at a time, so each stream's slice is only ever touched by one thread. A run
-    holds a lease on its stream's state; a release that comes while a run still
-    holds it (the client left mid-frame, or shutdown answered the frame without
-    waiting) is carried out when that run returns, never under it.
+    A stream is opened when its session starts (on the event loop, before any
+    frame) and released when it ends. Access happens from worker threads, but
+    one stream has one frame in flight at a time, so each stream's slice is only
+    ever touched by one thread. A run holds a lease on its stream's state; a
+    release that comes while a run holds it (the client left mid-frame, or
+    shutdown answered the frame without waiting) is carried out when that run
+    returns, never under it; a run that starts after the release (its thread
+    was slow to start) gets a throw-away state, so nothing is re-created that
+    no one would release.
     """
 
     def __init__(self) -> None:
@@ -108,15 +112,22 @@ class StreamStateStore:
         self._released: set[str] = set()
         self._lock = threading.Lock()
 
+    def open(self, stream_id: str) -> None:
+        with self._lock:
+            self._streams.setdefault(stream_id, {})
+
     @contextmanager
     def lease(self, stream_id: str | None) -> Iterator[dict[str, dict[str, Any]]]:
-        """The stream's state for the length of one run (a throw-away one without a stream)."""
-        if stream_id is None:
+        """The stream's state for the length of one run; throw-away without an open stream."""
+        with self._lock:
+            state = self._streams.get(stream_id) if stream_id is not None else None
+            if state is not None:
+                assert stream_id is not None
+                self._leases[stream_id] = self._leases.get(stream_id, 0) + 1
+        if state is None:
             yield {}
             return
-        with self._lock:
-            state = self._streams.setdefault(stream_id, {})
-            self._leases[stream_id] = self._leases.get(stream_id, 0) + 1
+        assert stream_id is not None
         try:
             yield state
         finally:
@@ -221,6 +232,10 @@ class DagPipelineService:
             if not status.available:
                 reasons.append(f"plugin {plugin_id!r}: {status.reason}")
         return Availability(not reasons, "; ".join(reasons) or None)
+
+    def open_stream(self, stream_id: str) -> None:
+        """Give a stream its own tool state, kept across its frames until release_stream."""
+        self._state_store.open(stream_id)
 
     def release_stream(self, stream_id: str) -> None:
         self._state_store.release(stream_id)

@@ -54,6 +54,16 @@ class FrameTimeoutError(StreamError):
         )
 
 
+class _CutOffAtDeadline(Exception):
+    """The shutdown deadline passed before a frame's work finished."""
+
+
+def _retrieve_outcome(future: asyncio.Future[Any]) -> None:
+    # Work given up at the deadline: its late outcome is retrieved (and logged by the pool if it failed).
+    if not future.cancelled():
+        future.exception()
+
+
 class _Ending(StrEnum):
     PEER_GONE = "peer_gone"
     CLIENT_ERROR = "client_error"
@@ -164,6 +174,7 @@ class StreamService:
         assert handle is not None
 
         transport.attach_session(session)
+        self._video.open_stream(session.session_id)
         session.transition(SessionState.OPEN)
         self._observer.session_opened(session, transport.client)
         run = _SessionRun(self, transport, session, handle.stop_requested, handle.deadline_passed)
@@ -201,9 +212,7 @@ class _SessionRun:
         self._service = service
         self._transport = transport
         self._deadline = deadline
-        # True while the processing task awaits a frame's work (not while it sends): only then may
-        # the shutdown deadline interrupt it, so that no reply is ever cut off halfway.
-        self._executing = False
+        self._deadline_waiter: asyncio.Future[Any] | None = None
         self._session = session
         self._stop = stop
         self._send_lock = asyncio.Lock()
@@ -253,6 +262,8 @@ class _SessionRun:
         finally:
             for task in (receiver, processor, stop_waiter):
                 task.cancel()
+            if self._deadline_waiter is not None:
+                self._deadline_waiter.cancel()
             await asyncio.gather(receiver, processor, stop_waiter, return_exceptions=True)
 
     async def _close_gracefully(self, close: _Close, processor: asyncio.Task[None]) -> tuple[int, str]:
@@ -260,10 +271,10 @@ class _SessionRun:
         assert close.error is not None
         cause = DropCause.SHUTDOWN if close.ending is _Ending.SHUTDOWN else DropCause.CLOSING
         try:
-            # The frame in flight finishes within the frame timeout, which the worker pool enforces;
-            # the processor starts no further frame once the session is ending. A shutdown deadline
-            # that passes first interrupts the wait for the work (see _process), never a send.
-            await self._wait_idle_or_deadline(processor)
+            # The frame in flight finishes within the frame timeout, which the worker pool enforces,
+            # or is answered as failed when the shutdown deadline passes first (see _run_work); the
+            # processor starts no further frame once the session is ending.
+            await self._idle.wait()
             processor.cancel()
             await asyncio.gather(processor, return_exceptions=True)
             for drop in self._session.drain_waiting(cause):
@@ -276,17 +287,6 @@ class _SessionRun:
             return code, close.error.code.value
         except ConnectionClosed:
             return int(CloseCode.GOING_AWAY), "peer_gone"
-
-    async def _wait_idle_or_deadline(self, processor: asyncio.Task[None]) -> None:
-        idle = asyncio.ensure_future(self._idle.wait())
-        deadline = asyncio.ensure_future(self._deadline.wait())
-        try:
-            await asyncio.wait({idle, deadline}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            deadline.cancel()
-        if not idle.done() and self._executing:
-            processor.cancel()
-        await idle
 
     async def _send(self, message: Mapping[str, Any]) -> None:
         async with self._send_lock:
@@ -380,6 +380,31 @@ class _SessionRun:
 
     # Processing ----------------------------------------------------------------
 
+    async def _run_work(self, pipeline_id: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """A frame's work, given up (raising _CutOffAtDeadline) if the shutdown deadline passes first.
+
+        Header-only work runs right here and cannot be cut off. Pooled work is raced
+        against the deadline, also when the deadline has already passed as the
+        frame starts; the work given up is cancelled if still queued, and a thread
+        already running it finishes with its result discarded.
+        """
+        service = self._service
+        if service._video.runs_inline(pipeline_id):
+            return work()
+        running = asyncio.ensure_future(service._execute(pipeline_id, work))
+        if self._deadline_waiter is None:
+            self._deadline_waiter = asyncio.ensure_future(self._deadline.wait())
+        try:
+            await asyncio.wait({running, self._deadline_waiter}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            running.cancel()
+            raise
+        if running.done():
+            return running.result()
+        running.cancel()
+        running.add_done_callback(_retrieve_outcome)
+        raise _CutOffAtDeadline()
+
     async def _process_loop(self) -> None:
         session = self._session
         frame: Frame | None = None
@@ -417,21 +442,11 @@ class _SessionRun:
         fatal: _Close | None = None
         straggler: WorkStillRunning | None = None
         try:
-            self._executing = True
-            try:
-                reply = await service._execute(
-                    pipeline_id, lambda: video.run_on_frame(pipeline_id, frame.index, frame.data, stream_id=session_id)
-                )
-            finally:
-                self._executing = False
+            reply = await self._run_work(
+                pipeline_id, lambda: video.run_on_frame(pipeline_id, frame.index, frame.data, stream_id=session_id)
+            )
             succeeded = True
-        except asyncio.CancelledError:
-            if not self._deadline.is_set():
-                raise
-            # The shutdown deadline passed while the work ran: answer now; the thread's result is discarded.
-            task = asyncio.current_task()
-            assert task is not None
-            task.uncancel()
+        except _CutOffAtDeadline:
             failure = StreamError(
                 ErrorCode.PIPELINE_FAILURE,
                 f"the server shut down before frame {frame.index} finished",

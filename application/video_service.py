@@ -65,6 +65,9 @@ class VideoFilePipelineService:
         result = self._pipelines.run_pipeline(pipeline_id, payload, stream_id=stream_id)
         return {"frame_index": frame_index, "result": result}
 
+    def open_stream(self, stream_id: str) -> None:
+        self._pipelines.open_stream(stream_id)
+
     def release_stream(self, stream_id: str) -> None:
         self._pipelines.release_stream(stream_id)
 
@@ -84,6 +87,7 @@ class VideoFilePipelineService:
             raise ValueError(f"max_frames must be at least 1 or None, got {max_frames}")
         self.check_pipeline(pipeline_id)
         stream_id = f"file:{uuid.uuid4()}"
+        self.open_stream(stream_id)
         try:
             for frame_number, jpeg in self._video_reader.frames(path, frame_stride=frame_stride, max_frames=max_frames):
                 yield self.run_on_frame(pipeline_id, frame_number, jpeg, stream_id=stream_id)

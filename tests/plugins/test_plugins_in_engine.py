@@ -67,6 +67,7 @@ def test_motion_state_lives_per_stream(service, jpeg):
     background = np.full((120, 160, 3), 40, np.uint8)
     moved = background.copy()
     cv2.rectangle(moved, (40, 30), (90, 80), (255, 255, 255), -1)
+    service.open_stream("a")
     first = service.run_pipeline("motion", {"frame_index": 0, "image_bytes": jpeg(background)}, stream_id="a")
     assert first["motion"]["warming_up"] is True
     second = service.run_pipeline("motion", {"frame_index": 1, "image_bytes": jpeg(moved)}, stream_id="a")

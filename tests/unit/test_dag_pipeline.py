@@ -389,6 +389,7 @@ def counter_service(store: StreamStateStore) -> DagPipelineService:
 
 def test_state_persists_across_frames_of_one_stream() -> None:
     pipelines = counter_service(StreamStateStore())
+    pipelines.open_stream("s1")
     counts = [pipelines.run_pipeline("counter", PAYLOAD, stream_id="s1")["count"] for _ in range(3)]
     assert counts == [1, 2, 3]
 
@@ -400,6 +401,8 @@ def peek(store: StreamStateStore, stream_id: str | None) -> dict[str, dict[str, 
 
 def test_state_is_isolated_between_streams() -> None:
     pipelines = counter_service(StreamStateStore())
+    pipelines.open_stream("a")
+    pipelines.open_stream("b")
     assert pipelines.run_pipeline("counter", PAYLOAD, stream_id="a")["count"] == 1
     assert pipelines.run_pipeline("counter", PAYLOAD, stream_id="a")["count"] == 2
     assert pipelines.run_pipeline("counter", PAYLOAD, stream_id="b")["count"] == 1
@@ -409,6 +412,7 @@ def test_state_is_isolated_between_streams() -> None:
 def test_state_is_per_node() -> None:
     store = StreamStateStore()
     pipelines = counter_service(store)
+    pipelines.open_stream("s")
     pipelines.run_pipeline("counter", PAYLOAD, stream_id="s")
     states = peek(store, "s")
     assert set(states) == {"c1", "c2"}
@@ -427,6 +431,8 @@ def test_state_is_fresh_for_one_off_frames() -> None:
 def test_release_closes_state_values_and_forgets_the_stream() -> None:
     store = StreamStateStore()
     pipelines = counter_service(store)
+    pipelines.open_stream("s")
+    pipelines.open_stream("other")
     pipelines.run_pipeline("counter", PAYLOAD, stream_id="s")
     pipelines.run_pipeline("counter", PAYLOAD, stream_id="other")
     resources = [state["resource"] for state in peek(store, "s").values()]
@@ -436,8 +442,13 @@ def test_release_closes_state_values_and_forgets_the_stream() -> None:
     assert [r.closed for r in resources] == [1, 1]
     assert [r.closed for r in other] == [0, 0]
     assert store.active_streams() == 1
-    # After release the stream starts over.
+    # A run after the release (its thread was late) gets throw-away state; nothing is re-created.
     assert pipelines.run_pipeline("counter", PAYLOAD, stream_id="s")["count"] == 1
+    assert pipelines.run_pipeline("counter", PAYLOAD, stream_id="s")["count"] == 1
+    assert store.active_streams() == 1
+    # Opened again, the stream starts over.
+    pipelines.open_stream("s")
+    assert [pipelines.run_pipeline("counter", PAYLOAD, stream_id="s")["count"] for _ in range(2)] == [1, 2]
 
 
 def test_a_release_during_a_run_waits_for_the_run_to_return() -> None:
@@ -446,6 +457,7 @@ def test_a_release_during_a_run_waits_for_the_run_to_return() -> None:
 
     store = StreamStateStore()
     pipelines = counter_service(store)
+    pipelines.open_stream("s")
     pipelines.run_pipeline("counter", PAYLOAD, stream_id="s")
     resources = [state["resource"] for state in peek(store, "s").values()]
     inside = threading.Event()

@@ -69,6 +69,7 @@ class FakeVideo:
     def __init__(self, run: Callable[[str, int, bytes], dict[str, Any]], *, inline: bool = False) -> None:
         self._run = run
         self._inline = inline
+        self.opened: list[str] = []
         self.released: list[str] = []
 
     def runs_inline(self, pipeline_id: str) -> bool:
@@ -79,6 +80,9 @@ class FakeVideo:
 
     def run_on_frame(self, pipeline_id: str, frame_index: int, frame_bytes: bytes, *, stream_id: str | None = None) -> dict[str, Any]:
         return self._run(pipeline_id, frame_index, frame_bytes)
+
+    def open_stream(self, stream_id: str) -> None:
+        self.opened.append(stream_id)
 
     def release_stream(self, stream_id: str) -> None:
         self.released.append(stream_id)
@@ -390,3 +394,54 @@ def test_after_a_timeout_the_next_frame_waits_for_the_stuck_thread() -> None:
     assert transport.sent[0]["frame_index"] == 0 and transport.sent[1] == {"frame_index": 1, "result": {}}
     assert spans[1][0] >= spans[0][1], "frame 1 started before frame 0's thread returned"
     assert transport.closed is None
+
+
+def test_a_frame_started_after_the_deadline_passed_is_answered_as_failed_at_once() -> None:
+    """Frame 1 starts while reply 0 is still being written, after the deadline: it is cut off, not waited for."""
+    import threading
+
+    release = threading.Event()
+
+    def work(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
+        if index == 1:
+            release.wait(10)
+        return {"frame_index": index, "result": {}}
+
+    class SlowFirstReply(FakeTransport):
+        async def send_json(self, message: dict[str, Any]) -> None:
+            if message.get("frame_index") == 0 and "result" in message:
+                self.inbound.put_nowait(binary())  # frame 1 arrives while reply 0 is written
+                await asyncio.sleep(0.5)  # a slow reader, but a reader
+            await super().send_json(message)
+
+    async def scenario():
+        sessions = SessionManager(4)
+        transport = SlowFirstReply([binary()])
+        task = asyncio.create_task(service(FakeVideo(work), sessions, frame_timeout_s=30).serve(transport, "p"))
+        await asyncio.sleep(0.1)
+        cancelled = await sessions.shutdown(0.2, final_grace_s=2.0)
+        done, _ = await asyncio.wait({task}, timeout=5)
+        release.set()
+        return cancelled, bool(done), sessions.active_count(), transport
+
+    cancelled, finished, active, transport = asyncio.run(scenario())
+    assert (cancelled, finished, active) == (0, True, 0)
+    assert [m.get("error") or ("result" if "result" in m else m) for m in transport.sent] == [
+        "result",
+        "pipeline_failure",
+        "shutting_down",
+    ]
+    assert transport.sent[1]["frame_index"] == 1 and "shut down before frame 1 finished" in transport.sent[1]["detail"]
+    assert transport.closed == (1012, "shutting_down")
+
+
+def test_a_stream_is_opened_before_its_first_frame_and_released_after_its_last() -> None:
+    async def scenario():
+        transport = FakeTransport([binary()], then=[Inbound(InboundKind.DISCONNECT, close_code=1000)], replies=1)
+        video = FakeVideo(lambda p, i, d: {"frame_index": i, "result": {}})
+        await service(video).serve(transport, "p")
+        return transport, video
+
+    transport, video = asyncio.run(scenario())
+    assert transport.session is not None
+    assert video.opened == video.released == [transport.session.session_id]
