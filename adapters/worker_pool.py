@@ -15,11 +15,11 @@ import asyncio
 import contextvars
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from application.ports import WorkStillRunning
+from application.ports import WorkGivenUp, WorkStillRunning
 
 T = TypeVar("T")
 
@@ -48,7 +48,7 @@ class ThreadWorkerPool:
 
         return run
 
-    async def run(self, fn: Callable[[], T], *, timeout_s: float) -> T:
+    async def run(self, fn: Callable[[], T], *, timeout_s: float, give_up: Awaitable[object] | None = None) -> T:
         # The caller's context goes with the work, so records logged in the thread keep
         # the session's bound ids (session_id, pipeline_id).
         future = self._executor.submit(contextvars.copy_context().run, self._tracked(fn))
@@ -67,12 +67,17 @@ class ThreadWorkerPool:
         waiter.add_done_callback(settle)
         # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation
         # that arrives as the work completes, leaving the caller's task uncancellable.
+        awaited: set[Awaitable[object]] = {waiter} if give_up is None else {waiter, give_up}
         try:
-            done, _ = await asyncio.wait({waiter}, timeout=timeout_s)
+            done, _ = await asyncio.wait(awaited, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             abandoned = True
             future.cancel()  # work still queued never starts
             raise
+        if waiter not in done and give_up is not None and give_up in done:
+            abandoned = True
+            future.cancel()  # work still queued never starts; running work finishes unobserved
+            raise WorkGivenUp()
         if not done:
             abandoned = True
             if future.cancel():

@@ -110,15 +110,24 @@ class WorkStillRunning(TimeoutError):
         self.finished = finished
 
 
+class WorkGivenUp(Exception):
+    """The caller's `give_up` future completed before the work did (the shutdown deadline, say).
+
+    Work that had not started never runs; work already running finishes in its
+    thread and its outcome is discarded.
+    """
+
+
 class WorkerPool(Protocol):
     """Runs blocking work off the event loop, with a deadline on the caller's wait.
 
     When the deadline passes, work that has not started is cancelled and the
     caller gets TimeoutError; work already running raises WorkStillRunning and
-    keeps its worker until it returns.
+    keeps its worker until it returns. When `give_up` completes first, the
+    caller gets WorkGivenUp instead of waiting any longer.
     """
 
-    async def run(self, fn: Callable[[], T], *, timeout_s: float) -> T: ...
+    async def run(self, fn: Callable[[], T], *, timeout_s: float, give_up: Awaitable[object] | None = None) -> T: ...
 
     def busy_workers(self) -> int: ...
 

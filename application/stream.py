@@ -15,7 +15,16 @@ from enum import StrEnum
 from typing import Any
 
 from application.pipeline import PipelineExecutionError
-from application.ports import ConnectionClosed, Inbound, InboundKind, StreamObserver, Transport, WorkerPool, WorkStillRunning
+from application.ports import (
+    ConnectionClosed,
+    Inbound,
+    InboundKind,
+    StreamObserver,
+    Transport,
+    WorkerPool,
+    WorkGivenUp,
+    WorkStillRunning,
+)
 from application.sessions import Admission, SessionManager
 from application.video_service import VideoFilePipelineService
 from domain import (
@@ -56,12 +65,6 @@ class FrameTimeoutError(StreamError):
 
 class _CutOffAtDeadline(Exception):
     """The shutdown deadline passed before a frame's work finished."""
-
-
-def _retrieve_outcome(future: asyncio.Future[Any]) -> None:
-    # Work given up at the deadline: its late outcome is retrieved (and logged by the pool if it failed).
-    if not future.cancelled():
-        future.exception()
 
 
 class _Ending(StrEnum):
@@ -391,19 +394,12 @@ class _SessionRun:
         service = self._service
         if service._video.runs_inline(pipeline_id):
             return work()
-        running = asyncio.ensure_future(service._execute(pipeline_id, work))
         if self._deadline_waiter is None:
             self._deadline_waiter = asyncio.ensure_future(self._deadline.wait())
         try:
-            await asyncio.wait({running, self._deadline_waiter}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            running.cancel()
-            raise
-        if running.done():
-            return running.result()
-        running.cancel()
-        running.add_done_callback(_retrieve_outcome)
-        raise _CutOffAtDeadline()
+            return await service._pool.run(work, timeout_s=service._settings.frame_timeout_s, give_up=self._deadline_waiter)
+        except WorkGivenUp:
+            raise _CutOffAtDeadline() from None
 
     async def _process_loop(self) -> None:
         session = self._session

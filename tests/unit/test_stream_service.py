@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from application.ports import ConnectionClosed, Inbound, InboundKind, WorkStillRunning
+from application.ports import ConnectionClosed, Inbound, InboundKind, WorkGivenUp, WorkStillRunning
 from application.sessions import SessionManager
 from application.stream import StreamService, StreamSettings
 from domain import BackpressurePolicy, DropCause, ErrorCode, Session
@@ -53,10 +53,13 @@ class ThreadPool:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def run(self, fn: Callable[[], Any], *, timeout_s: float) -> Any:
+    async def run(self, fn: Callable[[], Any], *, timeout_s: float, give_up: Any = None) -> Any:
         self.calls += 1
         work = asyncio.ensure_future(asyncio.to_thread(fn))
-        done, _ = await asyncio.wait({work}, timeout=timeout_s)
+        awaited = {work} if give_up is None else {work, give_up}
+        done, _ = await asyncio.wait(awaited, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if work not in done and give_up in done:
+            raise WorkGivenUp()
         if not done:
             raise WorkStillRunning(timeout_s, work)
         return work.result()

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from adapters.worker_pool import ThreadWorkerPool
-from application.ports import WorkStillRunning
+from application.ports import WorkGivenUp, WorkStillRunning
 
 REQUEST = contextvars.ContextVar("REQUEST", default="none")
 
@@ -123,3 +123,41 @@ def test_a_failure_the_caller_receives_is_not_logged_again(caplog: pytest.LogCap
     finally:
         pool.shutdown()
     assert caplog.records == []
+
+
+def test_giving_up_stops_the_wait_and_queued_work_never_starts() -> None:
+    pool = ThreadWorkerPool(1)
+    release = threading.Event()
+    started: list[str] = []
+
+    async def scenario() -> None:
+        give_up = asyncio.get_running_loop().create_future()
+        running = asyncio.ensure_future(pool.run(lambda: release.wait(5), timeout_s=30, give_up=give_up))
+        queued = asyncio.ensure_future(pool.run(lambda: started.append("queued"), timeout_s=30, give_up=give_up))
+        await asyncio.sleep(0.05)
+        give_up.set_result(None)
+        for waiting in (running, queued):
+            with pytest.raises(WorkGivenUp):
+                await waiting
+        assert pool.busy_workers() == 1, "the running thread cannot be stopped; it finishes unobserved"
+        release.set()
+        await asyncio.sleep(0.1)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        pool.shutdown()
+    assert started == [] and pool.busy_workers() == 0
+
+
+def test_work_that_finishes_first_is_returned_even_with_a_give_up_future() -> None:
+    pool = ThreadWorkerPool(1)
+
+    async def scenario() -> int:
+        give_up = asyncio.get_running_loop().create_future()
+        return await pool.run(lambda: 7, timeout_s=5, give_up=give_up)
+
+    try:
+        assert asyncio.run(scenario()) == 7
+    finally:
+        pool.shutdown()
