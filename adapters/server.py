@@ -1,9 +1,11 @@
 """Runs the app under uvicorn with the settings the stream needs, and shuts it down gracefully.
 
-On SIGTERM or SIGINT the server stops accepting connections, lets every
-session answer its in-flight frame, answer its waiting frames as dropped and
-close with 1012, waiting at most FORGESYTE_STREAM_SHUTDOWN_TIMEOUT_S; sessions
-still open then are cancelled, and uvicorn's own shutdown follows.
+On SIGTERM or SIGINT the server stops accepting connections and drains the
+sessions (application.sessions.SessionManager.shutdown): each answers its
+frame in flight (as pipeline_failure if FORGESYTE_STREAM_SHUTDOWN_TIMEOUT_S
+passes first), answers its waiting frames as dropped and closes with 1012;
+those still open 2 s after the deadline are cancelled. uvicorn's own shutdown
+follows.
 
 Every line on stdout is JSON: uvicorn is handed the same logging configuration
 the app uses (adapters.logging_observer), not its own text format.

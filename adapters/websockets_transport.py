@@ -109,9 +109,10 @@ async def run(settings: Settings, container: Container | None = None, *, ready: 
     """Serve until SIGTERM or SIGINT, then drain sessions the way adapters.server does for uvicorn.
 
     Listening stops first, so no new session starts; every open session is
-    asked to answer its frames and close with 1012 within
-    FORGESYTE_STREAM_SHUTDOWN_TIMEOUT_S; what is still open after that is
-    cancelled and closed with 1012 too (the library's default would be 1001).
+    asked to answer its frames and close with 1012 (SessionManager.shutdown:
+    a frame still running at FORGESYTE_STREAM_SHUTDOWN_TIMEOUT_S is answered
+    as failed); what is still open 2 s after that is cancelled and closed with
+    1012 too (the library's default would be 1001).
     """
     container = container or build_container(settings)
     stream_service = container.stream_service()

@@ -1,6 +1,6 @@
 # Generated from asyncapi.yaml by asyncapi-python 0.3.1 (codegen); do not edit by hand.
 # Regenerate with `make models` (python -m contracts.generate_models).
-# source-sha256: 7aa6777a78877657660af36afa39d3393a8dac87a51dfbef6eb6f136e73e3ce2
+# source-sha256: d42813feaf32416fbf5752e28447e4b8f615b2f755d908005cf81e271f009657
 
 from __future__ import annotations
 
