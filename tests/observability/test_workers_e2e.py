@@ -25,7 +25,7 @@ def start_workers() -> tuple[RunningServer, list[int], Path]:
     (started,) = wait_for_records(server, lambda r: r["event"] == "workers_started")
     pids = list(started["pids"])
     # /health answered means one worker is up; wait for the other before pausing either.
-    wait_for_records(server, lambda r: r["event"] == "Application startup complete.", count=2)
+    wait_for_records(server, lambda r: r["event"] == "Application startup complete.", count=2, timeout=60)
     return server, pids, Path(started["metrics_dir"])
 
 
@@ -114,7 +114,7 @@ def test_a_dead_worker_is_replaced_and_its_counts_kept() -> None:
         assert restarted["exitcode"] == -signal.SIGKILL
         replacement = restarted["new_worker_pid"]
         assert replacement not in (doomed, survivor)
-        wait_for_records(server, lambda r: r["event"] == "Application startup complete." and r["pid"] == replacement)
+        wait_for_records(server, lambda r: r["event"] == "Application startup complete." and r["pid"] == replacement, timeout=60)
         assert settled(server).value("stream_frames_processed_total", pipeline_id="probe") == 7
 
         async def on_the_replacement() -> None:
