@@ -136,9 +136,10 @@ def _serve_workers(settings: Settings, workers: int) -> int:
     sock.set_inheritable(True)
     context = multiprocessing.get_context("spawn")
     with shared_metrics_directory() as metrics_dir:
-        processes = [
-            context.Process(target=_worker_main, args=(settings, sock), name=f"forgesyte-worker-{i}") for i in range(workers)
-        ]
+        def spawn(name: str) -> multiprocessing.process.BaseProcess:
+            return context.Process(target=_worker_main, args=(settings, sock), name=name)
+
+        processes = [spawn(f"forgesyte-worker-{i}") for i in range(workers)]
 
         stop_requested: list[int] = []
 
@@ -190,7 +191,7 @@ def _serve_workers(settings: Settings, workers: int) -> int:
                     status = CONFIGURATION_EXIT_STATUS if cause == "configuration" else 1
                     forward(signal.SIGTERM, None)
                     continue
-                replacement = context.Process(target=_worker_main, args=(settings, sock), name=process.name)
+                replacement = spawn(process.name)
                 processes.append(replacement)
                 replacement.start()
                 running[replacement.sentinel] = replacement

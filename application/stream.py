@@ -63,10 +63,6 @@ class FrameTimeoutError(StreamError):
         )
 
 
-class _CutOffAtDeadline(Exception):
-    """The shutdown deadline passed before a frame's work finished."""
-
-
 class _Ending(StrEnum):
     PEER_GONE = "peer_gone"
     CLIENT_ERROR = "client_error"
@@ -142,11 +138,17 @@ class StreamService:
         except TimeoutError:
             raise FrameTimeoutError(pipeline_id, frame_index, timeout_s) from None
 
-    async def _execute(self, pipeline_id: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Run a frame's work: in the worker pool, or on the loop when the pipeline is header-only."""
+    async def _execute(
+        self, pipeline_id: str, work: Callable[[], dict[str, Any]], give_up: asyncio.Future[Any] | None = None
+    ) -> dict[str, Any]:
+        """Run a frame's work: in the worker pool, or on the loop when the pipeline is header-only.
+
+        Pooled work raises WorkGivenUp when `give_up` completes first; header-only
+        work takes microseconds and is never given up.
+        """
         if self._video.runs_inline(pipeline_id):
             return work()
-        return await self._pool.run(work, timeout_s=self._settings.frame_timeout_s)
+        return await self._pool.run(work, timeout_s=self._settings.frame_timeout_s, give_up=give_up)
 
     async def serve(self, transport: Transport, pipeline_id: str | None) -> None:
         """Serve one accepted connection until it closes, whoever closes it."""
@@ -215,7 +217,6 @@ class _SessionRun:
         self._service = service
         self._transport = transport
         self._deadline = deadline
-        self._deadline_waiter: asyncio.Future[Any] | None = None
         self._session = session
         self._stop = stop
         self._send_lock = asyncio.Lock()
@@ -244,6 +245,8 @@ class _SessionRun:
         )
 
     async def run(self) -> tuple[int, str]:
+        # Completes when the shutdown deadline passes; every pooled frame's work is raced against it.
+        self._deadline_passed = asyncio.ensure_future(self._deadline.wait())
         receiver = asyncio.create_task(self._receive_loop(), name=f"receive-{self._session.session_id}")
         processor = asyncio.create_task(self._process_loop(), name=f"process-{self._session.session_id}")
         stop_waiter = asyncio.create_task(self._stop.wait())
@@ -265,8 +268,7 @@ class _SessionRun:
         finally:
             for task in (receiver, processor, stop_waiter):
                 task.cancel()
-            if self._deadline_waiter is not None:
-                self._deadline_waiter.cancel()
+            self._deadline_passed.cancel()
             await asyncio.gather(receiver, processor, stop_waiter, return_exceptions=True)
 
     async def _close_gracefully(self, close: _Close, processor: asyncio.Task[None]) -> tuple[int, str]:
@@ -275,7 +277,7 @@ class _SessionRun:
         cause = DropCause.SHUTDOWN if close.ending is _Ending.SHUTDOWN else DropCause.CLOSING
         try:
             # The frame in flight finishes within the frame timeout, which the worker pool enforces,
-            # or is answered as failed when the shutdown deadline passes first (see _run_work); the
+            # or is answered as failed when the shutdown deadline passes first (see _process); the
             # processor starts no further frame once the session is ending.
             await self._idle.wait()
             processor.cancel()
@@ -383,24 +385,6 @@ class _SessionRun:
 
     # Processing ----------------------------------------------------------------
 
-    async def _run_work(self, pipeline_id: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """A frame's work, given up (raising _CutOffAtDeadline) if the shutdown deadline passes first.
-
-        Header-only work runs right here and cannot be cut off. Pooled work is raced
-        against the deadline, also when the deadline has already passed as the
-        frame starts; the work given up is cancelled if still queued, and a thread
-        already running it finishes with its result discarded.
-        """
-        service = self._service
-        if service._video.runs_inline(pipeline_id):
-            return work()
-        if self._deadline_waiter is None:
-            self._deadline_waiter = asyncio.ensure_future(self._deadline.wait())
-        try:
-            return await service._pool.run(work, timeout_s=service._settings.frame_timeout_s, give_up=self._deadline_waiter)
-        except WorkGivenUp:
-            raise _CutOffAtDeadline() from None
-
     async def _process_loop(self) -> None:
         session = self._session
         frame: Frame | None = None
@@ -438,11 +422,15 @@ class _SessionRun:
         fatal: _Close | None = None
         straggler: WorkStillRunning | None = None
         try:
-            reply = await self._run_work(
-                pipeline_id, lambda: video.run_on_frame(pipeline_id, frame.index, frame.data, stream_id=session_id)
+            reply = await service._execute(
+                pipeline_id,
+                lambda: video.run_on_frame(pipeline_id, frame.index, frame.data, stream_id=session_id),
+                give_up=self._deadline_passed,
             )
             succeeded = True
-        except _CutOffAtDeadline:
+        except WorkGivenUp:
+            # The shutdown deadline passed first (also when it had passed as the frame started): the
+            # work is cancelled if still queued; a thread already running it finishes unobserved.
             failure = StreamError(
                 ErrorCode.PIPELINE_FAILURE,
                 f"the server shut down before frame {frame.index} finished",

@@ -128,12 +128,7 @@ async def overload(server: RunningServer, pipeline_id: str, frames: int, interva
     """Send on an absolute schedule faster than the pipeline, read every reply, then close."""
     client = await StreamClient.open(server.ws(pipeline_id))
     receiver = asyncio.create_task(client.recv_replies(set(range(frames)), timeout=60))
-    start = time.monotonic()
-    for i in range(frames):
-        pause = start + i * interval_s - time.monotonic()
-        if pause > 0:
-            await asyncio.sleep(pause)
-        await client.send(FRAME)
+    await client.send_paced(FRAME, frames, interval_s)
     received = await receiver
     address = client_address(client)
     await client.close()

@@ -7,7 +7,6 @@ checks are about which replies arrive, how many, and in what relation.
 import asyncio
 import json
 import signal
-import time
 
 from tests.support.client import StreamClient, kind_of
 from tests.support.media import jpeg
@@ -20,20 +19,10 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
-async def paced_send(client: StreamClient, count: int, interval_s: float) -> None:
-    """Send on an absolute schedule so the rate holds even when the loop is busy."""
-    start = time.monotonic()
-    for i in range(count):
-        delay = start + i * interval_s - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        await client.send(FRAME)
-
-
 async def overload(server: RunningServer, pipeline: str, frames: int, interval_s: float):
     client = await StreamClient.open(server.ws(pipeline))
     receiver = asyncio.create_task(client.recv_replies(set(range(frames)), timeout=60))
-    await paced_send(client, frames, interval_s)
+    await client.send_paced(FRAME, frames, interval_s)
     received = await receiver
     await client.close()
     return received
@@ -92,9 +81,9 @@ def test_recovery_after_overload_stops_dropping(server: RunningServer) -> None:
     async def scenario():
         client = await StreamClient.open(server.ws("fast"))
         receiver = asyncio.create_task(client.recv_replies(set(range(70)), timeout=60))
-        await paced_send(client, 40, 0.005)  # 20 ms pipeline, a frame every 5 ms
+        await client.send_paced(FRAME, 40, 0.005)  # 20 ms pipeline, a frame every 5 ms
         await asyncio.sleep(1.2)
-        await paced_send(client, 30, 0.1)  # then slower than the pipeline
+        await client.send_paced(FRAME, 30, 0.1)  # then slower than the pipeline
         received = await receiver
         await client.close()
         return received

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,15 @@ class StreamClient:
 
     async def send(self, data: bytes | str) -> None:
         await self.connection.send(data)
+
+    async def send_paced(self, data: bytes, count: int, interval_s: float) -> None:
+        """Send `count` frames on an absolute schedule, so the rate holds even when the loop is busy."""
+        start = time.monotonic()
+        for i in range(count):
+            delay = start + i * interval_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self.send(data)
 
     async def recv(self, timeout: float = 10.0) -> dict[str, Any]:
         raw = await asyncio.wait_for(self.connection.recv(), timeout)
