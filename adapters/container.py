@@ -69,6 +69,7 @@ def _stream_settings(settings: Settings) -> StreamSettings:
         policy=_policy(settings),
         frame_timeout_s=settings.frame_timeout_ms / 1000.0,
         max_frame_bytes=settings.max_frame_bytes,
+        idle_timeout_s=settings.idle_timeout_s,
     )
 
 

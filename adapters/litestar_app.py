@@ -23,6 +23,7 @@ from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_400_BAD_REQUEST,
     HTTP_404_NOT_FOUND,
+    HTTP_408_REQUEST_TIMEOUT,
     HTTP_409_CONFLICT,
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     HTTP_415_UNSUPPORTED_MEDIA_TYPE,
@@ -35,7 +36,8 @@ from litestar.status_codes import (
 from adapters.logging_observer import pipeline_error_fields
 from adapters.metrics import MetricsExporter
 from application.pipeline import DagPipelineService, PipelineUnavailableError
-from application.ports import ConnectionClosed, Inbound, InboundKind
+from adapters.uvicorn_protocols import ReplyTimeout
+from application.ports import ConnectionClosed, Inbound, InboundKind, SendTimedOut
 from application.stream import FrameTimeoutError, StreamService
 from domain import ErrorCode, StreamError
 from domain.errors import GENERIC_INTERNAL_DETAIL
@@ -69,6 +71,8 @@ class LitestarWebSocketTransport:
     async def send_json(self, message: Mapping[str, Any]) -> None:
         try:
             await self._socket.send_data(_encoder.encode(message).decode(), mode="text")
+        except ReplyTimeout as timed_out:
+            raise SendTimedOut() from timed_out
         except (WebSocketDisconnect, OSError) as gone:
             # uvicorn raises ClientDisconnected, an OSError, once the peer has gone.
             raise ConnectionClosed() from gone
@@ -76,6 +80,8 @@ class LitestarWebSocketTransport:
     async def close(self, code: int, reason: str = "") -> None:
         try:
             await self._socket.close(code=code, reason=reason)
+        except ReplyTimeout as timed_out:
+            raise SendTimedOut() from timed_out
         except (WebSocketDisconnect, OSError) as gone:
             raise ConnectionClosed() from gone
 
@@ -150,6 +156,7 @@ _STATUS_FOR_CODE: dict[ErrorCode, int] = {
     ErrorCode.INVALID_PIPELINE: HTTP_404_NOT_FOUND,
     ErrorCode.SERVER_BUSY: HTTP_503_SERVICE_UNAVAILABLE,
     ErrorCode.SHUTTING_DOWN: HTTP_503_SERVICE_UNAVAILABLE,
+    ErrorCode.IDLE_TIMEOUT: HTTP_408_REQUEST_TIMEOUT,
 }
 
 
@@ -176,8 +183,17 @@ def _unexpected_error_handler(request: Request[Any, Any, Any], error: Exception)
     return _error_response(ErrorCode.INTERNAL_ERROR.value, GENERIC_INTERNAL_DETAIL, HTTP_500_INTERNAL_SERVER_ERROR)
 
 
-def _http_error_handler(_: Request[Any, Any, Any], error: HTTPException) -> Response[dict[str, Any]]:
+# Litestar's text when the client went away (or its body timed out) before the body was read.
+_CLIENT_DISCONNECTED = "client disconnected prematurely"
+
+
+def _http_error_handler(request: Request[Any, Any, Any], error: HTTPException) -> Response[dict[str, Any]]:
     status = error.status_code
+    if error.detail == _CLIENT_DISCONNECTED:
+        # The client's doing, not a server fault: no error record, no traceback. The response
+        # reaches nobody; 400 keeps it out of 5xx statistics.
+        log.info("request_aborted", path=request.url.path)
+        return _error_response("invalid_request", "the request body was not received completely", HTTP_400_BAD_REQUEST)
     if status == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
         return _error_response(ErrorCode.FRAME_TOO_LARGE.value, "request body exceeds the server's size limit", status)
     code = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request")

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 import structlog
 
 from domain import DropCause, ErrorCode, Session
+from domain.errors import clip_client_text
 
 
 _PID = [os.getpid()]
@@ -144,7 +145,8 @@ class LoggingStreamObserver:
         structlog.contextvars.unbind_contextvars("session_id", "pipeline_id")
 
     def session_rejected(self, pipeline_id: str | None, client: str, code: ErrorCode, detail: str) -> None:
-        self._log.warning("session_rejected", pipeline_id=pipeline_id, client=client, error=code.value, detail=detail)
+        shown = None if pipeline_id is None else clip_client_text(pipeline_id)
+        self._log.warning("session_rejected", pipeline_id=shown, client=client, error=code.value, detail=detail)
 
     def frame_received(self, session: Session, frame_index: int, size: int) -> None:
         if self._per_frame():

@@ -32,6 +32,7 @@ from adapters.container import build_app, build_container
 from adapters.logging_observer import configure_logging, logging_config
 from adapters.metrics import shared_metrics_directory, worker_exited
 from adapters.settings import Settings
+from adapters.uvicorn_protocols import ConnectionLimits, guarded_protocols
 from adapters.startup import CONFIGURATION_ERRORS, CONFIGURATION_EXIT_STATUS, configuration_error_line
 
 log = structlog.get_logger("forgesyte.server")
@@ -61,12 +62,35 @@ class GracefulServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+# A header line as long as the websockets library accepts in an upgrade, and a head twice that.
+MAX_HEADER_LINE_BYTES = 8192
+MAX_HEAD_BYTES = 16384
+
+
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        max_header_line_bytes=MAX_HEADER_LINE_BYTES,
+        max_head_bytes=MAX_HEAD_BYTES,
+        send_timeout_s=settings.send_timeout_s,
+        max_fragments=settings.ws_max_fragments,
+        max_control_frames_per_s=settings.ws_max_control_frames_per_s,
+    )
+
+
 def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
-    """uvicorn settings for JPEG streams: no per-message deflate, a message limit above the frame limit."""
+    """uvicorn settings for JPEG streams: no per-message deflate, a message limit above the frame limit.
+
+    The protocols are uvicorn's own with the connection limits added (adapters.uvicorn_protocols).
+    """
+    http_protocol, ws_protocol = guarded_protocols(connection_limits(settings))
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
-        "ws": "websockets-sansio",
+        "http": http_protocol,
+        "ws": ws_protocol,
+        "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
         "loop": settings.event_loop,
         "ws_per_message_deflate": False,
         "ws_max_size": settings.ws_max_size,

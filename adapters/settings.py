@@ -113,6 +113,12 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("frame_timeout_ms", 10_000, "per-frame pipeline deadline in ms, 10-600000", _int(10, 600_000)),
     _Spec("inference_workers", 4, "worker threads running pipelines, 1-256", _int(1, 256)),
     _Spec("event_loop", "uvloop", "event loop of the server: uvloop (libuv, faster) or asyncio (the standard library's)", _choice(("uvloop", "asyncio"))),
+    _Spec("idle_timeout_s", 60.0, "seconds a session may go without a frame before it is closed with idle_timeout (3008), 1-86400", _float(1.0, 86_400.0)),
+    _Spec("send_timeout_s", 5.0, "seconds a reply may wait for a client that does not read before its connection is cut, 0.1-600", _float(0.1, 600.0)),
+    _Spec("header_timeout_s", 5.0, "seconds an HTTP request head (an upgrade included) may take to arrive before 408, 0.1-300", _float(0.1, 300.0)),
+    _Spec("body_timeout_s", 30.0, "seconds an HTTP request body may take to arrive before 408, 0.1-3600", _float(0.1, 3600.0)),
+    _Spec("ws_max_fragments", 4096, "fragments one WebSocket message may arrive in before the connection is closed with 1008, 1-1000000", _int(1, 1_000_000)),
+    _Spec("ws_max_control_frames_per_s", 20, "pings and pongs a client may send per second (burst of the same size) before close 1008, 1-10000", _int(1, 10_000)),
     _Spec("shutdown_timeout_s", 15.0, "seconds sessions get to finish at shutdown (keep above the frame timeout), 0-600", _float(0.0, 600.0)),
     _Spec("plugins", (), "extra plugins, comma-separated module:factory references, each returning a plugin", _plugin_refs),
     _Spec("yolo_model", None, "path of a YOLOv8-style ONNX model; unset leaves the yolo pipeline unavailable", _optional_file),
@@ -138,6 +144,12 @@ class Settings:
     frame_timeout_ms: int
     inference_workers: int
     event_loop: str
+    idle_timeout_s: float
+    send_timeout_s: float
+    header_timeout_s: float
+    body_timeout_s: float
+    ws_max_fragments: int
+    ws_max_control_frames_per_s: int
     shutdown_timeout_s: float
     plugins: tuple[str, ...]
     yolo_model: Path | None

@@ -34,7 +34,7 @@ from websockets.http11 import Request, Response
 from adapters.container import Container, build_container
 from adapters.logging_observer import configure_logging
 from adapters.settings import Settings, SettingsError
-from application.ports import ConnectionClosed, Inbound, InboundKind
+from application.ports import ConnectionClosed, Inbound, InboundKind, SendTimedOut
 from application.stream import StreamService
 from domain import CloseCode
 
@@ -46,8 +46,9 @@ log = structlog.get_logger("forgesyte.websockets")
 class WebsocketsTransport:
     """Adapts one `websockets` server connection to the application's Transport port."""
 
-    def __init__(self, connection: ServerConnection) -> None:
+    def __init__(self, connection: ServerConnection, send_timeout_s: float) -> None:
         self._connection = connection
+        self._send_timeout_s = send_timeout_s
         self.session: Any = None
         address = connection.remote_address
         self.client = f"{address[0]}:{address[1]}" if address else "unknown"
@@ -66,9 +67,14 @@ class WebsocketsTransport:
         # must fail loudly rather than reach clients as an unparsable message.
         text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         try:
-            await self._connection.send(text)
+            async with asyncio.timeout(self._send_timeout_s):
+                await self._connection.send(text)
         except WebsocketsConnectionClosed as gone:
             raise ConnectionClosed() from gone
+        except TimeoutError:
+            # The client stopped reading; a close handshake would wait on it too.
+            self._connection.transport.abort()
+            raise SendTimedOut() from None
 
     async def close(self, code: int, reason: str = "") -> None:
         # websockets completes or abandons the closing handshake itself; closing twice is a no-op.
@@ -96,11 +102,11 @@ def _only_the_stream_path(connection: ServerConnection, request: Request) -> Res
     )
 
 
-def handler_for(stream_service: StreamService) -> Callable[[ServerConnection], Awaitable[None]]:
+def handler_for(stream_service: StreamService, send_timeout_s: float) -> Callable[[ServerConnection], Awaitable[None]]:
     async def handle(connection: ServerConnection) -> None:
         # The library calls this only after a completed handshake, so the request is there.
         path = connection.request.path if connection.request is not None else ""
-        await stream_service.serve(WebsocketsTransport(connection), pipeline_id_of(path))
+        await stream_service.serve(WebsocketsTransport(connection, send_timeout_s), pipeline_id_of(path))
 
     return handle
 
@@ -124,7 +130,7 @@ async def run(settings: Settings, container: Container | None = None, *, ready: 
         loop.add_signal_handler(signum, stop.set)
     try:
         async with serve(
-            handler_for(stream_service),
+            handler_for(stream_service, settings.send_timeout_s),
             settings.host,
             settings.port,
             process_request=_only_the_stream_path,

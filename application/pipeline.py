@@ -11,6 +11,7 @@ from typing import Any
 from application.json_safe import JsonSafetyError, to_json_safe
 from application.ports import Availability, ImageDecoder, PipelineCatalog, PipelineObserver, Plugin, Tool, runs_inline
 from domain import ErrorCode, FrameValidationError, PipelineDefinition, PipelineValidationError, StreamError
+from domain.errors import clip_client_text
 
 _UNDECODED = object()
 
@@ -19,7 +20,7 @@ class UnknownPipelineError(StreamError):
     def __init__(self, pipeline_id: str, known: list[str]) -> None:
         super().__init__(
             ErrorCode.INVALID_PIPELINE,
-            f"unknown pipeline_id {pipeline_id!r}; expected one of {sorted(known)}",
+            f"unknown pipeline_id {clip_client_text(pipeline_id)!r}; expected one of {sorted(known)}",
         )
         self.pipeline_id = pipeline_id
 

@@ -152,6 +152,14 @@ class ConnectionClosed(Exception):
     """The peer is gone: sending to or receiving from it is no longer possible."""
 
 
+class SendTimedOut(ConnectionClosed):
+    """The peer took no data for longer than the send timeout; the transport has cut the connection.
+
+    A client that stops reading would otherwise hold its session, and the
+    replies queued for it, for as long as the TCP connection lasts.
+    """
+
+
 class Transport(Protocol):
     """One accepted client connection, whatever the wire protocol."""
 

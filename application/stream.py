@@ -19,6 +19,7 @@ from application.ports import (
     ConnectionClosed,
     Inbound,
     InboundKind,
+    SendTimedOut,
     StreamObserver,
     Transport,
     WorkerPool,
@@ -51,6 +52,7 @@ class StreamSettings:
     policy: BackpressurePolicy
     frame_timeout_s: float
     max_frame_bytes: int
+    idle_timeout_s: float = 60.0
 
 
 class FrameTimeoutError(StreamError):
@@ -65,6 +67,7 @@ class FrameTimeoutError(StreamError):
 
 class _Ending(StrEnum):
     PEER_GONE = "peer_gone"
+    SEND_TIMEOUT = "send_timeout"
     CLIENT_ERROR = "client_error"
     INTERNAL = "internal"
     SHUTDOWN = "shutdown"
@@ -76,6 +79,16 @@ class _Close:
     error: StreamError | None = None
     frame_index: int | None = None
     peer_code: int | None = None
+
+
+# Nothing to send on: the peer left, or stopped reading and the transport cut it off.
+_CUT_OFF = (_Ending.PEER_GONE, _Ending.SEND_TIMEOUT)
+# What the peer sees when the transport cuts the connection without a close frame.
+_ABNORMAL_CLOSURE = 1006
+
+
+def _closed(gone: ConnectionClosed) -> _Close:
+    return _Close(_Ending.SEND_TIMEOUT if isinstance(gone, SendTimedOut) else _Ending.PEER_GONE)
 
 
 def dropped_message(drop: Drop) -> dict[str, Any]:
@@ -228,6 +241,8 @@ class _SessionRun:
         self._receiver_free = asyncio.Event()
         self._receiver_free.set()
         self._ending: asyncio.Future[_Close] = asyncio.get_running_loop().create_future()
+        self._last_message_at = asyncio.get_running_loop().time()
+        self._idle_check: asyncio.TimerHandle | None = None
 
     def _end(self, close: _Close) -> None:
         if not self._ending.done():
@@ -250,12 +265,13 @@ class _SessionRun:
         receiver = asyncio.create_task(self._receive_loop(), name=f"receive-{self._session.session_id}")
         processor = asyncio.create_task(self._process_loop(), name=f"process-{self._session.session_id}")
         stop_waiter = asyncio.create_task(self._stop.wait())
+        self._arm_idle_check(self._service._settings.idle_timeout_s)
         try:
             await asyncio.wait({self._ending, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
             if not self._ending.done():
                 self._end(_Close(_Ending.SHUTDOWN, StreamError(ErrorCode.SHUTTING_DOWN, "the server is shutting down; reconnect later")))
             close = self._ending.result()
-            if close.ending is not _Ending.PEER_GONE:
+            if close.ending not in _CUT_OFF:
                 # A frame the receive loop has read is taken all the way (admitted, displaced frames
                 # answered, handed on) before the loop stops: stopping it halfway could lose a frame.
                 await self._receiver_free.wait()
@@ -263,9 +279,13 @@ class _SessionRun:
             await asyncio.gather(receiver, return_exceptions=True)
             if close.ending is _Ending.PEER_GONE:
                 return close.peer_code or int(CloseCode.GOING_AWAY), "peer_gone"
+            if close.ending is _Ending.SEND_TIMEOUT:
+                return _ABNORMAL_CLOSURE, close.ending.value
             self._session.transition(SessionState.CLOSING)
             return await self._close_gracefully(close, processor)
         finally:
+            if self._idle_check is not None:
+                self._idle_check.cancel()
             for task in (receiver, processor, stop_waiter):
                 task.cancel()
             self._deadline_passed.cancel()
@@ -290,8 +310,35 @@ class _SessionRun:
             code = int(CLOSE_CODE_FOR_ERROR[close.error.code])
             await self._transport.close(code, close.error.code.value)
             return code, close.error.code.value
+        except SendTimedOut:
+            return _ABNORMAL_CLOSURE, _Ending.SEND_TIMEOUT.value
         except ConnectionClosed:
             return int(CloseCode.GOING_AWAY), "peer_gone"
+
+    def _arm_idle_check(self, delay_s: float) -> None:
+        self._idle_check = asyncio.get_running_loop().call_later(delay_s, self._check_idle)
+
+    def _check_idle(self) -> None:
+        """End the session when no message came for the idle timeout and no frame is being worked on.
+
+        One timer per idle period rather than a timeout around every receive:
+        the receive loop only stamps the time of each message.
+        """
+        timeout_s = self._service._settings.idle_timeout_s
+        quiet_s = asyncio.get_running_loop().time() - self._last_message_at
+        if self._ending.done():
+            return
+        if not self._idle.is_set():
+            self._arm_idle_check(timeout_s)  # a frame is in flight: the client is waiting, not idle
+        elif quiet_s < timeout_s:
+            self._arm_idle_check(timeout_s - quiet_s)
+        else:
+            self._end(
+                _Close(
+                    _Ending.CLIENT_ERROR,
+                    StreamError(ErrorCode.IDLE_TIMEOUT, f"no frame arrived for {timeout_s:g} s; the session is closed"),
+                )
+            )
 
     async def _send(self, message: Mapping[str, Any]) -> None:
         async with self._send_lock:
@@ -302,17 +349,19 @@ class _SessionRun:
     async def _receive_loop(self) -> None:
         session = self._session
         max_bytes = self._service._settings.max_frame_bytes
+        loop = asyncio.get_running_loop()
         try:
             inline = self._service._video.runs_inline(session.pipeline_id)
             while not self._ending.done():
                 inbound = await self._transport.receive()
+                self._last_message_at = loop.time()
                 self._receiver_free.clear()
                 try:
                     await self._handle_inbound(inbound, inline, max_bytes)
                 finally:
                     self._receiver_free.set()
-        except ConnectionClosed:
-            self._end(_Close(_Ending.PEER_GONE))
+        except ConnectionClosed as gone:
+            self._end(_closed(gone))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -399,8 +448,8 @@ class _SessionRun:
                 # A frame admitted while the last reply was being sent is already queued here.
                 if self._to_start.empty():
                     self._idle.set()
-        except ConnectionClosed:
-            self._end(_Close(_Ending.PEER_GONE))
+        except ConnectionClosed as gone:
+            self._end(_closed(gone))
         except asyncio.CancelledError:
             raise
         except Exception as exc:

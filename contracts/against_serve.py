@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from contracts.targets import ROOT, LocalServer, free_port, server_environment
+from contracts.targets import ROOT, SUITE_IDLE_TIMEOUT_S, LocalServer, free_port, server_environment
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"ws://127.0.0.1:{port}",
             "--target-shutdown",
             f"kill -TERM {process.pid}",
+            "--idle-timeout-s",
+            str(SUITE_IDLE_TIMEOUT_S),
             *(argv if argv is not None else sys.argv[1:]),
         ]
         status = subprocess.run(command, cwd=ROOT, check=False).returncode

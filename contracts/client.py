@@ -125,9 +125,13 @@ class ShuttingDown(ServerError):
     code = "shutting_down"
 
 
+class IdleTimeout(ServerError):
+    code = "idle_timeout"
+
+
 _ERRORS: dict[str, type[ServerError]] = {
     cls.code: cls
-    for cls in (InvalidMessage, InvalidFrame, FrameTooLarge, PipelineFailure, InternalServerError, InvalidPipeline, ServerBusy, ShuttingDown)
+    for cls in (InvalidMessage, InvalidFrame, FrameTooLarge, PipelineFailure, InternalServerError, InvalidPipeline, ServerBusy, ShuttingDown, IdleTimeout)
 }
 
 

@@ -22,6 +22,7 @@ from contracts.coverage import ContractCoverage
 from contracts.targets import (
     HAS_HTTP,
     ROLES,
+    SUITE_IDLE_TIMEOUT_S,
     Target,
     TargetUnavailable,
     foreign_http_base,
@@ -52,6 +53,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--target-wait", type=float, default=60.0, help="seconds to wait for a ws:// target to accept connections")
     group.addoption("--pipeline", action="append", default=[], help=f"ROLE=ID: the target's pipeline for a role ({', '.join(ROLES)})")
     group.addoption("--max-frame-bytes", type=int, default=None, help="the target's FORGESYTE_STREAM_MAX_FRAME_BYTES (default: the document's)")
+    group.addoption(
+        "--idle-timeout-s", type=float, default=None, help="the target's FORGESYTE_STREAM_IDLE_TIMEOUT_S (default: the document's)"
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -142,6 +146,7 @@ def target(request: pytest.FixtureRequest, contract: Contract, coverages: dict[s
     config = request.config
     coverage = coverages.setdefault(name, ContractCoverage(contract))
     limit = config.getoption("--max-frame-bytes") or int(contract.message("Frame")["payload"]["x-max-bytes"])
+    idle_timeout_s = config.getoption("--idle-timeout-s") or float(contract.message("IdleTimeoutError")["x-default-timeout-s"])
     if ws_base is None:
         local = start_local(name)
         yield Target(
@@ -150,6 +155,7 @@ def target(request: pytest.FixtureRequest, contract: Contract, coverages: dict[s
             http_base=f"http://127.0.0.1:{local.port}" if HAS_HTTP[name] else None,
             coverage=coverage,
             max_frame_bytes=limit,
+            idle_timeout_s=SUITE_IDLE_TIMEOUT_S,
             pipelines=_pipelines(config),
             shutdown=local.terminate,
             local=local,
@@ -175,6 +181,7 @@ def target(request: pytest.FixtureRequest, contract: Contract, coverages: dict[s
         http_base=None if (http or "").lower() == "none" else (http or foreign_http_base(ws_base)),
         coverage=coverage,
         max_frame_bytes=limit,
+        idle_timeout_s=idle_timeout_s,
         pipelines=_pipelines(config),
         shutdown=shutdown,
     )

@@ -51,6 +51,8 @@ SELF_STARTED: dict[str, list[str]] = {
     "websockets": ["-m", "adapters.websockets_transport"],
 }
 HAS_HTTP = {"litestar": True, "websockets": False}
+# The idle timeout of the servers the suite starts: short, so the idle_timeout case takes seconds.
+SUITE_IDLE_TIMEOUT_S = 3.0
 
 
 class TargetUnavailable(RuntimeError):
@@ -77,6 +79,8 @@ def wait_until_listening(host: str, port: int, timeout_s: float, alive: Callable
 def server_environment(**extra: str) -> dict[str, str]:
     """The environment of a self-started server: the document's defaults plus the suite's pipelines.
 
+    The one exception is the idle timeout, SUITE_IDLE_TIMEOUT_S instead of a minute.
+
     Inherited FORGESYTE_STREAM_* settings are dropped, so a developer's shell
     cannot move the limits the suite assumes.
     """
@@ -86,6 +90,7 @@ def server_environment(**extra: str) -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
             "FORGESYTE_STREAM_PIPELINES_DIR": str(PIPELINES_DIR),
             "FORGESYTE_STREAM_PLUGINS": FAULT_PLUGIN,
+            "FORGESYTE_STREAM_IDLE_TIMEOUT_S": str(SUITE_IDLE_TIMEOUT_S),
             **extra,
         }
     )
@@ -140,6 +145,7 @@ class Target:
     http_base: str | None
     coverage: ContractCoverage
     max_frame_bytes: int
+    idle_timeout_s: float
     pipelines: Mapping[str, str] = field(default_factory=lambda: dict(ROLES))
     shutdown: Callable[[], None] | None = None
     local: LocalServer | None = None

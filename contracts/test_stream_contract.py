@@ -9,6 +9,7 @@ fails the run when a declared one was reached by none.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -18,6 +19,8 @@ from contracts.asyncapi_doc import Contract
 from contracts.client import ClosedWithoutError, ServerBusy, ServerError, StreamClient, StreamClosed, error_classes
 from contracts.fault_plugin import SECRET
 from contracts.frames import SOI, jpeg, jpeg_of_size
+from contracts.raw_websocket import OP_BINARY, Closed, RawWebSocket
+from contracts.raw_websocket import frame as raw_frame
 from contracts.scenarios import assert_serving, check_invariants, run_session
 from contracts.targets import Target
 
@@ -174,6 +177,41 @@ def test_sessions_beyond_the_limit_get_server_busy(target: Target) -> None:
     assert refused is not None, f"{admitted} sessions were admitted and none was refused"
     assert refused.close_code == 1013 and refused.frame_index is None
     assert admitted >= 1
+    run(assert_serving(target))
+
+
+def test_a_session_without_messages_ends_with_idle_timeout(target: Target) -> None:
+    async def scenario() -> tuple[float, float, ServerError]:
+        client = await target.open("result")
+        index = await client.send_frame(jpeg())
+        await client.receive()
+        quiet_from = time.monotonic()
+        with pytest.raises(error_classes()["idle_timeout"]) as ended:
+            await asyncio.wait_for(client.receive(), target.idle_timeout_s + 10)
+        assert index == 0
+        return quiet_from, time.monotonic(), ended.value
+
+    quiet_from, ended_at, error = run(scenario())
+    assert error.close_code == 3008 and error.frame_index is None
+    assert target.idle_timeout_s - 0.5 <= ended_at - quiet_from <= target.idle_timeout_s + 5, (
+        f"closed {ended_at - quiet_from:.1f} s after the last message; the idle timeout is {target.idle_timeout_s} s"
+    )
+    run(assert_serving(target))
+
+
+def test_a_websocket_protocol_violation_closes_with_1002(target: Target) -> None:
+    def scenario() -> Closed:
+        client = RawWebSocket.connect(target.url(target.pipeline("result")))
+        try:
+            client.send(raw_frame(OP_BINARY, jpeg(), masked=False))  # clients must mask every frame
+            _, closed = client.until_closed()
+        finally:
+            client.close()
+        target.coverage.closed(closed.code, None)
+        return closed
+
+    closed = scenario()
+    assert closed.code == 1002, f"expected close 1002 for an unmasked frame, got {closed}"
     run(assert_serving(target))
 
 

@@ -18,6 +18,7 @@ class ErrorCode(StrEnum):
     INVALID_PIPELINE = "invalid_pipeline"
     SERVER_BUSY = "server_busy"
     SHUTTING_DOWN = "shutting_down"
+    IDLE_TIMEOUT = "idle_timeout"
 
 
 class CloseCode(IntEnum):
@@ -25,6 +26,7 @@ class CloseCode(IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002  # made by the WebSocket layer, never with an error message
     UNSUPPORTED_DATA = 1003
     INVALID_PAYLOAD = 1007
     POLICY_VIOLATION = 1008
@@ -32,6 +34,8 @@ class CloseCode(IntEnum):
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013
+    # Registered with IANA as "Timeout" (RFC 6455 11.7 leaves 3000-3999 to registration).
+    TIMEOUT = 3008
 
 
 # pipeline_failure is absent on purpose: a failing frame never ends a live stream.
@@ -43,9 +47,20 @@ CLOSE_CODE_FOR_ERROR: dict[ErrorCode, CloseCode] = {
     ErrorCode.INVALID_PIPELINE: CloseCode.POLICY_VIOLATION,
     ErrorCode.SERVER_BUSY: CloseCode.TRY_AGAIN_LATER,
     ErrorCode.SHUTTING_DOWN: CloseCode.SERVICE_RESTART,
+    ErrorCode.IDLE_TIMEOUT: CloseCode.TIMEOUT,
 }
 
 GENERIC_INTERNAL_DETAIL = "the server hit an unexpected error; the event was logged"
+
+# Characters of a client-supplied string that a reply or a log line repeats.
+CLIENT_TEXT_SHOWN = 64
+
+
+def clip_client_text(value: str) -> str:
+    """A client-supplied string cut for a reply or a log line, so that repeating it costs a bounded amount."""
+    if len(value) <= CLIENT_TEXT_SHOWN:
+        return value
+    return f"{value[:CLIENT_TEXT_SHOWN]}... ({len(value)} characters)"
 
 
 def _error_code(code: ErrorCode | str) -> ErrorCode:

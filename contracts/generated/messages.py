@@ -1,6 +1,6 @@
 # Generated from asyncapi.yaml by asyncapi-python 0.3.1 (codegen); do not edit by hand.
 # Regenerate with `make models` (python -m contracts.generate_models).
-# source-sha256: d42813feaf32416fbf5752e28447e4b8f615b2f755d908005cf81e271f009657
+# source-sha256: fe3efb259af3366680872e7e962fd4e30224946cf6cd9873d57d9e758bb1a521
 
 from __future__ import annotations
 
@@ -235,6 +235,22 @@ class ShuttingDownErrorPayload(BaseModel):
     )
 
 
+class IdleTimeoutErrorPayload(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        populate_by_name=True,
+    )
+    error: Literal["idle_timeout"]
+    detail: str = Field(
+        ...,
+        description="A human-readable explanation; never exception text or a stack trace.",
+    )
+    frame_index: conint(ge=0) | None = Field(
+        None,
+        description="Position of the frame in the stream, counted from 0 in arrival order.",
+    )
+
+
 class Frame(RootModel[bytes]):
     root: bytes = Field(
         ...,
@@ -287,6 +303,10 @@ class ShuttingDownError(RootModel[ShuttingDownErrorPayload]):
     root: ShuttingDownErrorPayload
 
 
+class IdleTimeoutError(RootModel[IdleTimeoutErrorPayload]):
+    root: IdleTimeoutErrorPayload
+
+
 __all__ = [
     "Model",
     "Box",
@@ -303,6 +323,7 @@ __all__ = [
     "InvalidPipelineErrorPayload",
     "ServerBusyErrorPayload",
     "ShuttingDownErrorPayload",
+    "IdleTimeoutErrorPayload",
     "Frame",
     "FrameResult",
     "FrameDropped",
@@ -315,4 +336,5 @@ __all__ = [
     "InvalidPipelineError",
     "ServerBusyError",
     "ShuttingDownError",
+    "IdleTimeoutError",
 ]

@@ -1,0 +1,395 @@
+"""uvicorn's HTTP and WebSocket protocols with the limits a server exposed to hostile clients needs.
+
+uvicorn bounds message sizes but not time or work: a client can hold a
+connection open by sending its headers or its body a byte at a time, keep a
+session forever by not reading its replies (the write buffer fills, the
+reply waits, and closing waits for a flush that never comes), grow the write
+buffer without bound with pings whose pongs it never reads, and stall the
+event loop for seconds with floods of tiny frames, since every frame in a
+256 KiB read is parsed before any other connection runs. These subclasses
+add, at the socket, where the abuse happens:
+
+- HTTP: a deadline for the request head (408), a deadline for the body
+  (408), 431 for a header line or head over its limit, instead of silence.
+- WebSocket: a bound on the time a reply may wait for a client that does not
+  read (then the connection is aborted and the application is told why);
+  fragments per message and control frames per second bounded (close 1008);
+  pongs coalesced while the client does not read; parsing done in slices
+  with a time budget per turn of the event loop, so one connection cannot
+  hold the loop; every close that waits on the peer falls back to an abort.
+
+Everything else, the protocol decisions included, stays in the application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import h11
+from uvicorn.config import Config
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.utils import ClientDisconnected
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+from websockets.frames import Opcode
+
+log = logging.getLogger("forgesyte.connections")
+
+# One WebSocket frame header is 2-14 bytes, so a slice of this size holds at most ~1,400 masked frames;
+# parsing them costs about 10 ms, the worst a single slice can cost.
+_SLICE_BYTES = 8192
+# Parsing time one connection may take in one turn of the event loop before it yields to the others.
+_TURN_BUDGET_S = 0.005
+# A close that waits on the peer (our close frame behind a full buffer, a 408 to a client that does
+# not read) is turned into an abort after this long.
+_CLOSE_GRACE_S = 2.0
+_PONG_HEADER = 0x80 | Opcode.PONG.value  # FIN + PONG; server frames are unmasked
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """Per-connection bounds, from the settings (see docs/security.md)."""
+
+    header_timeout_s: float
+    body_timeout_s: float
+    max_header_line_bytes: int
+    max_head_bytes: int
+    send_timeout_s: float
+    max_fragments: int
+    max_control_frames_per_s: int
+
+
+class ReplyTimeout(ClientDisconnected):
+    """A message to the client waited longer than the send timeout: the client stopped reading."""
+
+
+def _raw_response(status: int, phrase: str, error: str, detail: str) -> bytes:
+    body = json.dumps({"error": error, "detail": detail}).encode()
+    head = (
+        f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode("ascii")
+    return head + body
+
+
+def _close_then_abort(loop: asyncio.AbstractEventLoop, transport: asyncio.Transport) -> None:
+    """Close after the buffer is flushed, or abort when the peer does not read it within the grace."""
+    transport.close()
+    loop.call_later(_CLOSE_GRACE_S, transport.abort)
+
+
+def _client(address: tuple[str, int] | None) -> str:
+    return f"{address[0]}:{address[1]}" if address else "unknown"
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with head and body deadlines and a prompt 431 for oversized heads."""
+
+    limits: ClassVar[ConnectionLimits]
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE and self._head_too_large(data):
+            self._refuse(431, "Request Header Fields Too Large", "request_header_too_large",
+                         f"a request header line is limited to {self.limits.max_header_line_bytes} bytes and "
+                         f"the request head to {self.limits.max_head_bytes} bytes")
+            return
+        scope_before = self.scope
+        super().data_received(data)
+        if self.transport.get_protocol() is not self:  # upgraded to WebSocket: that protocol takes over
+            self._cancel_timers()
+            return
+        if self.scope is not scope_before:  # a request head arrived
+            self._cancel(self._head_timer)
+            self._head_timer = None
+            if self.conn.their_state is h11.SEND_BODY and self._body_timer is None:
+                self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timed_out)
+        if self._body_timer is not None and self.conn.their_state is not h11.SEND_BODY:
+            self._cancel(self._body_timer)
+            self._body_timer = None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_head_timer()
+
+    def _head_too_large(self, data: bytes) -> bool:
+        buffered = self.conn.trailing_data[0] + data
+        end = buffered.find(b"\r\n\r\n")
+        head = buffered if end < 0 else buffered[:end]
+        if len(head) > self.limits.max_head_bytes:
+            return True
+        return any(len(line) > self.limits.max_header_line_bytes for line in head.split(b"\n"))
+
+    def _arm_head_timer(self) -> None:
+        self._cancel(self._head_timer)
+        self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        if not self.conn.trailing_data[0]:
+            # An idle keep-alive connection: nothing was started, so nothing is owed a response.
+            self.transport.close()
+            return
+        log.info("request_head_timeout", extra={"client": _client(self.client)})
+        self._refuse(408, "Request Timeout", "request_timeout",
+                     f"the request head was not complete within {self.limits.header_timeout_s:g} s")
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
+            return
+        log.info("request_body_timeout", extra={"client": _client(self.client)})
+        cycle = self.cycle
+        response_started = cycle is not None and cycle.response_started
+        if cycle is not None:
+            # The application's receive() now returns http.disconnect; it stops waiting for the body.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if response_started:
+            _close_then_abort(self.loop, self.transport)
+        else:
+            self._refuse(408, "Request Timeout", "request_timeout",
+                         f"the request body was not complete within {self.limits.body_timeout_s:g} s")
+
+    def _refuse(self, status: int, phrase: str, error: str, detail: str) -> None:
+        self._cancel_timers()
+        self.transport.write(_raw_response(status, phrase, error, detail))
+        _close_then_abort(self.loop, self.transport)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._head_timer, self._body_timer):
+            self._cancel(timer)
+        self._head_timer = self._body_timer = None
+
+    @staticmethod
+    def _cancel(timer: asyncio.TimerHandle | None) -> None:
+        if timer is not None:
+            timer.cancel()
+
+
+class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets (sans-I/O) protocol with bounded work, bounded buffers and bounded waits."""
+
+    limits: ClassVar[ConnectionLimits]
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._backlog: list[bytes] = []
+        self._drain_scheduled = False
+        self._fragments = 0
+        self._control_tokens = float(self.limits.max_control_frames_per_s)
+        self._control_checked = time.monotonic()
+        self._pong_owed: bytes | None = None
+        self.close_timeout = _CLOSE_GRACE_S * 2
+
+    # Reading: slices, a time budget per turn, and the backlog kept in order --------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._backlog:
+            # Read before the transport saw our pause; parsed, in order, after the backlog.
+            self._backlog.append(data)
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        deadline = time.perf_counter() + _TURN_BUDGET_S
+        view = memoryview(data)
+        position = 0
+        size = len(data)
+        while position < size:
+            if self.transport.is_closing():
+                return
+            self.conn.receive_data(view[position : position + _SLICE_BYTES])
+            position += _SLICE_BYTES
+            if self.conn.parser_exc is not None:
+                self.handle_parser_exception()
+                return
+            self.handle_events()
+            if not self.handshake_initiated and self.conn.handshake_exc is not None:
+                self._refuse_handshake()
+                return
+            if position < size and (self.read_paused or time.perf_counter() > deadline):
+                self._backlog.append(bytes(view[position:]))
+                self.transport.pause_reading()
+                if not self.read_paused:
+                    self._schedule_drain()
+                return
+
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self.loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        if self.transport.is_closing() or self.disconnected:
+            self._backlog.clear()
+            return
+        if self.read_paused or not self._backlog:
+            return
+        data = b"".join(self._backlog)
+        self._backlog.clear()
+        self._feed(data)
+        if not self._backlog and not self.read_paused and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    async def receive(self) -> Any:
+        message = await self.queue.get()
+        if self.read_paused and self.queue.empty():
+            self.read_paused = False
+            if self._backlog:
+                self._schedule_drain()
+            elif not self.transport.is_closing():
+                self.transport.resume_reading()
+        return message
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._backlog.clear()
+        super().connection_lost(exc)
+
+    # Frames: fragments per message and control frames per second --------------------------------
+
+    def handle_text(self, event: Any) -> None:
+        self._fragments = 1
+        super().handle_text(event)
+
+    def handle_bytes(self, event: Any) -> None:
+        self._fragments = 1
+        super().handle_bytes(event)
+
+    def handle_cont(self, event: Any) -> None:
+        self._fragments += 1
+        if self._fragments > self.limits.max_fragments:
+            self._abuse(f"a message is limited to {self.limits.max_fragments} fragments")
+            return
+        super().handle_cont(event)
+
+    def handle_ping(self) -> None:
+        if not self._control_frame_allowed():
+            return
+        output = self.conn.data_to_send()
+        if not self.writable.is_set():
+            # The client is not reading: answer only its latest ping, once it reads again (RFC 6455 5.5.3).
+            pongs = [chunk for chunk in output if chunk[:1] == bytes([_PONG_HEADER])]
+            if pongs:
+                self._pong_owed = pongs[-1]
+            output = [chunk for chunk in output if chunk[:1] != bytes([_PONG_HEADER])]
+        if output:
+            self.transport.write(b"".join(output))
+
+    def handle_pong(self, event: Any) -> None:
+        if self._control_frame_allowed():
+            super().handle_pong(event)
+
+    def _control_frame_allowed(self) -> bool:
+        rate = self.limits.max_control_frames_per_s
+        now = time.monotonic()
+        self._control_tokens = min(float(rate), self._control_tokens + (now - self._control_checked) * rate)
+        self._control_checked = now
+        if self._control_tokens < 1.0:
+            self._abuse(f"control frames are limited to {rate} per second")
+            return False
+        self._control_tokens -= 1.0
+        return True
+
+    def _abuse(self, reason: str) -> None:
+        """Fail the connection with 1008: the application hears a disconnect, the client a close frame."""
+        if self.close_sent or self.transport.is_closing():
+            return
+        log.info("websocket_abuse", extra={"client": _client(self.client), "reason": reason})
+        self.conn.fail(1008, reason)
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": 1008, "reason": reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self._backlog.clear()
+        _close_then_abort(self.loop, self.transport)
+
+    def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+            try:
+                data.decode()
+            except UnicodeDecodeError:
+                # Not an error of the server: the application answers any text message with
+                # invalid_message (close 1003), so it gets the text, undecodable bytes replaced.
+                self.frames = [data.decode(errors="replace").encode()]
+        super().send_receive_event_to_app()
+
+    # Writing: bounded waits, coalesced pongs, aborts where a close would wait forever ------------
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._pong_owed is not None and not self.transport.is_closing():
+            self.transport.write(self._pong_owed)
+        self._pong_owed = None
+
+    async def send(self, message: Any) -> None:
+        if not self.writable.is_set() and not self.disconnected:
+            try:
+                await asyncio.wait_for(self.writable.wait(), self.limits.send_timeout_s)
+            except TimeoutError:
+                log.info("websocket_send_timeout", extra={"client": _client(self.client)})
+                self.transport.abort()
+                raise ReplyTimeout() from None
+        await super().send(message)
+        if self.close_timer is not None:
+            # uvicorn's close timer only closes, which waits for a flush the peer may never allow.
+            self.close_timer.cancel()
+            self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        self.loop.call_later(_CLOSE_GRACE_S, self.transport.abort)
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self.loop.call_later(_CLOSE_GRACE_S, self.transport.abort)
+
+    def handle_parser_exception(self) -> None:
+        super().handle_parser_exception()
+        self.loop.call_later(_CLOSE_GRACE_S, self.transport.abort)
+
+    def _refuse_handshake(self) -> None:
+        """The upgrade request did not parse: send the 400 websockets prepared, then close."""
+        self.handshake_initiated = self.handshake_complete = self.close_sent = True
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        _close_then_abort(self.loop, self.transport)
+
+
+def guarded_protocols(limits: ConnectionLimits) -> tuple[type[GuardedH11Protocol], type[GuardedWebSocketProtocol]]:
+    """Protocol classes bound to these limits, for uvicorn's `http` and `ws` options."""
+    http = type("BoundGuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits})
+    ws = type("BoundGuardedWebSocketProtocol", (GuardedWebSocketProtocol,), {"limits": limits})
+    return http, ws
