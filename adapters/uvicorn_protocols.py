@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import h11
+import structlog
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.utils import ClientDisconnected
@@ -38,7 +38,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.server import ServerState
 from websockets.frames import Opcode
 
-log = logging.getLogger("forgesyte.connections")
+log = structlog.get_logger("forgesyte.connections")
 
 # One WebSocket frame header is 2-14 bytes, so a slice of this size holds at most ~1,400 masked frames;
 # parsing them costs about 10 ms, the worst a single slice can cost.
@@ -156,7 +156,7 @@ class GuardedH11Protocol(H11Protocol):
             # An idle keep-alive connection: nothing was started, so nothing is owed a response.
             self.transport.close()
             return
-        log.info("request_head_timeout", extra={"client": _client(self.client)})
+        log.info("request_head_timeout", client=_client(self.client))
         self._refuse(408, "Request Timeout", "request_timeout",
                      f"the request head was not complete within {self.limits.header_timeout_s:g} s")
 
@@ -164,7 +164,7 @@ class GuardedH11Protocol(H11Protocol):
         self._body_timer = None
         if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
             return
-        log.info("request_body_timeout", extra={"client": _client(self.client)})
+        log.info("request_body_timeout", client=_client(self.client))
         cycle = self.cycle
         response_started = cycle is not None and cycle.response_started
         if cycle is not None:
@@ -328,7 +328,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         """Fail the connection with 1008: the application hears a disconnect, the client a close frame."""
         if self.close_sent or self.transport.is_closing():
             return
-        log.info("websocket_abuse", extra={"client": _client(self.client), "reason": reason})
+        log.info("websocket_abuse", client=_client(self.client), reason=reason)
         self.conn.fail(1008, reason)
         self.queue.put_nowait({"type": "websocket.disconnect", "code": 1008, "reason": reason})
         self.transport.write(b"".join(self.conn.data_to_send()))
@@ -360,7 +360,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             try:
                 await asyncio.wait_for(self.writable.wait(), self.limits.send_timeout_s)
             except TimeoutError:
-                log.info("websocket_send_timeout", extra={"client": _client(self.client)})
+                log.info("websocket_send_timeout", client=_client(self.client))
                 self.transport.abort()
                 raise ReplyTimeout() from None
         await super().send(message)

@@ -45,6 +45,11 @@ def _bytes(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]
     return {"leak": context.image_bytes}
 
 
+def _pad(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]:
+    """A reply of `kb` KiB, so that a client that stops reading fills its socket buffers in a few frames."""
+    return {"pad": "x" * (int(inputs.get("kb", 256)) * 1024), "frame_index": context.frame_index}
+
+
 class FaultPlugin:
     plugin_id = "fault"
 
@@ -55,6 +60,7 @@ class FaultPlugin:
             "count": _count,
             "decode": _decode,
             "bytes": _bytes,
+            "pad": _pad,
         }
         self.release = threading.Event()
 
