@@ -76,7 +76,7 @@ class PrometheusObserver:
         )
         self.sessions_closed = Counter(
             "stream_sessions_closed",
-            "Sessions that ended, by why: peer_gone or the error code the server closed with",
+            "Sessions that ended, by why: peer_gone, send_timeout (the client stopped reading) or the error code the server closed with",
             ["pipeline_id", "reason"],
             registry=registry,
         )
