@@ -20,10 +20,11 @@ from adapters.plugins.opencv_vision import OpenCvVisionPlugin
 from adapters.plugins.probe import ProbePlugin
 from adapters.plugins.yolo import YoloPlugin
 from adapters.settings import Settings
-from adapters.worker_pool import ThreadWorkerPool
+from adapters.thread_executor import ThreadFrameExecutor
 from application.observers import FanOutStreamObserver
 from application.pipeline import DagPipelineService, StreamStateStore
 from application.sessions import SessionManager
+from application.single_frame import SingleFrameService
 from application.stream import StreamService, StreamSettings
 from application.video_service import VideoFilePipelineService
 from domain import BackpressurePolicy
@@ -113,7 +114,7 @@ class Container(containers.DeclarativeContainer):
         video_reader=video_reader,
         max_frame_bytes=settings.provided.max_frame_bytes,
     )
-    worker_pool = providers.Singleton(ThreadWorkerPool, workers=settings.provided.inference_workers)
+    frame_executor = providers.Singleton(ThreadFrameExecutor, video=video_service, workers=settings.provided.inference_workers)
     session_manager = providers.Singleton(SessionManager, max_sessions=settings.provided.max_sessions)
     log_observer = providers.Singleton(LoggingStreamObserver)
     stream_observer = providers.Singleton(FanOutStreamObserver, log_observer, metrics)
@@ -121,10 +122,18 @@ class Container(containers.DeclarativeContainer):
     stream_service = providers.Singleton(
         StreamService,
         video=video_service,
-        pool=worker_pool,
+        executor=frame_executor,
         sessions=session_manager,
         observer=stream_observer,
         settings=stream_settings,
+    )
+    single_frames = providers.Singleton(
+        SingleFrameService,
+        video=video_service,
+        executor=frame_executor,
+        observer=stream_observer,
+        frame_timeout_s=stream_settings.provided.frame_timeout_s,
+        max_frame_bytes=settings.provided.max_frame_bytes,
     )
 
 
@@ -139,11 +148,12 @@ def build_app(container: Container) -> Any:
     from adapters.litestar_app import create_app
 
     settings: Settings = container.settings()
-    pool = container.worker_pool()
+    executor = container.frame_executor()
     return create_app(
         stream_service=container.stream_service(),
+        single_frames=container.single_frames(),
         pipelines=container.pipelines(),
         metrics=container.metrics_exporter(),
         max_body_bytes=settings.ws_max_size,
-        on_shutdown=[pool.shutdown],
+        on_shutdown=[executor.shutdown],
     )

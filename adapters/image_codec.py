@@ -9,7 +9,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from application.video_service import VideoReadError
+from application.errors import VideoReadError
 from domain import ErrorCode, FrameValidationError, read_jpeg_info
 
 

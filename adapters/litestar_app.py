@@ -33,12 +33,13 @@ from litestar.status_codes import (
     HTTP_504_GATEWAY_TIMEOUT,
 )
 
-from adapters.logging_observer import pipeline_error_fields
 from adapters.metrics import MetricsExporter
-from application.pipeline import DagPipelineService, PipelineUnavailableError
+from application.errors import FrameTimeoutError, PipelineUnavailableError
+from application.pipeline import DagPipelineService
 from adapters.uvicorn_protocols import ReplyTimeout
 from application.ports import ConnectionClosed, Inbound, InboundKind, SendTimedOut
-from application.stream import FrameTimeoutError, StreamService
+from application.single_frame import SingleFrameService
+from application.stream import StreamService
 from domain import ErrorCode, StreamError
 from domain.errors import GENERIC_INTERNAL_DETAIL
 
@@ -173,8 +174,6 @@ def _stream_error_handler(_: Request[Any, Any, Any], error: StreamError) -> Resp
         status = HTTP_409_CONFLICT
     elif isinstance(error, FrameTimeoutError):
         status = HTTP_504_GATEWAY_TIMEOUT
-    if error.code is ErrorCode.PIPELINE_FAILURE:
-        log.error("pipeline_error", error=error.code.value, **pipeline_error_fields(error))
     return _error_response(error.code.value, error.detail, status, 0 if error.code is ErrorCode.PIPELINE_FAILURE else None)
 
 
@@ -287,18 +286,19 @@ class _JpegBodyOperation(Operation):
     summary="Run one JPEG frame through a pipeline",
     operation_class=_JpegBodyOperation,
 )
-async def post_frame(pipeline_id: str, request: Request[Any, Any, Any], stream_service: StreamService) -> FrameResultBody:
+async def post_frame(pipeline_id: str, request: Request[Any, Any, Any], single_frames: SingleFrameService) -> FrameResultBody:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    stream_service.check_pipeline(pipeline_id)
+    single_frames.check_pipeline(pipeline_id)
     if content_type != "image/jpeg":
         raise StreamError(ErrorCode.INVALID_MESSAGE, f"expected Content-Type image/jpeg, got {content_type or 'none'!r}")
-    reply = await stream_service.run_frame(pipeline_id, await request.body())
+    reply = await single_frames.run(pipeline_id, await request.body())
     return FrameResultBody(**reply)
 
 
 def create_app(
     *,
     stream_service: StreamService,
+    single_frames: SingleFrameService,
     pipelines: DagPipelineService,
     metrics: MetricsExporter,
     max_body_bytes: int,
@@ -317,6 +317,7 @@ def create_app(
         route_handlers=[health, metrics_route, list_pipelines, get_pipeline, post_frame, video_stream, *(extra_route_handlers or [])],
         dependencies={
             "stream_service": provide(stream_service),
+            "single_frames": provide(single_frames),
             "pipelines": provide(pipelines),
             "metrics_exporter": provide(metrics),
         },

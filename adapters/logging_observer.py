@@ -173,6 +173,9 @@ class LoggingStreamObserver:
     def frame_failed(self, session: Session, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
         self._bound(session).error("pipeline_error", frame_index=frame_index, error=code.value, **pipeline_error_fields(error))
 
+    def single_frame_failed(self, pipeline_id: str, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
+        self._log.error("pipeline_error", pipeline_id=pipeline_id, frame_index=frame_index, error=code.value, **pipeline_error_fields(error))
+
     def slowdown_sent(self, session: Session, drop_rate: float, suggested_fps: float | None) -> None:
         self._bound(session).info("slow_down_sent", drop_rate=round(drop_rate, 4), suggested_fps=suggested_fps)
 

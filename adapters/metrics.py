@@ -209,6 +209,9 @@ class PrometheusObserver:
     def frame_failed(self, session: Session, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
         self._for(session.pipeline_id).frames_failed.inc()
 
+    def single_frame_failed(self, pipeline_id: str, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
+        self._for(pipeline_id).frames_failed.inc()
+
     def slowdown_sent(self, session: Session, drop_rate: float, suggested_fps: float | None) -> None:
         self._for(session.pipeline_id).slowdown_signals.inc()
 

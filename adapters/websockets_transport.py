@@ -123,7 +123,7 @@ async def run(settings: Settings, container: Container | None = None, *, ready: 
     container = container or build_container(settings)
     stream_service = container.stream_service()
     sessions = container.session_manager()
-    pool = container.worker_pool()
+    executor = container.frame_executor()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -154,7 +154,7 @@ async def run(settings: Settings, container: Container | None = None, *, ready: 
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        pool.shutdown()
+        executor.shutdown()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from application.ports import StreamObserver
-from domain import DropCause, ErrorCode
+from domain import DropCause, ErrorCode, Session
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,7 @@ _EVENTS = (
     "frame_failed",
     "slowdown_sent",
     "error_sent",
+    "single_frame_failed",
 )
 
 
@@ -46,31 +47,34 @@ class FanOutStreamObserver:
             except Exception:
                 logger.exception("observer %s failed on %s", name, event)
 
-    def session_opened(self, session: Any, client: str) -> None:
+    def session_opened(self, session: Session, client: str) -> None:
         self._each("session_opened", session, client)
 
-    def session_closed(self, session: Any, client: str, close_code: int, reason: str) -> None:
+    def session_closed(self, session: Session, client: str, close_code: int, reason: str) -> None:
         self._each("session_closed", session, client, close_code, reason)
 
     def session_rejected(self, pipeline_id: str | None, client: str, code: ErrorCode, detail: str) -> None:
         self._each("session_rejected", pipeline_id, client, code, detail)
 
-    def frame_received(self, session: Any, frame_index: int, size: int) -> None:
+    def frame_received(self, session: Session, frame_index: int, size: int) -> None:
         self._each("frame_received", session, frame_index, size)
 
-    def frame_dropped(self, session: Any, frame_index: int, cause: DropCause) -> None:
+    def frame_dropped(self, session: Session, frame_index: int, cause: DropCause) -> None:
         self._each("frame_dropped", session, frame_index, cause)
 
     def frame_processed(
-        self, session: Any, frame_index: int, *, queue_ms: float, processing_ms: float, latency_ms: float
+        self, session: Session, frame_index: int, *, queue_ms: float, processing_ms: float, latency_ms: float
     ) -> None:
         self._each("frame_processed", session, frame_index, queue_ms=queue_ms, processing_ms=processing_ms, latency_ms=latency_ms)
 
-    def frame_failed(self, session: Any, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
+    def frame_failed(self, session: Session, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
         self._each("frame_failed", session, frame_index, error, code=code)
 
-    def slowdown_sent(self, session: Any, drop_rate: float, suggested_fps: float | None) -> None:
+    def slowdown_sent(self, session: Session, drop_rate: float, suggested_fps: float | None) -> None:
         self._each("slowdown_sent", session, drop_rate, suggested_fps)
 
-    def error_sent(self, session: Any | None, code: ErrorCode) -> None:
+    def error_sent(self, session: Session | None, code: ErrorCode) -> None:
         self._each("error_sent", session, code)
+
+    def single_frame_failed(self, pipeline_id: str, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
+        self._each("single_frame_failed", pipeline_id, frame_index, error, code=code)

@@ -8,44 +8,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from application.errors import PipelineExecutionError, PipelineUnavailableError, UnknownPipelineError
 from application.json_safe import JsonSafetyError, to_json_safe
 from application.ports import Availability, ImageDecoder, PipelineCatalog, PipelineObserver, Plugin, Tool, runs_inline
-from domain import ErrorCode, FrameValidationError, PipelineDefinition, PipelineValidationError, StreamError
-from domain.errors import clip_client_text
+from domain import FrameValidationError, PipelineDefinition, PipelineValidationError
 
 _UNDECODED = object()
-
-
-class UnknownPipelineError(StreamError):
-    def __init__(self, pipeline_id: str, known: list[str]) -> None:
-        super().__init__(
-            ErrorCode.INVALID_PIPELINE,
-            f"unknown pipeline_id {clip_client_text(pipeline_id)!r}; expected one of {sorted(known)}",
-        )
-        self.pipeline_id = pipeline_id
-
-
-class PipelineUnavailableError(StreamError):
-    def __init__(self, pipeline_id: str, reason: str) -> None:
-        super().__init__(ErrorCode.INVALID_PIPELINE, f"pipeline {pipeline_id!r} is unavailable: {reason}")
-        self.pipeline_id = pipeline_id
-        self.reason = reason
-
-
-class PipelineExecutionError(StreamError):
-    """A tool raised or returned something unusable; names where, keeps the cause for the log."""
-
-    def __init__(self, pipeline_id: str, node_id: str, plugin_id: str, tool_id: str, cause: BaseException) -> None:
-        super().__init__(
-            ErrorCode.PIPELINE_FAILURE,
-            f"pipeline {pipeline_id!r} failed at node {node_id!r} (tool {plugin_id}.{tool_id})",
-            log_message=f"{type(cause).__name__}: {cause}",
-        )
-        self.pipeline_id = pipeline_id
-        self.node_id = node_id
-        self.plugin_id = plugin_id
-        self.tool_id = tool_id
-        self.__cause__ = cause
 
 
 class FrameContext:
