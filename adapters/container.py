@@ -28,6 +28,7 @@ from application.single_frame import SingleFrameService
 from application.stream import StreamService, StreamSettings
 from application.video_service import VideoFilePipelineService
 from domain import BackpressurePolicy
+from domain.sampling import KeepEveryNthPolicy
 
 
 class PluginLoadError(ValueError):
@@ -57,12 +58,15 @@ def _plugins_by_id(extra: list[Any], *builtin: Any) -> dict[str, Any]:
 
 
 def _policy(settings: Settings) -> BackpressurePolicy:
-    return BackpressurePolicy(
-        drop_threshold=settings.drop_threshold,
-        slowdown_threshold=settings.slowdown_threshold,
-        buffer_capacity=settings.buffer_frames,
-        slowdown_repeat_ms=float(settings.slowdown_repeat_ms),
-    )
+    common: dict[str, Any] = {
+        "drop_threshold": settings.drop_threshold,
+        "slowdown_threshold": settings.slowdown_threshold,
+        "buffer_capacity": settings.buffer_frames,
+        "slowdown_repeat_ms": float(settings.slowdown_repeat_ms),
+    }
+    if settings.drop_policy == "every_nth":
+        return KeepEveryNthPolicy(keep_every=settings.keep_every, **common)
+    return BackpressurePolicy(**common)
 
 
 def _stream_settings(settings: Settings) -> StreamSettings:

@@ -15,9 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from application.stream import DEFAULT_FRAME_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S
+from domain import DEFAULT_MAX_FRAME_BYTES, BackpressurePolicy
+from domain.sampling import DEFAULT_KEEP_EVERY
+
 PREFIX = "FORGESYTE_STREAM_"
 DEFAULT_PIPELINES_DIR = Path(__file__).resolve().parent / "pipelines"
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# The domain owns the defaults; the table below only reads them.
+_POLICY = BackpressurePolicy()
 
 
 class SettingsError(ValueError):
@@ -103,17 +109,19 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("host", "127.0.0.1", "address `serve` binds to", _text),
     _Spec("port", 8000, "TCP port `serve` listens on, 1-65535", _int(1, 65535)),
     _Spec("pipelines_dir", DEFAULT_PIPELINES_DIR, "directory of pipeline definition JSON files", _existing_dir),
-    _Spec("max_frame_bytes", 5 * 1024 * 1024, "largest accepted JPEG frame in bytes, 1 KiB-64 MiB", _int(1024, 64 * 1024 * 1024)),
+    _Spec("max_frame_bytes", DEFAULT_MAX_FRAME_BYTES, "largest accepted JPEG frame in bytes, 1 KiB-64 MiB", _int(1024, 64 * 1024 * 1024)),
     _Spec("max_frame_pixels", 40_000_000, "largest decoded image, width x height, 1-400 megapixels", _int(1, 400_000_000)),
     _Spec("max_sessions", 32, "concurrent WebSocket sessions before server_busy, 1-10000", _int(1, 10_000)),
-    _Spec("buffer_frames", 4, "frames a session keeps waiting behind the one in flight, 1-64", _int(1, 64)),
-    _Spec("drop_threshold", 0.10, "lag fraction above which waiting frames are dropped, 0-1", _float(0.0, 1.0)),
-    _Spec("slowdown_threshold", 0.30, "recent drop rate above which slow_down is sent, 0-1", _float(0.0, 1.0)),
-    _Spec("slowdown_repeat_ms", 5000, "repeat interval of slow_down while the rate stays high, 100-600000 ms", _int(100, 600_000)),
-    _Spec("frame_timeout_ms", 10_000, "per-frame pipeline deadline in ms, 10-600000", _int(10, 600_000)),
+    _Spec("buffer_frames", _POLICY.buffer_capacity, "frames a session keeps waiting behind the one in flight, 1-64", _int(1, 64)),
+    _Spec("drop_threshold", _POLICY.drop_threshold, "lag fraction above which waiting frames are dropped, 0-1", _float(0.0, 1.0)),
+    _Spec("slowdown_threshold", _POLICY.slowdown_threshold, "recent drop rate above which slow_down is sent, 0-1", _float(0.0, 1.0)),
+    _Spec("slowdown_repeat_ms", round(_POLICY.slowdown_repeat_ms), "repeat interval of slow_down while the rate stays high, 100-600000 ms", _int(100, 600_000)),
+    _Spec("drop_policy", "latest", "which waiting frames are dropped under overload: latest (the newest frame wins) or every_nth (frames whose index is a multiple of KEEP_EVERY are kept last, a steady sample)", _choice(("latest", "every_nth"))),
+    _Spec("keep_every", DEFAULT_KEEP_EVERY, "the sample interval N of drop_policy=every_nth, 2-1000", _int(2, 1000)),
+    _Spec("frame_timeout_ms", round(DEFAULT_FRAME_TIMEOUT_S * 1000), "per-frame pipeline deadline in ms, 10-600000", _int(10, 600_000)),
     _Spec("inference_workers", 4, "worker threads running pipelines, 1-256", _int(1, 256)),
     _Spec("event_loop", "uvloop", "event loop of the server: uvloop (libuv, faster) or asyncio (the standard library's)", _choice(("uvloop", "asyncio"))),
-    _Spec("idle_timeout_s", 60.0, "seconds a session may go without a frame before it is closed with idle_timeout (3008), 1-86400", _float(1.0, 86_400.0)),
+    _Spec("idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S, "seconds a session may go without a frame before it is closed with idle_timeout (3008), 1-86400", _float(1.0, 86_400.0)),
     _Spec("send_timeout_s", 5.0, "seconds a reply may wait for a client that does not read before its connection is cut, 0.1-600", _float(0.1, 600.0)),
     _Spec("header_timeout_s", 5.0, "seconds an HTTP request head (an upgrade included) may take to arrive before 408, 0.1-300", _float(0.1, 300.0)),
     _Spec("body_timeout_s", 30.0, "seconds an HTTP request body may take to arrive before 408, 0.1-3600", _float(0.1, 3600.0)),
@@ -141,6 +149,8 @@ class Settings:
     drop_threshold: float
     slowdown_threshold: float
     slowdown_repeat_ms: int
+    drop_policy: str
+    keep_every: int
     frame_timeout_ms: int
     inference_workers: int
     event_loop: str

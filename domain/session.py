@@ -193,20 +193,25 @@ class Session:
             self._refresh_state(now)
             return Admission(frame=frame, start=frame, dropped=())
 
-        dropped: list[Drop] = []
-        while True:
-            cause = self.drop_cause(self.processing_ms, now)
-            if cause is None:
-                break
-            victim = self._waiting.popleft()
-            self.mark_drop(now)
-            dropped.append(Drop(victim, cause))
-        self._waiting.append(frame)
+        waiting = self._waiting
+        waiting.append(frame)
+        choice = self.policy.choose_drops(waiting, processing_ms=self.processing_ms, interval_ms=self.frame_interval_ms(now))
+        dropped: tuple[Drop, ...] = ()
+        if choice:
+            dropped = tuple(Drop(waiting[position], cause) for position, cause in choice)
+            if choice[-1][0] == len(choice) - 1:  # the oldest frames: the common case
+                for _ in choice:
+                    waiting.popleft()
+            else:
+                gone = {position for position, _ in choice}
+                self._waiting = deque(f for position, f in enumerate(waiting) if position not in gone)
+            for _ in choice:
+                self.mark_drop(now)
         start = None
-        if self.in_flight is None:
+        if self.in_flight is None and self._waiting:
             start = self.in_flight = self._waiting.popleft()
         self._refresh_state(now)
-        return Admission(frame=frame, start=start, dropped=tuple(dropped))
+        return Admission(frame=frame, start=start, dropped=dropped)
 
     def complete_frame(self, frame: Frame, *, processing_ms: float, succeeded: bool = True) -> None:
         """Record a finished frame; the pipeline is idle until `start_next` is called."""

@@ -171,3 +171,30 @@ def test_uvloop_without_the_package_is_refused_naming_the_variable(monkeypatch: 
     with pytest.raises(SettingsError, match="FORGESYTE_STREAM_EVENT_LOOP=uvloop.*not installed.*asyncio"):
         Settings.from_env({})
     assert Settings.from_env({"FORGESYTE_STREAM_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
+
+
+def test_the_defaults_come_from_the_domain() -> None:
+    from domain import DEFAULT_MAX_FRAME_BYTES, BackpressurePolicy
+
+    settings = Settings.from_env({})
+    policy = BackpressurePolicy()
+    assert (settings.buffer_frames, settings.drop_threshold, settings.slowdown_threshold) == (
+        policy.buffer_capacity,
+        policy.drop_threshold,
+        policy.slowdown_threshold,
+    )
+    assert settings.slowdown_repeat_ms == policy.slowdown_repeat_ms
+    assert settings.max_frame_bytes == DEFAULT_MAX_FRAME_BYTES
+
+
+def test_the_drop_policy_is_chosen_by_setting() -> None:
+    from adapters.container import _policy
+    from domain.sampling import KeepEveryNthPolicy
+
+    every_nth = _policy(Settings.from_env({"FORGESYTE_STREAM_DROP_POLICY": "every_nth", "FORGESYTE_STREAM_KEEP_EVERY": "5"}))
+    assert isinstance(every_nth, KeepEveryNthPolicy) and every_nth.keep_every == 5
+    assert type(_policy(Settings.from_env({}))).__name__ == "BackpressurePolicy"
+    with pytest.raises(SettingsError, match="FORGESYTE_STREAM_DROP_POLICY"):
+        Settings.from_env({"FORGESYTE_STREAM_DROP_POLICY": "oldest"})
+    with pytest.raises(SettingsError, match="FORGESYTE_STREAM_KEEP_EVERY"):
+        Settings.from_env({"FORGESYTE_STREAM_KEEP_EVERY": "1"})
