@@ -33,7 +33,9 @@ from litestar.status_codes import (
     HTTP_504_GATEWAY_TIMEOUT,
 )
 
+from adapters import serving
 from adapters.metrics import MetricsExporter
+from adapters.serving import Health
 from application.errors import FrameTimeoutError, PipelineUnavailableError
 from application.pipeline import DagPipelineService
 from adapters.uvicorn_protocols import ReplyTimeout
@@ -135,14 +137,6 @@ class PipelineView:
 
 
 @dataclass(frozen=True)
-class Health:
-    status: str
-    sessions_active: int
-    pipelines: int
-    busy_workers: int
-
-
-@dataclass(frozen=True)
 class FrameResultBody:
     frame_index: int
     result: dict[str, Any]
@@ -237,7 +231,7 @@ _ERROR_RESPONSES = {
 
 @get("/health", sync_to_thread=False)
 def health(stream_service: StreamService, pipelines: DagPipelineService) -> Health:
-    return Health("ok", stream_service.sessions.active_count(), len(pipelines.pipeline_ids()), stream_service.busy_workers())
+    return serving.health(stream_service, pipelines)
 
 
 @get(

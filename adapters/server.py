@@ -23,6 +23,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import structlog
@@ -31,6 +32,7 @@ import uvicorn
 from adapters.container import build_app, build_container
 from adapters.logging_observer import configure_logging, logging_config
 from adapters.metrics import shared_metrics_directory, worker_exited
+from adapters.serving import drain_sessions
 from adapters.settings import Settings
 from adapters.uvicorn_protocols import ConnectionLimits, guarded_protocols
 from adapters.startup import CONFIGURATION_ERRORS, CONFIGURATION_EXIT_STATUS, configuration_error_line
@@ -55,10 +57,7 @@ class GracefulServer(uvicorn.Server):
             server.close()
         for sock in sockets or []:
             sock.close()
-        log.info("draining_sessions", deadline_s=self._deadline_s)
-        cancelled = await self._drain(self._deadline_s)
-        if cancelled:
-            log.warning("sessions_cancelled_at_deadline", count=cancelled)
+        await self._drain(self._deadline_s)
         await super().shutdown(sockets)
 
 
@@ -108,7 +107,7 @@ def build_server(settings: Settings, **config_overrides: Any) -> GracefulServer:
     container = build_container(settings)
     app = build_app(container)
     sessions = container.session_manager()
-    return GracefulServer(uvicorn_config(app, settings, **config_overrides), sessions.shutdown, settings.shutdown_timeout_s)
+    return GracefulServer(uvicorn_config(app, settings, **config_overrides), partial(drain_sessions, sessions), settings.shutdown_timeout_s)
 
 
 def serve(settings: Settings, workers: int = 1) -> int:

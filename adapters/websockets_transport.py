@@ -10,13 +10,15 @@ application.stream.
 
     python -m adapters.websockets_transport --host 127.0.0.1 --port 8001
 
-There is no HTTP API here (no /health, no /v1/pipelines); only the WebSocket.
+Besides the WebSocket it answers GET /health and GET /metrics as the Litestar
+app does (adapters.serving); the rest of the HTTP API (/v1/pipelines) is not here.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import signal
 import sys
@@ -33,8 +35,11 @@ from websockets.http11 import Request, Response
 
 from adapters.container import Container, build_container
 from adapters.logging_observer import configure_logging
+from adapters.metrics import MetricsExporter
+from adapters.serving import HEALTH_PATH, METRICS_PATH, drain_sessions, health
 from adapters.settings import Settings, SettingsError
 from application.ports import ConnectionClosed, Inbound, InboundKind, SendTimedOut
+from application.pipeline import DagPipelineService
 from application.stream import StreamService
 from domain import CloseCode
 
@@ -90,16 +95,29 @@ def pipeline_id_of(path: str) -> str | None:
     return values[0] if values else None
 
 
-def _only_the_stream_path(connection: ServerConnection, request: Request) -> Response | None:
-    if urlsplit(request.path).path == STREAM_PATH:
-        return None
-    body = f"no WebSocket endpoint at {urlsplit(request.path).path}; the stream is at {STREAM_PATH}\n"
-    return Response(
-        HTTPStatus.NOT_FOUND.value,
-        HTTPStatus.NOT_FOUND.phrase,
-        Headers([("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body.encode())))]),
-        body.encode(),
-    )
+def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
+    return Response(status.value, status.phrase, Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))]), body)
+
+
+def request_router(
+    stream_service: StreamService, pipelines: DagPipelineService, metrics: MetricsExporter
+) -> Callable[[ServerConnection, Request], Response | None]:
+    """Upgrades on the stream path; /health and /metrics answered over plain HTTP; 404 elsewhere."""
+
+    def route(connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == STREAM_PATH:
+            return None
+        if path == HEALTH_PATH:
+            body = json.dumps(dataclasses.asdict(health(stream_service, pipelines)), separators=(",", ":")).encode()
+            return _response(HTTPStatus.OK, body, "application/json")
+        if path == METRICS_PATH:
+            exposition, content_type = metrics.render(request.headers.get("Accept"))
+            return _response(HTTPStatus.OK, exposition, content_type)
+        text = f"no endpoint at {path}; the stream is at {STREAM_PATH}, besides {HEALTH_PATH} and {METRICS_PATH}\n"
+        return _response(HTTPStatus.NOT_FOUND, text.encode(), "text/plain; charset=utf-8")
+
+    return route
 
 
 def handler_for(stream_service: StreamService, send_timeout_s: float) -> Callable[[ServerConnection], Awaitable[None]]:
@@ -133,7 +151,7 @@ async def run(settings: Settings, container: Container | None = None, *, ready: 
             handler_for(stream_service, settings.send_timeout_s),
             settings.host,
             settings.port,
-            process_request=_only_the_stream_path,
+            process_request=request_router(stream_service, container.pipelines(), container.metrics_exporter()),
             compression=None,
             max_size=settings.ws_max_size,
         ) as server:
@@ -142,10 +160,7 @@ async def run(settings: Settings, container: Container | None = None, *, ready: 
                 ready.set()
             await stop.wait()
             server.close(close_connections=False)
-            log.info("draining_sessions", deadline_s=settings.shutdown_timeout_s)
-            cancelled = await sessions.shutdown(settings.shutdown_timeout_s)
-            if cancelled:
-                log.warning("sessions_cancelled_at_deadline", count=cancelled)
+            await drain_sessions(sessions, settings.shutdown_timeout_s)
             # What the deadline cut off closes with 1012, as under uvicorn, not the library's 1001.
             await asyncio.gather(
                 *(connection.close(int(CloseCode.SERVICE_RESTART), "shutting_down") for connection in list(server.connections)),
@@ -160,7 +175,7 @@ async def run(settings: Settings, container: Container | None = None, *, ready: 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m adapters.websockets_transport",
-        description=f"Serve {STREAM_PATH} on the websockets library (no HTTP API).",
+        description=f"Serve {STREAM_PATH}, {HEALTH_PATH} and {METRICS_PATH} on the websockets library.",
     )
     parser.add_argument("--host", help="bind address (default: FORGESYTE_STREAM_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: FORGESYTE_STREAM_PORT or 8000)")

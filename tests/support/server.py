@@ -74,7 +74,20 @@ class RunningServer:
         return code
 
 
-def start_server(env: Mapping[str, str] | None = None, *, extra_args: list[str] | None = None, timeout: float = 60.0) -> RunningServer:
+TRANSPORTS = {
+    "litestar": ["-m", "adapters.cli", "serve"],
+    "websockets": ["-m", "adapters.websockets_transport"],
+}
+
+
+def start_server(
+    env: Mapping[str, str] | None = None,
+    *,
+    extra_args: list[str] | None = None,
+    timeout: float = 60.0,
+    transport: str = "litestar",
+) -> RunningServer:
+    """Start a server on a free port and wait until its /health answers (both transports serve it)."""
     port = free_port()
     environment = {
         **os.environ,
@@ -84,7 +97,7 @@ def start_server(env: Mapping[str, str] | None = None, *, extra_args: list[str] 
         "FORGESYTE_STREAM_LOG_LEVEL": "debug",
         **(env or {}),
     }
-    command = [sys.executable, "-m", "adapters.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *(extra_args or [])]
+    command = [sys.executable, *TRANSPORTS[transport], "--host", "127.0.0.1", "--port", str(port), *(extra_args or [])]
     process = subprocess.Popen(
         command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
