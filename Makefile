@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 NODE_STAMP := contracts/node/node_modules/.installed
 PIP := $(BIN)/pip --disable-pip-version-check --quiet
 
-.PHONY: setup serve test contracts models bench docs-html lock
+.PHONY: setup serve test lint contracts models bench docs-html lock
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,12 +23,18 @@ setup: $(STAMP) $(NODE_STAMP)
 serve: $(STAMP)
 	$(BIN)/forgesyte-stream serve
 
-# The project's tests, then the contract suite (contracts/README.md) three ways: against the
+# The linters, the project's tests, then the contract suite (contracts/README.md) three ways: against the
 # self-started Litestar server and the alternate websockets adapter, and against a separately
 # started `forgesyte-stream serve` given to it with --target, as another team would run it.
 test: $(STAMP) $(NODE_STAMP)
+	$(MAKE) --no-print-directory lint
 	$(BIN)/pytest
 	$(MAKE) --no-print-directory contracts
+
+# ruff over everything; mypy --strict over domain/ and application/ (pyproject.toml holds both configurations).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 contracts: $(STAMP)
 	$(BIN)/pytest contracts

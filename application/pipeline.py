@@ -254,7 +254,7 @@ class DagPipelineService:
             for node_id in definition.output_nodes:
                 merged.update(outputs[node_id])
             try:
-                result = to_json_safe(merged)
+                result: dict[str, Any] = to_json_safe(merged)
             except JsonSafetyError as exc:
                 last = definition.node(definition.output_nodes[-1])
                 raise PipelineExecutionError(pipeline_id, last.id, last.plugin_id, last.tool_id, exc) from exc

@@ -322,6 +322,11 @@ class StreamProtocol:
     # Queries ------------------------------------------------------------------
 
     @property
+    def cut_off(self) -> bool:
+        """The session has ended without a way to tell the client: nothing more is sent."""
+        return self.ending is not None and self.ending.cut_off
+
+    @property
     def idle_timeout_s(self) -> float:
         return self._idle_timeout_s
 

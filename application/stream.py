@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from application.errors import JobStillRunning
 from application.ports import ConnectionClosed, FrameExecutor, FrameJob, StreamObserver, Transport
@@ -163,7 +164,7 @@ class _Pump:
         # True while the receiving task waits in transport.receive(), the one place it may be cancelled.
         self._receiving = False
         self._idle_timer: asyncio.TimerHandle | None = None
-        self._give_up: asyncio.Future[object] | None = None
+        self._give_up: asyncio.Future[Any] | None = None
 
     async def run(self, stop: asyncio.Event, deadline: asyncio.Event) -> tuple[int, str]:
         protocol = self._protocol
@@ -174,7 +175,8 @@ class _Pump:
         stop_waiter = asyncio.create_task(stop.wait())
         self._idle_timer = self._loop.call_later(protocol.idle_timeout_s, self._idle_fired)
         try:
-            await asyncio.wait({self._ended, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiters: set[asyncio.Future[Any]] = {self._ended, stop_waiter}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if protocol.ending is None:
                 protocol.stop_requested()
             close = protocol.ending
@@ -189,10 +191,10 @@ class _Pump:
             # The frame in flight is answered first (within the frame timeout, or at the shutdown deadline).
             self._to_start.put_nowait(_NO_MORE_FRAMES)
             await asyncio.gather(processor, return_exceptions=True)
-            if not protocol.ending.cut_off:
+            if not protocol.cut_off:
                 protocol.closing_messages()
                 await self._flush()
-            if not protocol.ending.cut_off:
+            if not protocol.cut_off:
                 try:
                     await self._transport.close(*protocol.close_code())
                 except ConnectionClosed as gone:

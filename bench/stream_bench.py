@@ -643,7 +643,7 @@ async def run_benchmark(
     failed = False
 
     # 1. Transport ------------------------------------------------------------------------
-    print(f"\n[1] Transport: `probe` pipeline vs bare websockets echo server (separate process), 1 connection, ping-pong,")
+    print("\n[1] Transport: `probe` pipeline vs bare websockets echo server (separate process), 1 connection, ping-pong,")
     print(f"    {len(frame.data):,}-byte frames, {profile.transport_rounds} interleaved rounds of {profile.transport_seconds:g} s each "
           f"(after {profile.warmup_frames} warm-up frames per connection)")
     echo_fps: list[float] = []
