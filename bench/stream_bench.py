@@ -312,13 +312,10 @@ def start_forgesyte(pipelines_dir: Path, log_path: Path, timeout_s: float = 60.0
         if process.poll() is not None:
             raise BenchError(f"the ForgeSyte server ({transport}) exited with {process.returncode} during start-up:\n{child.log_tail()}")
         try:
-            if transport == "litestar":
-                with _NO_PROXY.open(f"http://{HOST}:{port}/health", timeout=1) as response:
-                    if response.status == 200:
-                        return child
-            else:  # no HTTP API on this adapter: listening is ready
-                socket.create_connection((HOST, port), timeout=1).close()
-                return child
+            # Both transports serve /health.
+            with _NO_PROXY.open(f"http://{HOST}:{port}/health", timeout=1) as response:
+                if response.status == 200:
+                    return child
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.1)
