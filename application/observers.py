@@ -34,7 +34,6 @@ class FanOutStreamObserver:
     """
 
     def __init__(self, *observers: StreamObserver) -> None:
-        self._observers = observers
         # Bound methods looked up once: several events fire on every frame.
         self._handlers: dict[str, list[tuple[str, Any]]] = {
             event: [(type(observer).__name__, getattr(observer, event)) for observer in observers] for event in _EVENTS

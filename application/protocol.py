@@ -66,7 +66,6 @@ class Close:
 class Report(IntEnum):
     """What the observer hears once a message has been sent."""
 
-    NOTHING = 0
     PROCESSED = 1
     DROPPED = 2
     SLOWDOWN = 3

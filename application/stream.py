@@ -159,7 +159,9 @@ class _Pump:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._ended: asyncio.Future[None] = loop.create_future()
-        self._send_lock = asyncio.Lock()
+        # True while a task sends the outbox; `_sent` completes when it is done, made only when another task waits.
+        self._sending = False
+        self._sent: asyncio.Future[None] | None = None
         self._to_start: asyncio.Queue[Frame | None] = asyncio.Queue()
         # True while the receiving task waits in transport.receive(), the one place it may be cancelled.
         self._receiving = False
@@ -219,18 +221,34 @@ class _Pump:
         self._fed()
 
     async def _flush(self) -> None:
-        """Send what the protocol queued, in order, and tell it each message went out."""
+        """Send what the protocol queued, in order, and tell it each message went out.
+
+        One task sends at a time and sends everything queued, whoever queued
+        it; a task that finds another sending waits until that one is done,
+        so that each caller goes on only once its messages are out.
+        """
+        if self._sending:
+            if self._sent is None:
+                self._sent = self._loop.create_future()
+            await asyncio.shield(self._sent)
+            return
         protocol = self._protocol
         outbox = protocol.outbox
-        async with self._send_lock:
-            try:
-                while outbox:
-                    outgoing = outbox.popleft()
-                    await self._transport.send_json(outgoing[0])
-                    protocol.message_sent(outgoing)
-            except ConnectionClosed as gone:
-                protocol.connection_lost(gone)
-                self._fed()
+        send_json = self._transport.send_json
+        self._sending = True
+        try:
+            while outbox:
+                outgoing = outbox.popleft()
+                await send_json(outgoing[0])
+                protocol.message_sent(outgoing)
+        except ConnectionClosed as gone:
+            protocol.connection_lost(gone)
+            self._fed()
+        finally:
+            self._sending = False
+            sent, self._sent = self._sent, None
+            if sent is not None and not sent.done():
+                sent.set_result(None)
 
     def _job(self, frame: Frame) -> FrameJob:
         return FrameJob(self._pipeline_id, frame.index, frame.data, self._stream_id, True)
@@ -242,6 +260,9 @@ class _Pump:
         transport = self._transport
         inline = self._inline
         to_start = self._to_start
+        executor = self._executor
+        pipeline_id = self._pipeline_id
+        stream_id = self._stream_id
         try:
             while protocol.ending is None:
                 self._receiving = True
@@ -252,8 +273,16 @@ class _Pump:
                     to_start.put_nowait(start)  # the pipeline starts before the drop notices go out
                 if protocol.outbox:
                     await self._flush()
-                if start is not None and inline:
-                    await self._run_inline(start)
+                while start is not None and inline:
+                    # A header-only frame is answered right here: the work is a header read, so nothing
+                    # else arrives meanwhile, and skipping the hand-off saves an event-loop round.
+                    try:
+                        reply = executor.run_inline(FrameJob(pipeline_id, start.index, start.data, stream_id, True))
+                    except Exception as error:
+                        start = protocol.frame_failed(start, error)
+                    else:
+                        start = protocol.frame_finished(start, reply)
+                    await self._flush()
                 self._fed()
         except ConnectionClosed as gone:
             protocol.connection_lost(gone)
@@ -263,19 +292,6 @@ class _Pump:
         except Exception as exc:
             protocol.internal_failure("receive loop", exc, None)
             self._fed()
-
-    async def _run_inline(self, frame: Frame | None) -> None:
-        """Answer header-only frames right here: the work is a header read, so nothing else arrives meanwhile."""
-        protocol = self._protocol
-        executor = self._executor
-        while frame is not None:
-            try:
-                reply = executor.run_inline(self._job(frame))
-            except Exception as error:
-                frame = protocol.frame_failed(frame, error)
-            else:
-                frame = protocol.frame_finished(frame, reply)
-            await self._flush()
 
     # Processing ----------------------------------------------------------------
 

@@ -167,9 +167,12 @@ class Session:
             processing_ms=processing_time_ms, interval_ms=self.frame_interval_ms(now), waiting=len(self._waiting)
         )
 
-    def should_drop_frame(self, processing_time_ms: float | None) -> bool:
-        """Whether, at this processing time, a waiting frame would be dropped now (lagging, or the buffer full)."""
-        return self.drop_cause(processing_time_ms) is not None
+    def should_drop_frame(self, processing_time_ms: float | None, now: float | None = None) -> bool:
+        """Whether, at this processing time, a waiting frame would be dropped now (lagging, or the buffer full).
+
+        `receive_frame` asks this first; only then does the policy choose which frames go.
+        """
+        return self.drop_cause(processing_time_ms, now) is not None
 
     def should_slow_down(self) -> bool:
         now = self.now_ms()
@@ -194,9 +197,10 @@ class Session:
             return Admission(frame=frame, start=frame, dropped=())
 
         waiting = self._waiting
+        must_drop = self.should_drop_frame(self.processing_ms, now)
         waiting.append(frame)
-        choice = self.policy.choose_drops(waiting, processing_ms=self.processing_ms, interval_ms=self.frame_interval_ms(now))
         dropped: tuple[Drop, ...] = ()
+        choice = self.policy.choose_drops(waiting, processing_ms=self.processing_ms, interval_ms=self.frame_interval_ms(now)) if must_drop else ()
         if choice:
             dropped = tuple(Drop(waiting[position], cause) for position, cause in choice)
             if choice[-1][0] == len(choice) - 1:  # the oldest frames: the common case
