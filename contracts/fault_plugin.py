@@ -27,8 +27,9 @@ SECRET = "contract-secret-/etc/forgesyte/model.key"
 
 def _sleep(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]:
     """Costs `ms` of wall time (time.sleep releases the GIL, so the event loop keeps reading frames)."""
+    started = time.perf_counter()
     time.sleep(float(inputs.get("ms", 100)) / 1000.0)
-    return {"slept_ms": float(inputs.get("ms", 100))}
+    return {"slept_ms": (time.perf_counter() - started) * 1000.0, "frame_index": context.frame_index}
 
 
 def _fail(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]:
@@ -64,6 +65,23 @@ def _crash(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]
     return _UnreadableOutput()
 
 
+def _count(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]:
+    """Counts frames in per-stream state, so tests can see that sessions never share it."""
+    state = context.state()
+    state["count"] = state.get("count", 0) + 1
+    return {"count": state["count"], "frame_index": context.frame_index}
+
+
+def _bytes(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]:
+    """Returns raw bytes, which JSON cannot carry: the engine must refuse the output."""
+    return {"leak": context.image_bytes}
+
+
+def _pad(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]:
+    """A reply of `kb` KiB, so that a client that stops reading fills its socket buffers in a few frames."""
+    return {"pad": "x" * (int(inputs.get("kb", 256)) * 1024), "frame_index": context.frame_index}
+
+
 class ContractFaultPlugin:
     plugin_id = "contract"
 
@@ -72,3 +90,27 @@ class ContractFaultPlugin:
 
     def availability(self) -> Availability:
         return Availability(True)
+
+
+class FaultPlugin:
+    """The project's own tests and benchmark use these tools too (tests/pipelines, bench/): one fault kit for all."""
+
+    plugin_id = "fault"
+
+    def tools(self) -> Mapping[str, Any]:
+        return {"sleep": _sleep, "fail": _fail, "count": _count, "decode": _decode, "bytes": _bytes, "pad": _pad}
+
+    def availability(self) -> Availability:
+        return Availability(True)
+
+
+class UnavailablePlugin:
+    """A plugin that is never available, for the invalid_pipeline (409) paths."""
+
+    plugin_id = "offline"
+
+    def tools(self) -> Mapping[str, Any]:
+        return {"noop": lambda inputs, context: {}}
+
+    def availability(self) -> Availability:
+        return Availability(False, "the offline plugin is never available")

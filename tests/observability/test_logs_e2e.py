@@ -21,7 +21,7 @@ from tests.observability.support import (
     wait_for_records,
 )
 from tests.support.client import StreamClient
-from tests.support.fault_plugins import SECRET
+from contracts.fault_plugin import SECRET
 from tests.support.server import RunningServer, start_server
 
 SESSION_FIELDS = {"session_id", "pipeline_id"}

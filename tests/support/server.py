@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,15 +14,11 @@ from pathlib import Path
 
 import httpx
 
+from contracts.targets import SELF_STARTED, free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 TEST_PIPELINES = ROOT / "tests" / "pipelines"
-FAULT_PLUGINS = "tests.support.fault_plugins:FaultPlugin,tests.support.fault_plugins:UnavailablePlugin"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+FAULT_PLUGINS = "contracts.fault_plugin:FaultPlugin,contracts.fault_plugin:UnavailablePlugin"
 
 
 @dataclass
@@ -74,12 +69,6 @@ class RunningServer:
         return code
 
 
-TRANSPORTS = {
-    "litestar": ["-m", "adapters.cli", "serve"],
-    "websockets": ["-m", "adapters.websockets_transport"],
-}
-
-
 def start_server(
     env: Mapping[str, str] | None = None,
     *,
@@ -97,7 +86,7 @@ def start_server(
         "FORGESYTE_STREAM_LOG_LEVEL": "debug",
         **(env or {}),
     }
-    command = [sys.executable, *TRANSPORTS[transport], "--host", "127.0.0.1", "--port", str(port), *(extra_args or [])]
+    command = [sys.executable, *SELF_STARTED[transport], "--host", "127.0.0.1", "--port", str(port), *(extra_args or [])]
     process = subprocess.Popen(
         command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
