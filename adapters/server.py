@@ -76,6 +76,9 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         "lifespan": "on",
         "timeout_graceful_shutdown": 5,
     }
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        # Both or neither, and loadable together: Settings checked that at start-up.
+        options.update(ssl_certfile=str(settings.tls_cert_file), ssl_keyfile=str(settings.tls_key_file))
     options.update(overrides)
     return uvicorn.Config(app, **options)
 

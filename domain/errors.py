@@ -18,6 +18,7 @@ class ErrorCode(StrEnum):
     INVALID_PIPELINE = "invalid_pipeline"
     SERVER_BUSY = "server_busy"
     SHUTTING_DOWN = "shutting_down"
+    UNAUTHORIZED = "unauthorized"
 
 
 class CloseCode(IntEnum):
@@ -32,6 +33,8 @@ class CloseCode(IntEnum):
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013
+    # The IANA-registered application code "Unauthorized": no valid API key.
+    UNAUTHORIZED = 3000
 
 
 # pipeline_failure is absent on purpose: a failing frame never ends a live stream.
@@ -43,6 +46,7 @@ CLOSE_CODE_FOR_ERROR: dict[ErrorCode, CloseCode] = {
     ErrorCode.INVALID_PIPELINE: CloseCode.POLICY_VIOLATION,
     ErrorCode.SERVER_BUSY: CloseCode.TRY_AGAIN_LATER,
     ErrorCode.SHUTTING_DOWN: CloseCode.SERVICE_RESTART,
+    ErrorCode.UNAUTHORIZED: CloseCode.UNAUTHORIZED,
 }
 
 GENERIC_INTERNAL_DETAIL = "the server hit an unexpected error; the event was logged"
