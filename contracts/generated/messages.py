@@ -1,6 +1,6 @@
 # Generated from asyncapi.yaml by asyncapi-python 0.3.1 (codegen); do not edit by hand.
 # Regenerate with `make models` (python -m contracts.generate_models).
-# source-sha256: d42813feaf32416fbf5752e28447e4b8f615b2f755d908005cf81e271f009657
+# source-sha256: f502c750cd9b604bd9044c44ba20cc5f6a584e06474c39a1f94511de826142b2
 
 from __future__ import annotations
 
@@ -219,6 +219,22 @@ class ServerBusyErrorPayload(BaseModel):
     )
 
 
+class UnauthorizedErrorPayload(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        populate_by_name=True,
+    )
+    error: Literal["unauthorized"]
+    detail: str = Field(
+        ...,
+        description="A human-readable explanation; never exception text or a stack trace.",
+    )
+    frame_index: conint(ge=0) | None = Field(
+        None,
+        description="Position of the frame in the stream, counted from 0 in arrival order.",
+    )
+
+
 class ShuttingDownErrorPayload(BaseModel):
     model_config = ConfigDict(
         extra="allow",
@@ -287,6 +303,10 @@ class ShuttingDownError(RootModel[ShuttingDownErrorPayload]):
     root: ShuttingDownErrorPayload
 
 
+class UnauthorizedError(RootModel[UnauthorizedErrorPayload]):
+    root: UnauthorizedErrorPayload
+
+
 __all__ = [
     "Model",
     "Box",
@@ -302,6 +322,7 @@ __all__ = [
     "InternalErrorPayload",
     "InvalidPipelineErrorPayload",
     "ServerBusyErrorPayload",
+    "UnauthorizedErrorPayload",
     "ShuttingDownErrorPayload",
     "Frame",
     "FrameResult",
@@ -315,4 +336,5 @@ __all__ = [
     "InvalidPipelineError",
     "ServerBusyError",
     "ShuttingDownError",
+    "UnauthorizedError",
 ]
