@@ -488,6 +488,8 @@ def test_forty_simultaneous_sessions_spread_over_two_workers_without_server_busy
         split = collections.Counter(r["pid"] for r in records(server) if r.get("event") == "session_connected")
         assert sorted(split) == sorted(started["pids"]), split
         assert sum(split.values()) == 40
+        # Hashing 40 connections over 2 sockets: fewer than 8 on one worker has a probability of about 2e-5.
+        assert min(split.values()) >= 8, split
         print(f"\n40 simultaneous sessions over 2 workers: {sorted(split.values())}")
     finally:
         server.stop()
