@@ -245,7 +245,8 @@ def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
     keys.write_text(f"alice {ALICE_KEY}\nbob sha256:{hashlib.sha256(BOB_KEY.encode()).hexdigest()}\n", encoding="utf-8")
     running = start_server(
         {
-            "FORGESYTE_STREAM_LOG_LEVEL": "info",
+            # debug: the WebSocket libraries then log every handshake header, keys included unless redacted.
+            "FORGESYTE_STREAM_LOG_LEVEL": "debug",
             "FORGESYTE_STREAM_API_KEYS_FILE": str(keys),
             "FORGESYTE_STREAM_MAX_SESSIONS": "2",
             "FORGESYTE_STREAM_MAX_SESSIONS_PER_KEY": "1",
@@ -340,6 +341,9 @@ def test_the_bearer_subprotocol_is_echoed_and_authorizes(keyed_server: RunningSe
     subprotocol, reply = run(scenario())
     assert subprotocol == f"forgesyte.bearer.{BOB_KEY}"
     assert "result" in reply
+    logs = keyed_server.log_text()
+    assert "forgesyte.bearer.<redacted>" in logs, "the handshake headers are logged at debug, redacted"
+    assert BOB_KEY not in logs
 
 
 def test_the_per_key_quota_answers_server_busy_and_frees_with_the_session(keyed_server: RunningServer) -> None:
