@@ -18,7 +18,15 @@ from typing import Any
 
 import structlog
 
-from application.access import AccessPolicy, Channel, Credential, Refusal, clipped, unauthorized_error
+from application.access import (
+    BEARER_SUBPROTOCOL_PREFIX,
+    AccessPolicy,
+    Channel,
+    Credential,
+    Refusal,
+    clipped,
+    unauthorized_error,
+)
 
 log = structlog.get_logger("forgesyte.access")
 
@@ -78,8 +86,6 @@ def bearer_subprotocol(offered: Iterable[str]) -> str | None:
     A browser that offered subprotocols fails the handshake when none comes
     back; echoing the one it offered lets it read the unauthorized message.
     """
-    from application.access import BEARER_SUBPROTOCOL_PREFIX
-
     return next((p for p in offered if p.startswith(BEARER_SUBPROTOCOL_PREFIX)), None)
 
 

@@ -141,6 +141,10 @@ def _is_origin(entry: str) -> bool:
     return True
 
 
+def _is_host(entry: str) -> bool:
+    return _HOST_NAME.match(entry) is not None or _is_ip(entry)
+
+
 def _is_ip(entry: str) -> bool:
     try:
         ipaddress.ip_address(entry.strip("[]"))
@@ -187,7 +191,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("api_keys_file", None, "file of API keys, one per line (`[NAME ]KEY` or `[NAME ]sha256:<hex>`); set, every endpoint but /health and the page at / needs one", _api_keys_file),
     _Spec("max_sessions_per_key", 0, "concurrent sessions one API key may hold per process, 0 (no limit besides MAX_SESSIONS)-10000", _int(0, 10_000)),
     _Spec("allowed_origins", (), "browser origins (scheme://host[:port], comma-separated) allowed besides no Origin, loopback origins and the server's own; `*` for any", _list_or_any(_is_origin, "scheme://host[:port] with http or https")),
-    _Spec("allowed_hosts", (), "Host header names (comma-separated) accepted besides loopback names and the bind address; `*` for any", _list_or_any(lambda e: _HOST_NAME.match(e) is not None or _is_ip(e), "a host name or IP address without port")),
+    _Spec("allowed_hosts", (), "Host header names (comma-separated) accepted besides loopback names and the bind address; `*` for any", _list_or_any(_is_host, "a host name or IP address without port")),
     _Spec("tls_cert_file", None, "PEM certificate chain; with TLS_KEY_FILE the server speaks https/wss only", _optional_file),
     _Spec("tls_key_file", None, "PEM private key of TLS_CERT_FILE (unencrypted)", _optional_file),
     _Spec("log_level", "info", "log level: debug, info, warning, error, critical", _choice(_LOG_LEVELS)),

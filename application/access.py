@@ -152,10 +152,10 @@ def _split_host(value: str) -> tuple[str, str | None] | None:
             return None
         port = rest[1:] if rest else None
     else:
-        host, _, port_text = value.partition(":")
+        host, colon, port_text = value.partition(":")
         if ":" in port_text:
-            return None
-        port = port_text if _ else None
+            return None  # an IPv6 address must be bracketed
+        port = port_text if colon else None
     if port is not None and not port.isdigit():
         return None
     return host.rstrip("."), port

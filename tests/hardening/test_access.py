@@ -28,7 +28,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from application.access import AccessPolicy, KeyFileError, parse_api_keys
-from tests.observability.support import Scrape, records
+from tests.observability.support import Scrape, records, wait_for_records
 from tests.support.client import StreamClient
 from tests.support.media import jpeg
 from tests.support.server import ROOT, RunningServer, start_server
@@ -462,20 +462,66 @@ def test_bad_tls_files_stop_start_up_naming_the_variable(
     assert variable in result.stderr
 
 
+def test_the_websockets_adapter_serves_wss_behind_the_same_keys(certificates: tuple[trustme.CA, Path, Path], tmp_path: Path) -> None:
+    """The alternate transport applies the same policy module: TLS, the key, the subprotocol echo, the Origin check."""
+    from contracts.targets import free_port, server_environment, wait_until_listening
+
+    ca, cert_path, key_path = certificates
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"alice {ALICE_KEY}\n", encoding="utf-8")
+    port = free_port()
+    env = server_environment(
+        FORGESYTE_STREAM_TLS_CERT_FILE=str(cert_path),
+        FORGESYTE_STREAM_TLS_KEY_FILE=str(key_path),
+        FORGESYTE_STREAM_API_KEYS_FILE=str(keys),
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "adapters.websockets_transport", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    url = f"wss://127.0.0.1:{port}/ws/video/stream?pipeline_id=probe"
+    try:
+        assert wait_until_listening("127.0.0.1", port, 60, alive=lambda: process.poll() is None)
+
+        async def scenario() -> tuple[str | None, dict[str, Any], tuple[list[Any], int | None], int]:
+            async with connect(url, ssl=context, proxy=None, subprotocols=[f"forgesyte.bearer.{ALICE_KEY}"]) as connection:  # type: ignore[list-item]
+                await connection.send(FRAME)
+                reply = json.loads(await asyncio.wait_for(connection.recv(), 10))
+                subprotocol = connection.subprotocol
+            async with connect(url, ssl=context, proxy=None) as refused:
+                messages = []
+                try:
+                    async for raw in refused:
+                        messages.append(json.loads(raw))
+                except Exception:
+                    pass
+                unauthorized = (messages, refused.close_code)
+            with pytest.raises(InvalidStatus) as foreign:
+                async with connect(url, ssl=context, proxy=None, origin="https://evil.example"):  # type: ignore[arg-type]
+                    pass
+            return subprotocol, reply, unauthorized, foreign.value.response.status_code
+
+        subprotocol, reply, (messages, close_code), foreign_status = run(scenario())
+        assert subprotocol == f"forgesyte.bearer.{ALICE_KEY}" and "result" in reply
+        assert [m["error"] for m in messages] == ["unauthorized"] and close_code == 3000
+        assert foreign_status == 403
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0].decode(errors="replace")
+    assert ALICE_KEY not in output
+
+
 # --workers balance --------------------------------------------------------------
 
 
 def test_forty_simultaneous_sessions_spread_over_two_workers_without_server_busy() -> None:
     server = start_server({"FORGESYTE_STREAM_LOG_LEVEL": "info", "FORGESYTE_STREAM_MAX_SESSIONS": "32"}, extra_args=["--workers", "2"])
     try:
-        (started,) = [r for r in records(server) if r.get("event") == "workers_started"] or [None]
-        deadline = 60.0
-        import time
-
-        end = time.monotonic() + deadline
-        while sum(1 for r in records(server) if r.get("event") == "Application startup complete.") < 2 and time.monotonic() < end:
-            time.sleep(0.1)
-        started = next(r for r in records(server) if r.get("event") == "workers_started")
+        (started,) = wait_for_records(server, lambda r: r["event"] == "workers_started")
+        # /health answered means one worker is up; the other must be listening too before the burst.
+        wait_for_records(server, lambda r: r["event"] == "Application startup complete.", count=2, timeout=60)
 
         async def scenario() -> list[dict[str, Any]]:
             connections = await asyncio.gather(
