@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -32,20 +33,22 @@ class RunningServer:
     port: int
     lines: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
+    # TLS servers: https/wss, and what httpx verifies their certificate with (an ssl.SSLContext).
+    tls: Any = None
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def ws(self, pipeline_id: str | None = None, **query: str) -> str:
         params = dict(query)
         if pipeline_id is not None:
             params["pipeline_id"] = pipeline_id
         suffix = "&".join(f"{k}={v}" for k, v in params.items())
-        return f"ws://127.0.0.1:{self.port}/ws/video/stream" + (f"?{suffix}" if suffix else "")
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}/ws/video/stream" + (f"?{suffix}" if suffix else "")
 
     def health(self) -> dict:
-        return httpx.get(f"{self.http}/health", timeout=5, trust_env=False).json()
+        return httpx.get(f"{self.http}/health", timeout=5, trust_env=False, verify=self.tls or True).json()
 
     def wait_for(self, predicate, timeout: float = 10.0, interval: float = 0.05) -> dict:
         """Poll /health until predicate(health) holds; fail with the last value seen."""
@@ -74,7 +77,10 @@ class RunningServer:
         return code
 
 
-def start_server(env: Mapping[str, str] | None = None, *, extra_args: list[str] | None = None, timeout: float = 60.0) -> RunningServer:
+def start_server(
+    env: Mapping[str, str] | None = None, *, extra_args: list[str] | None = None, timeout: float = 60.0, tls: Any = None
+) -> RunningServer:
+    """Start the server; `tls` (an ssl.SSLContext trusting its certificate) when the env turns TLS on."""
     port = free_port()
     environment = {
         **os.environ,
@@ -88,7 +94,7 @@ def start_server(env: Mapping[str, str] | None = None, *, extra_args: list[str] 
     process = subprocess.Popen(
         command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
-    server = RunningServer(process=process, port=port)
+    server = RunningServer(process=process, port=port, tls=tls)
 
     def pump() -> None:
         assert process.stdout is not None
@@ -103,7 +109,7 @@ def start_server(env: Mapping[str, str] | None = None, *, extra_args: list[str] 
             server.stop()
             raise RuntimeError(f"server exited with {process.returncode} during start-up:\n{server.log_text()}")
         try:
-            if httpx.get(f"{server.http}/health", timeout=1, trust_env=False).status_code == 200:
+            if httpx.get(f"{server.http}/health", timeout=1, trust_env=False, verify=tls or True).status_code == 200:
                 return server
         except httpx.TransportError:
             pass
