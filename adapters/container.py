@@ -11,6 +11,7 @@ from typing import Any
 
 from dependency_injector import containers, providers
 
+from adapters.access import AccessEvents
 from adapters.image_codec import OpenCvJpegDecoder, OpenCvVideoReader
 from adapters.logging_observer import LoggingStreamObserver
 from adapters.metrics import MetricsExporter, PrometheusObserver, new_registry
@@ -21,6 +22,7 @@ from adapters.plugins.probe import ProbePlugin
 from adapters.plugins.yolo import YoloPlugin
 from adapters.settings import Settings
 from adapters.thread_executor import ThreadFrameExecutor
+from application.access import AccessPolicy, StreamAccess
 from application.observers import FanOutStreamObserver
 from application.pipeline import DagPipelineService, StreamStateStore
 from application.sessions import SessionManager
@@ -76,6 +78,10 @@ def _stream_settings(settings: Settings) -> StreamSettings:
         max_frame_bytes=settings.max_frame_bytes,
         idle_timeout_s=settings.idle_timeout_s,
     )
+
+
+def _access_policy(settings: Settings) -> AccessPolicy:
+    return settings.access_policy()
 
 
 class Container(containers.DeclarativeContainer):
@@ -139,6 +145,15 @@ class Container(containers.DeclarativeContainer):
         frame_timeout_s=stream_settings.provided.frame_timeout_s,
         max_frame_bytes=settings.provided.max_frame_bytes,
     )
+    access_policy = providers.Singleton(_access_policy, settings)
+    access_events = providers.Singleton(AccessEvents, metrics=metrics)
+    stream_access = providers.Singleton(
+        StreamAccess,
+        service=stream_service,
+        observer=access_events,
+        stream_observer=stream_observer,
+        max_sessions_per_key=settings.provided.max_sessions_per_key,
+    )
 
 
 def build_container(settings: Settings) -> Container:
@@ -156,6 +171,9 @@ def build_app(container: Container) -> Any:
     return create_app(
         stream_service=container.stream_service(),
         single_frames=container.single_frames(),
+        stream_access=container.stream_access(),
+        access_policy=container.access_policy(),
+        access_events=container.access_events(),
         pipelines=container.pipelines(),
         metrics=container.metrics_exporter(),
         max_body_bytes=settings.ws_max_size,

@@ -8,6 +8,7 @@ sessions or errors is made here.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, 
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_400_BAD_REQUEST,
+    HTTP_401_UNAUTHORIZED,
     HTTP_404_NOT_FOUND,
     HTTP_408_REQUEST_TIMEOUT,
     HTTP_409_CONFLICT,
@@ -34,8 +36,10 @@ from litestar.status_codes import (
 )
 
 from adapters import serving
+from adapters.access import AccessEvents, AccessGuard, bearer_subprotocol, declare_security
 from adapters.metrics import MetricsExporter
 from adapters.serving import Health
+from application.access import AccessPolicy, StreamAccess
 from application.errors import FrameTimeoutError, PipelineUnavailableError
 from application.pipeline import DagPipelineService
 from adapters.uvicorn_protocols import ReplyTimeout
@@ -93,10 +97,17 @@ class LitestarWebSocketTransport:
 
 
 @websocket("/ws/video/stream", name="video_stream")
-async def video_stream(socket: WebSocket[Any, Any, Any], stream_service: StreamService) -> None:
-    """Stream JPEG frames in, receive one JSON reply per frame; asyncapi.yaml is the contract."""
-    await socket.accept()
-    await stream_service.serve(LitestarWebSocketTransport(socket), socket.query_params.get("pipeline_id"))
+async def video_stream(socket: WebSocket[Any, Any, Any], stream_access: StreamAccess, access_policy: AccessPolicy) -> None:
+    """Stream JPEG frames in, receive one JSON reply per frame; asyncapi.yaml is the contract.
+
+    Host and Origin were checked before the upgrade (AccessGuard); the key is
+    checked after it, so that a refused client reads why (close 3000).
+    """
+    offered = socket.scope.get("subprotocols", [])
+    credential = access_policy.authenticate(socket.headers.get("authorization"), offered)
+    await socket.accept(subprotocols=bearer_subprotocol(offered))
+    with structlog.contextvars.bound_contextvars(api_key=credential.label) if access_policy.keys_required else nullcontext():
+        await stream_access.serve(LitestarWebSocketTransport(socket), socket.query_params.get("pipeline_id"), credential, socket.url.path)
 
 
 # HTTP -----------------------------------------------------------------------
@@ -152,6 +163,7 @@ _STATUS_FOR_CODE: dict[ErrorCode, int] = {
     ErrorCode.SERVER_BUSY: HTTP_503_SERVICE_UNAVAILABLE,
     ErrorCode.SHUTTING_DOWN: HTTP_503_SERVICE_UNAVAILABLE,
     ErrorCode.IDLE_TIMEOUT: HTTP_408_REQUEST_TIMEOUT,
+    ErrorCode.UNAUTHORIZED: HTTP_401_UNAUTHORIZED,
 }
 
 
@@ -293,13 +305,16 @@ def create_app(
     *,
     stream_service: StreamService,
     single_frames: SingleFrameService,
+    stream_access: StreamAccess,
+    access_policy: AccessPolicy,
+    access_events: AccessEvents,
     pipelines: DagPipelineService,
     metrics: MetricsExporter,
     max_body_bytes: int,
     extra_route_handlers: list[Any] | None = None,
     on_shutdown: list[Any] | None = None,
-) -> Litestar:
-    """Build the Litestar app from already-wired services (the container calls this)."""
+) -> AccessGuard:
+    """Build the Litestar app from already-wired services (the container calls this), behind the access checks."""
 
     def provide(value: Any) -> Provide:
         def provider() -> Any:
@@ -307,13 +322,15 @@ def create_app(
 
         return Provide(provider, sync_to_thread=False)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[health, metrics_route, list_pipelines, get_pipeline, post_frame, video_stream, *(extra_route_handlers or [])],
         dependencies={
             "stream_service": provide(stream_service),
             "single_frames": provide(single_frames),
             "pipelines": provide(pipelines),
             "metrics_exporter": provide(metrics),
+            "stream_access": provide(stream_access),
+            "access_policy": provide(access_policy),
         },
         exception_handlers={
             StreamError: _stream_error_handler,
@@ -326,3 +343,5 @@ def create_app(
         on_shutdown=on_shutdown or [],
         debug=False,
     )
+    declare_security(app.openapi_schema, access_policy)
+    return AccessGuard(app, access_policy, access_events)

@@ -35,6 +35,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, multiprocess
 from prometheus_client.exposition import choose_encoder
 
+from application.access import Channel, Refusal
 from domain import DropCause, ErrorCode, Session
 
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
@@ -86,6 +87,16 @@ class PrometheusObserver:
             ["reason"],
             registry=registry,
         )
+        self.http_refused = Counter(
+            "stream_http_requests_refused",
+            "HTTP requests refused by the access checks (Host, Origin, API key), by reason",
+            ["reason"],
+            registry=registry,
+        )
+        for refusal in Refusal:
+            self.sessions_rejected.labels(refusal.value)
+            if refusal is not Refusal.KEY_QUOTA:
+                self.http_refused.labels(refusal.value)
         self.frames_received = Counter(
             "stream_frames_received", "Frames received on sessions", ["pipeline_id"], registry=registry
         )
@@ -188,6 +199,11 @@ class PrometheusObserver:
 
     def session_rejected(self, pipeline_id: str | None, client: str, code: ErrorCode, detail: str) -> None:
         self.sessions_rejected.labels(code.value).inc()
+
+    def access_refused(self, refusal: Refusal, channel: Channel) -> None:
+        """A refusal by the access checks: a WebSocket one is a session rejected, an HTTP one a request refused."""
+        counter = self.sessions_rejected if channel is Channel.WEBSOCKET else self.http_refused
+        counter.labels(refusal.value).inc()
 
     def frame_received(self, session: Session, frame_index: int, size: int) -> None:
         series = self._for(session.pipeline_id)

@@ -8,18 +8,26 @@ harder to operate than one that refuses to start.
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import math
 import os
+import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from application.access import LOOPBACK_NAMES, AccessPolicy, ApiKey, KeyFileError, parse_api_keys
 from application.stream import DEFAULT_FRAME_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S
 from domain import DEFAULT_MAX_FRAME_BYTES, BackpressurePolicy
 from domain.sampling import DEFAULT_KEEP_EVERY
 
 PREFIX = "FORGESYTE_STREAM_"
+# Served without an API key: the health probe, and the page at / with its assets.
+PUBLIC_PATHS: tuple[str, ...] = ("/health", "/")
+PUBLIC_PREFIXES: tuple[str, ...] = ("/static/",)
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
 DEFAULT_PIPELINES_DIR = Path(__file__).resolve().parent / "pipelines"
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # The domain owns the defaults; the table below only reads them.
@@ -90,6 +98,66 @@ def _optional_file(variable: str, raw: str) -> Path | None:
     return path
 
 
+@dataclass(frozen=True, slots=True)
+class KeyFile:
+    """An API key file as read at start-up: where it is and the keys' names and digests (never the keys)."""
+
+    path: Path
+    keys: tuple[ApiKey, ...]
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def _api_keys_file(variable: str, raw: str) -> KeyFile | None:
+    path = _optional_file(variable, raw)
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise SettingsError(f"{variable}={raw!r} cannot be read as UTF-8 text: {type(error).__name__}") from None
+    try:
+        return KeyFile(path, parse_api_keys(text))
+    except KeyFileError as error:
+        raise SettingsError(f"{variable}={raw!r}: {error}; expected one key per line, `[NAME ]KEY` or `[NAME ]sha256:<hex>`") from None
+
+
+def _list_or_any(check: Callable[[str], bool], expected: str) -> Callable[[str, str], tuple[str, ...] | None]:
+    """Comma-separated entries added to the defaults; `*` alone switches the check off (None)."""
+
+    def parse(variable: str, raw: str) -> tuple[str, ...] | None:
+        entries = tuple(part.strip() for part in raw.split(",") if part.strip())
+        if entries == ("*",):
+            return None
+        for entry in entries:
+            if entry == "*" or not check(entry):
+                raise SettingsError(f"{variable} entry {entry!r} is not accepted; expected {expected}, or `*` alone for any")
+        return entries
+
+    return parse
+
+
+def _is_origin(entry: str) -> bool:
+    try:
+        AccessPolicy(allowed_hosts=None, allowed_origins=[entry])
+    except ValueError:
+        return False
+    return True
+
+
+def _is_host(entry: str) -> bool:
+    return _HOST_NAME.match(entry) is not None or _is_ip(entry)
+
+
+def _is_ip(entry: str) -> bool:
+    try:
+        ipaddress.ip_address(entry.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def _plugin_refs(variable: str, raw: str) -> tuple[str, ...]:
     refs = tuple(part.strip() for part in raw.split(",") if part.strip())
     for ref in refs:
@@ -133,6 +201,12 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("yolo_labels", None, "optional labels file, one class name per line", _optional_file),
     _Spec("yolo_confidence", 0.25, "YOLO confidence threshold, 0-1", _float(0.0, 1.0)),
     _Spec("yolo_iou", 0.45, "YOLO NMS IoU threshold, 0-1", _float(0.0, 1.0)),
+    _Spec("api_keys_file", None, "file of API keys, one per line (`[NAME ]KEY` or `[NAME ]sha256:<hex>`); set, every endpoint but /health and the page at / needs one", _api_keys_file),
+    _Spec("max_sessions_per_key", 0, "concurrent sessions one API key may hold per process, 0 (no limit besides MAX_SESSIONS)-10000", _int(0, 10_000)),
+    _Spec("allowed_origins", (), "browser origins (scheme://host[:port], comma-separated) allowed besides no Origin, loopback origins and the server's own; `*` for any", _list_or_any(_is_origin, "scheme://host[:port] with http or https")),
+    _Spec("allowed_hosts", (), "Host header names (comma-separated) accepted besides loopback names and the bind address; `*` for any", _list_or_any(_is_host, "a host name or IP address without port")),
+    _Spec("tls_cert_file", None, "PEM certificate chain; with TLS_KEY_FILE the server speaks https/wss only", _optional_file),
+    _Spec("tls_key_file", None, "PEM private key of TLS_CERT_FILE (unencrypted)", _optional_file),
     _Spec("log_level", "info", "log level: debug, info, warning, error, critical", _choice(_LOG_LEVELS)),
 )
 
@@ -166,7 +240,32 @@ class Settings:
     yolo_labels: Path | None
     yolo_confidence: float
     yolo_iou: float
+    api_keys_file: KeyFile | None
+    max_sessions_per_key: int
+    allowed_origins: tuple[str, ...] | None
+    allowed_hosts: tuple[str, ...] | None
+    tls_cert_file: Path | None
+    tls_key_file: Path | None
     log_level: str
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+    def access_policy(self) -> AccessPolicy:
+        """The Host, Origin and key rules these settings ask for (application.access)."""
+        hosts: tuple[str, ...] | None = None
+        if self.allowed_hosts is not None:
+            hosts = (*LOOPBACK_NAMES, *self.allowed_hosts)
+            if self.host not in ("0.0.0.0", "::", ""):
+                hosts = (*hosts, self.host)
+        return AccessPolicy(
+            keys=self.api_keys_file.keys if self.api_keys_file is not None else (),
+            allowed_hosts=hosts,
+            allowed_origins=self.allowed_origins,
+            public_paths=PUBLIC_PATHS,
+            public_prefixes=PUBLIC_PREFIXES,
+        )
 
     @property
     def ws_max_size(self) -> int:
@@ -196,6 +295,11 @@ class Settings:
                 f"{PREFIX}EVENT_LOOP=uvloop but the uvloop package is not installed (it has no Windows build); "
                 "install it or set the variable to asyncio"
             )
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            given, missing = ("TLS_CERT_FILE", "TLS_KEY_FILE") if self.tls_key_file is None else ("TLS_KEY_FILE", "TLS_CERT_FILE")
+            raise SettingsError(f"{PREFIX}{given} is set but {PREFIX}{missing} is not; expected both (https/wss) or neither")
+        if self.tls_cert_file is not None and self.tls_key_file is not None:
+            _check_tls_files(self.tls_cert_file, self.tls_key_file)
         if self.slowdown_threshold <= self.drop_threshold:
             raise SettingsError(
                 f"{PREFIX}SLOWDOWN_THRESHOLD={self.slowdown_threshold} must be above "
@@ -206,6 +310,24 @@ class Settings:
     def documentation() -> list[tuple[str, str, str]]:
         """(variable, default, meaning) for every setting: the README table is generated from this."""
         return [(PREFIX + spec.name.upper(), _describe_default(spec.default), spec.doc) for spec in _SPECS]
+
+
+def _check_tls_files(cert: Path, key: Path) -> None:
+    """Load the pair once at start-up, so a wrong file stops the server naming its variable, not the first client."""
+    cert_text = cert.read_text(encoding="utf-8", errors="replace")
+    key_text = key.read_text(encoding="utf-8", errors="replace")
+    if "-----BEGIN CERTIFICATE-----" not in cert_text:
+        raise SettingsError(f"{PREFIX}TLS_CERT_FILE={str(cert)!r} holds no PEM certificate; expected a PEM certificate chain")
+    if "PRIVATE KEY-----" not in key_text or "ENCRYPTED" in key_text:
+        raise SettingsError(f"{PREFIX}TLS_KEY_FILE={str(key)!r} holds no unencrypted PEM private key; expected one")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as error:
+        raise SettingsError(
+            f"{PREFIX}TLS_CERT_FILE={str(cert)!r} and {PREFIX}TLS_KEY_FILE={str(key)!r} cannot be loaded together "
+            f"({error.reason or error}); expected a certificate chain and its own private key"
+        ) from None
 
 
 def _describe_default(default: Any) -> str:

@@ -21,10 +21,12 @@ import asyncio
 import dataclasses
 import json
 import signal
+import ssl
 import sys
+from contextlib import nullcontext
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -32,12 +34,15 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed as WebsocketsConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
+from adapters.access import AccessEvents, bearer_subprotocol, handshake_refusal, unauthorized_refusal
 from adapters.container import Container, build_container
 from adapters.logging_observer import configure_logging
 from adapters.metrics import MetricsExporter
 from adapters.serving import HEALTH_PATH, METRICS_PATH, drain_sessions, health
 from adapters.settings import Settings, SettingsError
+from application.access import AccessPolicy, Channel, StreamAccess
 from application.ports import ConnectionClosed, Inbound, InboundKind, SendTimedOut
 from application.pipeline import DagPipelineService
 from application.stream import StreamService
@@ -120,13 +125,76 @@ def request_router(
     return route
 
 
-def handler_for(stream_service: StreamService, send_timeout_s: float) -> Callable[[ServerConnection], Awaitable[None]]:
+def request_checks(
+    policy: AccessPolicy,
+    events: AccessEvents,
+    route: Callable[[ServerConnection, Request], Response | None],
+    *,
+    secure: bool,
+) -> Callable[[ServerConnection, Request], Response | None]:
+    """The checks of AccessGuard under Litestar: Host and Origin, and the API key for HTTP paths that are not public; then `route`."""
+
+    def check(connection: ServerConnection, request: Request) -> Response | None:
+        hosts = request.headers.get_all("Host")
+        refusal = handshake_refusal(
+            policy, hosts[0] if len(hosts) == 1 else None, request.headers.get_all("Origin"), secure=secure
+        )
+        path = urlsplit(request.path).path
+        channel = Channel.WEBSOCKET if path == STREAM_PATH else Channel.HTTP
+        key = "-"
+        if refusal is None and channel is Channel.HTTP and policy.keys_required and not policy.is_public(path):
+            credential = policy.authenticate(request.headers.get("Authorization"))
+            key = credential.label
+            if not credential.authorized:
+                refusal = unauthorized_refusal(credential)
+        if refusal is None:
+            return route(connection, request)
+        address = connection.remote_address
+        events.access_refused(
+            refusal.refusal,
+            channel=channel,
+            key=key,
+            client=f"{address[0]}:{address[1]}" if address else "unknown",
+            path=path,
+        )
+        body = refusal.encoded()
+        status = HTTPStatus(refusal.status)
+        return Response(
+            status.value,
+            status.phrase,
+            Headers([("Content-Type", "application/json"), ("Content-Length", str(len(body))), *refusal.headers]),
+            body,
+        )
+
+    return check
+
+
+def _select_bearer(connection: ServerConnection, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
+    return cast(Subprotocol | None, bearer_subprotocol(subprotocols))
+
+
+def handler_for(
+    access: StreamAccess, policy: AccessPolicy, send_timeout_s: float
+) -> Callable[[ServerConnection], Awaitable[None]]:
     async def handle(connection: ServerConnection) -> None:
         # The library calls this only after a completed handshake, so the request is there.
-        path = connection.request.path if connection.request is not None else ""
-        await stream_service.serve(WebsocketsTransport(connection, send_timeout_s), pipeline_id_of(path))
+        request = connection.request
+        path = request.path if request is not None else ""
+        headers = request.headers if request is not None else Headers()
+        offered = [p.strip() for value in headers.get_all("Sec-WebSocket-Protocol") for p in value.split(",")]
+        credential = policy.authenticate(headers.get("Authorization"), offered)
+        with structlog.contextvars.bound_contextvars(api_key=credential.label) if policy.keys_required else nullcontext():
+            await access.serve(WebsocketsTransport(connection, send_timeout_s), pipeline_id_of(path), credential, urlsplit(path).path)
 
     return handle
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return context
 
 
 async def run(settings: Settings, container: Container | None = None, *, ready: asyncio.Event | None = None) -> None:
@@ -139,7 +207,7 @@ async def run(settings: Settings, container: Container | None = None, *, ready: 
     1012 too (the library's default would be 1001).
     """
     container = container or build_container(settings)
-    stream_service = container.stream_service()
+    policy = container.access_policy()
     sessions = container.session_manager()
     executor = container.frame_executor()
     loop = asyncio.get_running_loop()
@@ -148,12 +216,19 @@ async def run(settings: Settings, container: Container | None = None, *, ready: 
         loop.add_signal_handler(signum, stop.set)
     try:
         async with serve(
-            handler_for(stream_service, settings.send_timeout_s),
+            handler_for(container.stream_access(), policy, settings.send_timeout_s),
             settings.host,
             settings.port,
-            process_request=request_router(stream_service, container.pipelines(), container.metrics_exporter()),
+            process_request=request_checks(
+                policy,
+                container.access_events(),
+                request_router(container.stream_service(), container.pipelines(), container.metrics_exporter()),
+                secure=settings.tls,
+            ),
+            select_subprotocol=_select_bearer,
             compression=None,
             max_size=settings.ws_max_size,
+            ssl=_tls_context(settings),
         ) as server:
             log.info("websockets_server_started", host=settings.host, port=settings.port, path=STREAM_PATH)
             if ready is not None:

@@ -1,6 +1,6 @@
 # Generated from asyncapi.yaml by asyncapi-python 0.3.1 (codegen); do not edit by hand.
 # Regenerate with `make models` (python -m contracts.generate_models).
-# source-sha256: fe3efb259af3366680872e7e962fd4e30224946cf6cd9873d57d9e758bb1a521
+# source-sha256: cf699b24ce786496b8df766e15f24aea997a24317528695cc590146d62d355e3
 
 from __future__ import annotations
 
@@ -219,6 +219,22 @@ class ServerBusyErrorPayload(BaseModel):
     )
 
 
+class UnauthorizedErrorPayload(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        populate_by_name=True,
+    )
+    error: Literal["unauthorized"]
+    detail: str = Field(
+        ...,
+        description="A human-readable explanation; never exception text or a stack trace.",
+    )
+    frame_index: conint(ge=0) | None = Field(
+        None,
+        description="Position of the frame in the stream, counted from 0 in arrival order.",
+    )
+
+
 class ShuttingDownErrorPayload(BaseModel):
     model_config = ConfigDict(
         extra="allow",
@@ -307,6 +323,10 @@ class IdleTimeoutError(RootModel[IdleTimeoutErrorPayload]):
     root: IdleTimeoutErrorPayload
 
 
+class UnauthorizedError(RootModel[UnauthorizedErrorPayload]):
+    root: UnauthorizedErrorPayload
+
+
 __all__ = [
     "Model",
     "Box",
@@ -322,6 +342,7 @@ __all__ = [
     "InternalErrorPayload",
     "InvalidPipelineErrorPayload",
     "ServerBusyErrorPayload",
+    "UnauthorizedErrorPayload",
     "ShuttingDownErrorPayload",
     "IdleTimeoutErrorPayload",
     "Frame",
@@ -337,4 +358,5 @@ __all__ = [
     "ServerBusyError",
     "ShuttingDownError",
     "IdleTimeoutError",
+    "UnauthorizedError",
 ]

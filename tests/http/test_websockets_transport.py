@@ -58,3 +58,21 @@ def test_shutdown_drains_through_the_shared_routine() -> None:
     running = start_server(transport="websockets")
     assert running.stop(signal.SIGTERM) == 0
     assert '"draining_sessions"' in running.log_text()
+
+
+def test_with_api_keys_metrics_needs_a_key_and_health_stays_open(tmp_path) -> None:
+    """The same access policy as under Litestar: /health is public, /metrics is not."""
+    key = "k-" + "7" * 30
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"ops {key}\n", encoding="utf-8")
+    running = start_server({"FORGESYTE_STREAM_API_KEYS_FILE": str(keys)}, transport="websockets")
+    try:
+        assert httpx.get(f"{running.http}/health", timeout=5, trust_env=False).status_code == 200
+        refused = httpx.get(f"{running.http}/metrics", timeout=5, trust_env=False)
+        assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        allowed = httpx.get(f"{running.http}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=5, trust_env=False)
+        assert allowed.status_code == 200 and "stream_sessions_active" in allowed.text
+    finally:
+        running.stop()
+    assert key not in running.log_text()

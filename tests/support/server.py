@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -27,20 +28,22 @@ class RunningServer:
     port: int
     lines: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
+    # TLS servers: https/wss, and what httpx verifies their certificate with (an ssl.SSLContext).
+    tls: Any = None
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def ws(self, pipeline_id: str | None = None, **query: str) -> str:
         params = dict(query)
         if pipeline_id is not None:
             params["pipeline_id"] = pipeline_id
         suffix = "&".join(f"{k}={v}" for k, v in params.items())
-        return f"ws://127.0.0.1:{self.port}/ws/video/stream" + (f"?{suffix}" if suffix else "")
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}/ws/video/stream" + (f"?{suffix}" if suffix else "")
 
     def health(self) -> dict:
-        return httpx.get(f"{self.http}/health", timeout=5, trust_env=False).json()
+        return httpx.get(f"{self.http}/health", timeout=5, trust_env=False, verify=self.tls or True).json()
 
     def wait_for(self, predicate, timeout: float = 10.0, interval: float = 0.05) -> dict:
         """Poll /health until predicate(health) holds; fail with the last value seen."""
@@ -74,9 +77,13 @@ def start_server(
     *,
     extra_args: list[str] | None = None,
     timeout: float = 60.0,
+    tls: Any = None,
     transport: str = "litestar",
 ) -> RunningServer:
-    """Start a server on a free port and wait until its /health answers (both transports serve it)."""
+    """Start a server on a free port and wait until its /health answers (both transports serve it).
+
+    `tls`: an ssl.SSLContext trusting the server's certificate, when the env turns TLS on.
+    """
     port = free_port()
     environment = {
         **os.environ,
@@ -90,7 +97,7 @@ def start_server(
     process = subprocess.Popen(
         command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
-    server = RunningServer(process=process, port=port)
+    server = RunningServer(process=process, port=port, tls=tls)
 
     def pump() -> None:
         assert process.stdout is not None
@@ -105,7 +112,7 @@ def start_server(
             server.stop()
             raise RuntimeError(f"server exited with {process.returncode} during start-up:\n{server.log_text()}")
         try:
-            if httpx.get(f"{server.http}/health", timeout=1, trust_env=False).status_code == 200:
+            if httpx.get(f"{server.http}/health", timeout=1, trust_env=False, verify=tls or True).status_code == 200:
                 return server
         except httpx.TransportError:
             pass

@@ -7,13 +7,8 @@ from typing import Any
 
 import pytest
 
-from application.pipeline import (
-    DagPipelineService,
-    PipelineExecutionError,
-    PipelineUnavailableError,
-    StreamStateStore,
-    UnknownPipelineError,
-)
+from application.errors import PipelineExecutionError, PipelineUnavailableError, UnknownPipelineError
+from application.pipeline import DagPipelineService, StreamStateStore
 from application.ports import Availability, PipelineObserver, ToolContext
 from domain import ErrorCode, FrameValidationError, PipelineDefinition, PipelineEdge, PipelineNode, PipelineValidationError
 from tests.support.catalog import DictCatalog

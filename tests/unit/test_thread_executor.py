@@ -15,13 +15,13 @@ from application.errors import JobGivenUp, JobStillRunning, JobTimedOut
 REQUEST = contextvars.ContextVar("REQUEST", default="none")
 
 
-def ThreadWorkerPool(workers: int) -> ThreadFrameExecutor:
+def executor_without_pipelines(workers: int) -> ThreadFrameExecutor:
     """The executor without pipelines: these tests give it plain callables through run_blocking."""
     return ThreadFrameExecutor(video=None, workers=workers)  # type: ignore[arg-type]
 
 
 def test_work_runs_on_a_pool_thread_and_returns_its_result() -> None:
-    pool = ThreadWorkerPool(2)
+    pool = executor_without_pipelines(2)
 
     async def scenario() -> tuple[str, str]:
         return await pool.run_blocking(lambda: ("done", threading.current_thread().name), timeout_s=5)
@@ -34,7 +34,7 @@ def test_work_runs_on_a_pool_thread_and_returns_its_result() -> None:
 
 
 def test_the_callers_context_goes_with_the_work() -> None:
-    pool = ThreadWorkerPool(1)
+    pool = executor_without_pipelines(1)
 
     async def scenario() -> str:
         REQUEST.set("session-42")
@@ -47,7 +47,7 @@ def test_the_callers_context_goes_with_the_work() -> None:
 
 
 def test_running_work_past_its_deadline_raises_work_still_running_with_its_end() -> None:
-    pool = ThreadWorkerPool(1)
+    pool = executor_without_pipelines(1)
     release = threading.Event()
 
     async def scenario() -> bool:
@@ -66,7 +66,7 @@ def test_running_work_past_its_deadline_raises_work_still_running_with_its_end()
 
 
 def test_queued_work_past_its_deadline_never_starts() -> None:
-    pool = ThreadWorkerPool(1)
+    pool = executor_without_pipelines(1)
     release = threading.Event()
     started: list[str] = []
 
@@ -88,7 +88,7 @@ def test_queued_work_past_its_deadline_never_starts() -> None:
 
 
 def test_a_failure_after_the_deadline_is_logged_not_lost(caplog: pytest.LogCaptureFixture) -> None:
-    pool = ThreadWorkerPool(1)
+    pool = executor_without_pipelines(1)
     release = threading.Event()
 
     def fail_late() -> None:
@@ -113,7 +113,7 @@ def test_a_failure_after_the_deadline_is_logged_not_lost(caplog: pytest.LogCaptu
 
 
 def test_a_failure_the_caller_receives_is_not_logged_again(caplog: pytest.LogCaptureFixture) -> None:
-    pool = ThreadWorkerPool(1)
+    pool = executor_without_pipelines(1)
 
     def fail() -> None:
         raise ValueError("reported to the caller")
@@ -131,7 +131,7 @@ def test_a_failure_the_caller_receives_is_not_logged_again(caplog: pytest.LogCap
 
 
 def test_giving_up_stops_the_wait_and_queued_work_never_starts() -> None:
-    pool = ThreadWorkerPool(1)
+    pool = executor_without_pipelines(1)
     release = threading.Event()
     started: list[str] = []
 
@@ -156,7 +156,7 @@ def test_giving_up_stops_the_wait_and_queued_work_never_starts() -> None:
 
 
 def test_work_that_finishes_first_is_returned_even_with_a_give_up_future() -> None:
-    pool = ThreadWorkerPool(1)
+    pool = executor_without_pipelines(1)
 
     async def scenario() -> int:
         give_up = asyncio.get_running_loop().create_future()
