@@ -4,9 +4,9 @@ It exists to prove the hexagon: the same StreamService, wired by the same
 container, serves `/ws/video/stream` without Litestar or uvicorn, and the
 contract suite (contracts/) runs unchanged against it. So this module holds
 only what the library cannot know: turning its messages into `Inbound`
-values and JSON replies into text messages, routing the one path, and
+values and JSON replies into text messages, routing its paths, and
 starting and draining the server. Every protocol decision stays in
-application.stream.
+application.protocol.
 
     python -m adapters.websockets_transport --host 127.0.0.1 --port 8001
 

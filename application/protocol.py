@@ -164,11 +164,19 @@ class StreamProtocol:
                     )
                 )
             return None
-        if self.ending is not None:
-            return None
         data = inbound.data
         assert isinstance(data, bytes)
         observer = self._observer
+        if self.ending is not None:
+            if not self.ending.cut_off:
+                # Read just as the session began to end: it is answered, as dropped, and never started.
+                now = session.now_ms()
+                late = Frame(index=session.increment_frame(), data=data, received_ms=now)
+                observer.frame_received(session, late.index, len(data))
+                session.mark_drop(now)
+                cause = DropCause.SHUTDOWN if self.ending.ending is Ending.SHUTDOWN else DropCause.CLOSING
+                self.outbox.append((dropped_message(Drop(late, cause)), Report.DROPPED, late, cause, 0.0))
+            return None
         try:
             validate_jpeg(data, self._max_frame_bytes)
         except FrameValidationError as error:

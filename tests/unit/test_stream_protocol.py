@@ -120,6 +120,20 @@ def test_under_overload_the_displaced_frames_are_answered_as_dropped_with_a_slow
     assert observer.names().count("frame_dropped") == 5
 
 
+def test_a_frame_read_just_as_the_session_ends_is_answered_as_dropped_and_never_started() -> None:
+    stream, _, observer = protocol()
+    first = stream.message_received(frame())
+    assert first is not None
+    stream.stop_requested()
+    assert stream.message_received(frame()) is None
+    assert stream.frame_finished(first, reply(first)) is None
+    stream.closing_messages()
+    messages = sent(stream)
+    assert replies_per_frame(messages) == {0: ["result"], 1: ["shutdown"]}
+    assert messages[-1]["error"] == "shutting_down"
+    assert observer.names().count("frame_received") == 2 and stream.session.dropped_frames == 1
+
+
 def test_stop_while_drop_notices_are_queued_still_answers_every_frame_once() -> None:
     stream, clock, _ = protocol(BackpressurePolicy(buffer_capacity=1))
     first = stream.message_received(frame())
@@ -127,7 +141,6 @@ def test_stop_while_drop_notices_are_queued_still_answers_every_frame_once() -> 
     stream.message_received(frame())
     stream.message_received(frame())  # displaces frame 1: its notice is queued, not yet sent
     stream.stop_requested()
-    assert stream.message_received(frame()) is None, "nothing is admitted once the session is ending"
     assert stream.frame_finished(first, reply(first)) is None, "the frame in flight is answered, nothing new starts"
     stream.closing_messages()
     messages = sent(stream)
