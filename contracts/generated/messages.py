@@ -1,6 +1,6 @@
 # Generated from asyncapi.yaml by asyncapi-python 0.3.1 (codegen); do not edit by hand.
 # Regenerate with `make models` (python -m contracts.generate_models).
-# source-sha256: d42813feaf32416fbf5752e28447e4b8f615b2f755d908005cf81e271f009657
+# source-sha256: 790317d0f3e8af402519369fea349066bb81e97fd5b734603a8b244e969842d6
 
 from __future__ import annotations
 

@@ -17,9 +17,10 @@ from application.pipeline import (
 from application.ports import Availability, PipelineObserver, ToolContext
 from domain import ErrorCode, FrameValidationError, PipelineDefinition, PipelineEdge, PipelineNode, PipelineValidationError
 from tests.support.catalog import DictCatalog
+from tests.support.media import jpeg_header
 
 SECRET_TEXT = "tool-internal-secret-/var/lib/model.bin"
-PAYLOAD = {"frame_index": 7, "image_bytes": b"\xff\xd8fake\xff\xd9"}
+PAYLOAD = {"frame_index": 7, "image_bytes": jpeg_header(64, 48)}
 
 
 # Fakes ------------------------------------------------------------------------
@@ -29,12 +30,17 @@ class CountingDecoder:
     def __init__(self, error: Exception | None = None) -> None:
         self.calls = 0
         self.error = error
+        self.reductions: list[int] = []
 
-    def decode(self, image_bytes: bytes) -> Any:
+    def decode(self, image_bytes: bytes, reduction: int = 1) -> Any:
         self.calls += 1
+        self.reductions.append(reduction)
         if self.error is not None:
             raise self.error
         return {"decoded_from": len(image_bytes)}
+
+    def memory_needed(self, info: Any, reduction: int) -> int:
+        return 1000 // reduction
 
 
 class FakePlugin:
