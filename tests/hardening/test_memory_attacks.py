@@ -54,7 +54,8 @@ PEAK_PER_PIPELINE = {
     "ocr_only": 704 * MiB,
 }
 
-SHIPPED_PIPELINES = ("faces", "motion", "ocr_only", "people", "probe", "qr", "text_detect_read")
+# Every shipped pipeline; yolo runs the constant-output model the YOLO plugin tests build.
+SHIPPED_PIPELINES = ("faces", "motion", "ocr_only", "people", "probe", "qr", "text_detect_read", "yolo")
 
 
 def _status(pid: int) -> dict[str, int]:
@@ -102,12 +103,16 @@ def _strip(width: int, height: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def shipped() -> Iterator[RunningServer]:
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """The shipped pipelines with the shipped limits; a long frame timeout because OCR of a 4K frame takes seconds here."""
+    from tests.plugins.test_yolo import _build_model
+
+    model = _build_model(tmp_path_factory.mktemp("yolo") / "constant.onnx")
     server = start_server(
         {
             "FORGESYTE_STREAM_PIPELINES_DIR": str(ROOT / "adapters" / "pipelines"),
             "FORGESYTE_STREAM_PLUGINS": "",
+            "FORGESYTE_STREAM_YOLO_MODEL": model,
             "FORGESYTE_STREAM_LOG_LEVEL": "info",
             "FORGESYTE_STREAM_FRAME_TIMEOUT_MS": "60000",
         }
@@ -144,7 +149,7 @@ def test_a_frame_declaring_8000x5000_is_refused_from_its_header_by_every_pipelin
         assert close_code == 1009, pipeline_id
     growth = _status(pid)["VmHWM"] - before
     print(f"8000x5000 frames, {len(outcomes)} sessions: peak RSS growth {growth / MB:.1f} MB")
-    # 21 sessions' receive buffers of a 0.6 MB frame; nothing is decoded.
+    # The sessions' receive buffers of a 0.6 MB frame; nothing is decoded.
     assert growth < 48 * MiB, f"peak RSS grew {growth / MB:.0f} MB refusing frames from their header"
 
 
