@@ -283,3 +283,49 @@ def test_extreme_aspect_ratios_get_a_result_from_every_shipped_pipeline(shipped:
             for item in detections:
                 box = item["box"]
                 assert 0 <= box["x1"] <= box["x2"] <= width and 0 <= box["y1"] <= box["y2"] <= height, (pipeline_id, item)
+
+
+def test_the_decode_budget_bounds_decoded_frames_in_flight_across_sessions(tmp_path) -> None:
+    # Room for three 1000 x 1000 frames (3 MB each, the budget's minimum being 11 bytes per pixel of the limit),
+    # four workers, and four sessions sending at once: the fourth frame waits for one of the others to finish.
+    pipelines = tmp_path / "pipelines"
+    pipelines.mkdir()
+    (pipelines / "hold.json").write_text(
+        '{"id": "hold", "name": "hold", "nodes": [{"id": "hold", "plugin_id": "holding", "tool_id": "hold",'
+        ' "params": {"ms": 400}}], "edges": [], "entry_nodes": ["hold"], "output_nodes": ["hold"]}'
+    )
+    server = start_server(
+        {
+            "FORGESYTE_STREAM_PIPELINES_DIR": str(pipelines),
+            "FORGESYTE_STREAM_PLUGINS": "tests.hardening.holding_plugin:HoldingPlugin",
+            "FORGESYTE_STREAM_MAX_FRAME_PIXELS": "1000000",
+            "FORGESYTE_STREAM_DECODE_BUDGET_BYTES": "11000000",
+            "FORGESYTE_STREAM_INFERENCE_WORKERS": "4",
+            "FORGESYTE_STREAM_LOG_LEVEL": "info",
+        }
+    )
+    try:
+        frame = _strip(1000, 1000)
+
+        async def scenario() -> list[dict]:
+            clients = await asyncio.gather(*(StreamClient.open(server.ws("hold")) for _ in range(4)))
+            await asyncio.gather(*(client.send(frame) for client in clients))
+            await asyncio.gather(*(client.recv_replies({0}, timeout=30) for client in clients))
+            replies = [client.received.replies()[0][0] for client in clients]
+            for client in clients:
+                await client.close()
+            return replies
+
+        replies = asyncio.run(scenario())
+    finally:
+        server.stop()
+    assert all(reply["result"]["shape"] == [1000, 1000, 3] for reply in replies), replies
+    # Four would be held together without the budget (the sessions send at once and each holds its frame 400 ms).
+    assert 2 <= max(reply["result"]["held_together"] for reply in replies) <= 3, replies
+
+
+def test_a_decode_budget_too_small_for_one_frame_stops_start_up() -> None:
+    with pytest.raises(RuntimeError) as caught:
+        start_server({"FORGESYTE_STREAM_DECODE_BUDGET_BYTES": "50000000"})
+    assert "FORGESYTE_STREAM_DECODE_BUDGET_BYTES=50000000" in str(caught.value)
+    assert "FORGESYTE_STREAM_MAX_FRAME_PIXELS=8294400" in str(caught.value)
