@@ -22,7 +22,7 @@ JPEG_REDUCTIONS = (8, 4, 2, 1)
 # DHT, DRI, COM; ICC profiles and extended XMP split into a few more), and
 # rarely more than one fill byte before a marker.
 MAX_SEGMENTS_BEFORE_FRAME = 256
-MAX_FILL_BYTES = 64
+MAX_FILL_BYTES = 64  # 0xFF bytes in a row before a marker code, the marker's own included
 # Grey, YCbCr/RGB and CMYK/YCCK: everything a camera or an encoder produces.
 _COMPONENT_COUNTS = frozenset({1, 3, 4})
 
