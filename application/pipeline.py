@@ -432,8 +432,8 @@ class DagPipelineService:
                     if not isinstance(produced, Mapping):
                         raise TypeError(f"tool returned {type(produced).__name__}, expected a mapping")
                     node_failed = False
-                except FrameValidationError:
-                    raise
+                except (FrameValidationError, DecodeBudgetExhausted):
+                    raise  # the frame's or the server's condition, not the tool's failure
                 except Exception as exc:
                     raise PipelineExecutionError(pipeline_id, node_id, node.plugin_id, node.tool_id, exc) from exc
                 finally:

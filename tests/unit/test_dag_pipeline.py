@@ -10,6 +10,7 @@ import pytest
 
 from application.pipeline import (
     DagPipelineService,
+    DecodeBudgetExhausted,
     DecodedBytesBudget,
     PipelineExecutionError,
     PipelineUnavailableError,
@@ -693,3 +694,12 @@ def test_a_charge_larger_than_the_whole_budget_is_refused_at_once_as_frame_too_l
         budget.acquire(1001)
     assert caught.value.code is ErrorCode.FRAME_TOO_LARGE
     assert "1001 bytes" in caught.value.detail and "1000 bytes" in caught.value.detail
+
+
+def test_a_run_that_cannot_get_decode_memory_fails_with_the_budget_reason_not_as_a_tool_failure() -> None:
+    budget = DecodedBytesBudget(capacity_bytes=1500, wait_s=0.05)
+    budget.acquire(1000)  # another run holds most of it
+    with pytest.raises(DecodeBudgetExhausted) as caught:
+        budgeted(budget, undeclared).run_pipeline("g", UHD)
+    assert caught.value.code is ErrorCode.PIPELINE_FAILURE
+    assert budget.in_use() == 1000
