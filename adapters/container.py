@@ -24,7 +24,7 @@ from adapters.settings import Settings
 from adapters.thread_executor import ThreadFrameExecutor
 from application.access import AccessPolicy, StreamAccess
 from application.observers import FanOutStreamObserver
-from application.pipeline import DagPipelineService, StreamStateStore
+from application.pipeline import DagPipelineService, DecodedBytesBudget, StreamStateStore
 from application.sessions import SessionManager
 from application.single_frame import SingleFrameService
 from application.stream import StreamService, StreamSettings
@@ -71,6 +71,10 @@ def _policy(settings: Settings) -> BackpressurePolicy:
     return BackpressurePolicy(**common)
 
 
+def _frame_timeout_s(settings: Settings) -> float:
+    return settings.frame_timeout_ms / 1000.0
+
+
 def _stream_settings(settings: Settings) -> StreamSettings:
     return StreamSettings(
         policy=_policy(settings),
@@ -106,6 +110,12 @@ class Container(containers.DeclarativeContainer):
         providers.Singleton(ProbePlugin),
     )
     state_store = providers.Singleton(StreamStateStore)
+    # A frame waits for decode memory at most as long as the client waits for its answer.
+    decode_budget = providers.Singleton(
+        DecodedBytesBudget,
+        capacity_bytes=settings.provided.decode_budget_bytes,
+        wait_s=providers.Callable(_frame_timeout_s, settings),
+    )
     metrics_registry = providers.Singleton(new_registry)
     metrics = providers.Singleton(PrometheusObserver, registry=metrics_registry, pipeline_ids=catalog.provided.ids.call())
     metrics_exporter = providers.Singleton(MetricsExporter, registry=metrics_registry)
@@ -117,6 +127,8 @@ class Container(containers.DeclarativeContainer):
         decoder=decoder,
         state_store=state_store,
         observer=pipeline_observer,
+        max_frame_pixels=settings.provided.max_frame_pixels,
+        decode_budget=decode_budget,
     )
     video_service = providers.Singleton(
         VideoFilePipelineService,

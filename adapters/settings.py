@@ -20,7 +20,7 @@ from typing import Any
 
 from application.access import LOOPBACK_NAMES, AccessPolicy, ApiKey, KeyFileError, parse_api_keys
 from application.stream import DEFAULT_FRAME_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S
-from domain import DEFAULT_MAX_FRAME_BYTES, BackpressurePolicy
+from domain import DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_FRAME_PIXELS, BackpressurePolicy
 from domain.sampling import DEFAULT_KEEP_EVERY
 
 PREFIX = "FORGESYTE_STREAM_"
@@ -30,6 +30,10 @@ PUBLIC_PREFIXES: tuple[str, ...] = ("/static/",)
 _HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
 DEFAULT_PIPELINES_DIR = Path(__file__).resolve().parent / "pipelines"
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# The most a frame's decode may hold per declared pixel: 3 bytes of BGR output and,
+# for a progressive four-component JPEG, 2 bytes per DCT coefficient of each component
+# (adapters/image_codec.py charges exactly this; a test keeps the two equal).
+DECODE_BYTES_PER_PIXEL = 3 + 4 * 2
 # The domain owns the defaults; the table below only reads them.
 _POLICY = BackpressurePolicy()
 
@@ -178,7 +182,19 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("port", 8000, "TCP port `serve` listens on, 1-65535", _int(1, 65535)),
     _Spec("pipelines_dir", DEFAULT_PIPELINES_DIR, "directory of pipeline definition JSON files", _existing_dir),
     _Spec("max_frame_bytes", DEFAULT_MAX_FRAME_BYTES, "largest accepted JPEG frame in bytes, 1 KiB-64 MiB", _int(1024, 64 * 1024 * 1024)),
-    _Spec("max_frame_pixels", 40_000_000, "largest decoded image, width x height, 1-400 megapixels", _int(1, 400_000_000)),
+    _Spec(
+        "max_frame_pixels",
+        DEFAULT_MAX_FRAME_PIXELS,
+        "largest image a frame may declare, width x height (the default is 4K UHD, 3840x2160), 1-400000000",
+        _int(1, 400_000_000),
+    ),
+    _Spec(
+        "decode_budget_bytes",
+        128 * 1024 * 1024,
+        "bytes all decoded frames may hold at once, across worker threads; a frame that does not fit waits, "
+        "1 MiB-64 GiB, at least MAX_FRAME_PIXELS x 11",
+        _int(1024 * 1024, 64 * 1024 * 1024 * 1024),
+    ),
     _Spec("max_sessions", 32, "concurrent WebSocket sessions before server_busy, 1-10000", _int(1, 10_000)),
     _Spec("buffer_frames", _POLICY.buffer_capacity, "frames a session keeps waiting behind the one in flight, 1-64", _int(1, 64)),
     _Spec("drop_threshold", _POLICY.drop_threshold, "lag fraction above which waiting frames are dropped, 0-1", _float(0.0, 1.0)),
@@ -218,6 +234,7 @@ class Settings:
     pipelines_dir: Path
     max_frame_bytes: int
     max_frame_pixels: int
+    decode_budget_bytes: int
     max_sessions: int
     buffer_frames: int
     drop_threshold: float
@@ -300,6 +317,13 @@ class Settings:
             raise SettingsError(f"{PREFIX}{given} is set but {PREFIX}{missing} is not; expected both (https/wss) or neither")
         if self.tls_cert_file is not None and self.tls_key_file is not None:
             _check_tls_files(self.tls_cert_file, self.tls_key_file)
+        if self.decode_budget_bytes < self.max_frame_pixels * DECODE_BYTES_PER_PIXEL:
+            raise SettingsError(
+                f"{PREFIX}DECODE_BUDGET_BYTES={self.decode_budget_bytes} is below what one frame of "
+                f"{PREFIX}MAX_FRAME_PIXELS={self.max_frame_pixels} pixels may need to decode "
+                f"({self.max_frame_pixels * DECODE_BYTES_PER_PIXEL} bytes, {DECODE_BYTES_PER_PIXEL} per pixel); "
+                "raise the budget or lower the pixel limit"
+            )
         if self.slowdown_threshold <= self.drop_threshold:
             raise SettingsError(
                 f"{PREFIX}SLOWDOWN_THRESHOLD={self.slowdown_threshold} must be above "

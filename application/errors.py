@@ -45,6 +45,17 @@ class PipelineExecutionError(StreamError):
         self.__cause__ = cause
 
 
+class DecodeBudgetExhausted(StreamError):
+    """Decoded frames of other runs held the budget for longer than a frame may wait."""
+
+    def __init__(self, needed: int, capacity: int, waited_s: float) -> None:
+        super().__init__(
+            ErrorCode.PIPELINE_FAILURE,
+            "the server has no memory free for decoding this frame; retry later",
+            log_message=f"decode budget: {needed} bytes not free within {waited_s} s (capacity {capacity} bytes)",
+        )
+
+
 class FrameTimeoutError(StreamError):
     """The pipeline did not finish a frame within the frame timeout: a pipeline_failure for that frame."""
 

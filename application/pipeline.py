@@ -8,33 +8,135 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from application.errors import PipelineExecutionError, PipelineUnavailableError, UnknownPipelineError
+from application.errors import DecodeBudgetExhausted, PipelineExecutionError, PipelineUnavailableError, UnknownPipelineError
 from application.json_safe import JsonSafetyError, to_json_safe
-from application.ports import Availability, ImageDecoder, PipelineCatalog, PipelineObserver, Plugin, Tool, runs_inline
-from domain import FrameValidationError, PipelineDefinition, PipelineValidationError
+from application.ports import (
+    Availability,
+    DecodeBudget,
+    ImageDecoder,
+    PipelineCatalog,
+    PipelineObserver,
+    Plugin,
+    Tool,
+    max_input_side,
+    runs_inline,
+)
+from domain import (
+    DEFAULT_MAX_FRAME_PIXELS,
+    ErrorCode,
+    FrameValidationError,
+    JpegInfo,
+    PipelineDefinition,
+    PipelineValidationError,
+    check_frame_pixels,
+    jpeg_reduction,
+    read_jpeg_info,
+)
 
 _UNDECODED = object()
 
 
+class DecodedBytesBudget:
+    """Bounds the bytes that decoded frames hold across every worker thread at once.
+
+    A run charges what its decode holds (ImageDecoder.memory_needed) before
+    decoding and gives it back when the run ends. A charge that does not fit
+    waits, in the worker thread, for runs to finish, for at most `wait_s` (the
+    frame timeout: by then the client has its answer); a charge larger than the
+    whole budget can never fit and is refused at once as frame_too_large. The
+    settings refuse a budget smaller than one largest frame, so with the shipped
+    decoder that refusal is a guard, not something a valid frame meets.
+    """
+
+    def __init__(self, capacity_bytes: int, wait_s: float) -> None:
+        if capacity_bytes < 1:
+            raise ValueError(f"capacity_bytes must be at least 1, got {capacity_bytes}")
+        if wait_s < 0:
+            raise ValueError(f"wait_s must not be negative, got {wait_s}")
+        self.capacity_bytes = capacity_bytes
+        self.wait_s = wait_s
+        self._in_use = 0
+        self._peak = 0
+        self._free = threading.Condition()
+
+    def acquire(self, nbytes: int) -> None:
+        if nbytes > self.capacity_bytes:
+            raise FrameValidationError(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"decoding this frame needs {nbytes} bytes; the server decodes at most {self.capacity_bytes} bytes at once",
+            )
+        with self._free:
+            if not self._free.wait_for(lambda: self._in_use + nbytes <= self.capacity_bytes, timeout=self.wait_s):
+                raise DecodeBudgetExhausted(nbytes, self.capacity_bytes, self.wait_s)
+            self._in_use += nbytes
+            self._peak = max(self._peak, self._in_use)
+
+    def release(self, nbytes: int) -> None:
+        with self._free:
+            self._in_use -= nbytes
+            self._free.notify_all()
+
+    def in_use(self) -> int:
+        with self._free:
+            return self._in_use
+
+    def peak(self) -> int:
+        """The most bytes held at once since start-up."""
+        with self._free:
+            return self._peak
+
+
 class FrameContext:
-    """Per-run view of the frame that tools share; the image is decoded lazily, once."""
+    """Per-run view of the frame that tools share; the image is decoded lazily, once, at the pipeline's reduction."""
 
-    __slots__ = ("_decoder", "_image", "_state", "frame_index", "image_bytes")
+    __slots__ = ("_budget", "_charged", "_decoder", "_image", "_info", "_reduction", "_state", "frame_index", "image_bytes")
 
-    def __init__(self, frame_index: int, image_bytes: bytes, decoder: ImageDecoder, state: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        frame_index: int,
+        image_bytes: bytes,
+        decoder: ImageDecoder,
+        state: dict[str, Any],
+        info: JpegInfo,
+        reduction: int = 1,
+        budget: DecodeBudget | None = None,
+    ) -> None:
         self.frame_index = frame_index
         self.image_bytes = image_bytes
         self._decoder = decoder
         self._image: Any = _UNDECODED
         self._state = state
+        self._info = info
+        self._reduction = reduction
+        self._budget = budget
+        self._charged = 0
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return self._info.width, self._info.height
+
+    @property
+    def image_reduction(self) -> int:
+        return self._reduction
 
     def image(self) -> Any:
         if self._image is _UNDECODED:
-            self._image = self._decoder.decode(self.image_bytes)
+            if self._budget is not None and not self._charged:
+                needed = self._decoder.memory_needed(self._info, self._reduction)
+                self._budget.acquire(needed)
+                self._charged = needed
+            self._image = self._decoder.decode(self.image_bytes, self._reduction)
         return self._image
 
     def state(self) -> dict[str, Any]:
         return self._state
+
+    def close(self) -> None:
+        """Drop the decoded image and give its bytes back to the budget."""
+        self._image = _UNDECODED
+        if self._budget is not None and self._charged:
+            charged, self._charged = self._charged, 0
+            self._budget.release(charged)
 
 
 class _NodeContext:
@@ -53,6 +155,14 @@ class _NodeContext:
     @property
     def image_bytes(self) -> bytes:
         return self._frame.image_bytes
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return self._frame.frame_size
+
+    @property
+    def image_reduction(self) -> int:
+        return self._frame.image_reduction
 
     def image(self) -> Any:
         return self._frame.image()
@@ -137,6 +247,11 @@ class DagPipelineService:
 
     Each node receives the initial payload merged with its predecessors'
     outputs; the result is the merge of the output nodes' outputs, made JSON-safe.
+
+    Every frame's JPEG header is read here, before any tool runs, whatever the
+    pipeline: the pixel limit holds for header-only pipelines as for decoding
+    ones, and the header tells how far the decode can be reduced for this
+    pipeline's tools (see Tool.max_input_side).
     """
 
     def __init__(
@@ -146,12 +261,19 @@ class DagPipelineService:
         decoder: ImageDecoder,
         state_store: StreamStateStore,
         observer: PipelineObserver | None = None,
+        *,
+        max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
+        decode_budget: DecodeBudget | None = None,
     ) -> None:
+        if max_frame_pixels < 1:
+            raise ValueError(f"max_frame_pixels must be at least 1, got {max_frame_pixels}")
         self._catalog = catalog
         self._plugins = dict(plugins)
         self._decoder = decoder
         self._state_store = state_store
         self._observer = observer
+        self._max_frame_pixels = max_frame_pixels
+        self._budget = decode_budget
         for pipeline_id in catalog.ids():
             self._check_tools(catalog.get(pipeline_id))
         # Each node's tool, resolved once: the catalogue and the plugins' tool sets are fixed at start-up.
@@ -164,6 +286,29 @@ class DagPipelineService:
         self._inline = {
             pipeline_id: all(runs_inline(tool) for tool in tools.values()) for pipeline_id, tools in self._tools.items()
         }
+        self._input_side = {pipeline_id: self._pipeline_input_side(catalog.get(pipeline_id)) for pipeline_id in catalog.ids()}
+
+    def input_side(self, pipeline_id: str) -> int | None:
+        """The longest image side this pipeline's tools work on; None when some tool needs the full frame."""
+        return self._input_side.get(pipeline_id)
+
+    def _pipeline_input_side(self, definition: PipelineDefinition) -> int | None:
+        """The largest side any decoding node needs: the decode must satisfy every node of the run."""
+        needed = 0
+        for node in definition.nodes:
+            tool = self._tools[definition.id][node.id]
+            if runs_inline(tool):
+                continue  # header-only: never asks for the image
+            try:
+                side = max_input_side(tool, node.params)
+            except ValueError as exc:
+                raise PipelineValidationError(
+                    f"{self._catalog.source(definition.id)}: pipeline {definition.id!r}: node {node.id!r}: {exc}"
+                ) from None
+            if side is None:
+                return None
+            needed = max(needed, side)
+        return needed
 
     def runs_inline(self, pipeline_id: str) -> bool:
         """True when every tool of the pipeline declares header-bounded work (see the Tool port)."""
@@ -221,7 +366,11 @@ class DagPipelineService:
         self, definition: PipelineDefinition, payload: Mapping[str, Any], stream_state: dict[str, dict[str, Any]]
     ) -> dict[str, Any]:
         pipeline_id = definition.id
-        frame = FrameContext(int(payload["frame_index"]), payload["image_bytes"], self._decoder, {})
+        image_bytes = payload["image_bytes"]
+        info = read_jpeg_info(image_bytes)
+        check_frame_pixels(info, self._max_frame_pixels)
+        reduction = jpeg_reduction(info, self._input_side[pipeline_id])
+        frame = FrameContext(int(payload["frame_index"]), image_bytes, self._decoder, {}, info, reduction, self._budget)
         tools = self._tools[pipeline_id]
         outputs: dict[str, Mapping[str, Any]] = {}
         started = time.perf_counter()
@@ -240,8 +389,8 @@ class DagPipelineService:
                     if not isinstance(produced, Mapping):
                         raise TypeError(f"tool returned {type(produced).__name__}, expected a mapping")
                     node_failed = False
-                except FrameValidationError:
-                    raise
+                except (FrameValidationError, DecodeBudgetExhausted):
+                    raise  # the frame's or the server's condition, not the tool's failure
                 except Exception as exc:
                     raise PipelineExecutionError(pipeline_id, node_id, node.plugin_id, node.tool_id, exc) from exc
                 finally:
@@ -261,5 +410,6 @@ class DagPipelineService:
             failed = False
             return result
         finally:
+            frame.close()
             if self._observer is not None:
                 self._observer.pipeline_finished(pipeline_id, (time.perf_counter() - started) * 1000.0, failed=failed)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from domain import DropCause, ErrorCode, PipelineDefinition, Session
+from domain import DropCause, ErrorCode, JpegInfo, PipelineDefinition, Session
 
 
 # Pipeline tools -------------------------------------------------------------
@@ -26,8 +26,22 @@ class ToolContext(Protocol):
     @property
     def image_bytes(self) -> bytes: ...
 
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) the frame declares in its JPEG header: the space results are reported in."""
+        ...
+
+    @property
+    def image_reduction(self) -> int:
+        """The frame was decoded at 1/image_reduction of its size (1, 2, 4 or 8); see Tool.max_input_side."""
+        ...
+
     def image(self) -> Any:
-        """The decoded image, decoded at most once per pipeline run whichever node asks first."""
+        """The decoded image, decoded at most once per pipeline run whichever node asks first.
+
+        It may be reduced (see image_reduction) when every tool of the pipeline
+        declared that it needs less than the full frame.
+        """
         ...
 
     def state(self) -> dict[str, Any]:
@@ -43,6 +57,14 @@ class Tool(Protocol):
     made only of such tools runs on the event loop, because handing it to a
     worker thread (two thread wake-ups, about 100 us here) costs far more than
     the work. Anything that decodes or runs a model must not set it.
+
+    A tool may set `max_input_side` to the longest image side it works on: an
+    int, or a callable taking the node's params and returning one (read once at
+    start-up). When every decoding tool of a pipeline declares it, frames are
+    decoded at the largest JPEG reduction (1/2, 1/4, 1/8) whose longer side is
+    still at least the largest declared side, and such a tool must report
+    coordinates in the frame's own pixels (context.frame_size), scaling back by
+    context.image_reduction. A tool that declares nothing gets the full frame.
     """
 
     def __call__(self, inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]: ...
@@ -50,6 +72,20 @@ class Tool(Protocol):
 
 def runs_inline(tool: Tool) -> bool:
     return getattr(tool, "runs_inline", False) is True
+
+
+def max_input_side(tool: Tool, params: Mapping[str, Any]) -> int | None:
+    """The longest image side the tool works on with these node params; None when it needs the full frame.
+
+    Raises ValueError when the declaration (or a parameter it reads) is unusable.
+    """
+    declared = getattr(tool, "max_input_side", None)
+    if declared is None:
+        return None
+    value = declared(params) if callable(declared) else declared
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_input_side must be a positive integer, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +106,26 @@ class Plugin(Protocol):
 
 
 class ImageDecoder(Protocol):
-    def decode(self, image_bytes: bytes) -> Any:
-        """Decode a JPEG; raise domain.FrameValidationError(invalid_frame) when it does not decode."""
+    def decode(self, image_bytes: bytes, reduction: int = 1) -> Any:
+        """Decode a JPEG at 1/reduction of its size (1, 2, 4 or 8) into an H x W x 3 image.
+
+        Raise domain.FrameValidationError(invalid_frame) when it does not decode.
+        """
         ...
+
+    def memory_needed(self, info: JpegInfo, reduction: int) -> int:
+        """Bytes that decoding this frame at 1/reduction holds at most: what the decode budget charges."""
+        ...
+
+
+class DecodeBudget(Protocol):
+    """A process-wide cap on the bytes decoded frames hold while their pipelines run."""
+
+    def acquire(self, nbytes: int) -> None:
+        """Wait until `nbytes` fit; raise a StreamError when they never can or the wait runs out."""
+        ...
+
+    def release(self, nbytes: int) -> None: ...
 
 
 class VideoReader(Protocol):

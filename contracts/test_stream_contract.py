@@ -201,7 +201,7 @@ def test_a_session_without_messages_ends_with_idle_timeout(target: Target) -> No
 
 def test_a_websocket_protocol_violation_closes_with_1002(target: Target) -> None:
     def scenario() -> Closed:
-        client = RawWebSocket.connect(target.url(target.pipeline("result")))
+        client = RawWebSocket.connect(target.url(target.pipeline("result")), headers=target.auth_headers())
         try:
             client.send(raw_frame(OP_BINARY, jpeg(), masked=False))  # clients must mask every frame
             _, closed = client.until_closed()

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from adapters.plugins.common import bgr_image, detection, float_param, int_param
+from adapters.plugins.common import FrameGeometry, bgr_image, detection, float_param, frame_geometry, int_param
 from application.ports import Availability, Tool, ToolContext
 
 NO_MODEL_REASON = "no model configured (set FORGESYTE_STREAM_YOLO_MODEL)"
@@ -130,9 +130,18 @@ class YoloPlugin:
         self._output_name = ""
         self._input_width = self._input_height = DEFAULT_INPUT_SIZE
         self._input_dtype: Any = np.float32
-        self._tools: dict[str, Tool] = {"detect": self.detect}
+        self._tools: dict[str, Tool] = {"detect": self._declared_detect()}
         if self._model_path is not None:
             self._load(self._model_path, None if labels_path is None else os.fspath(labels_path))
+
+    def _declared_detect(self) -> Tool:
+        """The detect tool, declaring the model input's longer side as all it needs of a frame (it letterboxes to it)."""
+
+        def detect(inputs: Mapping[str, Any], context: ToolContext) -> dict[str, Any]:
+            return self.detect(inputs, context)
+
+        detect.max_input_side = lambda params: max(self._input_width, self._input_height)  # type: ignore[attr-defined]
+        return detect
 
     def _load(self, path: str, labels_path: str | None) -> None:
         if not Path(path).is_file():
@@ -217,10 +226,19 @@ class YoloPlugin:
         padded, fit = letterbox(image, self._input_width, self._input_height)
         blob = cv2.dnn.blobFromImage(padded, scalefactor=1.0 / 255.0, swapRB=True).astype(self._input_dtype, copy=False)
         (raw,) = self._session.run([self._output_name], {self._input_name: blob})
-        return {"detections": self._decode(np.asarray(raw), fit, width, height, confidence, iou, max_detections)}
+        geometry = frame_geometry(context, image)
+        return {"detections": self._decode(np.asarray(raw), fit, geometry, width, height, confidence, iou, max_detections)}
 
     def _decode(
-        self, raw: np.ndarray, fit: Letterbox, width: int, height: int, confidence: float, iou: float, max_detections: int
+        self,
+        raw: np.ndarray,
+        fit: Letterbox,
+        geometry: FrameGeometry,
+        width: int,
+        height: int,
+        confidence: float,
+        iou: float,
+        max_detections: int,
     ) -> list[dict[str, Any]]:
         if raw.ndim != 3 or raw.shape[0] != 1 or raw.shape[1] <= 4:
             raise ValueError(f"YOLO output has shape {raw.shape}; expected (1, 4 + classes, boxes)")
@@ -255,7 +273,7 @@ class YoloPlugin:
             score = float(best[i])
             if not math.isfinite(score):
                 raise ValueError(f"YOLO output holds a non-finite score {score}")
-            results.append(detection(self._label(int(class_ids[i])), min(1.0, max(0.0, score)), *row))
+            results.append(detection(self._label(int(class_ids[i])), min(1.0, max(0.0, score)), *geometry.box(*row)))
             if len(results) == max_detections:
                 break
         return results

@@ -1,6 +1,6 @@
 # Generated from asyncapi.yaml by asyncapi-python 0.3.1 (codegen); do not edit by hand.
 # Regenerate with `make models` (python -m contracts.generate_models).
-# source-sha256: cf699b24ce786496b8df766e15f24aea997a24317528695cc590146d62d355e3
+# source-sha256: 674807ceb384a8d99ac20447a2f0380534ba47cb85fcd825f16a271bdbe3752a
 
 from __future__ import annotations
 

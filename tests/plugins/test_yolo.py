@@ -169,3 +169,31 @@ def test_letterbox_pads_evenly_with_grey():
     assert (fit.scale, fit.pad_x, fit.pad_y) == (0.5, 0.0, 16.0)
     assert (padded[:16] == 114).all() and (padded[48:] == 114).all()
     assert (padded[16:48] == 0).all()
+
+
+def test_detect_declares_the_model_input_side_as_its_need(model_path):
+    from application.ports import max_input_side
+
+    plugin = YoloPlugin(model_path, None, confidence=0.25, iou=0.45)
+    assert max_input_side(plugin.tools()["detect"], {}) == 64
+
+
+def test_boxes_of_a_reduced_decode_are_the_full_decode_boxes_in_frame_pixels(model_path, jpeg, make_context, check_detection):
+    # A 1024 x 512 frame: the model's 64 pixels need only 1/8 (128 x 64), where the letterbox maps exactly as above, x8.
+    plugin = YoloPlugin(model_path, None, confidence=0.25, iou=0.45)
+    frame = jpeg(np.full((512, 1024, 3), 80, np.uint8))
+    full = _detect(plugin, make_context(frame))
+    reduced = _detect(plugin, make_context(frame, reduction=8))
+    assert [d["label"] for d in full] == [d["label"] for d in reduced] == ["dog", "cat", "cat"]
+    for item in reduced:
+        check_detection(item, width=1024, height=512)
+    assert reduced[0]["box"] == {key: value * 8 for key, value in DOG_BOX.items()} == full[0]["box"]
+
+
+@pytest.mark.parametrize("size", [(1, 4000), (4000, 1)])
+def test_detect_answers_frames_of_extreme_aspect_ratio(model_path, jpeg, make_context, check_detection, size):
+    width, height = size
+    plugin = YoloPlugin(model_path, None, confidence=0.25, iou=0.45)
+    frame = jpeg(np.full((height, width, 3), 80, np.uint8))
+    for item in _detect(plugin, make_context(frame, reduction=8)):
+        check_detection(item, width=width, height=height)

@@ -19,6 +19,17 @@ def jpeg(width: int = 64, height: int = 48, *, quality: int = 90, seed: int = 0)
     return encoded.tobytes()
 
 
+def jpeg_header(width: int, height: int, *, components: int = 3, progressive: bool = False, before: bytes = b"") -> bytes:
+    """SOI, the given segments, one start-of-frame segment declaring width x height, EOI: a header and no image.
+
+    Enough for everything that reads headers (the pixel limit, probe); a decoder refuses it.
+    """
+    sof = b"\xff\xc2" if progressive else b"\xff\xc0"
+    body = bytes([8]) + height.to_bytes(2, "big") + width.to_bytes(2, "big") + bytes([components])
+    body += b"".join(bytes([index + 1, 0x11, 0]) for index in range(components))
+    return b"\xff\xd8" + before + sof + (len(body) + 2).to_bytes(2, "big") + body + b"\xff\xd9"
+
+
 def jpeg_of_size(target: int) -> bytes:
     """A valid-marker JPEG of exactly `target` bytes: a real image padded before EOI with a COM-free filler.
 

@@ -20,9 +20,12 @@ class CountingDecoder:
     def __init__(self) -> None:
         self.calls = 0
 
-    def decode(self, image_bytes: bytes) -> Any:
+    def decode(self, image_bytes: bytes, reduction: int = 1) -> Any:
         self.calls += 1
         return object()
+
+    def memory_needed(self, info: Any, reduction: int) -> int:
+        return 0
 
 
 class Closeable:
