@@ -181,6 +181,7 @@ class _Pump:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if protocol.ending is None:
                 protocol.stop_requested()
+                self._fed()  # also releases a processing task waiting on work that outlived its timeout
             close = protocol.ending
             assert close is not None
             if close.cut_off or self._receiving:

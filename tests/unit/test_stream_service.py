@@ -454,3 +454,34 @@ def test_a_stream_is_opened_before_its_first_frame_and_released_after_its_last()
     transport, video = asyncio.run(scenario())
     assert transport.session is not None
     assert video.opened == video.released == [transport.session.session_id]
+
+
+def test_shutdown_does_not_wait_for_work_that_outlived_its_timeout() -> None:
+    """The client has its answer; a thread that cannot be stopped must not hold the session open."""
+    import threading
+    import time
+
+    release = threading.Event()
+
+    def stuck(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
+        release.wait(10)
+        return {"frame_index": index, "result": {}}
+
+    async def scenario() -> tuple[float, FakeTransport]:
+        sessions = SessionManager(4)
+        transport = FakeTransport([binary()])
+        task = asyncio.create_task(service(FakeFrames(stuck), sessions, frame_timeout_s=0.1).serve(transport, "p"))
+        while not transport.sent:
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        try:
+            await sessions.shutdown(5.0)
+            await task
+            return time.monotonic() - started, transport
+        finally:
+            release.set()
+
+    took_s, transport = asyncio.run(scenario())
+    assert transport.sent[0]["error"] == "pipeline_failure"
+    assert transport.sent[-1]["error"] == "shutting_down" and transport.closed == (1012, "shutting_down")
+    assert took_s < 3.0, f"the close waited {took_s:.1f} s for a thread that was already answered"
