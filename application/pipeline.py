@@ -116,6 +116,10 @@ class FrameContext:
         return self._info.width, self._info.height
 
     @property
+    def jpeg_info(self) -> JpegInfo:
+        return self._info
+
+    @property
     def image_reduction(self) -> int:
         return self._reduction
 
@@ -163,6 +167,10 @@ class _NodeContext:
     @property
     def image_reduction(self) -> int:
         return self._frame.image_reduction
+
+    @property
+    def jpeg_info(self) -> JpegInfo:
+        return self._frame._info
 
     def image(self) -> Any:
         return self._frame.image()

@@ -32,6 +32,11 @@ class ToolContext(Protocol):
         ...
 
     @property
+    def jpeg_info(self) -> JpegInfo:
+        """The frame's JPEG header, read once per run by the engine: a tool need not parse it again."""
+        ...
+
+    @property
     def image_reduction(self) -> int:
         """The frame was decoded at 1/image_reduction of its size (1, 2, 4 or 8); see Tool.max_input_side."""
         ...

@@ -29,6 +29,7 @@ class StubContext:
         self.image_bytes = image_bytes
         self.image_reduction = reduction
         info = read_jpeg_info(image_bytes)
+        self.jpeg_info = info
         self.frame_size = (info.width, info.height)
         self._state: dict[str, Any] = {} if state is None else state
         self._image: Any = None
