@@ -141,8 +141,11 @@ class Session:
         return self.dropped_frames / self.frame_index if self.frame_index else 0.0
 
     def recent_drop_rate(self, now: float | None = None) -> float:
-        now = self.now_ms() if now is None else now
-        self._expire(now)
+        self._expire(self.now_ms() if now is None else now)
+        return self._recent_drop_rate()
+
+    def _recent_drop_rate(self) -> float:
+        """The rate over the windows as they stand (the caller has expired them)."""
         if not self._recent_frames:
             return 0.0
         return min(1.0, len(self._recent_drops) / len(self._recent_frames))
@@ -153,8 +156,10 @@ class Session:
         With fewer than two arrivals in the window, the gap since the previous
         arrival stands in, so a client that slowed right down is seen as slow at once.
         """
-        now = self.now_ms() if now is None else now
-        self._expire(now)
+        self._expire(self.now_ms() if now is None else now)
+        return self._frame_interval_ms()
+
+    def _frame_interval_ms(self) -> float | None:
         if len(self._arrivals) >= 2:
             return (self._arrivals[-1] - self._arrivals[0]) / (len(self._arrivals) - 1)
         if self._previous_arrival is not None and self._arrivals:
@@ -281,8 +286,9 @@ class Session:
             self._recent_drops.popleft()
 
     def _refresh_state(self, now: float) -> None:
-        rate = self.recent_drop_rate(now)
+        self._expire(now)
+        rate = self._recent_drop_rate()
         if rate <= self.policy.slowdown_threshold:
             self._slowdown_armed = True
-        lagging = self.policy.is_lagging(self.processing_ms, self.frame_interval_ms(now))
+        lagging = self.policy.is_lagging(self.processing_ms, self._frame_interval_ms())
         self.backpressure_state = self.policy.state(lagging=lagging, recent_drop_rate=rate)
