@@ -50,11 +50,14 @@ class PipelineExecutionError(StreamError):
 class FrameContext:
     """Per-run view of the frame that tools share; the image is decoded lazily, once."""
 
-    __slots__ = ("_decoder", "_image", "_state", "frame_index", "image_bytes")
+    __slots__ = ("_decoder", "_image", "_state", "frame_index", "image_bytes", "pipeline_id")
 
-    def __init__(self, frame_index: int, image_bytes: bytes, decoder: ImageDecoder, state: dict[str, Any]) -> None:
+    def __init__(
+        self, frame_index: int, image_bytes: bytes, decoder: ImageDecoder, state: dict[str, Any], *, pipeline_id: str = ""
+    ) -> None:
         self.frame_index = frame_index
         self.image_bytes = image_bytes
+        self.pipeline_id = pipeline_id
         self._decoder = decoder
         self._image: Any = _UNDECODED
         self._state = state
@@ -71,15 +74,20 @@ class FrameContext:
 class _NodeContext:
     """A FrameContext narrowed to one node's slice of the stream state."""
 
-    __slots__ = ("_frame", "_state")
+    __slots__ = ("_frame", "_state", "node_id")
 
-    def __init__(self, frame: FrameContext, state: dict[str, Any]) -> None:
+    def __init__(self, frame: FrameContext, state: dict[str, Any], node_id: str = "") -> None:
         self._frame = frame
         self._state = state
+        self.node_id = node_id
 
     @property
     def frame_index(self) -> int:
         return self._frame.frame_index
+
+    @property
+    def pipeline_id(self) -> str:
+        return self._frame.pipeline_id
 
     @property
     def image_bytes(self) -> bytes:
@@ -125,7 +133,12 @@ class StreamStateStore:
                 assert stream_id is not None
                 self._leases[stream_id] = self._leases.get(stream_id, 0) + 1
         if state is None:
-            yield {}
+            # A throw-away state ends with its run: what a tool put there is closed like a released stream's.
+            throwaway: dict[str, dict[str, Any]] = {}
+            try:
+                yield throwaway
+            finally:
+                self._close(throwaway)
             return
         assert stream_id is not None
         try:
@@ -252,7 +265,7 @@ class DagPipelineService:
         self, definition: PipelineDefinition, payload: Mapping[str, Any], stream_state: dict[str, dict[str, Any]]
     ) -> dict[str, Any]:
         pipeline_id = definition.id
-        frame = FrameContext(int(payload["frame_index"]), payload["image_bytes"], self._decoder, {})
+        frame = FrameContext(int(payload["frame_index"]), payload["image_bytes"], self._decoder, {}, pipeline_id=pipeline_id)
         tools = self._tools[pipeline_id]
         outputs: dict[str, Mapping[str, Any]] = {}
         started = time.perf_counter()
@@ -267,7 +280,7 @@ class DagPipelineService:
                 node_started = time.perf_counter()
                 node_failed = True
                 try:
-                    produced = tool(inputs, _NodeContext(frame, stream_state.setdefault(node_id, {})))
+                    produced = tool(inputs, _NodeContext(frame, stream_state.setdefault(node_id, {}), node_id))
                     if not isinstance(produced, Mapping):
                         raise TypeError(f"tool returned {type(produced).__name__}, expected a mapping")
                     node_failed = False

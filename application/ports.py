@@ -28,12 +28,26 @@ class ToolContext(Protocol):
     @property
     def image_bytes(self) -> bytes: ...
 
+    @property
+    def pipeline_id(self) -> str:
+        """The pipeline being run, from the catalogue: a bounded label for what a tool reports (analytics metrics)."""
+        ...
+
+    @property
+    def node_id(self) -> str:
+        """This node's id in the pipeline graph."""
+        ...
+
     def image(self) -> Any:
         """The decoded image, decoded at most once per pipeline run whichever node asks first."""
         ...
 
     def state(self) -> dict[str, Any]:
-        """Mutable state kept for this node across the frames of one stream (empty for one-off frames)."""
+        """Mutable state kept for this node across the frames of one stream (empty for one-off frames).
+
+        Values with a close() are closed when the stream is released, and at the
+        end of the run for a one-off frame's throw-away state.
+        """
         ...
 
 

@@ -21,9 +21,19 @@ FACE_IMAGE = DATA_DIR / "face-astronaut.jpg"
 class StubContext:
     """A ToolContext as the engine builds one: lazy decode through the real decoder, and a state dict."""
 
-    def __init__(self, image_bytes: bytes, *, frame_index: int = 0, state: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        image_bytes: bytes,
+        *,
+        frame_index: int = 0,
+        state: dict[str, Any] | None = None,
+        pipeline_id: str = "test",
+        node_id: str = "node",
+    ) -> None:
         self.frame_index = frame_index
         self.image_bytes = image_bytes
+        self.pipeline_id = pipeline_id
+        self.node_id = node_id
         self._state: dict[str, Any] = {} if state is None else state
         self._image: Any = None
         self.decodes = 0
