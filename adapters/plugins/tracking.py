@@ -39,7 +39,13 @@ from domain import PipelineValidationError
 warnings.filterwarnings("ignore", message=r"The `ByteTrack` was deprecated", category=FutureWarning)
 
 import supervision as sv  # noqa: E402  (after the filter above)
-from supervision.tracker.byte_tracker.single_object_track import STrack  # noqa: E402
+from supervision.tracker.byte_tracker.single_object_track import STrack, TrackState  # noqa: E402
+
+# pyDeprecate warns once per process, at the first instance; spend that warning here, under a local
+# filter, because a test runner (or a host) may reset the process-wide filters set above.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)
+    sv.ByteTrack()
 
 PLUGIN_ID = "tracking"
 TRACK_TOOL = "track"
@@ -265,9 +271,12 @@ class GapAwareTracker:
 
     ByteTrack's own clock is its update count: one Kalman step and one frame of
     the lost-track buffer per update. Before an update that follows a gap of g
-    frames, the confirmed and lost tracks are predicted g - 1 extra steps and
-    the clock is moved g - 1 frames on, so velocities stay per frame and the
-    buffer is counted in frames whatever the drop pattern was.
+    frames, the confirmed and lost tracks are predicted g - 1 extra steps, the
+    clock is moved g - 1 frames on and lost tracks whose buffer ran out in the
+    gap are removed, so velocities stay per frame and the buffer is counted in
+    frames whatever the drop pattern was. This reaches into ByteTrack's
+    attributes (tracked_tracks, lost_tracks, frame_id, shared_kalman), which is
+    why supervision is pinned; tests/plugins/test_tracking.py pins the behaviour.
     """
 
     def __init__(self, settings: TrackerSettings) -> None:
@@ -302,13 +311,24 @@ class GapAwareTracker:
         return ids
 
     def _skip(self, frames: int) -> None:
+        """Do what the skipped updates would have done to the tracks, knowing nothing of the dropped frames.
+
+        Dropped frames are unseen, not empty: a track that matched on the last
+        processed frame stays tracked. A track that was already lost expires if
+        the buffer ran out during the gap, before the next update could match
+        it again (ByteTrack removes lost tracks at the end of an update).
+        """
         tracker = self._tracker
-        # Past max_time_lost every track has expired at the next update; predicting further changes nothing.
+        # Past max_time_lost a lost track has expired; predicting further moves nothing that can still match.
         steps = min(frames, tracker.max_time_lost + 1)
         pool = [t for t in tracker.tracked_tracks if t.is_activated] + list(tracker.lost_tracks)
         for _ in range(steps):
             STrack.multi_predict(pool, tracker.shared_kalman)
         tracker.frame_id += frames
+        expired = [t for t in tracker.lost_tracks if tracker.frame_id - t.frame_id > tracker.max_time_lost]
+        for track in expired:
+            track.state = TrackState.Removed
+        tracker.lost_tracks = [t for t in tracker.lost_tracks if t.state != TrackState.Removed]
 
 
 # Line crossings -----------------------------------------------------------------------
