@@ -1,6 +1,6 @@
 # Generated from asyncapi.yaml by asyncapi-python 0.3.1 (codegen); do not edit by hand.
 # Regenerate with `make models` (python -m contracts.generate_models).
-# source-sha256: d42813feaf32416fbf5752e28447e4b8f615b2f755d908005cf81e271f009657
+# source-sha256: c7b92bd4734b4f45aac047f26b1fc5eadaedc265adfb34a44f601af8639bf064
 
 from __future__ import annotations
 
@@ -44,21 +44,28 @@ class Detection(BaseModel):
     box: Box
     text: str | None = None
     area: conint(ge=0) | None = None
+    tracker_id: conint(ge=1) | None = Field(
+        None,
+        description="Added by the tracking plugin's `track` node (pipelines `faces_tracked`, `people_counting`, `yolo_counting`): the id of the detection's track, stable over the stream's frames, dropped frames included, and never shared between streams; ids start at 1 in each stream. `null` while no confirmed track holds the detection (a detection below the tracker's activation confidence, or a new object on its first frame).",
+    )
 
 
-class FrameResultPayload(BaseModel):
+class LineCounts1(BaseModel):
     model_config = ConfigDict(
         extra="allow",
         populate_by_name=True,
     )
-    frame_index: conint(ge=0) = Field(
-        ...,
-        description="Position of the frame in the stream, counted from 0 in arrival order.",
+    in_: conint(ge=0) = Field(..., alias="in")
+    out: conint(ge=0)
+
+
+class ZoneCounts1(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        populate_by_name=True,
     )
-    result: dict[str, Any] = Field(
-        ...,
-        description="The pipeline's output for the frame, JSON values only. Its keys are defined by the pipeline; detections inside it have the shape of #/components/schemas/Detection.",
-    )
+    occupancy: conint(ge=0)
+    entered: conint(ge=0)
 
 
 class Cause(Enum):
@@ -243,10 +250,6 @@ class Frame(RootModel[bytes]):
     )
 
 
-class FrameResult(RootModel[FrameResultPayload]):
-    root: FrameResultPayload
-
-
 class FrameDropped(RootModel[FrameDroppedPayload]):
     root: FrameDroppedPayload
 
@@ -287,11 +290,40 @@ class ShuttingDownError(RootModel[ShuttingDownErrorPayload]):
     root: ShuttingDownErrorPayload
 
 
+class Result(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        populate_by_name=True,
+    )
+    line_counts: dict[str, LineCounts1] | None = None
+    zone_counts: dict[str, ZoneCounts1] | None = None
+
+
+class FrameResultPayload(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        populate_by_name=True,
+    )
+    frame_index: conint(ge=0) = Field(
+        ...,
+        description="Position of the frame in the stream, counted from 0 in arrival order.",
+    )
+    result: Result = Field(
+        ...,
+        description="The pipeline's output for the frame, JSON values only. Its keys are defined by the pipeline; detections inside it have the shape of #/components/schemas/Detection. Pipelines with tracking analytics add `line_counts` and `zone_counts`.",
+    )
+
+
+class FrameResult(RootModel[FrameResultPayload]):
+    root: FrameResultPayload
+
+
 __all__ = [
     "Model",
     "Box",
     "Detection",
-    "FrameResultPayload",
+    "LineCounts1",
+    "ZoneCounts1",
     "Cause",
     "FrameDroppedPayload",
     "SlowDownWarningPayload",
@@ -304,7 +336,6 @@ __all__ = [
     "ServerBusyErrorPayload",
     "ShuttingDownErrorPayload",
     "Frame",
-    "FrameResult",
     "FrameDropped",
     "SlowDownWarning",
     "InvalidMessageError",
@@ -315,4 +346,7 @@ __all__ = [
     "InvalidPipelineError",
     "ServerBusyError",
     "ShuttingDownError",
+    "Result",
+    "FrameResultPayload",
+    "FrameResult",
 ]
