@@ -353,7 +353,8 @@ class _LineCounter:
         crossed_in, crossed_out = self._zone.trigger(detections)
         events = []
         for direction, crossed in (("in", crossed_in), ("out", crossed_out)):
-            for tracker_id in np.asarray(ids)[np.asarray(crossed, dtype=bool)].tolist() if len(ids) else []:
+            crossers = [tracker_id for tracker_id, hit in zip(ids, np.asarray(crossed, dtype=bool).tolist()) if hit]
+            for tracker_id in crossers:
                 if tracker_id not in self._counted[direction]:
                     self._counted[direction].add(int(tracker_id))
                     self.counts[direction] += 1
