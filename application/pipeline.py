@@ -111,7 +111,8 @@ class StreamStateStore:
     shutdown answered the frame without waiting) is carried out when that run
     returns, never under it; a run that starts after the release (its thread
     was slow to start) gets a throw-away state, so nothing is re-created that
-    no one would release.
+    no one would release. A throw-away state (that run's, or a one-off
+    frame's) is closed when its run ends, as a released stream's is.
     """
 
     def __init__(self) -> None:
