@@ -1,0 +1,585 @@
+"""The asynchronous client: one WebSocket session, and `stream()`, which runs a whole source through it.
+
+`AsyncStreamClient` is the protocol and nothing more: send a frame (JPEG bytes
+or a BGR image), receive typed replies, and turn the server's session-ending
+error and close into one exception. `stream()` adds what every real client
+needs on top: sending and receiving overlapped, pacing from what the server
+says, exactly one outcome per source frame, and reconnecting on 1012/1013.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from forgesyte_stream_client.errors import (
+    BUSY_CLOSE,
+    RESTART_CLOSE,
+    ClientError,
+    ConnectError,
+    StreamError,
+    UnauthorizedError,
+    error_from_close,
+    error_from_message,
+)
+from forgesyte_stream_client.replies import Dropped, FrameFailed, Result, ServerMessage, SlowDown, parse_message
+from forgesyte_stream_client.sources import Frame, Source, encode_jpeg
+
+STREAM_PATH = "/ws/video/stream"
+SUBPROTOCOL_PREFIX = "forgesyte.bearer."
+
+
+def stream_url(url: str, pipeline: str) -> str:
+    """The stream endpoint for `url` (a server base such as ws://host:8000, or the full endpoint) and `pipeline`."""
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("ws", "wss") or not parts.netloc:
+        raise ValueError(f"expected a ws://HOST:PORT (or wss://, http://, https://) URL, got {url!r}")
+    path = parts.path.rstrip("/")
+    if not path.endswith(STREAM_PATH):
+        path = path + STREAM_PATH
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "pipeline_id"] + [("pipeline_id", pipeline)]
+    return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
+
+
+class AsyncStreamClient:
+    """One stream session: `async with AsyncStreamClient(url, "faces") as client: ...`."""
+
+    def __init__(
+        self,
+        url: str,
+        pipeline: str,
+        *,
+        api_key: str | None = None,
+        quality: int = 80,
+        open_timeout: float = 10.0,
+        max_message_bytes: int = 2**22,
+    ) -> None:
+        self.url = stream_url(url, pipeline)
+        self.pipeline = pipeline
+        self.quality = quality
+        self._api_key = api_key
+        self._open_timeout = open_timeout
+        self._max_message_bytes = max_message_bytes
+        self._ws: ClientConnection | None = None
+        self._sent = 0
+        self._error: StreamError | None = None
+
+    @property
+    def frames_sent(self) -> int:
+        """Frames sent on this connection; the next frame's frame_index."""
+        return self._sent
+
+    async def connect(self) -> None:
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else None
+        try:
+            self._ws = await connect(
+                self.url,
+                compression=None,
+                max_size=self._max_message_bytes,
+                proxy=None,
+                open_timeout=self._open_timeout,
+                additional_headers=headers,
+            )
+        except InvalidStatus as refused:
+            status = refused.response.status_code
+            if status in (401, 403):
+                raise UnauthorizedError("unauthorized", f"the server refused the handshake with HTTP {status}", close_code=None) from refused
+            raise ConnectError(self.url, f"the server answered the handshake with HTTP {status}", status=status) from refused
+        except InvalidURI as bad:
+            raise ValueError(str(bad)) from bad
+        except (OSError, InvalidHandshake, TimeoutError) as failed:
+            raise ConnectError(self.url, str(failed) or type(failed).__name__) from failed
+        self._sent = 0
+        self._error = None
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def __aenter__(self) -> AsyncStreamClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    def _socket(self) -> ClientConnection:
+        if self._ws is None:
+            raise ClientError("not connected: call connect() or use `async with`")
+        return self._ws
+
+    async def send(self, frame: bytes | np.ndarray | Frame, *, quality: int | None = None) -> int:
+        """Send one frame; returns its frame_index (the number of frames sent before it on this connection).
+
+        bytes must be one complete JPEG; an image is encoded at `quality` (the
+        client's default when None); a source Frame sends its own JPEG unless a
+        quality is given.
+        """
+        if isinstance(frame, Frame):
+            data = frame.to_jpeg(quality)
+        elif isinstance(frame, np.ndarray):
+            data = encode_jpeg(frame, quality or self.quality)
+        else:
+            data = bytes(frame)
+            if data[:2] != b"\xff\xd8":
+                raise ValueError("a frame must be one complete JPEG image (it starts with FF D8)")
+        try:
+            await self._socket().send(data)
+        except ConnectionClosed as closed:
+            raise self._closed_error(closed) from closed
+        index = self._sent
+        self._sent += 1
+        return index
+
+    def _closed_error(self, closed: ConnectionClosed) -> StreamError:
+        if self._error is not None:
+            return self._error
+        received = closed.rcvd
+        return error_from_close(received.code if received else None, received.reason if received else "")
+
+    async def receive(self) -> ServerMessage:
+        """The next reply or warning. Raises the StreamError that ends the session; StopAsyncIteration after a normal close."""
+        ws = self._socket()
+        while True:
+            try:
+                text = await ws.recv()
+            except ConnectionClosed as closed:
+                received = closed.rcvd
+                if self._error is None and received is not None and received.code == 1000:
+                    raise StopAsyncIteration from closed
+                raise self._closed_error(closed) from closed
+            message = json.loads(text)
+            reply = parse_message(message)
+            if isinstance(reply, dict):
+                # A session-ending error: the close follows; its code completes the exception.
+                await self._await_close(ws, reply)
+                raise self._error  # type: ignore[misc]
+            return reply
+
+    async def _await_close(self, ws: ClientConnection, message: dict[str, Any]) -> None:
+        try:
+            await asyncio.wait_for(ws.wait_closed(), timeout=5.0)
+        except TimeoutError:
+            await ws.close()
+        code = ws.close_code
+        self._error = error_from_message(message, code)
+
+    def __aiter__(self) -> AsyncStreamClient:
+        return self
+
+    async def __anext__(self) -> ServerMessage:
+        return await self.receive()
+
+
+# stream(): a whole source through one (reconnecting) session -----------------------------------
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A live source's frame that the client did not send because a newer one was taken instead."""
+
+    reason: str = "newer_frame"
+
+
+Reply = Result | Dropped | FrameFailed | StreamError | Skipped
+
+
+@dataclass
+class Outcome:
+    """One source frame and the one reply it got: a result, a drop, a pipeline failure, the error that ended the session, or skipped."""
+
+    frame: Frame
+    reply: Reply
+    sent_at: float | None = None  # wall-clock time of the send (time.time())
+    latency_s: float | None = None  # send -> reply
+    connection: int = 0  # which connection carried it (increments on reconnect)
+    frame_index: int | None = None  # the server's frame_index on that connection
+
+    @property
+    def index(self) -> int:
+        return self.frame.index
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """How fast `stream()` sends.
+
+    window: at most `window` frames unanswered (files: every frame, as fast
+    as the server keeps up, none dropped). live: the newest frame whenever
+    fewer than `window` are unanswered, no faster than the server's
+    `suggested_fps`. fixed: `fps` frames per second whatever the server says.
+    """
+
+    mode: Literal["window", "live", "fixed"] = "window"
+    window: int = 2
+    fps: float | None = None
+
+    @classmethod
+    def for_source(cls, source: Source) -> Pacing:
+        return cls("live", 1) if source.live else cls("window", 2)
+
+    @classmethod
+    def fixed(cls, fps: float) -> Pacing:
+        if not fps > 0:
+            raise ValueError(f"fps must be above 0, got {fps}")
+        return cls("fixed", 0, fps)
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """Reconnect with exponential backoff and jitter when the server restarts (1012) or is busy (1013)."""
+
+    close_codes: frozenset[int] = frozenset({RESTART_CLOSE, BUSY_CLOSE})
+    attempts: int = 5
+    initial_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        return min(self.max_delay_s, self.initial_delay_s * 2**attempt) * (0.5 + random.random() / 2)
+
+
+NO_RECONNECT = Reconnect(attempts=0)
+
+
+class _Feed:
+    """Frames from the source, read in a thread so decoding overlaps the network.
+
+    Not live: a bounded queue, so every frame is taken in order. Live: only the
+    newest frame is kept; frames overwritten before they were taken are
+    reported as skipped.
+    """
+
+    _END = object()
+
+    def __init__(self, frames: Iterable[Frame], live: bool, quality: int | None, loop: asyncio.AbstractEventLoop) -> None:
+        self._live = live
+        self._quality = quality
+        self._loop = loop
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=8)
+        self._latest: Frame | None = None
+        self._skipped: list[Frame] = []
+        self._ended = False
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._ready = asyncio.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(iter(frames),), name="forgesyte-feed", daemon=True)
+        self._thread.start()
+
+    def _prepare(self, frame: Frame) -> Frame:
+        frame.jpeg = frame.to_jpeg(self._quality)  # encode here, off the event loop
+        return frame
+
+    def _run(self, frames: Iterator[Frame]) -> None:
+        try:
+            for frame in frames:
+                if self._stop.is_set():
+                    return
+                if self._live:
+                    with self._lock:
+                        if self._latest is not None:
+                            self._skipped.append(self._latest)
+                        self._latest = frame
+                    self._loop.call_soon_threadsafe(self._ready.set)
+                else:
+                    self._prepare(frame)
+                    while not self._stop.is_set():
+                        try:
+                            self._queue.put(frame, timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
+            self._error = error
+        finally:
+            self._ended = True
+            if self._live:
+                self._loop.call_soon_threadsafe(self._ready.set)
+            else:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(self._END, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+
+    def take_skipped(self) -> list[Frame]:
+        with self._lock:
+            skipped, self._skipped = self._skipped, []
+        return skipped
+
+    async def next(self) -> Frame | None:
+        """The next frame to send (live: the newest), None at the end of the source."""
+        if self._live:
+            while True:
+                with self._lock:
+                    frame, self._latest = self._latest, None
+                    if frame is None and not self._ended:
+                        self._ready.clear()
+                if frame is not None:
+                    return await asyncio.to_thread(self._prepare, frame) if frame.jpeg is None or self._quality else frame
+                if self._ended:
+                    self._raise_error()
+                    return None
+                await self._ready.wait()
+        try:
+            item = self._queue.get_nowait()
+        except queue.Empty:
+            item = await asyncio.to_thread(self._queue.get)
+        if item is self._END:
+            self._raise_error()
+            return None
+        return item
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@dataclass
+class _Sent:
+    frame: Frame
+    sent_at: float
+    started: float
+
+
+@dataclass
+class _State:
+    min_interval_s: float = 0.0
+    connection: int = 0
+    will_retry: Callable[[StreamError], bool] = lambda _: False
+    resend: list[Frame] = field(default_factory=list)  # frames the server never read before a retried close
+    outcomes: asyncio.Queue[Outcome | BaseException | None] = field(default_factory=asyncio.Queue)
+
+
+async def stream(
+    url: str,
+    pipeline: str,
+    frames: Iterable[Frame] | Source,
+    *,
+    pacing: Pacing | None = None,
+    quality: int | None = None,
+    api_key: str | None = None,
+    reconnect: Reconnect = Reconnect(),
+    on_warning: Callable[[SlowDown], None] | None = None,
+    on_reconnect: Callable[[StreamError, float], None] | None = None,
+    live: bool | None = None,
+) -> AsyncIterator[Outcome]:
+    """Run every frame through the server and yield one Outcome per source frame, in source order.
+
+    Sending and receiving overlap. A session-ending error answers every frame
+    still waiting for a reply and is then raised, unless its close code is one
+    `reconnect` retries (1012, 1013), in which case the stream goes on over a
+    new connection after a backoff; frames are numbered from 0 again there.
+    """
+    is_live = live if live is not None else bool(getattr(frames, "live", False))
+    if pacing is None:
+        pacing = Pacing("live", 1) if is_live else Pacing("window", 2)
+    source_frames = frames.frames() if isinstance(frames, Source) else frames
+    loop = asyncio.get_running_loop()
+    feed = _Feed(source_frames, is_live, quality, loop)
+    state = _State()
+    reorder: dict[int, Outcome] = {}
+    next_index = 0
+    runner = asyncio.create_task(_run_sessions(url, pipeline, feed, pacing, quality, api_key, reconnect, on_warning, on_reconnect, state))
+    try:
+        while True:
+            item = await state.outcomes.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                # Whatever is still held for reordering is answered already; hand it over before the error.
+                for index in sorted(reorder):
+                    yield reorder.pop(index)
+                raise item
+            reorder[item.index] = item
+            while next_index in reorder:
+                yield reorder.pop(next_index)
+                next_index += 1
+        for index in sorted(reorder):
+            yield reorder.pop(index)
+    finally:
+        feed.stop()
+        if not runner.done():
+            runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        if isinstance(frames, Source):
+            frames.close()
+
+
+async def _run_sessions(
+    url: str,
+    pipeline: str,
+    feed: _Feed,
+    pacing: Pacing,
+    quality: int | None,
+    api_key: str | None,
+    reconnect: Reconnect,
+    on_warning: Callable[[SlowDown], None] | None,
+    on_reconnect: Callable[[StreamError, float], None] | None,
+    state: _State,
+) -> None:
+    attempt = 0
+
+    def will_retry(error: StreamError) -> bool:
+        return error.close_code in reconnect.close_codes and attempt < reconnect.attempts
+
+    state.will_retry = will_retry
+    try:
+        while True:
+            client = AsyncStreamClient(url, pipeline, api_key=api_key, quality=quality or 80)
+            try:
+                await client.connect()
+                done = await _one_session(client, feed, pacing, quality, on_warning, state)
+                if done:
+                    state.outcomes.put_nowait(None)
+                    return
+            except StreamError as error:
+                if not will_retry(error):
+                    raise
+                if client.frames_sent:
+                    attempt = 0  # the session ran: a fresh backoff
+                delay = reconnect.delay(attempt)
+                attempt += 1
+                if on_reconnect is not None:
+                    on_reconnect(error, delay)
+                await asyncio.sleep(delay)
+                state.connection += 1
+            finally:
+                await client.close()
+    except asyncio.CancelledError:
+        raise
+    except BaseException as error:  # noqa: BLE001 - delivered to the consumer, which raises it
+        state.outcomes.put_nowait(error)
+
+
+async def _one_session(
+    client: AsyncStreamClient,
+    feed: _Feed,
+    pacing: Pacing,
+    quality: int | None,
+    on_warning: Callable[[SlowDown], None] | None,
+    state: _State,
+) -> bool:
+    """Send until the source ends and every frame is answered (True), or raise the session's StreamError."""
+    in_flight: dict[int, _Sent] = {}
+    changed = asyncio.Event()
+    connection = state.connection
+    emit = state.outcomes.put_nowait
+
+    def answer(index: int, reply: Reply) -> None:
+        sent = in_flight.pop(index, None)
+        if sent is None:
+            return  # not ours (a server that answers twice is a contract breach the contract suite catches)
+        emit(Outcome(sent.frame, reply, sent.sent_at, time.perf_counter() - sent.started, connection, index))
+        changed.set()
+
+    async def receive() -> None:
+        while True:
+            try:
+                reply = await client.receive()
+            except StopAsyncIteration:
+                return
+            if isinstance(reply, SlowDown):
+                if pacing.mode != "fixed":
+                    fps = reply.suggested_fps
+                    state.min_interval_s = 1.0 / fps if fps else max(0.1, state.min_interval_s * 2)
+                if on_warning is not None:
+                    on_warning(reply)
+                continue
+            answer(reply.frame_index, reply)
+
+    receiver = asyncio.create_task(receive())
+    started = time.perf_counter()
+    last_send = 0.0
+    sent_count = 0
+    try:
+        while True:
+            if pacing.mode == "fixed":
+                assert pacing.fps is not None
+                delay = started + sent_count / pacing.fps - time.perf_counter()
+                if delay > 0:
+                    await _sleep_or_fail(delay, receiver)
+            else:
+                while len(in_flight) >= pacing.window:
+                    changed.clear()
+                    await _wait_or_fail(changed, receiver)
+                wait = last_send + state.min_interval_s - time.perf_counter()
+                if wait > 0:
+                    await _sleep_or_fail(wait, receiver)
+            if state.resend:
+                frame: Frame | None = state.resend.pop(0)
+            else:
+                frame = await feed.next()
+            for skipped in feed.take_skipped():
+                emit(Outcome(skipped, Skipped(), connection=connection))
+            if frame is None:
+                break
+            if receiver.done():
+                receiver.result()  # raises the session's error
+                raise StreamError("connection_lost", "the server closed the stream", close_code=client_close_code(client))
+            index = client.frames_sent
+            now = time.perf_counter()
+            in_flight[index] = _Sent(frame, time.time(), now)
+            last_send = now
+            sent_count += 1
+            await client.send(frame.jpeg if frame.jpeg is not None else frame.to_jpeg(quality))
+        while in_flight:
+            changed.clear()
+            await _wait_or_fail(changed, receiver)
+        await client.close()
+        await receiver
+        return True
+    except StreamError as error:
+        receiver.cancel()
+        await asyncio.gather(receiver, return_exceptions=True)
+        if state.will_retry(error):
+            # 1012 and 1013 come after every frame the server read was answered: the rest were never read.
+            state.resend[:0] = [in_flight.pop(index).frame for index in sorted(in_flight)]
+        for index in sorted(in_flight):
+            answer(index, error)
+        raise
+    finally:
+        if not receiver.done():
+            receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)
+
+
+def client_close_code(client: AsyncStreamClient) -> int | None:
+    return client._ws.close_code if client._ws is not None else None
+
+
+async def _wait_or_fail(event: asyncio.Event, receiver: asyncio.Task[None]) -> None:
+    """Wait for `event`; if the receiver ends first (the session ended), raise its error."""
+    waiter = asyncio.ensure_future(event.wait())
+    done, _ = await asyncio.wait({waiter, receiver}, return_when=asyncio.FIRST_COMPLETED)
+    if waiter not in done:
+        waiter.cancel()
+    if receiver in done:
+        receiver.result()
+        if not event.is_set():
+            raise StreamError("connection_lost", "the server closed the stream before answering every frame", close_code=1000)
+
+
+async def _sleep_or_fail(seconds: float, receiver: asyncio.Task[None]) -> None:
+    sleeper = asyncio.ensure_future(asyncio.sleep(seconds))
+    done, _ = await asyncio.wait({sleeper, receiver}, return_when=asyncio.FIRST_COMPLETED)
+    if sleeper not in done:
+        sleeper.cancel()
+        receiver.result()
