@@ -17,11 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-# OpenCV and its FFmpeg print their own warnings for a camera or URL that does not open; the
-# CLI reports that itself in one line. Set before cv2 is first imported (by the modules below).
-os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-
 from forgesyte_stream_client.client import Outcome, Pacing, Reconnect, Skipped, stream
 from forgesyte_stream_client.errors import ClientError, StreamError
 from forgesyte_stream_client.replies import Dropped, FrameFailed, Result, SlowDown
@@ -188,6 +183,10 @@ async def run_stream(args: argparse.Namespace, err: IO[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # OpenCV prints its own warnings for a camera or URL that does not open; the CLI says it in one line.
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     try:
         return asyncio.run(run_stream(args, sys.stderr))
     except (ClientError, ValueError, OSError) as error:

@@ -76,6 +76,7 @@ class AsyncStreamClient:
         self._ws: ClientConnection | None = None
         self._sent = 0
         self._error: StreamError | None = None
+        self._pending: list[ServerMessage] = []  # read while looking for the error behind a failed send
 
     @property
     def frames_sent(self) -> int:
@@ -139,6 +140,7 @@ class AsyncStreamClient:
         try:
             await self._socket().send(data)
         except ConnectionClosed as closed:
+            await self._read_to_close()
             raise self._closed_error(closed) from closed
         index = self._sent
         self._sent += 1
@@ -150,9 +152,27 @@ class AsyncStreamClient:
         received = closed.rcvd
         return error_from_close(received.code if received else None, received.reason if received else "")
 
+    async def _read_to_close(self) -> None:
+        """After a failed send: read what the server sent before closing, so the error it sent is the one raised."""
+        ws = self._socket()
+        while self._error is None:
+            try:
+                message = json.loads(await ws.recv())
+            except ConnectionClosed:
+                return
+            reply = parse_message(message)
+            if isinstance(reply, dict):
+                self._error = error_from_message(reply, ws.close_code)
+            else:
+                self._pending.append(reply)
+
     async def receive(self) -> ServerMessage:
         """The next reply or warning. Raises the StreamError that ends the session; StopAsyncIteration after a normal close."""
+        if self._pending:
+            return self._pending.pop(0)
         ws = self._socket()
+        if self._error is not None:
+            raise self._error
         while True:
             try:
                 text = await ws.recv()

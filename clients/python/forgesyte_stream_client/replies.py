@@ -98,8 +98,11 @@ class Result:
 
     @cached_property
     def frame_info(self) -> FrameInfo | None:
-        info = self.result.get("frame_info")
-        return FrameInfo.model_validate(info) if isinstance(info, Mapping) else None
+        """The frame's size as the `probe` pipeline reports it (its result is the info itself), else None."""
+        info = self.result.get("frame_info", self.result)
+        if isinstance(info, Mapping) and all(isinstance(info.get(key), int) for key in ("width", "height", "bytes")):
+            return FrameInfo.model_validate(info)
+        return None
 
 
 @dataclass(frozen=True)
