@@ -183,7 +183,9 @@ async def run_stream(args: argparse.Namespace, err: IO[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # OpenCV prints its own warnings for a camera or URL that does not open; the CLI says it in one line.
+    # OpenCV and its FFmpeg print their own warnings for a camera or URL that does not open; the CLI
+    # says it in one line. FFmpeg reads its level when OpenCV first opens a capture, after this.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     import cv2
 
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
