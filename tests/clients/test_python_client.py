@@ -92,10 +92,10 @@ def test_a_non_jpeg_is_refused_before_it_is_sent(base_url: str) -> None:
 
 
 def test_unknown_pipeline_raises_with_the_contracts_code_detail_and_close(base_url: str) -> None:
-    with StreamClient(base_url, "nope") as client:
+    # The server sends the error right after accepting: a send that finds the socket closed raises it too.
+    with StreamClient(base_url, "nope") as client, pytest.raises(InvalidPipelineError) as raised:
         client.send(jpeg())
-        with pytest.raises(InvalidPipelineError) as raised:
-            client.receive()
+        client.receive()
     assert raised.value.code == "invalid_pipeline" and raised.value.close_code == 1008
     assert "nope" in raised.value.detail
 

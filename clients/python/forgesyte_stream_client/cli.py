@@ -153,6 +153,7 @@ async def run_stream(args: argparse.Namespace, err: IO[str]) -> int:
         args.pipeline,
         _limited(source, args.max_frames),
         live=source.live,
+        prefetch=source.prefetch,
         pacing=pacing,
         quality=args.quality,
         api_key=api_key,

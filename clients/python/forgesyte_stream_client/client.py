@@ -29,6 +29,7 @@ from forgesyte_stream_client.errors import (
     RESTART_CLOSE,
     ClientError,
     ConnectError,
+    ConnectionLost,
     StreamError,
     UnauthorizedError,
     error_from_close,
@@ -275,19 +276,23 @@ NO_RECONNECT = Reconnect(attempts=0)
 
 
 class _Feed:
-    """Frames from the source, read in a thread so decoding overlaps the network.
+    """Frames from the source, in one of three ways.
 
-    Not live: a bounded queue, so every frame is taken in order. Live: only the
-    newest frame is kept; frames overwritten before they were taken are
-    reported as skipped.
+    live: a thread reads the source and keeps only the newest frame; frames
+    overwritten before they were taken are reported as skipped. prefetch: a
+    thread reads (decodes, encodes) ahead into a small queue, so that costly
+    frames overlap the network. inline: frames that cost nothing to read
+    (JPEG passthrough, frames already in memory) are taken on the event loop,
+    which avoids a thread hand-off, and the GIL convoy it brings, per frame.
     """
 
     _END = object()
 
-    def __init__(self, frames: Iterable[Frame], live: bool, quality: int | None, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, frames: Iterable[Frame], live: bool, prefetch: bool, quality: int | None, loop: asyncio.AbstractEventLoop) -> None:
         self._live = live
         self._quality = quality
         self._loop = loop
+        self._iterator = iter(frames)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=8)
         self._latest: Frame | None = None
         self._skipped: list[Frame] = []
@@ -296,16 +301,21 @@ class _Feed:
         self._lock = threading.Lock()
         self._ready = asyncio.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(iter(frames),), name="forgesyte-feed", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if live or prefetch:
+            self._thread = threading.Thread(target=self._run, name="forgesyte-feed", daemon=True)
+            self._thread.start()
+
+    def _needs_encoding(self, frame: Frame) -> bool:
+        return frame.jpeg is None or self._quality is not None
 
     def _prepare(self, frame: Frame) -> Frame:
-        frame.jpeg = frame.to_jpeg(self._quality)  # encode here, off the event loop
+        frame.jpeg = frame.to_jpeg(self._quality)
         return frame
 
-    def _run(self, frames: Iterator[Frame]) -> None:
+    def _run(self) -> None:
         try:
-            for frame in frames:
+            for frame in self._iterator:
                 if self._stop.is_set():
                     return
                 if self._live:
@@ -315,13 +325,8 @@ class _Feed:
                         self._latest = frame
                     self._loop.call_soon_threadsafe(self._ready.set)
                 else:
-                    self._prepare(frame)
-                    while not self._stop.is_set():
-                        try:
-                            self._queue.put(frame, timeout=0.2)
-                            break
-                        except queue.Full:
-                            continue
+                    self._prepare(frame)  # encode here, off the event loop
+                    self._put(frame)
         except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
             self._error = error
         finally:
@@ -329,14 +334,19 @@ class _Feed:
             if self._live:
                 self._loop.call_soon_threadsafe(self._ready.set)
             else:
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(self._END, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
+                self._put(self._END)
+
+    def _put(self, item: Any) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
 
     def take_skipped(self) -> list[Frame]:
+        if not self._live:
+            return []
         with self._lock:
             skipped, self._skipped = self._skipped, []
         return skipped
@@ -344,17 +354,12 @@ class _Feed:
     async def next(self) -> Frame | None:
         """The next frame to send (live: the newest), None at the end of the source."""
         if self._live:
-            while True:
-                with self._lock:
-                    frame, self._latest = self._latest, None
-                    if frame is None and not self._ended:
-                        self._ready.clear()
-                if frame is not None:
-                    return await asyncio.to_thread(self._prepare, frame) if frame.jpeg is None or self._quality else frame
-                if self._ended:
-                    self._raise_error()
-                    return None
-                await self._ready.wait()
+            return await self._next_live()
+        if self._thread is None:
+            frame = next(self._iterator, None)
+            if frame is not None and self._needs_encoding(frame):
+                frame = await asyncio.to_thread(self._prepare, frame)
+            return frame
         try:
             item = self._queue.get_nowait()
         except queue.Empty:
@@ -363,6 +368,19 @@ class _Feed:
             self._raise_error()
             return None
         return item
+
+    async def _next_live(self) -> Frame | None:
+        while True:
+            with self._lock:
+                frame, self._latest = self._latest, None
+                if frame is None and not self._ended:
+                    self._ready.clear()
+            if frame is not None:
+                return await asyncio.to_thread(self._prepare, frame) if self._needs_encoding(frame) else frame
+            if self._ended:
+                self._raise_error()
+                return None
+            await self._ready.wait()
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -400,6 +418,7 @@ async def stream(
     on_warning: Callable[[SlowDown], None] | None = None,
     on_reconnect: Callable[[StreamError, float], None] | None = None,
     live: bool | None = None,
+    prefetch: bool | None = None,
 ) -> AsyncIterator[Outcome]:
     """Run every frame through the server and yield one Outcome per source frame, in source order.
 
@@ -407,40 +426,150 @@ async def stream(
     still waiting for a reply and is then raised, unless its close code is one
     `reconnect` retries (1012, 1013), in which case the stream goes on over a
     new connection after a backoff; frames are numbered from 0 again there.
+
+    `live` (default: the Source's own flag) reads the source in a thread and
+    sends only the newest frame; `prefetch` (default: the Source's flag, else
+    False) reads a costly non-live source in a thread ahead of the sender.
     """
     is_live = live if live is not None else bool(getattr(frames, "live", False))
+    reads_ahead = prefetch if prefetch is not None else bool(getattr(frames, "prefetch", False))
     if pacing is None:
         pacing = Pacing("live", 1) if is_live else Pacing("window", 2)
     source_frames = frames.frames() if isinstance(frames, Source) else frames
-    loop = asyncio.get_running_loop()
-    feed = _Feed(source_frames, is_live, quality, loop)
-    state = _State()
+    feed = _Feed(source_frames, is_live, reads_ahead, quality, asyncio.get_running_loop())
+    if pacing.mode == "window" and not is_live:
+        outcomes = _window_outcomes(url, pipeline, feed, pacing, quality, api_key, reconnect, on_warning, on_reconnect)
+    else:
+        outcomes = _paced_outcomes(url, pipeline, feed, pacing, quality, api_key, reconnect, on_warning, on_reconnect)
     reorder: dict[int, Outcome] = {}
     next_index = 0
+    try:
+        async for item in outcomes:
+            reorder[item.index] = item
+            while next_index in reorder:
+                yield reorder.pop(next_index)
+                next_index += 1
+    except BaseException:
+        # Whatever is still held for reordering is answered already; hand it over before the error.
+        for index in sorted(reorder):
+            yield reorder.pop(index)
+        raise
+    finally:
+        feed.stop()
+        await outcomes.aclose()
+        if isinstance(frames, Source):
+            frames.close()
+    for index in sorted(reorder):
+        yield reorder.pop(index)
+
+
+async def _window_outcomes(
+    url: str,
+    pipeline: str,
+    feed: _Feed,
+    pacing: Pacing,
+    quality: int | None,
+    api_key: str | None,
+    reconnect: Reconnect,
+    on_warning: Callable[[SlowDown], None] | None,
+    on_reconnect: Callable[[StreamError, float], None] | None,
+) -> AsyncIterator[Outcome]:
+    """A file at the rate the server keeps up with: at most `pacing.window` frames unanswered.
+
+    One task does both: it tops the window up, then reads one reply. With no
+    hand-off between a sending and a receiving task per frame, the client
+    costs little more than a bare send-and-receive loop.
+    """
+    attempt = 0
+    connection = 0
+    resend: list[Frame] = []
+    while True:
+        client = AsyncStreamClient(url, pipeline, api_key=api_key, quality=quality or 80)
+        in_flight: dict[int, _Sent] = {}
+        try:
+            await client.connect()
+            source_done = False
+            min_interval_s = 0.0
+            last_send = 0.0
+            while True:
+                while not source_done and len(in_flight) < pacing.window:
+                    frame = resend.pop(0) if resend else await feed.next()
+                    if frame is None:
+                        source_done = True
+                        break
+                    if min_interval_s:
+                        wait = last_send + min_interval_s - time.perf_counter()
+                        if wait > 0:
+                            await asyncio.sleep(wait)
+                    last_send = time.perf_counter()
+                    in_flight[client.frames_sent] = _Sent(frame, time.time(), last_send)
+                    await client.send(frame.jpeg if frame.jpeg is not None else frame.to_jpeg(quality))
+                if not in_flight:
+                    break
+                try:
+                    reply = await client.receive()
+                except StopAsyncIteration:
+                    raise ConnectionLost("connection_lost", "the server closed the stream before answering every frame", close_code=1000) from None
+                if isinstance(reply, SlowDown):
+                    # Not expected while the window holds, but obeyed: no faster than the server keeps up.
+                    min_interval_s = 1.0 / reply.suggested_fps if reply.suggested_fps else max(0.1, min_interval_s * 2)
+                    if on_warning is not None:
+                        on_warning(reply)
+                    continue
+                sent = in_flight.pop(reply.frame_index, None)
+                if sent is not None:
+                    yield Outcome(sent.frame, reply, sent.sent_at, time.perf_counter() - sent.started, connection, reply.frame_index)
+            await client.close()
+            return
+        except StreamError as error:
+            retry = error.close_code in reconnect.close_codes and attempt < reconnect.attempts
+            if retry:
+                # 1012 and 1013 come after every frame the server read was answered: the rest were never read.
+                resend[:0] = [in_flight.pop(index).frame for index in sorted(in_flight)]
+            now = time.perf_counter()
+            for index in sorted(in_flight):
+                sent = in_flight[index]
+                yield Outcome(sent.frame, error, sent.sent_at, now - sent.started, connection, index)
+            if not retry:
+                raise
+            if client.frames_sent:
+                attempt = 0
+            delay = reconnect.delay(attempt)
+            attempt += 1
+            if on_reconnect is not None:
+                on_reconnect(error, delay)
+            await asyncio.sleep(delay)
+            connection += 1
+        finally:
+            await client.close()
+
+
+async def _paced_outcomes(
+    url: str,
+    pipeline: str,
+    feed: _Feed,
+    pacing: Pacing,
+    quality: int | None,
+    api_key: str | None,
+    reconnect: Reconnect,
+    on_warning: Callable[[SlowDown], None] | None,
+    on_reconnect: Callable[[StreamError, float], None] | None,
+) -> AsyncIterator[Outcome]:
+    """Live and fixed-rate streams: a sending task on its own clock, and a receiving one."""
+    state = _State()
     runner = asyncio.create_task(_run_sessions(url, pipeline, feed, pacing, quality, api_key, reconnect, on_warning, on_reconnect, state))
     try:
         while True:
             item = await state.outcomes.get()
             if item is None:
-                break
+                return
             if isinstance(item, BaseException):
-                # Whatever is still held for reordering is answered already; hand it over before the error.
-                for index in sorted(reorder):
-                    yield reorder.pop(index)
                 raise item
-            reorder[item.index] = item
-            while next_index in reorder:
-                yield reorder.pop(next_index)
-                next_index += 1
-        for index in sorted(reorder):
-            yield reorder.pop(index)
+            yield item
     finally:
-        feed.stop()
         if not runner.done():
             runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
-        if isinstance(frames, Source):
-            frames.close()
 
 
 async def _run_sessions(

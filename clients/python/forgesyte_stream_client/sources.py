@@ -74,6 +74,7 @@ class Source:
     """An iterable of frames; `live` sources produce frames on their own clock."""
 
     live: bool = False
+    prefetch: bool = True  # reading a frame costs real work (decoding): read ahead in a thread
     fps: float | None = None
     description: str = ""
 
@@ -92,6 +93,7 @@ class ImageFiles(Source):
             raise SourceError(f"{description}: no image files found ({', '.join(sorted(IMAGE_SUFFIXES))})")
         self.paths = paths
         self.description = description
+        self.prefetch = any(path.suffix.lower() not in (".jpg", ".jpeg") for path in paths)
 
     def frames(self) -> Iterator[Frame]:
         for index, path in enumerate(self.paths):
@@ -124,6 +126,7 @@ class VideoFile(Source):
         rate = self._stream.average_rate or self._stream.guessed_rate
         self.fps = float(rate) if rate else None
         self._passthrough = passthrough and self._stream.codec_context.name == "mjpeg"
+        self.prefetch = not self._passthrough
 
     def frames(self) -> Iterator[Frame]:
         import av
