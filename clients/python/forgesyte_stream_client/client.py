@@ -386,8 +386,11 @@ class _Feed:
         if self._error is not None:
             raise self._error
 
-    def stop(self) -> None:
+    async def close(self) -> None:
+        """Stop reading and wait for the reading thread, so that the source is never closed under it."""
         self._stop.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10)
 
 
 @dataclass
@@ -455,8 +458,8 @@ async def stream(
             yield reorder.pop(index)
         raise
     finally:
-        feed.stop()
         await outcomes.aclose()
+        await feed.close()
         if isinstance(frames, Source):
             frames.close()
     for index in sorted(reorder):
