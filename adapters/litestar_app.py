@@ -19,7 +19,7 @@ from litestar.connection import WebSocket
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, WebSocketDisconnect
 from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.plugins import SwaggerRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.status_codes import (
     HTTP_200_OK,
@@ -308,7 +308,7 @@ def browser_routes(web_dir: Path = WEB_CLIENT_DIR) -> tuple[list[Any], OpenAPICo
 
     assets = Path(litestar_offline_docs.__file__).resolve().parent / "static"
     viewer = SwaggerRenderPlugin(
-        path="/",
+        path=["/", "/swagger"],
         js_url=f"{OPENAPI_ASSETS_PATH}/swagger-ui-bundle.js",
         css_url=f"{OPENAPI_ASSETS_PATH}/swagger-ui.css",
         standalone_preset_js_url=f"{OPENAPI_ASSETS_PATH}/swagger-ui-standalone-preset.js",
@@ -319,7 +319,7 @@ def browser_routes(web_dir: Path = WEB_CLIENT_DIR) -> tuple[list[Any], OpenAPICo
         create_static_files_router(path="/client", directories=[web_dir], name="browser_client_files"),
         create_static_files_router(path=OPENAPI_ASSETS_PATH, directories=[assets], name="openapi_assets"),
     ]
-    return routes, OpenAPIConfig(title="ForgeSyte Stream", version="0.1.0", path="/schema", render_plugins=[viewer])
+    return routes, OpenAPIConfig(title="ForgeSyte Stream", version="0.1.0", path="/schema", render_plugins=[viewer, YamlRenderPlugin()])
 
 
 def create_app(
