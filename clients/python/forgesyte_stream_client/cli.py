@@ -126,7 +126,8 @@ async def run_stream(args: argparse.Namespace, err: IO[str]) -> int:
     pacing = Pacing.fixed(args.fps) if args.fps else Pacing.for_source(source)
     api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
     stats = Stats()
-    progress = Progress(stats, err, None, not args.quiet)
+    total = min(filter(None, (source.length, args.max_frames)), default=None)
+    progress = Progress(stats, err, total, not args.quiet)
     jsonl: IO[str] | None = None
     if args.jsonl is not None:
         jsonl = sys.stdout if str(args.jsonl) == "-" else open(args.jsonl, "w", encoding="utf-8")  # noqa: SIM115

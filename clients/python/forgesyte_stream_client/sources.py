@@ -76,6 +76,7 @@ class Source:
     live: bool = False
     prefetch: bool = True  # reading a frame costs real work (decoding): read ahead in a thread
     fps: float | None = None
+    length: int | None = None  # frames in the source, when known (a progress bar's total)
     description: str = ""
 
     def frames(self) -> Iterator[Frame]:
@@ -94,6 +95,7 @@ class ImageFiles(Source):
         self.paths = paths
         self.description = description
         self.prefetch = any(path.suffix.lower() not in (".jpg", ".jpeg") for path in paths)
+        self.length = len(paths)
 
     def frames(self) -> Iterator[Frame]:
         for index, path in enumerate(self.paths):
@@ -127,6 +129,7 @@ class VideoFile(Source):
         self.fps = float(rate) if rate else None
         self._passthrough = passthrough and self._stream.codec_context.name == "mjpeg"
         self.prefetch = not self._passthrough
+        self.length = self._stream.frames or None
 
     def frames(self) -> Iterator[Frame]:
         import av
@@ -205,6 +208,7 @@ class Realtime(Source):
             raise SourceError(f"{inner.description}: its frame rate is unknown; give one with --fps")
         self.inner = inner
         self.fps = rate
+        self.length = inner.length
         self.description = f"{inner.description} at {rate:g} fps"
 
     def frames(self) -> Iterator[Frame]:
