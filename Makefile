@@ -22,7 +22,7 @@ $(STAMP): requirements.lock pyproject.toml clients/python/pyproject.toml
 # download is not used).
 $(CHROMIUM):
 	$(SUDO) apt-get update -qq
-	$(SUDO) apt-get install -y -qq --no-install-recommends chromium
+	$(SUDO) apt-get install -y -qq chromium
 
 $(NODE_STAMP): contracts/node/package-lock.json
 	cd contracts/node && npm ci --no-audit --no-fund --loglevel=error

@@ -121,3 +121,22 @@ def test_api_key_from_the_environment_and_unauthorized_is_one_line() -> None:
     assert done.returncode == 1
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("forgesyte-stream-client: error: unauthorized") and line.endswith("unknown API key, close 3000"), line
+
+
+def test_realtime_plays_a_file_at_its_native_rate(server: RunningServer, face_video: Path, tmp_path: Path) -> None:
+    """12 frames at 10 fps take about 1.1 s however fast the server is; every frame is accounted for."""
+    import time
+
+    jsonl = tmp_path / "out.jsonl"
+    started = time.perf_counter()
+    done = cli("stream", str(face_video), "--url", f"ws://127.0.0.1:{server.port}", "--pipeline", "probe", "--realtime",
+               "--jsonl", str(jsonl), "--quiet")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [line["frame_index"] for line in lines] == list(range(FRAMES))
+    answered = [line for line in lines if "result" in line["reply"]]
+    assert len(answered) >= FRAMES // 2
+    # Frame k exists only k/10 s after the first: no frame can be sent earlier than that.
+    first, last = answered[0], answered[-1]
+    assert last["sent_at"] - first["sent_at"] >= (last["frame_index"] - first["frame_index"]) / 10 - 0.02
+    assert time.perf_counter() - started >= (FRAMES - 1) / 10
