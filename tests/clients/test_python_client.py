@@ -226,3 +226,34 @@ def test_an_image_is_encoded_at_the_chosen_quality(base_url: str) -> None:
             sizes.append(reply.frame_info.bytes)
     assert sizes[0] < sizes[1]
     assert sizes[1] == len(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
+
+
+def test_the_contracts_result_examples_read_as_typed_views() -> None:
+    """asyncapi.yaml's FrameResult examples: faces, OCR text, motion regions, nothing; and a QR result as the qr tool makes it."""
+    import yaml
+
+    from contracts.asyncapi_doc import DEFAULT_PATH
+    from forgesyte_stream_client.replies import parse_message
+
+    examples = {e["name"]: e["payload"] for e in yaml.safe_load(DEFAULT_PATH.read_text())["components"]["messages"]["FrameResult"]["examples"]}
+    faces = parse_message(examples["faces"])
+    assert isinstance(faces, Result) and [d.label for d in faces.detections] == ["face"] and faces.detections[0].box.x2 == 236
+    text = parse_message(examples["text"])
+    assert [line.text for line in text.text_lines] == ["EXIT 12"] and text.qr_payloads == []
+    motion = parse_message(examples["motion"])
+    assert [d.area for d in motion.detections] == [7840]
+    assert parse_message(examples["empty"]).detections == []
+    qr = parse_message({"frame_index": 0, "result": {"qr_codes": [{"label": "qr", "confidence": 1.0, "box": {"x1": 1, "y1": 1, "x2": 9, "y2": 9}, "text": "hello"}]}})
+    assert qr.qr_payloads == ["hello"] and qr.text_lines == [] and qr.frame_info is None
+
+
+def test_a_message_outside_the_contract_is_a_protocol_error() -> None:
+    from forgesyte_stream_client import ProtocolError
+    from forgesyte_stream_client.replies import parse_message
+
+    with pytest.raises(ProtocolError):
+        parse_message({"frame_index": -1, "result": {}})
+    with pytest.raises(ProtocolError):
+        parse_message({"frame_index": 1, "dropped": True, "cause": "tired"})
+    with pytest.raises(ProtocolError):
+        parse_message({"hello": "world"})
