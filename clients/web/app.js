@@ -42,6 +42,7 @@ function setStatus(text, isError = false) {
   ui.status.classList.toggle("error", isError);
 }
 
+/** @returns {Record<string, string>} */
 function authHeaders() {
   const key = ui.key.value.trim();
   return key ? { Authorization: `Bearer ${key}` } : {};
@@ -104,6 +105,7 @@ class Session {
     /** @type {number[]} */ this.latencies = [];
     this.encoding = false;
     this.running = true;
+    this.startedAt = performance.now();
     /** @type {Record<string, any>|null} */ this.endingError = null;
     this.capture = document.createElement("canvas");
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
@@ -215,11 +217,11 @@ class Session {
       element.textContent = String(text);
       if (value !== undefined) element.dataset.value = String(value);
     };
-    const window = Math.min(RATE_WINDOW_MS, now - (this.startedAt ??= now)) / 1000 || 1;
+    const spanS = Math.min(RATE_WINDOW_MS, now - this.startedAt) / 1000 || 1;
     show("sent", this.sent, this.sent);
     show("answered", this.answered, this.answered);
-    show("sent-fps", (this.sentTimes.length / window).toFixed(1));
-    show("answered-fps", (this.answerTimes.length / window).toFixed(1));
+    show("sent-fps", (this.sentTimes.length / spanS).toFixed(1));
+    show("answered-fps", (this.answerTimes.length / spanS).toFixed(1));
     const p50 = percentile(this.latencies, 0.5);
     const p95 = percentile(this.latencies, 0.95);
     show("p50", p50 === null ? "–" : `${p50.toFixed(0)} ms`);
