@@ -685,7 +685,7 @@ async def _one_session(
                 break
             if receiver.done():
                 receiver.result()  # raises the session's error
-                raise StreamError("connection_lost", "the server closed the stream", close_code=client_close_code(client))
+                raise ConnectionLost("connection_lost", "the server closed the stream", close_code=client_close_code(client))
             index = client.frames_sent
             now = time.perf_counter()
             in_flight[index] = _Sent(frame, time.time(), now)
@@ -701,8 +701,9 @@ async def _one_session(
     except StreamError as error:
         receiver.cancel()
         await asyncio.gather(receiver, return_exceptions=True)
-        if state.will_retry(error):
+        if state.will_retry(error) and pacing.mode != "live":
             # 1012 and 1013 come after every frame the server read was answered: the rest were never read.
+            # (A live source's unanswered frames are stale by the time a new connection is up: not resent.)
             state.resend[:0] = [in_flight.pop(index).frame for index in sorted(in_flight)]
         for index in sorted(in_flight):
             answer(index, error)
@@ -726,7 +727,7 @@ async def _wait_or_fail(event: asyncio.Event, receiver: asyncio.Task[None]) -> N
     if receiver in done:
         receiver.result()
         if not event.is_set():
-            raise StreamError("connection_lost", "the server closed the stream before answering every frame", close_code=1000)
+            raise ConnectionLost("connection_lost", "the server closed the stream before answering every frame", close_code=1000)
 
 
 async def _sleep_or_fail(seconds: float, receiver: asyncio.Task[None]) -> None:
