@@ -140,3 +140,78 @@ def test_realtime_plays_a_file_at_its_native_rate(server: RunningServer, face_vi
     first, last = answered[0], answered[-1]
     assert last["sent_at"] - first["sent_at"] >= (last["frame_index"] - first["frame_index"]) / 10 - 0.02
     assert time.perf_counter() - started >= (FRAMES - 1) / 10
+
+
+def _serve_on(port: int) -> RunningServer:
+    """start_server on a given port (the restart test needs the second server where the first one was)."""
+    import os
+    import threading
+    import time
+
+    import httpx
+
+    from tests.support.server import FAULT_PLUGINS, ROOT, TEST_PIPELINES
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FORGESYTE_STREAM_PIPELINES_DIR": str(TEST_PIPELINES),
+           "FORGESYTE_STREAM_PLUGINS": FAULT_PLUGINS, "FORGESYTE_STREAM_LOG_LEVEL": "info"}
+    process = subprocess.Popen([sys.executable, "-m", "adapters.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = RunningServer(process=process, port=port)
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            server.lines.append(line.rstrip("\n"))
+
+    server._reader = threading.Thread(target=pump, daemon=True)
+    server._reader.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, server.log_text()
+        try:
+            if httpx.get(f"{server.http}/health", timeout=1, trust_env=False).status_code == 200:
+                return server
+        except httpx.TransportError:
+            time.sleep(0.1)
+    server.stop()
+    raise AssertionError(f"no server on :{port} within 60 s:\n{server.log_text()}")
+
+
+def test_a_server_restart_mid_stream_is_ridden_out_with_every_frame_answered(tmp_path: Path) -> None:
+    """SIGTERM (1012) during a file stream, a new server on the same port: the CLI reconnects and finishes."""
+    import time
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(30):
+        (folder / f"{i:03d}.jpg").write_bytes(FACE_JPEG.read_bytes())
+    port = free_port()
+    first = _serve_on(port)
+    second = None
+    jsonl = tmp_path / "out.jsonl"
+    streaming = subprocess.Popen(
+        [sys.executable, "-m", "forgesyte_stream_client.cli", "stream", str(folder), "--url", f"ws://127.0.0.1:{port}",
+         "--pipeline", "slow", "--jsonl", str(jsonl), "--reconnect-attempts", "10", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (not jsonl.exists() or len(jsonl.read_text().splitlines()) < 5):
+            time.sleep(0.05)
+        first.stop()
+        second = _serve_on(port)
+        _, stderr = streaming.communicate(timeout=90)
+    finally:
+        if streaming.poll() is None:
+            streaming.kill()
+        for server in (first, second):
+            if server is not None:
+                server.stop()
+    assert streaming.returncode == 0, stderr
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    frames = [r for r in records if "frame_index" in r]
+    reconnects = [r["reconnect"] for r in records if "reconnect" in r]
+    assert [r["frame_index"] for r in frames] == list(range(30))
+    assert all("result" in r["reply"] for r in frames), [r["reply"] for r in frames if "result" not in r["reply"]]
+    assert reconnects and reconnects[0]["close_code"] == 1012 and reconnects[0]["error"] == "shutting_down"
+    assert frames[0]["connection"] == 0 and frames[-1]["connection"] >= 1  # the end of the file went over the new server

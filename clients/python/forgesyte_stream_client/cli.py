@@ -130,7 +130,8 @@ async def run_stream(args: argparse.Namespace, err: IO[str]) -> int:
     progress = Progress(stats, err, total, not args.quiet)
     jsonl: IO[str] | None = None
     if args.jsonl is not None:
-        jsonl = sys.stdout if str(args.jsonl) == "-" else open(args.jsonl, "w", encoding="utf-8")  # noqa: SIM115
+        # Line-buffered, so that the file can be followed (tail -f) while the stream runs.
+        jsonl = sys.stdout if str(args.jsonl) == "-" else open(args.jsonl, "w", encoding="utf-8", buffering=1)  # noqa: SIM115
     annotator = None
     if args.annotate is not None:
         from forgesyte_stream_client.annotate import Annotator
@@ -143,11 +144,15 @@ async def run_stream(args: argparse.Namespace, err: IO[str]) -> int:
             jsonl.write(json.dumps({"warning": warning.raw, "at": time.time()}) + "\n")
         progress.message(f"slow_down: the server suggests {warning.suggested_fps} frames/s (drop rate {warning.drop_rate:.2f})")
 
-    def on_reconnect(error: StreamError, delay: float) -> None:
+    def on_reconnect(error: ClientError, delay: float) -> None:
         stats.reconnects += 1
+        if isinstance(error, StreamError):
+            reason = {"error": error.code, "close_code": error.close_code, "detail": error.detail}
+        else:
+            reason = {"error": "connect_failed", "detail": str(error)}
         if jsonl is not None:
-            jsonl.write(json.dumps({"reconnect": {"error": error.code, "close_code": error.close_code, "detail": error.detail}, "delay_s": round(delay, 3), "at": time.time()}) + "\n")
-        progress.message(f"{error.code} (close {error.close_code}): reconnecting in {delay:.1f} s")
+            jsonl.write(json.dumps({"reconnect": reason, "delay_s": round(delay, 3), "at": time.time()}) + "\n")
+        progress.message(f"{error}: reconnecting in {delay:.1f} s")
 
     outcomes = stream(
         args.url,

@@ -419,7 +419,7 @@ async def stream(
     api_key: str | None = None,
     reconnect: Reconnect = Reconnect(),
     on_warning: Callable[[SlowDown], None] | None = None,
-    on_reconnect: Callable[[StreamError, float], None] | None = None,
+    on_reconnect: Callable[[ClientError, float], None] | None = None,
     live: bool | None = None,
     prefetch: bool | None = None,
 ) -> AsyncIterator[Outcome]:
@@ -475,7 +475,7 @@ async def _window_outcomes(
     api_key: str | None,
     reconnect: Reconnect,
     on_warning: Callable[[SlowDown], None] | None,
-    on_reconnect: Callable[[StreamError, float], None] | None,
+    on_reconnect: Callable[[ClientError, float], None] | None,
 ) -> AsyncIterator[Outcome]:
     """A file at the rate the server keeps up with: at most `pacing.window` frames unanswered.
 
@@ -486,11 +486,26 @@ async def _window_outcomes(
     attempt = 0
     connection = 0
     resend: list[Frame] = []
+    reconnecting = False
     while True:
         client = AsyncStreamClient(url, pipeline, api_key=api_key, quality=quality or 80)
         in_flight: dict[int, _Sent] = {}
+        # Frames dropped because the server is shutting down: sent again on the next connection when
+        # there is one (a file loses no frame to a restart), else answered with that drop.
+        held: dict[int, tuple[_Sent, Dropped]] = {}
         try:
-            await client.connect()
+            try:
+                await client.connect()
+            except ConnectError as refused:
+                # While the server restarts after a 1012 it refuses connections: that is part of the wait.
+                if not (reconnecting and attempt < reconnect.attempts):
+                    raise
+                delay = reconnect.delay(attempt)
+                attempt += 1
+                if on_reconnect is not None:
+                    on_reconnect(refused, delay)
+                await asyncio.sleep(delay)
+                continue
             source_done = False
             min_interval_s = 0.0
             last_send = 0.0
@@ -520,21 +535,34 @@ async def _window_outcomes(
                         on_warning(reply)
                     continue
                 sent = in_flight.pop(reply.frame_index, None)
-                if sent is not None:
-                    yield Outcome(sent.frame, reply, sent.sent_at, time.perf_counter() - sent.started, connection, reply.frame_index)
+                if sent is None:
+                    continue
+                if isinstance(reply, Dropped) and reply.cause == "shutdown":
+                    held[reply.frame_index] = (sent, reply)
+                    continue
+                yield Outcome(sent.frame, reply, sent.sent_at, time.perf_counter() - sent.started, connection, reply.frame_index)
+            for index, (sent, dropped) in sorted(held.items()):
+                yield Outcome(sent.frame, dropped, sent.sent_at, time.perf_counter() - sent.started, connection, index)
             await client.close()
             return
         except StreamError as error:
             retry = error.close_code in reconnect.close_codes and attempt < reconnect.attempts
-            if retry:
-                # 1012 and 1013 come after every frame the server read was answered: the rest were never read.
-                resend[:0] = [in_flight.pop(index).frame for index in sorted(in_flight)]
             now = time.perf_counter()
+            if retry:
+                # 1012 and 1013 come after every frame the server read was answered: the rest were never
+                # read, and those dropped for the shutdown never ran. All go again, in source order.
+                again = {**{index: sent for index, (sent, _) in held.items()}, **in_flight}
+                resend[:0] = [again[index].frame for index in sorted(again)]
+                in_flight.clear()
+            else:
+                for index, (sent, dropped) in sorted(held.items()):
+                    yield Outcome(sent.frame, dropped, sent.sent_at, now - sent.started, connection, index)
             for index in sorted(in_flight):
                 sent = in_flight[index]
                 yield Outcome(sent.frame, error, sent.sent_at, now - sent.started, connection, index)
             if not retry:
                 raise
+            reconnecting = True
             if client.frames_sent:
                 attempt = 0
             delay = reconnect.delay(attempt)
@@ -556,7 +584,7 @@ async def _paced_outcomes(
     api_key: str | None,
     reconnect: Reconnect,
     on_warning: Callable[[SlowDown], None] | None,
-    on_reconnect: Callable[[StreamError, float], None] | None,
+    on_reconnect: Callable[[ClientError, float], None] | None,
 ) -> AsyncIterator[Outcome]:
     """Live and fixed-rate streams: a sending task on its own clock, and a receiving one."""
     state = _State()
@@ -584,7 +612,7 @@ async def _run_sessions(
     api_key: str | None,
     reconnect: Reconnect,
     on_warning: Callable[[SlowDown], None] | None,
-    on_reconnect: Callable[[StreamError, float], None] | None,
+    on_reconnect: Callable[[ClientError, float], None] | None,
     state: _State,
 ) -> None:
     attempt = 0
@@ -593,11 +621,23 @@ async def _run_sessions(
         return error.close_code in reconnect.close_codes and attempt < reconnect.attempts
 
     state.will_retry = will_retry
+    reconnecting = False
     try:
         while True:
             client = AsyncStreamClient(url, pipeline, api_key=api_key, quality=quality or 80)
             try:
-                await client.connect()
+                try:
+                    await client.connect()
+                except ConnectError as refused:
+                    # While the server restarts after a 1012 it refuses connections: that is part of the wait.
+                    if not (reconnecting and attempt < reconnect.attempts):
+                        raise
+                    delay = reconnect.delay(attempt)
+                    attempt += 1
+                    if on_reconnect is not None:
+                        on_reconnect(refused, delay)
+                    await asyncio.sleep(delay)
+                    continue
                 done = await _one_session(client, feed, pacing, quality, on_warning, state)
                 if done:
                     state.outcomes.put_nowait(None)
@@ -605,6 +645,7 @@ async def _run_sessions(
             except StreamError as error:
                 if not will_retry(error):
                     raise
+                reconnecting = True
                 if client.frames_sent:
                     attempt = 0  # the session ran: a fresh backoff
                 delay = reconnect.delay(attempt)
