@@ -41,9 +41,10 @@ def _reply_json(outcome: Outcome) -> dict[str, Any]:
 
 
 def jsonl_record(outcome: Outcome) -> dict[str, Any]:
-    """One --jsonl line: the source frame's index, when it was sent, its round trip, and the reply."""
+    """One --jsonl line: the source frame's index, when it was read and sent, its round trip, and the reply."""
     return {
         "frame_index": outcome.index,
+        "captured_at": outcome.frame.captured_at,
         "sent_at": outcome.sent_at,
         "latency_ms": None if outcome.latency_s is None else round(outcome.latency_s * 1000, 3),
         "connection": outcome.connection,

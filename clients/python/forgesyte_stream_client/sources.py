@@ -212,8 +212,10 @@ class Realtime(Source):
         self.description = f"{inner.description} at {rate:g} fps"
 
     def frames(self) -> Iterator[Frame]:
-        started = time.perf_counter()
+        started: float | None = None
         for frame in self.inner.frames():
+            if started is None:
+                started = time.perf_counter()  # the clock starts with the first frame, not before its decoding
             delay = started + frame.index / self.fps - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
