@@ -24,7 +24,7 @@ from domain import DEFAULT_MAX_FRAME_PIXELS
 PREFIX = "FORGESYTE_STREAM_"
 # Served without an API key: the health probe, and the page at / with its assets.
 PUBLIC_PATHS: tuple[str, ...] = ("/health", "/")
-PUBLIC_PREFIXES: tuple[str, ...] = ("/static/",)
+PUBLIC_PREFIXES: tuple[str, ...] = ("/client/",)
 _HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
 DEFAULT_PIPELINES_DIR = Path(__file__).resolve().parent / "pipelines"
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
