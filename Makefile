@@ -4,15 +4,25 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := contracts/node/node_modules/.installed
+CHROMIUM := /usr/bin/chromium
+# apt-get needs root; elsewhere sudo asks.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 PIP := $(BIN)/pip --disable-pip-version-check --quiet
 
 .PHONY: setup serve test lint contracts models bench docs-html lock
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -r requirements.lock
 	$(PIP) install --no-deps -e .
+	$(PIP) install --no-deps -e ./clients/python
 	touch $(STAMP)
+
+# The browser page's tests drive Debian's chromium through Playwright (Playwright's own browser
+# download is not used).
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq chromium
 
 $(NODE_STAMP): contracts/node/package-lock.json
 	cd contracts/node && npm ci --no-audit --no-fund --loglevel=error
@@ -26,7 +36,7 @@ serve: $(STAMP)
 # The linters, the project's tests, then the contract suite (contracts/README.md) three ways: against the
 # self-started Litestar server and the alternate websockets adapter, and against a separately
 # started `forgesyte-stream serve` given to it with --target, as another team would run it.
-test: $(STAMP) $(NODE_STAMP)
+test: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
 	$(MAKE) --no-print-directory lint
 	$(BIN)/pytest
 	$(MAKE) --no-print-directory contracts
@@ -40,12 +50,14 @@ contracts: $(STAMP)
 	$(BIN)/pytest contracts
 	$(BIN)/python -m contracts.against_serve
 
-# Regenerate the client's message models (contracts/generated/) after editing asyncapi.yaml.
+# Regenerate the clients' message types after editing asyncapi.yaml: contracts/generated/,
+# clients/python/forgesyte_stream_client/generated/ and clients/web/messages.js.
 models: $(STAMP)
 	$(BIN)/python -m contracts.generate_models
 
 bench: $(STAMP)
 	$(BIN)/python bench/stream_bench.py
+	$(BIN)/python bench/client_bench.py
 
 # HTML documentation of the contract into docs/html/ (fetches @asyncapi/generator and its
 # HTML template from the npm registry on first use, so it is not part of `make test`).

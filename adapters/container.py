@@ -14,11 +14,12 @@ from dependency_injector import containers, providers
 from adapters.access import AccessEvents
 from adapters.image_codec import OpenCvJpegDecoder, OpenCvVideoReader
 from adapters.logging_observer import LoggingStreamObserver
-from adapters.metrics import MetricsExporter, PrometheusObserver, new_registry
+from adapters.metrics import MetricsExporter, PrometheusAnalytics, PrometheusObserver, new_registry
 from adapters.pipeline_catalog import JsonPipelineCatalog
 from adapters.plugins.ocr import OcrPlugin
 from adapters.plugins.opencv_vision import OpenCvVisionPlugin
 from adapters.plugins.probe import ProbePlugin
+from adapters.plugins.tracking import TrackingPlugin
 from adapters.plugins.yolo import YoloPlugin
 from adapters.settings import Settings
 from adapters.thread_executor import ThreadFrameExecutor
@@ -95,6 +96,9 @@ class Container(containers.DeclarativeContainer):
     decoder = providers.Singleton(OpenCvJpegDecoder, max_pixels=settings.provided.max_frame_pixels)
     video_reader = providers.Singleton(OpenCvVideoReader)
     extra_plugins = providers.Singleton(load_extra_plugins, settings.provided.plugins)
+    metrics_registry = providers.Singleton(new_registry)
+    analytics = providers.Singleton(PrometheusAnalytics, registry=metrics_registry)
+    tracking_plugin = providers.Singleton(TrackingPlugin, analytics=analytics)
     plugins = providers.Singleton(
         _plugins_by_id,
         extra_plugins,
@@ -106,8 +110,10 @@ class Container(containers.DeclarativeContainer):
             labels_path=settings.provided.yolo_labels,
             confidence=settings.provided.yolo_confidence,
             iou=settings.provided.yolo_iou,
+            providers=settings.provided.onnx_providers,
         ),
         providers.Singleton(ProbePlugin),
+        tracking_plugin,
     )
     state_store = providers.Singleton(StreamStateStore)
     # A frame waits for decode memory at most as long as the client waits for its answer.
@@ -116,7 +122,6 @@ class Container(containers.DeclarativeContainer):
         capacity_bytes=settings.provided.decode_budget_bytes,
         wait_s=providers.Callable(_frame_timeout_s, settings),
     )
-    metrics_registry = providers.Singleton(new_registry)
     metrics = providers.Singleton(PrometheusObserver, registry=metrics_registry, pipeline_ids=catalog.provided.ids.call())
     metrics_exporter = providers.Singleton(MetricsExporter, registry=metrics_registry)
     pipeline_observer = metrics
@@ -169,9 +174,13 @@ class Container(containers.DeclarativeContainer):
 
 
 def build_container(settings: Settings) -> Container:
-    """A container for these settings; building the pipelines provider validates every pipeline."""
+    """A container for these settings; building the pipelines provider validates every pipeline.
+
+    The tracking nodes' lines and zones are checked too, and their metric series declared.
+    """
     container = Container(settings=settings)
     container.pipelines()
+    container.tracking_plugin().check_pipelines(container.catalog())
     return container
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -19,6 +20,7 @@ from litestar.connection import WebSocket
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, WebSocketDisconnect
 from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.plugins import SwaggerRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.status_codes import (
     HTTP_200_OK,
@@ -301,6 +303,46 @@ async def post_frame(pipeline_id: str, request: Request[Any, Any, Any], single_f
     return FrameResultBody(**reply)
 
 
+# The browser client and the OpenAPI viewer ------------------------------------------
+
+WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"
+OPENAPI_ASSETS_PATH = "/static/openapi"
+
+
+def browser_routes(web_dir: Path = WEB_CLIENT_DIR) -> tuple[list[Any], OpenAPIConfig]:
+    """The page at / with its files under /client/, and an OpenAPI viewer at /schema whose assets are served here too.
+
+    Nothing the page or the viewer loads comes from a CDN, so both work on a
+    machine without internet access. The viewer's Swagger UI bundle is the one
+    shipped in the litestar-offline-docs package.
+    """
+    import litestar_offline_docs
+    from litestar.static_files import create_static_files_router
+
+    index = web_dir / "index.html"
+
+    @get("/", include_in_schema=False, sync_to_thread=False, name="browser_client")
+    def page() -> Response[bytes]:
+        if not index.is_file():
+            return _error_response("not_found", f"the browser client is not installed ({web_dir} is missing)", HTTP_404_NOT_FOUND)  # type: ignore[return-value]
+        return Response(index.read_bytes(), media_type="text/html")
+
+    assets = Path(litestar_offline_docs.__file__).resolve().parent / "static"
+    viewer = SwaggerRenderPlugin(
+        path=["/", "/swagger"],
+        js_url=f"{OPENAPI_ASSETS_PATH}/swagger-ui-bundle.js",
+        css_url=f"{OPENAPI_ASSETS_PATH}/swagger-ui.css",
+        standalone_preset_js_url=f"{OPENAPI_ASSETS_PATH}/swagger-ui-standalone-preset.js",
+        favicon="",
+    )
+    routes = [
+        page,
+        create_static_files_router(path="/client", directories=[web_dir], name="browser_client_files"),
+        create_static_files_router(path=OPENAPI_ASSETS_PATH, directories=[assets], name="openapi_assets"),
+    ]
+    return routes, OpenAPIConfig(title="ForgeSyte Stream", version="0.1.0", path="/schema", render_plugins=[viewer, YamlRenderPlugin()])
+
+
 def create_app(
     *,
     stream_service: StreamService,
@@ -322,8 +364,9 @@ def create_app(
 
         return Provide(provider, sync_to_thread=False)
 
+    page_routes, openapi_config = browser_routes()
     app = Litestar(
-        route_handlers=[health, metrics_route, list_pipelines, get_pipeline, post_frame, video_stream, *(extra_route_handlers or [])],
+        route_handlers=[health, metrics_route, list_pipelines, get_pipeline, post_frame, video_stream, *page_routes, *(extra_route_handlers or [])],
         dependencies={
             "stream_service": provide(stream_service),
             "single_frames": provide(single_frames),
@@ -338,7 +381,7 @@ def create_app(
             Exception: _unexpected_error_handler,
         },
         request_max_body_size=max_body_bytes,
-        openapi_config=OpenAPIConfig(title="ForgeSyte Stream", version="0.1.0", path="/schema"),
+        openapi_config=openapi_config,
         logging_config=None,
         on_shutdown=on_shutdown or [],
         debug=False,

@@ -304,3 +304,54 @@ def shared_metrics_directory() -> Iterator[Path]:
 def worker_exited(pid: int, directory: Path) -> None:
     """Drop an exited worker's sessions from the livesum gauge; its counters stay, as counters must."""
     multiprocess.mark_process_dead(pid, str(directory))
+
+
+class PrometheusAnalytics:
+    """The tracking plugin's AnalyticsSink: line crossings and zone occupancy as Prometheus series.
+
+    Labels are bounded like every other series here: pipeline ids come from the
+    catalogue and line and zone names from the pipeline files' node parameters
+    (checked at start-up, where every series is declared at 0), never from a
+    client. The occupancy gauge is the sum over the pipeline's open streams of
+    the tracked objects in the zone on each stream's latest processed frame; a
+    stream's share is taken off when it ends.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.line_crossings = Counter(
+            "stream_line_crossings",
+            "Tracked objects that crossed a line of a pipeline, by direction (in/out); once per track and direction",
+            ["pipeline_id", "line", "direction"],
+            registry=registry,
+        )
+        self.zone_entries = Counter(
+            "stream_zone_entries",
+            "Distinct tracked objects seen inside a zone of a pipeline; once per track",
+            ["pipeline_id", "zone"],
+            registry=registry,
+        )
+        self.zone_occupancy = Gauge(
+            "stream_zone_occupancy",
+            "Tracked objects inside a zone now, summed over the pipeline's open streams (and live worker processes)",
+            ["pipeline_id", "zone"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+
+    def declare(self, pipeline_id: str, lines: Iterable[str], zones: Iterable[str]) -> None:
+        """Create the series of a pipeline's lines and zones at 0, so that rates see their first increments."""
+        for line in lines:
+            for direction in ("in", "out"):
+                self.line_crossings.labels(pipeline_id, line, direction)
+        for zone in zones:
+            self.zone_entries.labels(pipeline_id, zone)
+            self.zone_occupancy.labels(pipeline_id, zone)
+
+    def line_crossed(self, pipeline_id: str, line: str, direction: str) -> None:
+        self.line_crossings.labels(pipeline_id, line, direction).inc()
+
+    def zone_entered(self, pipeline_id: str, zone: str) -> None:
+        self.zone_entries.labels(pipeline_id, zone).inc()
+
+    def zone_occupancy_changed(self, pipeline_id: str, zone: str, delta: int) -> None:
+        self.zone_occupancy.labels(pipeline_id, zone).inc(delta)

@@ -26,7 +26,7 @@ from domain.sampling import DEFAULT_KEEP_EVERY
 PREFIX = "FORGESYTE_STREAM_"
 # Served without an API key: the health probe, and the page at / with its assets.
 PUBLIC_PATHS: tuple[str, ...] = ("/health", "/")
-PUBLIC_PREFIXES: tuple[str, ...] = ("/static/",)
+PUBLIC_PREFIXES: tuple[str, ...] = ("/client/",)
 _HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
 DEFAULT_PIPELINES_DIR = Path(__file__).resolve().parent / "pipelines"
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -171,6 +171,40 @@ def _plugin_refs(variable: str, raw: str) -> tuple[str, ...]:
     return refs
 
 
+def _onnx_providers(variable: str, raw: str) -> tuple[str, ...]:
+    """ONNX Runtime execution providers, in priority order; each must be available in the installed build.
+
+    Short names (CPU, CUDA, TensorRT) or ONNX Runtime's own (CUDAExecutionProvider)
+    are accepted, in any case. A provider that this onnxruntime build lacks stops
+    start-up: running on the CPU instead of the GPU the operator asked for would
+    be a silent, large slowdown.
+    """
+    import onnxruntime
+
+    known = {name.lower(): name for name in onnxruntime.get_all_providers()}
+    available = onnxruntime.get_available_providers()
+    names = [part.strip() for part in raw.split(",") if part.strip()]
+    if not names:
+        raise SettingsError(f"{variable} is empty; expected comma-separated ONNX Runtime providers, such as CUDA,CPU")
+    providers: list[str] = []
+    for name in names:
+        full = name if name.lower().endswith("executionprovider") else name + "ExecutionProvider"
+        provider = known.get(full.lower())
+        if provider is None:
+            raise SettingsError(
+                f"{variable}: {name!r} is not an ONNX Runtime execution provider; known: {', '.join(sorted(known.values()))}"
+            )
+        if provider not in available:
+            raise SettingsError(
+                f"{variable}: provider {provider} is not available in this onnxruntime build "
+                f"(available: {', '.join(available)}); install the matching onnxruntime package or remove it"
+            )
+        if provider in providers:
+            raise SettingsError(f"{variable} names {provider} twice")
+        providers.append(provider)
+    return tuple(providers)
+
+
 def _text(variable: str, raw: str) -> str:
     if not raw.strip():
         raise SettingsError(f"{variable} is empty; expected a host name or address")
@@ -223,6 +257,13 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("allowed_hosts", (), "Host header names (comma-separated) accepted besides loopback names and the bind address; `*` for any", _list_or_any(_is_host, "a host name or IP address without port")),
     _Spec("tls_cert_file", None, "PEM certificate chain; with TLS_KEY_FILE the server speaks https/wss only", _optional_file),
     _Spec("tls_key_file", None, "PEM private key of TLS_CERT_FILE (unencrypted)", _optional_file),
+    _Spec(
+        "onnx_providers",
+        ("CPUExecutionProvider",),
+        "ONNX Runtime execution providers of the YOLO model, comma-separated in priority order "
+        "(CPU, CUDA, TensorRT, ...); each must be available in the installed onnxruntime",
+        _onnx_providers,
+    ),
     _Spec("log_level", "info", "log level: debug, info, warning, error, critical", _choice(_LOG_LEVELS)),
 )
 
@@ -263,6 +304,7 @@ class Settings:
     allowed_hosts: tuple[str, ...] | None
     tls_cert_file: Path | None
     tls_key_file: Path | None
+    onnx_providers: tuple[str, ...]
     log_level: str
 
     @property
@@ -359,4 +401,6 @@ def _describe_default(default: Any) -> str:
         return "unset"
     if default == DEFAULT_PIPELINES_DIR:
         return "adapters/pipelines (shipped)"
+    if isinstance(default, tuple):
+        return ",".join(default)
     return str(default)

@@ -19,6 +19,7 @@ from application.ports import (
     Plugin,
     Tool,
     max_input_side,
+    reads_image,
     runs_inline,
 )
 from domain import (
@@ -89,7 +90,9 @@ class DecodedBytesBudget:
 class FrameContext:
     """Per-run view of the frame that tools share; the image is decoded lazily, once, at the pipeline's reduction."""
 
-    __slots__ = ("_budget", "_charged", "_decoder", "_image", "_info", "_reduction", "_state", "frame_index", "image_bytes")
+    __slots__ = (
+        "_budget", "_charged", "_decoder", "_image", "_info", "_reduction", "_state", "frame_index", "image_bytes", "pipeline_id"
+    )
 
     def __init__(
         self,
@@ -100,9 +103,12 @@ class FrameContext:
         info: JpegInfo,
         reduction: int = 1,
         budget: DecodeBudget | None = None,
+        *,
+        pipeline_id: str = "",
     ) -> None:
         self.frame_index = frame_index
         self.image_bytes = image_bytes
+        self.pipeline_id = pipeline_id
         self._decoder = decoder
         self._image: Any = _UNDECODED
         self._state = state
@@ -146,15 +152,20 @@ class FrameContext:
 class _NodeContext:
     """A FrameContext narrowed to one node's slice of the stream state."""
 
-    __slots__ = ("_frame", "_state")
+    __slots__ = ("_frame", "_state", "node_id")
 
-    def __init__(self, frame: FrameContext, state: dict[str, Any]) -> None:
+    def __init__(self, frame: FrameContext, state: dict[str, Any], node_id: str = "") -> None:
         self._frame = frame
         self._state = state
+        self.node_id = node_id
 
     @property
     def frame_index(self) -> int:
         return self._frame.frame_index
+
+    @property
+    def pipeline_id(self) -> str:
+        return self._frame.pipeline_id
 
     @property
     def image_bytes(self) -> bytes:
@@ -190,7 +201,8 @@ class StreamStateStore:
     shutdown answered the frame without waiting) is carried out when that run
     returns, never under it; a run that starts after the release (its thread
     was slow to start) gets a throw-away state, so nothing is re-created that
-    no one would release.
+    no one would release. A throw-away state (that run's, or a one-off
+    frame's) is closed when its run ends, as a released stream's is.
     """
 
     def __init__(self) -> None:
@@ -212,7 +224,12 @@ class StreamStateStore:
                 assert stream_id is not None
                 self._leases[stream_id] = self._leases.get(stream_id, 0) + 1
         if state is None:
-            yield {}
+            # A throw-away state ends with its run: what a tool put there is closed like a released stream's.
+            throwaway: dict[str, dict[str, Any]] = {}
+            try:
+                yield throwaway
+            finally:
+                self._close(throwaway)
             return
         assert stream_id is not None
         try:
@@ -305,8 +322,8 @@ class DagPipelineService:
         needed = 0
         for node in definition.nodes:
             tool = self._tools[definition.id][node.id]
-            if runs_inline(tool):
-                continue  # header-only: never asks for the image
+            if runs_inline(tool) or not reads_image(tool):
+                continue  # never asks for the image
             try:
                 side = max_input_side(tool, node.params)
             except ValueError as exc:
@@ -378,7 +395,9 @@ class DagPipelineService:
         info = read_jpeg_info(image_bytes)
         check_frame_pixels(info, self._max_frame_pixels)
         reduction = jpeg_reduction(info, self._input_side[pipeline_id])
-        frame = FrameContext(int(payload["frame_index"]), image_bytes, self._decoder, {}, info, reduction, self._budget)
+        frame = FrameContext(
+            int(payload["frame_index"]), image_bytes, self._decoder, {}, info, reduction, self._budget, pipeline_id=pipeline_id
+        )
         tools = self._tools[pipeline_id]
         outputs: dict[str, Mapping[str, Any]] = {}
         started = time.perf_counter()
@@ -393,7 +412,7 @@ class DagPipelineService:
                 node_started = time.perf_counter()
                 node_failed = True
                 try:
-                    produced = tool(inputs, _NodeContext(frame, stream_state.setdefault(node_id, {})))
+                    produced = tool(inputs, _NodeContext(frame, stream_state.setdefault(node_id, {}), node_id))
                     if not isinstance(produced, Mapping):
                         raise TypeError(f"tool returned {type(produced).__name__}, expected a mapping")
                     node_failed = False

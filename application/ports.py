@@ -41,6 +41,16 @@ class ToolContext(Protocol):
         """The frame was decoded at 1/image_reduction of its size (1, 2, 4 or 8); see Tool.max_input_side."""
         ...
 
+    @property
+    def pipeline_id(self) -> str:
+        """The pipeline being run, from the catalogue: a bounded label for what a tool reports (analytics metrics)."""
+        ...
+
+    @property
+    def node_id(self) -> str:
+        """This node's id in the pipeline graph."""
+        ...
+
     def image(self) -> Any:
         """The decoded image, decoded at most once per pipeline run whichever node asks first.
 
@@ -50,7 +60,11 @@ class ToolContext(Protocol):
         ...
 
     def state(self) -> dict[str, Any]:
-        """Mutable state kept for this node across the frames of one stream (empty for one-off frames)."""
+        """Mutable state kept for this node across the frames of one stream (empty for one-off frames).
+
+        Values with a close() are closed when the stream is released, and at the
+        end of the run for a one-off frame's throw-away state.
+        """
         ...
 
 
@@ -70,6 +84,10 @@ class Tool(Protocol):
     still at least the largest declared side, and such a tool must report
     coordinates in the frame's own pixels (context.frame_size), scaling back by
     context.image_reduction. A tool that declares nothing gets the full frame.
+
+    A tool that never calls context.image() (it works on its predecessors'
+    outputs, in context.frame_size coordinates) sets `reads_image = False`, so
+    that it puts no demand on how far the frame is decoded.
     """
 
     def __call__(self, inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]: ...
@@ -77,6 +95,10 @@ class Tool(Protocol):
 
 def runs_inline(tool: Tool) -> bool:
     return getattr(tool, "runs_inline", False) is True
+
+
+def reads_image(tool: Tool) -> bool:
+    return getattr(tool, "reads_image", True) is not False
 
 
 def max_input_side(tool: Tool, params: Mapping[str, Any]) -> int | None:

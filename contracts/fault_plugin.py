@@ -10,7 +10,8 @@ pipelines in contracts/pipelines/:
 A result, a drop, a slow-down warning, a pipeline_failure and an internal_error
 cannot be provoked from the wire alone against arbitrary pipelines: they need a
 pipeline of known cost, one that fails, and one that breaks the server's own
-handling of a frame. These are those pipelines' tools.
+handling of a frame. These are those pipelines' tools, with a stand-in
+detector whose one object moves predictably, for the tracked results.
 """
 
 from __future__ import annotations
@@ -82,11 +83,22 @@ def _pad(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]:
     return {"pad": "x" * (int(inputs.get("kb", 256)) * 1024), "frame_index": context.frame_index}
 
 
+def _moving_box(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]:
+    """One 20 x 20 detection that moves `step` pixels to the right each frame: what the tracked role tracks and counts.
+
+    Tracking needs an object that moves predictably from frame to frame, which
+    random test frames do not hold; this stands in for the detector.
+    """
+    x = float(inputs.get("step", 6)) * context.frame_index + 10.0
+    box = {"x1": x, "y1": 14.0, "x2": x + 20.0, "y2": 34.0}
+    return {"objects": [{"label": "box", "confidence": 0.9, "box": box}]}
+
+
 class ContractFaultPlugin:
     plugin_id = "contract"
 
     def tools(self) -> Mapping[str, Any]:
-        return {"sleep": _sleep, "fail": _fail, "decode": _decode, "crash": _crash}
+        return {"sleep": _sleep, "fail": _fail, "decode": _decode, "crash": _crash, "moving_box": _moving_box}
 
     def availability(self) -> Availability:
         return Availability(True)

@@ -44,6 +44,7 @@ ROLES: dict[str, str] = {
     "slow": "slow",  # 100 ms per frame
     "failing": "failing",  # pipeline_failure on even frames, results on odd ones
     "crash": "crash",  # internal_error
+    "tracked": "tracked",  # a moving object with a tracker_id, a line and a zone (tracker_id, line_counts, zone_counts)
 }
 
 SELF_STARTED: dict[str, list[str]] = {

@@ -23,7 +23,14 @@ class StubContext:
     """A ToolContext as the engine builds one: lazy decode through the real decoder (at a reduction, if given), and a state dict."""
 
     def __init__(
-        self, image_bytes: bytes, *, frame_index: int = 0, state: dict[str, Any] | None = None, reduction: int = 1
+        self,
+        image_bytes: bytes,
+        *,
+        frame_index: int = 0,
+        state: dict[str, Any] | None = None,
+        reduction: int = 1,
+        pipeline_id: str = "test",
+        node_id: str = "node",
     ) -> None:
         self.frame_index = frame_index
         self.image_bytes = image_bytes
@@ -31,6 +38,8 @@ class StubContext:
         info = read_jpeg_info(image_bytes)
         self.jpeg_info = info
         self.frame_size = (info.width, info.height)
+        self.pipeline_id = pipeline_id
+        self.node_id = node_id
         self._state: dict[str, Any] = {} if state is None else state
         self._image: Any = None
         self.decodes = 0

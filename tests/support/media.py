@@ -47,3 +47,29 @@ def text_image(text: str, width: int = 640, height: int = 200) -> bytes:
     ok, encoded = cv2.imencode(".jpg", canvas)
     assert ok
     return encoded.tobytes()
+
+
+def moving_face_clip(frames: int, *, width: int = 640, height: int = 240, quality: int = 85) -> list[bytes]:
+    """JPEG frames of the astronaut's face moving steadily from the left edge to the right edge of a grey canvas.
+
+    The pasted patch is the 192 x 192 pixels around the face (which the Haar
+    cascade finds as a box of about 100 pixels), so the face is most of what
+    moves. Its centre crosses the frame's vertical centre line exactly once,
+    half-way through the clip.
+    """
+    patch = cv2.imread(str(FACE_JPEG))[_FACE_CROP[1] : _FACE_CROP[1] + _FACE_PATCH, _FACE_CROP[0] : _FACE_CROP[0] + _FACE_PATCH]
+    top = (height - _FACE_PATCH) // 2
+    clip = []
+    for i in range(frames):
+        left = round(i * (width - _FACE_PATCH) / (frames - 1))
+        canvas = np.full((height, width, 3), 64, np.uint8)
+        canvas[top : top + _FACE_PATCH, left : left + _FACE_PATCH] = patch
+        ok, encoded = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        assert ok
+        clip.append(encoded.tobytes())
+    return clip
+
+
+# Top-left corner of the square around the face in face-astronaut.jpg (512 x 512), and its side.
+_FACE_CROP = (129, 19)
+_FACE_PATCH = 192

@@ -250,6 +250,19 @@ def test_context_exposes_frame_index_and_bytes() -> None:
     assert seen == {"frame_index": 7, "image_bytes": PAYLOAD["image_bytes"]}
 
 
+def test_context_names_the_pipeline_and_the_node() -> None:
+    seen: list[tuple[str, str]] = []
+
+    def look(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]:
+        seen.append((context.pipeline_id, context.node_id))
+        return {}
+
+    plugin = FakePlugin("p", {"t": look})
+    pipeline = definition("look", [("a", "p", "t"), ("b", "p", "t")], [("a", "b")], entry=["a"], output=["b"])
+    service([pipeline], [plugin]).run_pipeline("look", PAYLOAD)
+    assert seen == [("look", "a"), ("look", "b")]
+
+
 # Failures -----------------------------------------------------------------------
 
 
@@ -436,6 +449,22 @@ def test_state_is_fresh_for_one_off_frames() -> None:
     assert pipelines.run_pipeline("counter", PAYLOAD, stream_id=None)["count"] == 1
     assert peek(store, None) == {}
     assert store.active_streams() == 0
+
+
+def test_a_one_off_frames_state_is_closed_when_its_run_ends() -> None:
+    """What a tool registers in throw-away state (a gauge share, say) is released like a stream's."""
+    closed: list[Closeable] = []
+
+    def keep(inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]:
+        resource = context.state().setdefault("resource", Closeable())
+        closed.append(resource)
+        assert resource.closed == 0, "not closed under the running tool"
+        return {}
+
+    pipelines = service([definition("keep", [("n", "p", "t")], entry=["n"], output=["n"])], [FakePlugin("p", {"t": keep})])
+    pipelines.run_pipeline("keep", PAYLOAD)
+    pipelines.run_pipeline("keep", PAYLOAD, stream_id="never-opened")
+    assert [r.closed for r in closed] == [1, 1]
 
 
 def test_release_closes_state_values_and_forgets_the_stream() -> None:
