@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.support.media import FACE_JPEG
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 BOX_RGB = (0x00, 0xE6, 0x76)  # the page's box colour, #00e676
@@ -137,23 +137,52 @@ def test_only_available_pipelines_are_offered_and_an_unknown_one_is_named(page: 
     assert "'offline' is unknown or unavailable" in page.inner_text("#status")  # type: ignore[attr-defined]
 
 
-def test_a_key_in_the_query_is_offered_as_the_bearer_subprotocol_and_leaves_the_address_bar(page: object, server: RunningServer) -> None:
-    """The page offers `forgesyte.bearer.KEY`; a server that does not take it (as this one, without access control) is reported."""
-    page.add_init_script(  # type: ignore[attr-defined]
-        """(() => {
-            const Real = window.WebSocket;
-            window.offeredProtocols = [];
-            window.WebSocket = function (url, protocols) { window.offeredProtocols.push(protocols); return new Real(url, protocols); };
-            Object.assign(window.WebSocket, Real);
-            window.WebSocket.prototype = Real.prototype;
-        })();"""
-    )
-    page.goto(f"{server.http}/?pipeline=probe&autostart=1&key=k-123")  # type: ignore[attr-defined]
-    page.wait_for_function("window.offeredProtocols.length > 0")  # type: ignore[attr-defined]
-    assert page.evaluate("window.offeredProtocols") == [["forgesyte.bearer.k-123"]]  # type: ignore[attr-defined]
-    assert "key=" not in page.url  # type: ignore[attr-defined]
-    page.wait_for_function("document.getElementById('status').classList.contains('error')", timeout=15_000)  # type: ignore[attr-defined]
-    assert "closed with 1006" in page.inner_text("#status")  # type: ignore[attr-defined]
+PAGE_KEY = "page-test-key-0123456789"
+_OFFERED_PROTOCOLS = """(() => {
+    const Real = window.WebSocket;
+    window.offeredProtocols = [];
+    window.WebSocket = function (url, protocols) { window.offeredProtocols.push(protocols); return new Real(url, protocols); };
+    Object.assign(window.WebSocket, Real);
+    window.WebSocket.prototype = Real.prototype;
+})();"""
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    keys = tmp_path_factory.mktemp("keys") / "keys"
+    keys.write_text(f"page {PAGE_KEY}\n", encoding="utf-8")
+    running = start_server({"FORGESYTE_STREAM_LOG_LEVEL": "info", "FORGESYTE_STREAM_API_KEYS_FILE": str(keys)})
+    yield running
+    running.stop()
+
+
+def test_a_key_in_the_query_is_offered_as_the_bearer_subprotocol_and_leaves_the_address_bar(
+    browser: object, keyed_server: RunningServer
+) -> None:
+    """On a server that requires keys: the page's files are public, the key lists pipelines and opens the stream."""
+    context = browser.new_context()  # type: ignore[attr-defined]
+    try:
+        page = context.new_page()
+        page.add_init_script(_OFFERED_PROTOCOLS)
+        page.goto(f"{keyed_server.http}/?pipeline=probe&source=camera&autostart=1&key={PAGE_KEY}")
+        page.wait_for_function("window.offeredProtocols.length > 0")
+        assert page.evaluate("window.offeredProtocols") == [[f"forgesyte.bearer.{PAGE_KEY}"]]
+        assert "key=" not in page.url
+        page.wait_for_function("Number(document.getElementById('answered').dataset.value) >= 3", timeout=30_000)
+        assert "error" not in (page.get_attribute("#status", "class") or "")
+    finally:
+        context.close()
+
+
+def test_a_wrong_key_is_reported_as_refused(browser: object, keyed_server: RunningServer) -> None:
+    context = browser.new_context()  # type: ignore[attr-defined]
+    try:
+        page = context.new_page()
+        page.goto(f"{keyed_server.http}/?pipeline=probe&source=camera&autostart=1&key=not-the-key-0123456789")
+        page.wait_for_function("document.getElementById('status').classList.contains('error')", timeout=15_000)
+        assert "401" in page.inner_text("#status")
+    finally:
+        context.close()
 
 
 def test_the_openapi_viewer_renders_without_any_request_off_the_server(page: object, server: RunningServer) -> None:
