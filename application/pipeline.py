@@ -312,6 +312,11 @@ class DagPipelineService:
             pipeline_id: all(runs_inline(tool) for tool in tools.values()) for pipeline_id, tools in self._tools.items()
         }
         self._input_side = {pipeline_id: self._pipeline_input_side(catalog.get(pipeline_id)) for pipeline_id in catalog.ids()}
+        # Each pipeline's plugins, once each, for the availability check every run makes.
+        self._plugins_of = {
+            pipeline_id: [self._plugins[plugin_id] for plugin_id in dict.fromkeys(node.plugin_id for node in catalog.get(pipeline_id).nodes)]
+            for pipeline_id in catalog.ids()
+        }
 
     def input_side(self, pipeline_id: str) -> int | None:
         """The longest image side this pipeline's tools work on; None when some tool needs the full frame."""
@@ -381,9 +386,11 @@ class DagPipelineService:
 
     def run_pipeline(self, pipeline_id: str, payload: Mapping[str, Any], *, stream_id: str | None = None) -> dict[str, Any]:
         definition = self.definition(pipeline_id)
-        status = self.availability(pipeline_id)
-        if not status.available:
-            raise PipelineUnavailableError(pipeline_id, status.reason or "unavailable")
+        # A plugin can become unavailable mid-stream; the reasons are gathered only then.
+        if not all(plugin.availability().available for plugin in self._plugins_of.get(pipeline_id, ())):
+            status = self.availability(pipeline_id)
+            if not status.available:
+                raise PipelineUnavailableError(pipeline_id, status.reason or "unavailable")
         with self._state_store.lease(stream_id) as stream_state:
             return self._run_nodes(definition, payload, stream_state)
 
