@@ -1,19 +1,19 @@
 """A raw MJPEG file (JPEG images one after another, as `ffmpeg -f mjpeg` writes it) split into its JPEGs.
 
 Why not PyAV's demuxer for these files: its parser walks every byte holding
-the GIL, about 35-40 us for a 50 KB frame, which is a third of what the whole
-client may spend on a frame when it shares two cores with the server. Here
-numpy finds every marker of a whole chunk of the file in one pass, and Python
-walks only the markers, about ten a frame.
+the GIL, about 40 us for a 50 KB frame, a third of what the whole client may
+spend on a frame when it shares two cores with the server. Here numpy finds
+the marker candidates of a window of the file in one pass (the GIL released),
+and Python walks only the markers, about ten a frame.
 
 A search for the end-of-image bytes FF D9 alone would be wrong: they may
 appear inside a frame's own segments (an EXIF thumbnail in APP1 is a whole
 JPEG, a comment may hold anything). The split follows the JPEG syntax
 instead: marker segments are skipped by their length, and an entropy-coded
-scan ends at its first byte pair FF xx that is not a stuffed FF 00, a restart
-marker FF D0-D7 or a fill byte, which the format guarantees cannot occur
-inside it. Progressive and multi-scan frames (several SOS segments) and
-restart intervals are handled.
+scan ends at its first byte pair FF xx other than a stuffed FF 00, a restart
+marker FF D0-D7 or a fill byte (the format allows no other inside a scan).
+Progressive and multi-scan frames (several SOS segments) and restart
+intervals are handled.
 """
 
 from __future__ import annotations

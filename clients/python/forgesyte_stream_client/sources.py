@@ -136,12 +136,12 @@ class VideoFile(Source):
         # A raw MJPEG file (JPEGs one after another, no container) is split by jpeg_stream, at a fraction of the
         # demuxer's cost; MJPEG in a container (AVI, MOV, MKV) goes through PyAV.
         self._raw_jpegs = self._passthrough and self._container.format.name in RAW_JPEG_FORMATS and path.is_file() and path.stat().st_size > 0
-        if self._raw_jpegs:
-            self._container.close()
         # Decoding costs; so does splitting a raw MJPEG file (numpy releases the GIL for most of it): both read ahead
         # in a thread, which overlaps them with the network and the server's work.
         self.prefetch = not self._passthrough or self._raw_jpegs
         self.length = self._stream.frames or None
+        if self._raw_jpegs:
+            self._container.close()
 
     def frames(self) -> Iterator[Frame]:
         import av
