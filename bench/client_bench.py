@@ -9,18 +9,17 @@ run, rounds interleaved (raw, CLI, raw, CLI, ...):
 - raw: stream_bench.py's ping-pong client (one frame, wait for its reply,
   repeat) on a bare `websockets` connection, the frame held in memory;
 - CLI: `forgesyte-stream-client stream FILE --pipeline probe --quiet`, FILE
-  an MJPEG made of the same frame repeated, read from disk and sent as it is
-  (JPEG passthrough) under the CLI's default file pacing (two frames in
-  flight), each reply parsed into a typed result and counted. The CLI's
+  an MJPEG made of the same frame repeated, read from disk (split into its
+  JPEGs by a reading thread) and sent as it is (JPEG passthrough) under the
+  CLI's default file pacing (two frames in flight), each reply parsed into a
+  typed result and counted. The CLI's
   main() runs in this process, so that many short interleaved rounds fit in
   a minute (a shared machine's load changes by the second); --process runs
   it as its own process instead, as a user does.
 
-A third client shows where the difference goes: the raw ping-pong client
-again, but reading each frame from the same file with PyAV, as the CLI does
-(a frame fresh from the file is cold in the CPU caches; the raw client's one
-in-memory frame stays hot, so even the kernel's copy into the socket costs it
-less).
+A third client shows what reading the file costs: the raw ping-pong client
+again, but reading each frame from the same file with PyAV's demuxer (about
+40 us a frame, holding the GIL; the CLI splits raw MJPEG itself, for less).
 
 The CLI's figure is the one it prints itself: frames answered from its first
 send to its last reply (process start-up, about a second of imports, is

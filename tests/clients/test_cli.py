@@ -89,6 +89,20 @@ def test_a_folder_of_jpegs_is_sent_as_it_is(server: RunningServer, tmp_path: Pat
     assert [r["result"]["bytes"] for r in replies] == [FACE_JPEG.stat().st_size] * 3
 
 
+def test_a_raw_mjpeg_file_sends_each_of_its_jpegs_as_it_is(server: RunningServer, tmp_path: Path) -> None:
+    """The frames of an MJPEG file reach the server byte for byte: `probe` reports each one's size."""
+    image = cv2.imread(str(FACE_JPEG))
+    jpegs = [cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes() for quality in (30, 60, 90, 45, 75)]
+    video = tmp_path / "clip.mjpeg"
+    video.write_bytes(b"".join(jpegs))
+    done = cli("stream", str(video), "--url", f"ws://127.0.0.1:{server.port}", "--pipeline", "probe", "--jsonl", "-", "--quiet")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["frame_index"] for line in lines] == list(range(len(jpegs)))
+    assert [line["reply"]["result"]["bytes"] for line in lines] == [len(jpeg) for jpeg in jpegs]
+    assert f"{len(jpegs)} frames: {len(jpegs)} results, 0 dropped" in done.stderr
+
+
 def test_pipeline_failures_complete_the_stream_with_exit_status_3(server: RunningServer, tmp_path: Path) -> None:
     done = cli("stream", str(FACE_JPEG), "--url", f"ws://127.0.0.1:{server.port}", "--pipeline", "failing", "--quiet")
     assert done.returncode == 3, done.stderr

@@ -243,6 +243,10 @@ def test_the_contracts_result_examples_read_as_typed_views() -> None:
     motion = parse_message(examples["motion"])
     assert [d.area for d in motion.detections] == [7840]
     assert parse_message(examples["empty"]).detections == []
+    counted = parse_message({"frame_index": 4, "result": {"line_counts": {"door": {"in": 2, "out": 1}}}})
+    assert counted.payload.result.line_counts["door"].in_ == 2
+    plain = parse_message({"frame_index": 5, "result": {"width": 8, "height": 6, "bytes": 99}})
+    assert plain.payload.frame_index == 5 and plain.frame_info is not None and plain.frame_info.bytes == 99
     qr = parse_message({"frame_index": 0, "result": {"qr_codes": [{"label": "qr", "confidence": 1.0, "box": {"x1": 1, "y1": 1, "x2": 9, "y2": 9}, "text": "hello"}]}})
     assert qr.qr_payloads == ["hello"] and qr.text_lines == [] and qr.frame_info is None
 
@@ -253,6 +257,13 @@ def test_a_message_outside_the_contract_is_a_protocol_error() -> None:
 
     with pytest.raises(ProtocolError):
         parse_message({"frame_index": -1, "result": {}})
+    for index in (None, -3, 1.5):
+        with pytest.raises(ProtocolError):
+            parse_message({"frame_index": index, "result": {}})
+    with pytest.raises(ProtocolError):
+        parse_message({"frame_index": 0, "result": []})
+    with pytest.raises(ProtocolError):  # the keys the contract types are checked, even on the fast path for results
+        parse_message({"frame_index": 0, "result": {"line_counts": {"door": {"in": -1, "out": 0}}}})
     with pytest.raises(ProtocolError):
         parse_message({"frame_index": 1, "dropped": True, "cause": "tired"})
     with pytest.raises(ProtocolError):

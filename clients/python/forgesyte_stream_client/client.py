@@ -10,6 +10,7 @@ says, exactly one outcome per source frame, and reconnecting on 1012/1013.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import queue
 import random
@@ -280,11 +281,15 @@ class _Feed:
 
     live: a thread reads the source and keeps only the newest frame; frames
     overwritten before they were taken are reported as skipped. prefetch: a
-    thread reads (decodes, encodes) ahead into a small queue, so that costly
-    frames overlap the network. inline: frames that cost nothing to read
-    (JPEG passthrough, frames already in memory) are taken on the event loop,
-    which avoids a thread hand-off, and the GIL convoy it brings, per frame.
+    thread reads (decodes, encodes, splits a file) ahead, so that reading
+    overlaps the network and the server's work. Its frames are handed over in
+    batches (one as soon as the sender waits, else up to _BATCH at a time):
+    a hand-off per frame would wake the reader, and contend for the GIL, once
+    per frame. inline: frames that cost nothing to read (frames already in
+    memory) are taken on the event loop.
     """
+
+    _BATCH = 16
 
     _END = object()
 
@@ -293,7 +298,8 @@ class _Feed:
         self._quality = quality
         self._loop = loop
         self._iterator = iter(frames)
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=8)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=4)  # batches
+        self._taken: collections.deque[Frame] = collections.deque()  # the current batch
         self._latest: Frame | None = None
         self._skipped: list[Frame] = []
         self._ended = False
@@ -314,6 +320,7 @@ class _Feed:
         return frame
 
     def _run(self) -> None:
+        batch: list[Frame] = []
         try:
             for frame in self._iterator:
                 if self._stop.is_set():
@@ -325,8 +332,12 @@ class _Feed:
                         self._latest = frame
                     self._loop.call_soon_threadsafe(self._ready.set)
                 else:
-                    self._prepare(frame)  # encode here, off the event loop
-                    self._put(frame)
+                    if self._needs_encoding(frame):
+                        self._prepare(frame)  # encode here, off the event loop
+                    batch.append(frame)
+                    if len(batch) >= self._BATCH or self._queue.empty():
+                        self._put(batch)
+                        batch = []
         except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
             self._error = error
         finally:
@@ -334,6 +345,8 @@ class _Feed:
             if self._live:
                 self._loop.call_soon_threadsafe(self._ready.set)
             else:
+                if batch:
+                    self._put(batch)
                 self._put(self._END)
 
     def _put(self, item: Any) -> None:
@@ -360,14 +373,18 @@ class _Feed:
             if frame is not None and self._needs_encoding(frame):
                 frame = await asyncio.to_thread(self._prepare, frame)
             return frame
+        if self._taken:
+            return self._taken.popleft()
         try:
             item = self._queue.get_nowait()
         except queue.Empty:
             item = await asyncio.to_thread(self._queue.get)
         if item is self._END:
+            self._queue.put_nowait(self._END)  # the end stays the answer to every later call
             self._raise_error()
             return None
-        return item
+        self._taken.extend(item)
+        return self._taken.popleft()
 
     async def _next_live(self) -> Frame | None:
         while True:
@@ -448,6 +465,10 @@ async def stream(
     next_index = 0
     try:
         async for item in outcomes:
+            if item.index == next_index and not reorder:  # the usual case: in order, nothing held
+                next_index += 1
+                yield item
+                continue
             reorder[item.index] = item
             while next_index in reorder:
                 yield reorder.pop(next_index)
