@@ -18,13 +18,21 @@ model, and what the server does against the document's rules (the declared
 close code after an error, one reply per frame, nothing after a closing error)
 raises ContractViolation. An optional observer sees all traffic; the suite
 uses one to prove it reached every declared message.
+
+The same client is the project's test kit (tests/ and contracts/ share it): next
+to the typed view above it offers a dict view, `recv` / `recv_until_closed` /
+`recv_replies`, for tests that assert on the wire shape itself. The dict view
+runs the same checks (schema, one reply per frame, nothing after a closing
+error, the declared close code) and records what arrived in `received`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, RootModel
@@ -44,6 +52,7 @@ __all__ = [
     "InvalidMessage",
     "InvalidPipeline",
     "PipelineFailure",
+    "Received",
     "Reply",
     "ServerBusy",
     "ServerError",
@@ -52,6 +61,7 @@ __all__ = [
     "StreamClosed",
     "TrafficObserver",
     "error_classes",
+    "kind_of",
     "message_models",
     "parse_message",
     "raise_for_failure",
@@ -168,6 +178,36 @@ class StreamClosed(Exception):
         super().__init__(f"the stream is closed (close code {close_code}); read it to get the server's error")
 
 
+@dataclass
+class Received:
+    """What the dict view read, in arrival order, and the close that ended it."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    close_code: int | None = None
+    close_reason: str | None = None
+
+    def replies(self) -> dict[int, list[dict[str, Any]]]:
+        by_index: dict[int, list[dict[str, Any]]] = {}
+        for message in self.messages:
+            if "frame_index" in message:
+                by_index.setdefault(message["frame_index"], []).append(message)
+        return by_index
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if kind_of(m) == kind]
+
+
+def kind_of(message: Mapping[str, Any]) -> str:
+    """result, dropped, warning or error: the kind of a server message already checked against the contract."""
+    if "result" in message:
+        return "result"
+    if message.get("dropped") is True:
+        return "dropped"
+    if "warning" in message:
+        return "warning"
+    return "error"
+
+
 class TrafficObserver(Protocol):
     def received(self, name: str, message: Mapping[str, Any]) -> None: ...
 
@@ -244,6 +284,7 @@ class StreamClient:
         # The code of an error that ends the session, from its arrival on (the close follows).
         self.ending: str | None = None
         self._finished = False
+        self.received = Received()
 
     @classmethod
     async def connect(
@@ -300,6 +341,18 @@ class StreamClient:
             raise StreamClosed(self.connection.close_code) from None
         return index
 
+    async def send_paced(self, data: bytes | Sequence[bytes], count: int, interval_s: float) -> None:
+        """Send `count` frames on an absolute schedule, so the rate holds even when the loop is busy.
+
+        `data` is one frame sent `count` times, or a clip whose i-th frame is sent i-th.
+        """
+        start = time.monotonic()
+        for i in range(count):
+            delay = start + i * interval_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self.send_raw(data if isinstance(data, bytes) else data[i])
+
     async def close(self, code: int = 1000) -> None:
         already = self._finished
         self._finished = True
@@ -342,6 +395,68 @@ class StreamClient:
     async def receive(self) -> Reply:
         """The next reply, like `async for`; StopAsyncIteration after a normal close."""
         return await self.__anext__()
+
+    # Receiving as dicts ------------------------------------------------------------
+
+    async def recv(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The next server message as the decoded JSON, checked like the typed view; recorded in `received`.
+
+        Raises websockets' ConnectionClosed once the server has closed, after
+        checking the close against the document (the declared code after a
+        closing error).
+        """
+        try:
+            raw = await asyncio.wait_for(self.connection.recv(), timeout)
+        except ConnectionClosed:
+            self._closed_under_dict_view()
+            raise
+        if self.ending is not None:
+            raise ContractViolation(f"the server sent {raw!r} after {self.ending}, which must be its last message")
+        name, payload = self._parse(raw)
+        model = parse_message(self._models[name], payload)
+        error_code = getattr(model, "error", None)
+        if isinstance(error_code, str) and error_code in self._closing_codes:
+            self.ending = error_code
+        self._track_reply(name, model)
+        self.received.messages.append(payload)
+        return payload  # type: ignore[no-any-return]
+
+    def _closed_under_dict_view(self) -> None:
+        close_code, reason = self.connection.close_code, self.connection.close_reason
+        self.received.close_code, self.received.close_reason = close_code, reason
+        if self._finished:  # closed by this client: the code is not the server's choice
+            return
+        self._finished = True
+        if self.observer is not None:
+            self.observer.closed(close_code, self.ending)
+        if self.ending is not None and close_code != self._closing_codes[self.ending]:
+            raise ContractViolation(
+                f"{self.ending} must be followed by close {self._closing_codes[self.ending]}, "
+                f"the server closed with {close_code}"
+            )
+
+    async def recv_until_closed(self, timeout: float = 15.0) -> Received:
+        """Read every message until the server closes; fail if it does not close in time."""
+
+        async def drain() -> None:
+            try:
+                while True:
+                    await self.recv(timeout)
+            except ConnectionClosed:
+                return
+
+        await asyncio.wait_for(drain(), timeout)
+        return self.received
+
+    async def recv_replies(self, indices: set[int], timeout: float = 20.0) -> Received:
+        """Read until every frame index in `indices` has a reply."""
+
+        async def drain() -> None:
+            while not indices <= set(self.received.replies()):
+                await self.recv(timeout)
+
+        await asyncio.wait_for(drain(), timeout)
+        return self.received
 
     def _parse(self, raw: str | bytes) -> tuple[str, Any]:
         if isinstance(raw, bytes):

@@ -30,7 +30,7 @@ from websockets.exceptions import InvalidStatus
 
 from application.access import AccessPolicy, KeyFileError, parse_api_keys
 from tests.observability.support import Scrape, records, wait_for_records
-from tests.support.client import StreamClient
+from contracts.client import StreamClient
 from tests.support.media import jpeg
 from tests.support.server import ROOT, RunningServer, start_server
 
@@ -309,7 +309,7 @@ def test_unauthorized_streams_get_close_3000_and_never_take_a_slot(keyed_server:
         attempts += [_refused_stream(keyed_server, additional_headers=bearer(WRONG_KEY)) for _ in range(10)]
         attempts += [_refused_stream(keyed_server, subprotocols=[f"forgesyte.bearer.{WRONG_KEY}"]) for _ in range(10)]
         refused = await asyncio.gather(*attempts)
-        client = await StreamClient.open(keyed_server.ws("probe"))  # no key: one more, read through the contract checker
+        client = await StreamClient.connect(keyed_server.ws("probe"))  # no key: one more, read through the contract checker
         await client.recv_until_closed()
         async with connect(keyed_server.ws("probe"), proxy=None, additional_headers=bearer(ALICE_KEY)) as connection:
             await connection.send(FRAME)

@@ -30,7 +30,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support.client import StreamClient
+from contracts.client import StreamClient
 from tests.support.media import FACE_JPEG, jpeg_header
 from tests.support.server import ROOT, RunningServer, start_server
 
@@ -122,8 +122,8 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]
 
 
 async def _one_frame(url: str, frame: bytes, timeout: float = 60.0) -> StreamClient:
-    client = await StreamClient.open(url)
-    await client.send(frame)
+    client = await StreamClient.connect(url)
+    await client.send_raw(frame)
     await client.recv_replies({0}, timeout=timeout)
     return client
 
@@ -134,8 +134,8 @@ def test_a_frame_declaring_8000x5000_is_refused_from_its_header_by_every_pipelin
 
     async def attack() -> list[tuple[str, dict, int | None]]:
         async def one(pipeline_id: str) -> tuple[str, dict, int | None]:
-            client = await StreamClient.open(shipped.ws(pipeline_id))
-            await client.send(_bomb())
+            client = await StreamClient.connect(shipped.ws(pipeline_id))
+            await client.send_raw(_bomb())
             received = await client.recv_until_closed()
             return pipeline_id, received.messages[0], received.close_code
 
@@ -159,7 +159,7 @@ def test_probe_enforces_the_pixel_limit_over_websocket_and_http(shipped: Running
 
     async def scenario() -> tuple[dict, dict, int | None]:
         client = await _one_frame(shipped.ws("probe"), at_limit)
-        await client.send(over)
+        await client.send_raw(over)
         received = await client.recv_until_closed()
         return received.messages[0], received.messages[1], received.close_code
 
@@ -182,9 +182,9 @@ def test_idle_motion_sessions_hold_a_model_of_their_working_size_not_of_the_fram
 
     async def attack() -> list[StreamClient]:
         async def one() -> StreamClient:
-            client = await StreamClient.open(shipped.ws("motion"))
-            await client.send(_uhd())
-            await client.send(_uhd(shift=300))
+            client = await StreamClient.connect(shipped.ws("motion"))
+            await client.send_raw(_uhd())
+            await client.send_raw(_uhd(shift=300))
             await client.recv_replies({0, 1}, timeout=60)
             return client
 
@@ -245,9 +245,9 @@ def test_a_frame_of_a_million_comment_segments_is_refused_after_a_bounded_walk(s
     assert len(flood) <= 5 * MiB
 
     async def scenario() -> tuple[dict, int | None, float]:
-        client = await StreamClient.open(shipped.ws("probe"))
+        client = await StreamClient.connect(shipped.ws("probe"))
         started = time.monotonic()
-        await client.send(flood)
+        await client.send_raw(flood)
         message = await client.recv(timeout=10)
         answered = time.monotonic() - started
         received = await client.recv_until_closed()
@@ -308,8 +308,8 @@ def test_the_decode_budget_bounds_decoded_frames_in_flight_across_sessions(tmp_p
         frame = _strip(1000, 1000)
 
         async def scenario() -> list[dict]:
-            clients = await asyncio.gather(*(StreamClient.open(server.ws("hold")) for _ in range(4)))
-            await asyncio.gather(*(client.send(frame) for client in clients))
+            clients = await asyncio.gather(*(StreamClient.connect(server.ws("hold")) for _ in range(4)))
+            await asyncio.gather(*(client.send_raw(frame) for client in clients))
             await asyncio.gather(*(client.recv_replies({0}, timeout=30) for client in clients))
             replies = [client.received.replies()[0][0] for client in clients]
             for client in clients:

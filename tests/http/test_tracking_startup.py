@@ -13,7 +13,7 @@ import numpy as np
 
 from tests.http.test_cli import SHIPPED_PIPELINES, assert_refused, serve
 from tests.plugins.test_yolo import _build_model
-from tests.support.client import StreamClient
+from contracts.client import StreamClient
 from tests.support.media import jpeg
 from tests.support.server import start_server
 
@@ -65,10 +65,10 @@ def test_yolo_counting_tracks_counts_the_zone_and_releases_its_occupancy(tmp_pat
         return float(match.group(1))
 
     async def scenario() -> list[dict]:
-        client = await StreamClient.open(server.ws("yolo_counting"))
+        client = await StreamClient.connect(server.ws("yolo_counting"))
         results = []
         for _ in range(3):
-            await client.send(frame)
+            await client.send_raw(frame)
             results.append((await client.recv())["result"])
         assert occupancy() == 2.0, "while the stream is open its objects in the zone are on the gauge"
         await client.close()

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.client import Received, StreamClient
+from contracts.client import Received, StreamClient
 from tests.support.media import jpeg
 from tests.support.server import RunningServer
 
@@ -115,9 +115,9 @@ def run(coroutine: Any) -> Any:
 
 async def stream_in_lockstep(server: RunningServer, pipeline_id: str, frames: int) -> tuple[Received, str]:
     """Send each frame once the previous one was answered, so nothing is dropped; return what came and the client address."""
-    client = await StreamClient.open(server.ws(pipeline_id))
+    client = await StreamClient.connect(server.ws(pipeline_id))
     for _ in range(frames):
-        await client.send(FRAME)
+        await client.send_raw(FRAME)
         await client.recv()
     address = client_address(client)
     await client.close()
@@ -126,7 +126,7 @@ async def stream_in_lockstep(server: RunningServer, pipeline_id: str, frames: in
 
 async def overload(server: RunningServer, pipeline_id: str, frames: int, interval_s: float) -> tuple[Received, str]:
     """Send on an absolute schedule faster than the pipeline, read every reply, then close."""
-    client = await StreamClient.open(server.ws(pipeline_id))
+    client = await StreamClient.connect(server.ws(pipeline_id))
     receiver = asyncio.create_task(client.recv_replies(set(range(frames)), timeout=60))
     await client.send_paced(FRAME, frames, interval_s)
     received = await receiver

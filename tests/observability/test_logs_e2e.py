@@ -20,7 +20,7 @@ from tests.observability.support import (
     stream_in_lockstep,
     wait_for_records,
 )
-from tests.support.client import StreamClient
+from contracts.client import StreamClient
 from contracts.fault_plugin import SECRET
 from tests.support.server import RunningServer, start_server
 
@@ -120,7 +120,7 @@ def test_a_pipeline_error_is_logged_with_node_plugin_tool_and_traceback_but_not_
 
 def test_a_rejected_connection_is_logged_with_its_reason(server: RunningServer) -> None:
     async def scenario() -> None:
-        client = await StreamClient.open(server.ws("no-such-pipeline-51c2"))
+        client = await StreamClient.connect(server.ws("no-such-pipeline-51c2"))
         await client.recv_until_closed()
 
     run(scenario())
@@ -136,9 +136,9 @@ def test_every_stdout_line_of_a_server_is_json_from_start_up_to_exit() -> None:
         async def scenario() -> None:
             await stream_in_lockstep(running, "failing", 3)
             await overload(running, "slow", 12, 0.02)
-            client = await StreamClient.open(running.ws("nope"))
+            client = await StreamClient.connect(running.ws("nope"))
             await client.recv_until_closed()
-            open_at_shutdown = await StreamClient.open(running.ws("probe"))
+            open_at_shutdown = await StreamClient.connect(running.ws("probe"))
             await asyncio.sleep(0.05)
             running.process.send_signal(signal.SIGTERM)
             await open_at_shutdown.recv_until_closed()
@@ -168,8 +168,8 @@ def test_the_standard_library_event_loop_can_be_chosen_and_serves_the_stream() -
         assert record["loop"].startswith("asyncio."), record
 
         async def one_frame() -> dict[str, Any]:
-            client = await StreamClient.open(running.ws("probe"))
-            await client.send(FRAME)
+            client = await StreamClient.connect(running.ws("probe"))
+            await client.send_raw(FRAME)
             reply = await client.recv()
             await client.close()
             return reply

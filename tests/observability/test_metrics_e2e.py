@@ -22,7 +22,7 @@ from tests.observability.support import (
     settled,
     stream_in_lockstep,
 )
-from tests.support.client import StreamClient, kind_of
+from contracts.client import StreamClient, kind_of
 from tests.support.server import RunningServer, start_server
 
 
@@ -103,8 +103,8 @@ def test_a_frame_timeout_is_a_failed_frame_and_an_error_sent(server: RunningServ
 
 def test_an_error_that_closes_the_session_is_counted_with_its_close_reason(server: RunningServer) -> None:
     async def scenario() -> list[str]:
-        client = await StreamClient.open(server.ws("probe"))
-        await client.send("not a frame")
+        client = await StreamClient.connect(server.ws("probe"))
+        await client.send_raw("not a frame")
         received = await client.recv_until_closed()
         return [m["error"] for m in received.of_kind("error")]
 
@@ -117,7 +117,7 @@ def test_an_error_that_closes_the_session_is_counted_with_its_close_reason(serve
 
 def test_an_unknown_pipeline_is_a_rejection_and_never_becomes_a_label(server: RunningServer) -> None:
     async def scenario() -> list[str]:
-        client = await StreamClient.open(server.ws("no-such-pipeline-7f3a"))
+        client = await StreamClient.connect(server.ws("no-such-pipeline-7f3a"))
         received = await client.recv_until_closed()
         return [m["error"] for m in received.of_kind("error")]
 
@@ -133,9 +133,9 @@ def test_an_unknown_pipeline_is_a_rejection_and_never_becomes_a_label(server: Ru
 def test_the_gauge_counts_open_sessions_and_returns_to_zero_after_clean_and_abrupt_disconnects(server: RunningServer) -> None:
     async def scenario() -> tuple[float, float, float]:
         settled(server)
-        clients = [await StreamClient.open(server.ws(pipeline)) for pipeline in ("probe", "probe", "fast")]
+        clients = [await StreamClient.connect(server.ws(pipeline)) for pipeline in ("probe", "probe", "fast")]
         for client in clients:
-            await client.send(FRAME)
+            await client.send_raw(FRAME)
             await client.recv()
         during = scrape(server)
         await clients[0].close()
@@ -177,13 +177,13 @@ def test_server_busy_rejections_are_counted_and_do_not_touch_the_gauge() -> None
     busy = start_server({"FORGESYTE_STREAM_LOG_LEVEL": "info", "FORGESYTE_STREAM_MAX_SESSIONS": "2"})
     try:
         async def scenario() -> tuple[list[str], float]:
-            first = await StreamClient.open(busy.ws("probe"))
-            second = await StreamClient.open(busy.ws("probe"))
+            first = await StreamClient.connect(busy.ws("probe"))
+            second = await StreamClient.connect(busy.ws("probe"))
             for client in (first, second):
-                await client.send(FRAME)
+                await client.send_raw(FRAME)
                 await client.recv()
-            refused = [m["error"] for m in (await (await StreamClient.open(busy.ws("probe"))).recv_until_closed()).messages]
-            again = [m["error"] for m in (await (await StreamClient.open(busy.ws("fast"))).recv_until_closed()).messages]
+            refused = [m["error"] for m in (await (await StreamClient.connect(busy.ws("probe"))).recv_until_closed()).messages]
+            again = [m["error"] for m in (await (await StreamClient.connect(busy.ws("fast"))).recv_until_closed()).messages]
             during = scrape(busy).total("stream_sessions_active")
             await first.close()
             await second.close()

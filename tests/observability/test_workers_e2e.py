@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.observability.support import FRAME, delta, records, run, scrape, settled, wait_for_records
-from tests.support.client import StreamClient
+from contracts.client import StreamClient
 from tests.support.server import RunningServer, start_server
 
 
@@ -55,13 +55,13 @@ async def open_sessions(server: RunningServer, count: int, frames: int, *, on: i
     for _ in range(200):
         if len(placed.clients) == target:
             break
-        client = await StreamClient.open(server.ws("probe"))
+        client = await StreamClient.connect(server.ws("probe"))
         if await landed_on(server, client) != on:
             await client.close()
             placed.discarded += 1
             continue
         for _ in range(frames):
-            await client.send(FRAME)
+            await client.send_raw(FRAME)
             await client.recv()
         placed.clients.append(client)
     assert len(placed.clients) == target, f"no connection landed on worker {on} in 200 tries"

@@ -8,7 +8,7 @@ import asyncio
 import json
 import signal
 
-from tests.support.client import StreamClient, kind_of
+from contracts.client import StreamClient, kind_of
 from tests.support.media import jpeg
 from tests.support.server import RunningServer, start_server
 
@@ -20,7 +20,7 @@ def run(coroutine):
 
 
 async def overload(server: RunningServer, pipeline: str, frames: int, interval_s: float):
-    client = await StreamClient.open(server.ws(pipeline))
+    client = await StreamClient.connect(server.ws(pipeline))
     receiver = asyncio.create_task(client.recv_replies(set(range(frames)), timeout=60))
     await client.send_paced(FRAME, frames, interval_s)
     received = await receiver
@@ -49,9 +49,9 @@ def test_overload_answers_every_frame_exactly_once_and_drops_the_waiting_ones(se
 
 def test_no_frame_is_dropped_while_the_client_waits_for_each_reply(server: RunningServer) -> None:
     async def scenario():
-        client = await StreamClient.open(server.ws("fast"))
+        client = await StreamClient.connect(server.ws("fast"))
         for _ in range(30):
-            await client.send(FRAME)
+            await client.send_raw(FRAME)
             await client.recv()
         await client.close()
         return client.received
@@ -79,7 +79,7 @@ def test_slow_down_is_sent_under_sustained_overload_but_not_flooded(server: Runn
 
 def test_recovery_after_overload_stops_dropping(server: RunningServer) -> None:
     async def scenario():
-        client = await StreamClient.open(server.ws("fast"))
+        client = await StreamClient.connect(server.ws("fast"))
         receiver = asyncio.create_task(client.recv_replies(set(range(70)), timeout=60))
         await client.send_paced(FRAME, 40, 0.005)  # 20 ms pipeline, a frame every 5 ms
         await asyncio.sleep(1.2)
@@ -97,9 +97,9 @@ def test_recovery_after_overload_stops_dropping(server: RunningServer) -> None:
 def test_disconnect_mid_inference_leaves_no_session_or_busy_worker(server: RunningServer) -> None:
     async def scenario():
         for _ in range(3):
-            client = await StreamClient.open(server.ws("slow"))
+            client = await StreamClient.connect(server.ws("slow"))
             for _ in range(3):
-                await client.send(FRAME)
+                await client.send_raw(FRAME)
             await client.close()
 
     run(scenario())
@@ -109,9 +109,9 @@ def test_disconnect_mid_inference_leaves_no_session_or_busy_worker(server: Runni
 
 def test_abrupt_disconnect_is_detected_and_cleaned_up(server: RunningServer) -> None:
     async def scenario():
-        client = await StreamClient.open(server.ws("slow"))
-        await client.send(FRAME)
-        await client.send(FRAME)
+        client = await StreamClient.connect(server.ws("slow"))
+        await client.send_raw(FRAME)
+        await client.send_raw(FRAME)
         client.connection.transport.abort()  # no close frame: the TCP connection just goes
 
     run(scenario())
@@ -120,10 +120,10 @@ def test_abrupt_disconnect_is_detected_and_cleaned_up(server: RunningServer) -> 
 
 def test_concurrent_sessions_keep_their_own_state(server: RunningServer) -> None:
     async def session(frames: int):
-        client = await StreamClient.open(server.ws("counter"))
+        client = await StreamClient.connect(server.ws("counter"))
         counts = []
         for _ in range(frames):
-            await client.send(FRAME)
+            await client.send_raw(FRAME)
             counts.append((await client.recv())["result"]["count"])
             await asyncio.sleep(0)
         await client.close()
@@ -137,11 +137,11 @@ def test_concurrent_sessions_keep_their_own_state(server: RunningServer) -> None
 
 def test_a_slow_session_does_not_stall_another(server: RunningServer) -> None:
     async def scenario():
-        slow = await StreamClient.open(server.ws("hang"))  # 1.5 s tool, 0.5 s timeout
-        await slow.send(FRAME)
-        fast = await StreamClient.open(server.ws("probe"))
+        slow = await StreamClient.connect(server.ws("hang"))  # 1.5 s tool, 0.5 s timeout
+        await slow.send_raw(FRAME)
+        fast = await StreamClient.connect(server.ws("probe"))
         for _ in range(10):
-            await fast.send(FRAME)
+            await fast.send_raw(FRAME)
             await fast.recv()
         slow_reply = await slow.recv()
         await fast.close()
@@ -157,18 +157,18 @@ def test_sessions_beyond_the_limit_get_server_busy_1013() -> None:
     server = start_server({"FORGESYTE_STREAM_MAX_SESSIONS": "2"})
     try:
         async def scenario():
-            first = await StreamClient.open(server.ws("probe"))
-            second = await StreamClient.open(server.ws("probe"))
+            first = await StreamClient.connect(server.ws("probe"))
+            second = await StreamClient.connect(server.ws("probe"))
             for client in (first, second):
-                await client.send(FRAME)
+                await client.send_raw(FRAME)
                 await client.recv()
-            third = await StreamClient.open(server.ws("probe"))
+            third = await StreamClient.connect(server.ws("probe"))
             refused = await third.recv_until_closed()
             await first.close()
             # The close handshake completes before the server has unregistered the session.
             await asyncio.to_thread(server.wait_for, lambda health: health["sessions_active"] == 1)
-            fourth = await StreamClient.open(server.ws("probe"))
-            await fourth.send(FRAME)
+            fourth = await StreamClient.connect(server.ws("probe"))
+            await fourth.send_raw(FRAME)
             accepted = await fourth.recv()
             await second.close()
             await fourth.close()
@@ -188,12 +188,12 @@ def test_sigterm_answers_the_frame_in_flight_and_closes_every_session_with_1012(
     try:
         async def scenario():
             # 1.5 s in flight: uvicorn notices the signal on its next 0.1 s tick, long before the frame ends.
-            busy = await StreamClient.open(server.ws("hang"))
-            idle = await StreamClient.open(server.ws("probe"))
-            await idle.send(FRAME)
+            busy = await StreamClient.connect(server.ws("hang"))
+            idle = await StreamClient.connect(server.ws("probe"))
+            await idle.send_raw(FRAME)
             await idle.recv()
             for _ in range(3):
-                await busy.send(FRAME)
+                await busy.send_raw(FRAME)
             await asyncio.sleep(0.03)
             server.process.send_signal(signal.SIGTERM)
             return await asyncio.gather(busy.recv_until_closed(), idle.recv_until_closed())
@@ -218,10 +218,10 @@ def test_a_frame_still_running_at_the_shutdown_deadline_is_answered_as_failed_th
     server = start_server({"FORGESYTE_STREAM_SHUTDOWN_TIMEOUT_S": "0.3", "FORGESYTE_STREAM_FRAME_TIMEOUT_MS": "30000"})
     try:
         async def scenario():
-            stuck = await StreamClient.open(server.ws("hang"))  # 1.5 s per frame, longer than the deadline
-            await stuck.send(FRAME)
+            stuck = await StreamClient.connect(server.ws("hang"))  # 1.5 s per frame, longer than the deadline
+            await stuck.send_raw(FRAME)
             await asyncio.sleep(0.1)
-            await stuck.send(FRAME)  # waits behind it
+            await stuck.send_raw(FRAME)  # waits behind it
             await asyncio.sleep(0.1)
             server.process.send_signal(signal.SIGTERM)
             return await stuck.recv_until_closed()

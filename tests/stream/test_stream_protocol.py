@@ -5,7 +5,7 @@ import asyncio
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.support.client import StreamClient
+from contracts.client import StreamClient, StreamClosed
 from contracts.fault_plugin import SECRET
 from tests.support.media import FACE_JPEG, jpeg, jpeg_of_size
 from tests.support.server import RunningServer
@@ -19,9 +19,9 @@ def run(coroutine):
 
 def test_valid_frames_get_results_in_order_with_their_index(server: RunningServer) -> None:
     async def scenario():
-        client = await StreamClient.open(server.ws("probe"))
+        client = await StreamClient.connect(server.ws("probe"))
         for i in range(5):
-            await client.send(jpeg(64 + i, 48))
+            await client.send_raw(jpeg(64 + i, 48))
             reply = await client.recv()
             assert reply == {"frame_index": i, "result": {"width": 64 + i, "height": 48, "bytes": reply["result"]["bytes"], "components": 3}}
         await client.close()
@@ -31,8 +31,8 @@ def test_valid_frames_get_results_in_order_with_their_index(server: RunningServe
 
 def test_faces_pipeline_finds_the_face_over_the_stream(server: RunningServer) -> None:
     async def scenario():
-        client = await StreamClient.open(server.ws("faces"))
-        await client.send(FACE_JPEG.read_bytes())
+        client = await StreamClient.connect(server.ws("faces"))
+        await client.send_raw(FACE_JPEG.read_bytes())
         reply = await client.recv()
         await client.close()
         return reply
@@ -49,7 +49,7 @@ def test_faces_pipeline_finds_the_face_over_the_stream(server: RunningServer) ->
 )
 def test_missing_unknown_or_unavailable_pipeline_is_refused_with_1008(server: RunningServer, query, fragment) -> None:
     async def scenario():
-        client = await StreamClient.open(server.ws(query.get("pipeline_id")))
+        client = await StreamClient.connect(server.ws(query.get("pipeline_id")))
         return await client.recv_until_closed()
 
     received = run(scenario())
@@ -60,9 +60,9 @@ def test_missing_unknown_or_unavailable_pipeline_is_refused_with_1008(server: Ru
 
 def test_text_message_is_invalid_message_and_closes_1003(server: RunningServer) -> None:
     async def scenario():
-        client = await StreamClient.open(server.ws("probe"))
-        await client.send(jpeg())
-        await client.send("not a frame")
+        client = await StreamClient.connect(server.ws("probe"))
+        await client.send_raw(jpeg())
+        await client.send_raw("not a frame")
         return await client.recv_until_closed()
 
     received = run(scenario())
@@ -74,8 +74,8 @@ def test_text_message_is_invalid_message_and_closes_1003(server: RunningServer) 
 @pytest.mark.parametrize("payload", [b"", b"GIF89a....", b"\xff\xd8 no end marker", b"\x00\xff\xd9"])
 def test_bad_markers_are_invalid_frame_and_close_1007(server: RunningServer, payload: bytes) -> None:
     async def scenario():
-        client = await StreamClient.open(server.ws("probe"))
-        await client.send(payload)
+        client = await StreamClient.connect(server.ws("probe"))
+        await client.send_raw(payload)
         return await client.recv_until_closed()
 
     received = run(scenario())
@@ -85,9 +85,9 @@ def test_bad_markers_are_invalid_frame_and_close_1007(server: RunningServer, pay
 
 def test_markers_around_garbage_do_not_decode_and_are_invalid_frame(server: RunningServer) -> None:
     async def scenario():
-        client = await StreamClient.open(server.ws("decode"))
-        await client.send(jpeg())
-        await client.send(b"\xff\xd8" + b"\x13" * 400 + b"\xff\xd9")
+        client = await StreamClient.connect(server.ws("decode"))
+        await client.send_raw(jpeg())
+        await client.send_raw(b"\xff\xd8" + b"\x13" * 400 + b"\xff\xd9")
         return await client.recv_until_closed()
 
     received = run(scenario())
@@ -98,10 +98,10 @@ def test_markers_around_garbage_do_not_decode_and_are_invalid_frame(server: Runn
 
 def test_frame_at_the_limit_is_accepted_and_one_byte_over_is_frame_too_large(server: RunningServer) -> None:
     async def scenario():
-        client = await StreamClient.open(server.ws("probe"))
-        await client.send(jpeg_of_size(LIMIT))
+        client = await StreamClient.connect(server.ws("probe"))
+        await client.send_raw(jpeg_of_size(LIMIT))
         ok = await client.recv()
-        await client.send(jpeg_of_size(LIMIT + 1))
+        await client.send_raw(jpeg_of_size(LIMIT + 1))
         received = await client.recv_until_closed()
         return ok, received
 
@@ -115,10 +115,10 @@ def test_frame_at_the_limit_is_accepted_and_one_byte_over_is_frame_too_large(ser
 
 def test_a_message_far_over_the_websocket_limit_is_refused_without_buffering(server: RunningServer) -> None:
     async def scenario():
-        client = await StreamClient.open(server.ws("probe"))
-        with pytest.raises(ConnectionClosed):
+        client = await StreamClient.connect(server.ws("probe"))
+        with pytest.raises((ConnectionClosed, StreamClosed)):
             # The server closes while the client is still writing: it never buffers the whole message.
-            await client.send(jpeg_of_size(8 * 1024 * 1024))
+            await client.send_raw(jpeg_of_size(8 * 1024 * 1024))
             await client.recv()
         return client.connection.protocol.close_rcvd
 
@@ -129,10 +129,10 @@ def test_a_message_far_over_the_websocket_limit_is_refused_without_buffering(ser
 
 def test_a_failing_tool_answers_pipeline_failure_and_keeps_the_session(server: RunningServer) -> None:
     async def scenario():
-        client = await StreamClient.open(server.ws("failing"))
+        client = await StreamClient.connect(server.ws("failing"))
         replies = []
         for _ in range(4):
-            await client.send(jpeg())
+            await client.send_raw(jpeg())
             replies.append(await client.recv())
         await client.close()
         return replies
@@ -149,12 +149,12 @@ def test_a_failing_tool_answers_pipeline_failure_and_keeps_the_session(server: R
 
 def test_a_tool_past_the_frame_timeout_is_pipeline_failure_and_the_session_goes_on(server: RunningServer) -> None:
     async def scenario():
-        client = await StreamClient.open(server.ws("hang"))
-        await client.send(jpeg())
+        client = await StreamClient.connect(server.ws("hang"))
+        await client.send_raw(jpeg())
         first = await client.recv()
         await client.close()
-        other = await StreamClient.open(server.ws("probe"))
-        await other.send(jpeg())
+        other = await StreamClient.connect(server.ws("probe"))
+        await other.send_raw(jpeg())
         second = await other.recv()
         await other.close()
         return first, second
@@ -169,8 +169,8 @@ def test_a_tool_past_the_frame_timeout_is_pipeline_failure_and_the_session_goes_
 
 def test_a_result_carrying_raw_bytes_is_refused_not_echoed(server: RunningServer) -> None:
     async def scenario():
-        client = await StreamClient.open(server.ws("leaky"))
-        await client.send(jpeg())
+        client = await StreamClient.connect(server.ws("leaky"))
+        await client.send_raw(jpeg())
         reply = await client.recv()
         await client.close()
         return reply
@@ -181,8 +181,8 @@ def test_a_result_carrying_raw_bytes_is_refused_not_echoed(server: RunningServer
 
 def test_the_session_is_exposed_on_websocket_state_and_removed_on_disconnect(server: RunningServer) -> None:
     async def scenario():
-        client = await StreamClient.open(server.ws("probe"))
-        await client.send(jpeg())
+        client = await StreamClient.connect(server.ws("probe"))
+        await client.send_raw(jpeg())
         await client.recv()
         during = server.health()["sessions_active"]
         await client.close()

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.client import Received, StreamClient, kind_of
+from contracts.client import Received, StreamClient, kind_of
 from tests.support.media import moving_face_clip
 from tests.support.server import ROOT, RunningServer, start_server
 
@@ -40,7 +40,7 @@ def shipped_server() -> Iterator[RunningServer]:
 
 
 async def _fast(server: RunningServer) -> Received:
-    client = await StreamClient.open(server.ws(PIPELINE))
+    client = await StreamClient.connect(server.ws(PIPELINE))
     receiver = asyncio.create_task(client.recv_replies(set(range(FRAMES)), timeout=60))
     await client.send_paced(CLIP, FRAMES, FAST_INTERVAL_S)
     received = await receiver
@@ -49,9 +49,9 @@ async def _fast(server: RunningServer) -> Received:
 
 
 async def _lockstep(server: RunningServer) -> Received:
-    client = await StreamClient.open(server.ws(PIPELINE))
+    client = await StreamClient.connect(server.ws(PIPELINE))
     for frame in CLIP:
-        await client.send(frame)
+        await client.send_raw(frame)
         await client.recv(timeout=30)
     await client.close()
     return client.received
