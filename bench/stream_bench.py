@@ -21,6 +21,15 @@ measured in the same run, by the same client code, with the same frame:
    overload lasts. Targets: p95/processing <= 2.5, drop rate within 0.05 of
    the expected value, exactly one reply per frame, flat latency.
 
+The client here is a bare `websockets` connection, not the test kit's
+`contracts.client.StreamClient`: a benchmark's client must cost as little as
+possible, and the kit validates every message against asyncapi.yaml and
+parses it into a model, work that would be counted against the server. It
+must also read the echo baseline's messages, which the contract does not
+declare, with the same code as the server's, or the ratio would compare two
+clients. Correctness is the kit's job (tests/, contracts/); this client
+checks only what its numbers need (frame order, one reply per frame).
+
 The benchmark reports and does not assert: it exits 0 whatever the numbers,
 and 1 only when a phase could not run (a server failed, a connection broke).
 bench/README.md explains every number.
