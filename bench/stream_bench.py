@@ -50,8 +50,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from contracts.targets import SELF_STARTED, free_port  # noqa: E402 -- one launcher table for tests/, contracts/ and bench/
+from contracts.targets import free_port, spawn_server, wait_until_healthy  # noqa: E402 -- one launcher for tests/, contracts/ and bench/
 
 HOST = "127.0.0.1"
 FRAME_BYTES = 50_000
@@ -258,9 +256,6 @@ class Child:
                 self.process.wait(timeout=5)
 
 
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
 def start_baseline(kind: str, cost_ms: float, *, uvloop: bool = False) -> Child:
     command = [sys.executable, str(Path(__file__).resolve()), "--serve", kind, "--cost-ms", str(cost_ms), *(["--uvloop"] if uvloop else [])]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -306,22 +301,13 @@ def start_forgesyte(pipelines_dir: Path, log_path: Path, timeout_s: float = 60.0
         "FORGESYTE_STREAM_PLUGINS": FAULT_PLUGIN,
         "FORGESYTE_STREAM_LOG_LEVEL": "warning",
     }
-    command = [sys.executable, *SELF_STARTED[transport], "--host", HOST, "--port", str(port)]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = spawn_server(transport, port, env, stdout=log)
     child = Child(f"forgesyte-{transport}", process, port, log_path)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BenchError(f"the ForgeSyte server ({transport}) exited with {process.returncode} during start-up:\n{child.log_tail()}")
-        try:
-            # Both transports serve /health.
-            with _NO_PROXY.open(f"http://{HOST}:{port}/health", timeout=1) as response:
-                if response.status == 200:
-                    return child
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.1)
+    if wait_until_healthy(port, timeout_s, alive=lambda: process.poll() is None):
+        return child
+    if process.poll() is not None:
+        raise BenchError(f"the ForgeSyte server ({transport}) exited with {process.returncode} during start-up:\n{child.log_tail()}")
     child.stop()
     raise BenchError(f"the ForgeSyte server ({transport}) did not start within {timeout_s:g} s:\n{child.log_tail()}")
 

@@ -20,11 +20,15 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -124,23 +128,54 @@ class LocalServer:
             return self.process.wait(timeout=5)
 
 
+def spawn_server(
+    kind: str, port: int, env: Mapping[str, str], *, extra_args: Sequence[str] = (), stdout: IO[Any] | int, text: bool = False
+) -> subprocess.Popen[Any]:
+    """The one way tests/, contracts/ and bench/ start a server of `kind` on 127.0.0.1:`port`."""
+    command = [sys.executable, *SELF_STARTED[kind], "--host", "127.0.0.1", "--port", str(port), *extra_args]
+    return subprocess.Popen(
+        command, cwd=ROOT, env=dict(env), stdout=stdout, stderr=subprocess.STDOUT, text=text, bufsize=1 if text else -1
+    )
+
+
+# Health checks go straight to the server, whatever proxy the environment names.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def wait_until_healthy(
+    port: int, timeout_s: float, alive: Callable[[], bool], *, tls: ssl.SSLContext | None = None
+) -> bool:
+    """Poll GET /health (both transports serve it, without a key) until it answers 200."""
+    url = f"{'https' if tls is not None else 'http'}://127.0.0.1:{port}/health"
+    opener = _DIRECT if tls is None else urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=tls))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        try:
+            with opener.open(url, timeout=1) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    return False
+
+
 def start_local(kind: str, timeout_s: float = 60.0, api_key: str | None = None) -> LocalServer:
     """Start a server of `kind`; with `api_key`, it requires that key (FORGESYTE_STREAM_API_KEYS_FILE)."""
     port = free_port()
     directory = Path(tempfile.mkdtemp(prefix=f"contract-{kind}-"))
     log_path = directory / "server.log"
-    command = [sys.executable, *SELF_STARTED[kind], "--host", "127.0.0.1", "--port", str(port)]
     extra: dict[str, str] = {}
     if api_key is not None:
         keys_file = directory / "api-keys"
         keys_file.write_text(f"contract-suite {api_key}\n", encoding="utf-8")
         extra["FORGESYTE_STREAM_API_KEYS_FILE"] = str(keys_file)
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=server_environment(**extra), stdout=log, stderr=subprocess.STDOUT)
+        process = spawn_server(kind, port, server_environment(**extra), stdout=log)
     server = LocalServer(kind, process, port, log_path)
-    if not wait_until_listening("127.0.0.1", port, timeout_s, alive=lambda: process.poll() is None):
+    if not wait_until_healthy(port, timeout_s, alive=lambda: process.poll() is None):
         code = server.stop()
-        raise TargetUnavailable(f"{kind} server did not listen on port {port} (exit status {code}):\n{server.log_tail()}")
+        raise TargetUnavailable(f"{kind} server did not answer /health on port {port} (exit status {code}):\n{server.log_tail()}")
     return server
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -15,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from contracts.targets import SELF_STARTED, free_port
+from contracts.targets import free_port, spawn_server, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_PIPELINES = ROOT / "tests" / "pipelines"
@@ -93,10 +92,7 @@ def start_server(
         "FORGESYTE_STREAM_LOG_LEVEL": "debug",
         **(env or {}),
     }
-    command = [sys.executable, *SELF_STARTED[transport], "--host", "127.0.0.1", "--port", str(port), *(extra_args or [])]
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    )
+    process = spawn_server(transport, port, environment, extra_args=extra_args or (), stdout=subprocess.PIPE, text=True)
     server = RunningServer(process=process, port=port, tls=tls)
 
     def pump() -> None:
@@ -106,16 +102,10 @@ def start_server(
 
     server._reader = threading.Thread(target=pump, daemon=True)
     server._reader.start()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            server.stop()
-            raise RuntimeError(f"server exited with {process.returncode} during start-up:\n{server.log_text()}")
-        try:
-            if httpx.get(f"{server.http}/health", timeout=1, trust_env=False, verify=tls or True).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
+    if wait_until_healthy(port, timeout, alive=lambda: process.poll() is None, tls=tls):
+        return server
+    if process.poll() is not None:
+        server.stop()
+        raise RuntimeError(f"server exited with {process.returncode} during start-up:\n{server.log_text()}")
     server.stop(signal.SIGKILL)
     raise RuntimeError(f"server did not answer /health within {timeout}s:\n{server.log_text()}")
