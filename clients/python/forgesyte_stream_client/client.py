@@ -487,6 +487,31 @@ async def stream(
         yield reorder.pop(index)
 
 
+async def _connect_or_wait(
+    client: AsyncStreamClient,
+    reconnecting: bool,
+    attempt: int,
+    reconnect: Reconnect,
+    on_reconnect: Callable[[ClientError, float], None] | None,
+) -> int | None:
+    """Connect; None once connected, else the next attempt's number after waiting out its backoff.
+
+    While the server restarts after a 1012 it refuses connections: that is part
+    of the wait, not a failure, as long as attempts are left.
+    """
+    try:
+        await client.connect()
+    except ConnectError as refused:
+        if not (reconnecting and attempt < reconnect.attempts):
+            raise
+        delay = reconnect.delay(attempt)
+        if on_reconnect is not None:
+            on_reconnect(refused, delay)
+        await asyncio.sleep(delay)
+        return attempt + 1
+    return None
+
+
 async def _window_outcomes(
     url: str,
     pipeline: str,
@@ -515,17 +540,9 @@ async def _window_outcomes(
         # there is one (a file loses no frame to a restart), else answered with that drop.
         held: dict[int, tuple[_Sent, Dropped]] = {}
         try:
-            try:
-                await client.connect()
-            except ConnectError as refused:
-                # While the server restarts after a 1012 it refuses connections: that is part of the wait.
-                if not (reconnecting and attempt < reconnect.attempts):
-                    raise
-                delay = reconnect.delay(attempt)
-                attempt += 1
-                if on_reconnect is not None:
-                    on_reconnect(refused, delay)
-                await asyncio.sleep(delay)
+            waited = await _connect_or_wait(client, reconnecting, attempt, reconnect, on_reconnect)
+            if waited is not None:
+                attempt = waited
                 continue
             source_done = False
             min_interval_s = 0.0
@@ -647,17 +664,9 @@ async def _run_sessions(
         while True:
             client = AsyncStreamClient(url, pipeline, api_key=api_key, quality=quality or 80)
             try:
-                try:
-                    await client.connect()
-                except ConnectError as refused:
-                    # While the server restarts after a 1012 it refuses connections: that is part of the wait.
-                    if not (reconnecting and attempt < reconnect.attempts):
-                        raise
-                    delay = reconnect.delay(attempt)
-                    attempt += 1
-                    if on_reconnect is not None:
-                        on_reconnect(refused, delay)
-                    await asyncio.sleep(delay)
+                waited = await _connect_or_wait(client, reconnecting, attempt, reconnect, on_reconnect)
+                if waited is not None:
+                    attempt = waited
                     continue
                 done = await _one_session(client, feed, pacing, quality, on_warning, state)
                 if done:
