@@ -54,6 +54,8 @@ RELEASED_MEMORY = 65_536
 # Replacements of one actor that may die before they are ready before its slot is left empty:
 # an actor that cannot start (a model missing on a node) would otherwise be re-created forever.
 MAX_FAILED_STARTS = 3
+# How long a front end keeps running without its cluster's GCS (Ray's default: 60 s, then exit).
+DRIVER_OUTLIVES_CLUSTER_S = 365 * 24 * 3600
 
 
 # The port, as the redesign defines it ------------------------------------------
@@ -315,6 +317,10 @@ def connect(settings: Settings) -> tuple[Any, bool]:
         # external address, which a single-machine deployment has no reason to expose.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # By default a Ray driver exits when the cluster's GCS stays unreachable for a minute: that would
+    # take the front end, and every session on it, down with the cluster. It stays up instead and
+    # answers each frame with pipeline_failure while /health reports the cluster unreachable.
+    os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(DRIVER_OUTLIVES_CLUSTER_S))
     import ray
 
     if ray.is_initialized():
@@ -436,6 +442,12 @@ class RayFrameExecutor:
         self._supervise(self._replace, slot)
 
     def _replace(self, slot: _Slot) -> None:
+        # An actor that is only unreachable (a network partition) may still be running: it is killed,
+        # so that no orphan keeps a stream's state or the cluster's CPUs.
+        try:
+            self._ray.kill(slot.handle)
+        except Exception as error:
+            log.debug("killing lost ray actor %s failed: %s", slot.name, error)
         if slot.failed_starts >= MAX_FAILED_STARTS:
             log.error("ray actor slot %d stays empty: %d replacements in a row died before they were ready", slot.index, slot.failed_starts)
             return
