@@ -8,6 +8,7 @@ at its address, as front ends join a production cluster.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,12 @@ import pytest
 
 from tests.support.server import FAULT_PLUGINS, TEST_PIPELINES
 
-# Before Ray is imported: single-machine mode (everything on 127.0.0.1), no usage reports.
+# Before Ray is imported: single-machine mode (everything on 127.0.0.1), no usage reports, and a
+# token of this session's own (servers started by the tests inherit it) rather than ~/.ray/auth_token.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
 
 # Logical CPUs the session's cluster offers: room for two executors of two actors (one each) and a replacement.
 CLUSTER_CPUS = 6
