@@ -5,7 +5,9 @@
 [1] local: the same `faces` frames (the 640x480 face frame of bench/pipeline_costs.py) through
     the thread executor and the Ray executor with a local in-process cluster, in one process, in
     interleaved rounds. One stream sending frame after frame gives the latency of each and so the
-    per-frame overhead of Ray (the round trip to an actor and back); `--streams` streams at once,
+    per-frame overhead of Ray (each frame's round trip less the pipeline's own duration, as the
+    actor or thread measured it: the hand-off to an actor and back against the hand-off to a
+    thread and back, free of the noise in the tool's cost); `--streams` streams at once,
     each with one frame in flight as a session has, give the throughput of each and their ratio
     (goal >= 0.85). Both run 4 pipeline threads: 4 worker threads, or 2 actors of 2 threads.
 
@@ -14,7 +16,8 @@
     one-core machine would. A front end here is a separate process that joins the cluster as the
     server does (RayFrameExecutor, one actor of one thread) and feeds it two streams of `faces`
     frames. Baseline: one front end, head node only. Scaled: both nodes, two front ends at once.
-    Reported: frames/s of each, the ratio (goal >= 1.6) and the node each actor ran on.
+    Rounds alternate the two (the second node is started and stopped each round). Reported:
+    frames/s of each, the ratio (goal >= 1.6) and the node each actor ran on.
 
 The front ends here are the executor without the WebSocket layer in front of it, which is the
 part that scales with the front end itself. Multi-node Ray refuses the loopback address, so the
@@ -55,6 +58,19 @@ def _face_frame() -> bytes:
 # Executors under test ----------------------------------------------------------------
 
 
+class _Durations:
+    """A PipelineObserver keeping the last pipeline duration: a round trip minus it is what the executor costs."""
+
+    def __init__(self) -> None:
+        self.last_ms = 0.0
+
+    def node_finished(self, pipeline_id: str, node_id: str, duration_ms: float, *, failed: bool) -> None:
+        return None
+
+    def pipeline_finished(self, pipeline_id: str, duration_ms: float, *, failed: bool) -> None:
+        self.last_ms = duration_ms
+
+
 class _ThreadsExecutor:
     """The thread executor: the worker pool the server uses, running the in-process service."""
 
@@ -62,8 +78,12 @@ class _ThreadsExecutor:
         from adapters.container import Container
         from adapters.settings import Settings
         from adapters.worker_pool import ThreadWorkerPool
+        from dependency_injector import providers
 
-        self.video = Container(settings=Settings.from_env({})).video_service()
+        self.durations = _Durations()
+        container = Container(settings=Settings.from_env({}))
+        container.pipeline_observer.override(providers.Object(self.durations))
+        self.video = container.video_service()
         self.pool = ThreadWorkerPool(workers)
 
     async def run(self, index: int, frame: bytes, stream_id: str) -> dict[str, Any]:
@@ -81,7 +101,8 @@ class _RayExecutor:
 
         settings = Settings.from_env({"FORGESYTE_STREAM_EXECUTOR": "ray", **env})
         container = Container(settings=settings)
-        self.executor = RayFrameExecutor(settings, container.video_service(), container.metrics())
+        self.durations = _Durations()
+        self.executor = RayFrameExecutor(settings, container.video_service(), self.durations)
 
     async def run(self, index: int, frame: bytes, stream_id: str) -> dict[str, Any]:
         from adapters.executors.ray import FrameJob
@@ -95,14 +116,17 @@ class _RayExecutor:
 Runner = Callable[[int, bytes, str], Awaitable[dict[str, Any]]]
 
 
-async def _latency_ms(run: Runner, frame: bytes, frames: int) -> float:
-    """Median of one stream's frames, each sent when the previous one is answered."""
-    times = []
+async def _latency_ms(run: Runner, durations: _Durations, frame: bytes, frames: int) -> tuple[float, float]:
+    """One stream's frames, each sent when the previous one is answered: median round trip, and median
+    round trip less the pipeline's own duration (what the executor adds to each frame)."""
+    times, plumbing = [], []
     for index in range(frames):
         started = time.perf_counter()
         await run(index, frame, "latency")
-        times.append((time.perf_counter() - started) * 1000.0)
-    return statistics.median(times)
+        elapsed = (time.perf_counter() - started) * 1000.0
+        times.append(elapsed)
+        plumbing.append(elapsed - durations.last_ms)
+    return statistics.median(times), statistics.median(plumbing)
 
 
 async def _throughput(run: Runner, frame: bytes, streams: int, seconds: float) -> float:
@@ -128,18 +152,23 @@ def _local(args: argparse.Namespace) -> dict[str, Any]:
     ray = _RayExecutor(
         {"FORGESYTE_STREAM_RAY_ACTORS": "2", "FORGESYTE_STREAM_RAY_ACTOR_CPUS": "1", "FORGESYTE_STREAM_INFERENCE_WORKERS": "2"}
     )
-    runs: dict[str, dict[str, list[float]]] = {"threads": {"latency": [], "fps": []}, "ray": {"latency": [], "fps": []}}
+    runs: dict[str, dict[str, list[float]]] = {kind: {"latency": [], "plumbing": [], "fps": []} for kind in ("threads", "ray")}
 
     async def measure() -> None:
         for kind, executor in (("threads", threads), ("ray", ray)):  # warm-up: models loaded, actors' first frames
             await _throughput(executor.run, frame, args.streams, 1.0)
         for round_number in range(args.rounds):
             for kind, executor in (("threads", threads), ("ray", ray)):
-                latency = await _latency_ms(executor.run, frame, args.latency_frames)
+                latency, plumbing = await _latency_ms(executor.run, executor.durations, frame, args.latency_frames)
                 fps = await _throughput(executor.run, frame, args.streams, args.seconds)
                 runs[kind]["latency"].append(latency)
+                runs[kind]["plumbing"].append(plumbing)
                 runs[kind]["fps"].append(fps)
-                print(f"  round {round_number + 1} {kind:7s}  latency {latency:7.2f} ms   {args.streams} streams {fps:6.1f} frames/s", flush=True)
+                print(
+                    f"  round {round_number + 1} {kind:7s}  latency {latency:7.2f} ms (executor's part {plumbing:5.2f} ms)   "
+                    f"{args.streams} streams {fps:6.1f} frames/s",
+                    flush=True,
+                )
 
     try:
         asyncio.run(measure())
@@ -147,12 +176,14 @@ def _local(args: argparse.Namespace) -> dict[str, Any]:
         ray.close()
         threads.close()
     summary = {kind: {key: statistics.median(values) for key, values in figures.items()} for kind, figures in runs.items()}
-    overhead = summary["ray"]["latency"] - summary["threads"]["latency"]
+    overhead = summary["ray"]["plumbing"] - summary["threads"]["plumbing"]
     ratio = summary["ray"]["fps"] / summary["threads"]["fps"]
     print(
-        f"[1] local: threads {summary['threads']['fps']:.1f} frames/s, {summary['threads']['latency']:.2f} ms/frame; "
-        f"ray {summary['ray']['fps']:.1f} frames/s, {summary['ray']['latency']:.2f} ms/frame; "
-        f"overhead {overhead:+.2f} ms/frame; throughput ratio ray/threads {ratio:.2f} (goal >= 0.85)",
+        f"[1] local: threads {summary['threads']['fps']:.1f} frames/s, {summary['threads']['latency']:.2f} ms/frame "
+        f"({summary['threads']['plumbing']:.2f} ms of it the executor's); "
+        f"ray {summary['ray']['fps']:.1f} frames/s, {summary['ray']['latency']:.2f} ms/frame "
+        f"({summary['ray']['plumbing']:.2f} ms the executor's); "
+        f"Ray's overhead {overhead:+.2f} ms/frame; throughput ratio ray/threads {ratio:.2f} (goal >= 0.85)",
         flush=True,
     )
     return {"threads": summary["threads"], "ray": summary["ray"], "overhead_ms": overhead, "ratio": ratio, "runs": runs}
@@ -213,42 +244,62 @@ def _has_taskset() -> bool:
     return subprocess.run(["which", "taskset"], capture_output=True).returncode == 0
 
 
-def _nodes_alive(env: dict[str, str], address: str, expected: int, timeout_s: float) -> None:
+def _wait_nodes(env: dict[str, str], address: str, count: int, timeout_s: float) -> None:
+    """Until exactly `count` nodes are alive (a stopped node unregisters before the next phase places actors)."""
     code = (
         "import ray, sys, time\n"
         f"ray.init(address={address!r}, log_to_driver=False, logging_level='error')\n"
+        "alive = lambda: sum(n['Alive'] for n in ray.nodes())\n"
         f"deadline = time.time() + {timeout_s}\n"
-        f"while sum(n['Alive'] for n in ray.nodes()) < {expected} and time.time() < deadline: time.sleep(0.2)\n"
-        f"sys.exit(0 if sum(n['Alive'] for n in ray.nodes()) >= {expected} else 1)\n"
+        f"while alive() != {count} and time.time() < deadline: time.sleep(0.2)\n"
+        f"sys.exit(0 if alive() == {count} else 1)\n"
     )
     if subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode != 0:
-        raise RuntimeError(f"the cluster at {address} did not reach {expected} live node(s) within {timeout_s:g} s")
+        raise RuntimeError(f"the cluster at {address} did not reach {count} live node(s) within {timeout_s:g} s")
 
 
-def _front_ends(count: int, address: str, env: dict[str, str], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """`count` front-end processes feeding the cluster at once; each prints its JSON report."""
-    start_at = time.time() + 25.0  # every front end has joined and built its actor by then
+def _front_ends(count: int, address: str, env: dict[str, str], seconds: float) -> list[dict[str, Any]]:
+    """`count` front-end processes feeding the cluster at the same time; each prints its JSON report.
+
+    Each joins the cluster, builds its actor and warms it up, says "ready" and waits; all start together.
+    """
     processes = [
         subprocess.Popen(
-            [sys.executable, __file__, "--front-end", address, "--seconds", str(args.seconds), "--start-at", str(start_at)],
+            [sys.executable, __file__, "--front-end", address, "--seconds", str(seconds)],
             env=env,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
             text=True,
             cwd=ROOT,
         )
         for _ in range(count)
     ]
-    reports = []
-    for process in processes:
-        out, err = process.communicate(timeout=start_at - time.time() + args.seconds + 120)
-        if process.returncode != 0:
-            raise RuntimeError(f"a front end failed ({process.returncode}):\n{err[-3000:]}")
-        reports.append(json.loads(out.strip().splitlines()[-1]))
-    return reports
+    try:
+        for process in processes:
+            assert process.stdout is not None
+            line = process.stdout.readline().strip()
+            if line != "ready":
+                raise RuntimeError(f"a front end did not start (exit status {process.wait()})")
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        reports = []
+        for process in processes:
+            out, _ = process.communicate(timeout=seconds + 120)
+            if process.returncode != 0:
+                raise RuntimeError(f"a front end failed with exit status {process.returncode}")
+            reports.append(json.loads(out.strip().splitlines()[-1]))
+        return reports
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
-def _front_end(address: str, seconds: float, start_at: float) -> int:
+def _front_end(address: str, seconds: float) -> int:
     env = {
         "FORGESYTE_STREAM_RAY_ADDRESS": address,
         "FORGESYTE_STREAM_RAY_ACTORS": "1",
@@ -260,11 +311,12 @@ def _front_end(address: str, seconds: float, start_at: float) -> int:
     try:
         node = executor.executor.health()["actors"][0]["node_id"]
         asyncio.run(_throughput(executor.run, frame, 2, 1.0))  # warm-up
-        time.sleep(max(0.0, start_at - time.time()))
+        print("ready", flush=True)
+        sys.stdin.readline()
         fps = asyncio.run(_throughput(executor.run, frame, 2, seconds))
     finally:
         executor.close()
-    print(json.dumps({"fps": fps, "node_id": node}))
+    print(json.dumps({"fps": fps, "node_id": node}), flush=True)
     return 0
 
 
@@ -285,29 +337,42 @@ def _cluster(args: argparse.Namespace) -> dict[str, Any]:
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"ray-bench-{os.getpid()}"
     logs.mkdir(exist_ok=True)
-    nodes: list[_Node] = []
+    head: _Node | None = None
+    worker: _Node | None = None
+    rounds: list[dict[str, Any]] = []
     try:
-        nodes.append(_Node(["--head", "--port", str(port), "--include-dashboard=false"], 0, env, logs / "head.log"))
-        _nodes_alive(env, address, 1, 60)
-        one = _front_ends(1, address, env, args)
-        print(f"  one front end, one node: {one[0]['fps']:.1f} frames/s", flush=True)
-        nodes.append(_Node(["--address", address], 1, env, logs / "node.log"))
-        _nodes_alive(env, address, 2, 60)
-        two = _front_ends(2, address, env, args)
-        total = sum(report["fps"] for report in two)
-        used = sorted({report["node_id"][:12] for report in two})
-        each = " + ".join(f"{report['fps']:.1f}" for report in two)
-        print(f"  two front ends, two nodes: {each} = {total:.1f} frames/s on nodes {used}", flush=True)
+        head = _Node(["--head", "--port", str(port), "--include-dashboard=false"], 0, env, logs / "head.log")
+        _wait_nodes(env, address, 1, 60)
+        for round_number in range(args.rounds):
+            one = _front_ends(1, address, env, args.seconds)
+            worker = _Node(["--address", address], 1, env, logs / f"node-{round_number}.log")
+            _wait_nodes(env, address, 2, 60)
+            two = _front_ends(2, address, env, args.seconds)
+            worker.stop()
+            worker = None
+            _wait_nodes(env, address, 1, 60)
+            total = sum(report["fps"] for report in two)
+            used = sorted({report["node_id"][:12] for report in two})
+            each = " + ".join(f"{report['fps']:.1f}" for report in two)
+            rounds.append({"one": one[0]["fps"], "two": total, "ratio": total / one[0]["fps"], "nodes_used": len(used)})
+            print(
+                f"  round {round_number + 1}: one front end, one node {one[0]['fps']:.1f} frames/s; "
+                f"two front ends, two nodes {each} = {total:.1f} frames/s on nodes {used}; ratio {total / one[0]['fps']:.2f}",
+                flush=True,
+            )
     finally:
-        for node in reversed(nodes):
-            node.stop()
-    ratio = total / one[0]["fps"]
+        for node in (worker, head):
+            if node is not None:
+                node.stop()
+    one_fps = statistics.median(r["one"] for r in rounds)
+    two_fps = statistics.median(r["two"] for r in rounds)
     print(
-        f"[2] cluster: one front end + one node {one[0]['fps']:.1f} frames/s; two front ends + two nodes {total:.1f} frames/s; "
-        f"ratio {ratio:.2f} (goal >= 1.6); actors ran on {len(used)} node(s)",
+        f"[2] cluster: one front end + one node {one_fps:.1f} frames/s; two front ends + two nodes {two_fps:.1f} frames/s; "
+        f"ratio of medians {two_fps / one_fps:.2f} (goal >= 1.6); actors ran on "
+        f"{min(r['nodes_used'] for r in rounds)} node(s) in every round; cores pinned: {_has_taskset()}",
         flush=True,
     )
-    return {"one": one, "two": two, "ratio": ratio, "nodes_used": len(used), "pinned": _has_taskset()}
+    return {"rounds": rounds, "one": one_fps, "two": two_fps, "ratio": two_fps / one_fps, "pinned": _has_taskset()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,11 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("local", "cluster"), help="run one of the two parts")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--front-end", help=argparse.SUPPRESS)
-    parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if args.front_end:
-        return _front_end(args.front_end, args.seconds, args.start_at)
+        return _front_end(args.front_end, args.seconds)
     load = os.getloadavg()
     print(f"cores {os.cpu_count()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
     figures: dict[str, Any] = {"load_average": load}
