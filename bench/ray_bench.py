@@ -166,7 +166,7 @@ def _local(args: argparse.Namespace) -> dict[str, Any]:
                 runs[kind]["fps"].append(fps)
                 print(
                     f"  round {round_number + 1} {kind:7s}  latency {latency:7.2f} ms (executor's part {plumbing:5.2f} ms)   "
-                    f"{args.streams} streams {fps:6.1f} frames/s",
+                    f"{args.streams} streams {fps:6.1f} frames/s (load average {os.getloadavg()[0]:.2f})",
                     flush=True,
                 )
 
@@ -357,7 +357,8 @@ def _cluster(args: argparse.Namespace) -> dict[str, Any]:
             rounds.append({"one": one[0]["fps"], "two": total, "ratio": total / one[0]["fps"], "nodes_used": len(used)})
             print(
                 f"  round {round_number + 1}: one front end, one node {one[0]['fps']:.1f} frames/s; "
-                f"two front ends, two nodes {each} = {total:.1f} frames/s on nodes {used}; ratio {total / one[0]['fps']:.2f}",
+                f"two front ends, two nodes {each} = {total:.1f} frames/s on nodes {used}; ratio {total / one[0]['fps']:.2f} "
+                f"(load average {os.getloadavg()[0]:.2f})",
                 flush=True,
             )
     finally:
