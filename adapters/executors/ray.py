@@ -121,6 +121,17 @@ class Failure:
     where: tuple[str, str, str, str] | None = None  # pipeline, node, plugin, tool of an execution error
 
 
+# What tools report besides their result (the tracking plugin's AnalyticsSink): recorded in the
+# actor, replayed on the front end's sink, so the counters and gauges live where /metrics is.
+ANALYTICS_EVENTS = frozenset({"line_crossed", "zone_entered", "zone_occupancy_changed"})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    method: str  # one of ANALYTICS_EVENTS
+    args: tuple[Any, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     result: dict[str, Any] | None
@@ -128,6 +139,7 @@ class Outcome:
     timings: tuple[Timing, ...]
     actor: str
     run_ms: float
+    events: tuple[Event, ...] = ()
 
 
 class _RemoteToolError(Exception):
@@ -202,6 +214,35 @@ class _TimingRecorder:
             timings.append(Timing(pipeline_id, None, duration_ms, failed))
 
 
+class _EventRecorder:
+    """The actor's AnalyticsSink: collects the events of the work on the thread running it."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def start(self) -> list[Event]:
+        events: list[Event] = []
+        self._local.events = events
+        return events
+
+    def _record(self, method: str, *args: Any) -> None:
+        events = getattr(self._local, "events", None)
+        if events is not None:
+            events.append(Event(method, args))
+
+    def declare(self, pipeline_id: str, lines: Any, zones: Any) -> None:
+        return None  # the front end declares its series from its own catalogue at start-up
+
+    def line_crossed(self, pipeline_id: str, line: str, direction: str) -> None:
+        self._record("line_crossed", pipeline_id, line, direction)
+
+    def zone_entered(self, pipeline_id: str, zone: str) -> None:
+        self._record("zone_entered", pipeline_id, zone)
+
+    def zone_occupancy_changed(self, pipeline_id: str, zone: str, delta: int) -> None:
+        self._record("zone_occupancy_changed", pipeline_id, zone, delta)
+
+
 class PipelineActor:
     """The body of one Ray actor (wrapped with ray.remote when the executor starts).
 
@@ -217,8 +258,11 @@ class PipelineActor:
 
         self._name = name
         self._recorder = _TimingRecorder()
+        self._events = _EventRecorder()
         container = Container(settings=settings)
         container.pipeline_observer.override(providers.Object(self._recorder))
+        if "analytics" in container.providers:
+            container.analytics.override(providers.Object(self._events))
         self._service = container.video_service()
         self._lock = threading.Lock()
         self._opened: set[str] = set()
@@ -240,23 +284,28 @@ class PipelineActor:
                     self._opened.add(stream_id)
                     self._service.open_stream(stream_id)
         timings = self._recorder.start()
+        events = self._events.start()
         started = time.perf_counter()
         try:
             result = self._service.run_on_frame(job.pipeline_id, job.frame_index, job.jpeg, stream_id=stream_id)
             failure = None
         except Exception as error:  # every failure goes back as data, see Failure
             result, failure = None, _failure(error)
-        return Outcome(result, failure, tuple(timings), self._name, (time.perf_counter() - started) * 1000.0)
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        return Outcome(result, failure, tuple(timings), self._name, elapsed_ms, tuple(events))
 
-    def release_stream(self, stream_id: str) -> None:
+    def release_stream(self, stream_id: str) -> tuple[Event, ...]:
+        """Release the stream's state; the events its closing reports (a zone's occupancy back to 0)."""
         with self._lock:
             self._released[stream_id] = None
             if len(self._released) > RELEASED_MEMORY:
                 self._released.popitem(last=False)
             opened = stream_id in self._opened
             self._opened.discard(stream_id)
+        events = self._events.start()
         if opened:
             self._service.release_stream(stream_id)
+        return tuple(events)
 
     def streams(self) -> int:
         with self._lock:
@@ -351,12 +400,17 @@ class RayFrameExecutor:
         local: LocalFrameRunner,
         observer: PipelineObserver | None = None,
         *,
+        analytics: Any | None = None,
         start_timeout_s: float = ACTOR_START_TIMEOUT_S,
     ) -> None:
         self._ray, self._owns_connection = connect(settings)
         self._settings = settings
         self._local = local
         self._observer = observer
+        self._analytics = analytics
+        # Each stream's net zone occupancy as replayed here: taken back if its actor dies, since
+        # the state that would have closed it (and reported the decrease) died with the actor.
+        self._occupancy: dict[str, dict[tuple[str, str], int]] = {}
         self._front = uuid.uuid4().hex[:8]
         self._lock = threading.Lock()
         self._stream_slot: dict[str, _Slot] = {}
@@ -436,7 +490,12 @@ class RayFrameExecutor:
                 self._stream_slot.pop(stream_id, None)
                 self._moved.add(stream_id)
             moved = len(slot.streams)
+            orphaned = [self._occupancy.pop(stream_id, {}) for stream_id in slot.streams]
             slot.streams = set()
+        for ledger in orphaned:
+            for (pipeline_id, zone), net in ledger.items():
+                if net:
+                    self._replay((Event("zone_occupancy_changed", (pipeline_id, zone, -net)),), None)
         log.warning("ray actor %s lost (%s); %d stream(s) move to other actors; starting a replacement", slot.name, why, moved)
         # Marked dead at once, so no frame is routed to it; the replacement talks to Ray, so not from here.
         self._supervise(self._replace, slot)
@@ -520,8 +579,24 @@ class RayFrameExecutor:
             slot = self._stream_slot.pop(stream_id, None)
             if slot is not None:
                 slot.streams.discard(stream_id)
-        if slot is not None and slot.state != "dead":
-            slot.handle.release_stream.remote(stream_id)
+        if slot is None or slot.state == "dead":
+            with self._lock:
+                self._occupancy.pop(stream_id, None)
+            return
+        try:
+            released = slot.handle.release_stream.remote(stream_id).future()
+        except Exception as error:  # the cluster is gone: nothing to release there
+            log.debug("releasing stream %s on %s failed: %s", stream_id, slot.name, error)
+            return
+
+        def replay(done: Any) -> None:
+            # On a Ray thread: the sink (Prometheus) is thread-safe, and this makes no Ray call.
+            if done.exception() is None:
+                self._replay(done.result(), stream_id)
+            with self._lock:
+                self._occupancy.pop(stream_id, None)
+
+        released.add_done_callback(replay)
 
     async def run(self, job: FrameJob, *, timeout_s: float, give_up: Awaitable[object] | None = None) -> dict[str, Any]:
         if self._local.runs_inline(job.pipeline_id):
@@ -594,7 +669,7 @@ class RayFrameExecutor:
         if starts_over and job.stream_id is not None:
             with self._lock:
                 self._moved.discard(job.stream_id)
-        self._record(outcome)
+        self._record(outcome, job.stream_id)
         if outcome.failure is not None:
             _raise(outcome.failure)
         assert outcome.result is not None
@@ -606,7 +681,22 @@ class RayFrameExecutor:
         except Exception as error:  # the actor or cluster is gone: nothing left to cancel
             log.debug("ray.cancel failed: %s", error)
 
-    def _record(self, outcome: Outcome) -> None:
+    def _replay(self, events: tuple[Event, ...], stream_id: str | None) -> None:
+        sink = self._analytics
+        if sink is None:
+            return
+        for event in events:
+            if event.method not in ANALYTICS_EVENTS:
+                continue
+            if event.method == "zone_occupancy_changed" and stream_id is not None:
+                pipeline_id, zone, delta = event.args
+                with self._lock:
+                    ledger = self._occupancy.setdefault(stream_id, {})
+                    ledger[(pipeline_id, zone)] = ledger.get((pipeline_id, zone), 0) + delta
+            getattr(sink, event.method)(*event.args)
+
+    def _record(self, outcome: Outcome, stream_id: str | None = None) -> None:
+        self._replay(outcome.events, stream_id)
         observer = self._observer
         if observer is None:
             return
