@@ -731,7 +731,7 @@ class RayFrameExecutor:
         else:
             cluster = "unreachable" if self._cluster_lost or all(a["state"] == "dead" for a in actors) else "starting"
         return {
-            "executor": "ray",
+            "kind": "ray",
             "address": self._settings.ray_address or "local",
             "cluster": cluster,
             "actors": actors,
