@@ -75,10 +75,11 @@ class _ThreadsExecutor:
     """The thread executor: the worker pool the server uses, running the in-process service."""
 
     def __init__(self, workers: int) -> None:
+        from dependency_injector import providers
+
         from adapters.container import Container
         from adapters.settings import Settings
         from adapters.worker_pool import ThreadWorkerPool
-        from dependency_injector import providers
 
         self.durations = _Durations()
         container = Container(settings=Settings.from_env({}))

@@ -32,8 +32,8 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -632,7 +632,8 @@ class RayFrameExecutor:
                 log.warning("ray work that outlived its frame's deadline failed later: %s", error)
 
         waiter.add_done_callback(settle)
-        awaited: set[Awaitable[object]] = {waiter} if give_up is None else {waiter, give_up}
+        stop = None if give_up is None else asyncio.ensure_future(give_up)  # a future stays itself
+        awaited: set[asyncio.Future[Any]] = {waiter} if stop is None else {waiter, stop}
         try:
             done, _ = await asyncio.wait(awaited, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
@@ -642,7 +643,7 @@ class RayFrameExecutor:
         if waiter not in done:
             abandoned = True
             self._cancel(ref)  # a call still queued in the actor never runs
-            if give_up is not None and give_up in done:
+            if stop is not None and stop in done:
                 raise WorkGivenUp()
             # Cancelled or not, the call ends when the actor is done with it (or dies): the stream's
             # next frame waits for that, so one stream's state never serves two frames at once.

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from adapters.container import Container
-from adapters.metrics import PrometheusObserver, new_registry
 from adapters.settings import Settings
 from application.pipeline import PipelineExecutionError
 from application.ports import WorkGivenUp, WorkStillRunning
