@@ -36,3 +36,17 @@ def test_the_thread_executor_is_the_default_and_ray_is_chosen_explicitly() -> No
 def test_bad_executor_settings_stop_start_up_naming_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+def test_several_workers_on_ray_need_a_shared_cluster_address() -> None:
+    import subprocess
+    import sys
+
+    from tests.support.server import ROOT
+
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "FORGESYTE_STREAM_EXECUTOR": "ray"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "adapters.cli", "serve", "--workers", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert "--workers=2 with FORGESYTE_STREAM_EXECUTOR=ray needs FORGESYTE_STREAM_RAY_ADDRESS" in completed.stderr
