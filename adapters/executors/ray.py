@@ -19,7 +19,9 @@ A frame's deadline holds on Ray as on threads: at the deadline the caller gets
 its failure and the remote call is cancelled if it has not started; a call
 already running cannot be interrupted (the actor's thread is in a tool), so
 the caller is told WorkStillRunning and its stream waits for the actor before
-it sends that stream's state another frame.
+it sends that stream's state another frame. Unlike a thread, an actor can be
+killed: one whose call is still running HUNG_AFTER_TIMEOUTS frame timeouts
+after it started is declared hung and replaced, which ends that wait.
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ RELEASED_MEMORY = 65_536
 # Replacements of one actor that may die before they are ready before its slot is left empty:
 # an actor that cannot start (a model missing on a node) would otherwise be re-created forever.
 MAX_FAILED_STARTS = 3
+# A call still running this many frame timeouts after it started is stuck in a tool: its actor is
+# killed and replaced (a thread cannot be interrupted, a process can), so the stream waiting for
+# it goes on elsewhere instead of waiting for ever. Frames the actor held for other streams fail.
+HUNG_AFTER_TIMEOUTS = 3
 # How long a front end keeps running without its cluster's GCS (Ray's default: 60 s, then exit).
 DRIVER_OUTLIVES_CLUSTER_S = 365 * 24 * 3600
 
@@ -645,6 +651,7 @@ class RayFrameExecutor:
             self._cancel(ref)  # a call still queued in the actor never runs
             if stop is not None and stop in done:
                 raise WorkGivenUp()
+            self._watch_straggler(slot, generation, waiter, job, timeout_s)
             # Cancelled or not, the call ends when the actor is done with it (or dies): the stream's
             # next frame waits for that, so one stream's state never serves two frames at once.
             raise WorkStillRunning(timeout_s, waiter)
@@ -675,6 +682,18 @@ class RayFrameExecutor:
             _raise(outcome.failure)
         assert outcome.result is not None
         return outcome.result
+
+    def _watch_straggler(self, slot: _Slot, generation: int, waiter: asyncio.Future[Any], job: FrameJob, timeout_s: float) -> None:
+        def check() -> None:
+            if waiter.done() or slot.generation != generation:
+                return
+            why = (
+                f"hung: frame {job.frame_index} of pipeline {job.pipeline_id!r} still running "
+                f"{HUNG_AFTER_TIMEOUTS * timeout_s:g} s after it started"
+            )
+            self._actor_lost(slot, generation, why)
+
+        asyncio.get_running_loop().call_later((HUNG_AFTER_TIMEOUTS - 1) * timeout_s, check)
 
     def _cancel(self, ref: Any) -> None:
         try:

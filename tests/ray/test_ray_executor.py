@@ -145,25 +145,54 @@ def test_stateless_frames_go_to_the_least_busy_actor(front: _Front) -> None:
     assert front.executor.busy_workers() == 0
 
 
-def test_a_hanging_tool_costs_its_frame_the_deadline_and_the_stream_waits_for_the_actor(front: _Front) -> None:
+def test_a_slow_tool_costs_its_frame_the_deadline_and_the_stream_waits_for_the_actor(front: _Front) -> None:
     from adapters.executors.ray import FrameJob
 
     async def scenario() -> tuple[float, float]:
         started = time.monotonic()
         with pytest.raises(WorkStillRunning) as still:
-            await front.executor.run(FrameJob("hang", 0, jpeg(), "hung-stream"), timeout_s=0.3)
+            await front.executor.run(FrameJob("hang", 0, jpeg(), "slow-stream"), timeout_s=0.8)
         failed_after = time.monotonic() - started
         await asyncio.wait({still.value.finished}, timeout=15)
         return failed_after, time.monotonic() - started
 
-    front.executor.open_stream("hung-stream")
+    front.executor.open_stream("slow-stream")
     try:
         failed_after, finished_after = asyncio.run(scenario())
-        assert 0.3 <= failed_after < 1.2, failed_after  # answered at the deadline, not when the tool returns (1.5 s)
-        assert finished_after >= 1.4, finished_after  # the call ends only when the actor is done with it
-        assert _run(front, "counter", 1, jpeg(), "hung-stream")["result"]["count"] == 1
+        assert 0.8 <= failed_after < 1.45, failed_after  # answered at the deadline, not when the tool returns (1.5 s)
+        assert finished_after >= 1.45, finished_after  # the call ends only when the actor is done with it
+        assert _run(front, "counter", 1, jpeg(), "slow-stream")["result"]["count"] == 1
+        assert all(entry["lost"] == 0 for entry in front.executor.health()["actors"])  # 1.5 s < 3 timeouts: not hung
     finally:
-        front.executor.release_stream("hung-stream")
+        front.executor.release_stream("slow-stream")
+
+
+def test_an_actor_stuck_in_a_tool_is_replaced_and_its_stream_goes_on(front: _Front) -> None:
+    from adapters.executors.ray import FrameJob
+
+    async def scenario() -> float:
+        started = time.monotonic()
+        with pytest.raises(WorkStillRunning) as still:
+            await front.executor.run(FrameJob("hang", 0, jpeg(), "stuck-stream"), timeout_s=0.2)
+        await asyncio.wait({still.value.finished}, timeout=15)
+        return time.monotonic() - started
+
+    front.executor.open_stream("stuck-stream")
+    try:
+        _run(front, "counter", 0, jpeg(), "stuck-stream")
+        stuck_on = _actor_of(front, "stuck-stream")
+        waited = asyncio.run(scenario())
+        # Three timeouts (0.6 s) after the frame started the actor is declared hung and killed,
+        # before the tool would have returned (1.5 s): the stream's wait ends there.
+        assert waited < 1.4, waited
+        assert _run(front, "counter", 1, jpeg(), "stuck-stream")["result"]["count"] == 1
+        assert _actor_of(front, "stuck-stream") != stuck_on
+    finally:
+        front.executor.release_stream("stuck-stream")
+    deadline = time.monotonic() + 30
+    while not all(entry["state"] == "ready" for entry in front.executor.health()["actors"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [entry["lost"] for entry in front.executor.health()["actors"]].count(1) == 1
 
 
 def test_giving_up_answers_at_once(front: _Front) -> None:
