@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -388,12 +389,18 @@ def connect(settings: Settings) -> tuple[Any, bool]:
     }
     if address is None:
         options["include_dashboard"] = False
+    # ray.init replaces the driver's SIGTERM handler with one that exits at once; the server's own
+    # (graceful drain, then death by the signal) stays in charge, as it is without Ray.
+    previous_sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     try:
         # "local" always starts a new instance; None would join whatever cluster /tmp/ray last recorded.
         ray.init(address=address or "local", **options)
     except Exception as error:
         variable = f"{PREFIX}RAY_ADDRESS={address!r}" if address is not None else f"{PREFIX}EXECUTOR=ray (local cluster)"
         raise RayClusterUnreachable(f"{variable}: cannot join the Ray cluster: {type(error).__name__}: {error}") from None
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     return ray, True
 
 
