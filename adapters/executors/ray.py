@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import socket
@@ -389,6 +390,9 @@ def connect(settings: Settings) -> tuple[Any, bool]:
     }
     if address is None:
         options["include_dashboard"] = False
+        # One machine: Ray's CPUs are placement units, so the actors asked for always fit.
+        needed = settings.ray_actors * settings.ray_actor_cpus
+        options["num_cpus"] = max(os.cpu_count() or 1, math.ceil(needed))
     # ray.init replaces the driver's SIGTERM handler with one that exits at once; the server's own
     # (graceful drain, then death by the signal) stays in charge, as it is without Ray.
     previous_sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
