@@ -17,7 +17,10 @@
     server does (RayFrameExecutor, one actor of one thread) and feeds it two streams of `faces`
     frames. Baseline: one front end, head node only. Scaled: both nodes, two front ends at once.
     Rounds alternate the two (the second node is started and stopped each round). Reported:
-    frames/s of each, the ratio (goal >= 1.6) and the node each actor ran on.
+    frames/s of each, the ratio (goal >= 1.6), the node each actor ran on, and the CPU the actors
+    actually got (their process CPU time over the window): on a shared machine other work takes
+    part of each core, so frames per actor CPU-second, two ÷ one, says whether a second node
+    added capacity at the same cost per frame whatever the other load did.
 
 The front ends here are the executor without the WebSocket layer in front of it, which is the
 part that scales with the front end itself. Multi-node Ray refuses the loopback address, so the
@@ -307,17 +310,24 @@ def _front_end(address: str, seconds: float) -> int:
         "FORGESYTE_STREAM_RAY_ACTOR_CPUS": "1",
         "FORGESYTE_STREAM_INFERENCE_WORKERS": "1",  # one core per node: one pipeline thread per actor
     }
+    import ray
+
+    from adapters.executors.ray import NAMESPACE
+
     frame = _face_frame()
     executor = _RayExecutor(env)
     try:
-        node = executor.executor.health()["actors"][0]["node_id"]
+        [actor] = executor.executor.health()["actors"]
+        handle = ray.get_actor(actor["name"], namespace=NAMESPACE)
         asyncio.run(_throughput(executor.run, frame, 2, 1.0))  # warm-up
         print("ready", flush=True)
         sys.stdin.readline()
+        cpu_before, started = ray.get(handle.cpu_seconds.remote()), time.perf_counter()
         fps = asyncio.run(_throughput(executor.run, frame, 2, seconds))
+        cpu_share = (ray.get(handle.cpu_seconds.remote()) - cpu_before) / (time.perf_counter() - started)
     finally:
         executor.close()
-    print(json.dumps({"fps": fps, "node_id": node}), flush=True)
+    print(json.dumps({"fps": fps, "node_id": actor["node_id"], "cpu_share": cpu_share}), flush=True)
     return 0
 
 
@@ -355,11 +365,26 @@ def _cluster(args: argparse.Namespace) -> dict[str, Any]:
             total = sum(report["fps"] for report in two)
             used = sorted({report["node_id"][:12] for report in two})
             each = " + ".join(f"{report['fps']:.1f}" for report in two)
-            rounds.append({"one": one[0]["fps"], "two": total, "ratio": total / one[0]["fps"], "nodes_used": len(used)})
+            one_share = one[0]["cpu_share"]
+            two_share = sum(report["cpu_share"] for report in two)
+            # Frames per CPU-second the actors got: what the machine's other load cannot move.
+            efficiency = (total / two_share) / (one[0]["fps"] / one_share)
+            rounds.append(
+                {
+                    "one": one[0]["fps"],
+                    "two": total,
+                    "ratio": total / one[0]["fps"],
+                    "nodes_used": len(used),
+                    "one_cpu_share": one_share,
+                    "two_cpu_share": two_share,
+                    "per_cpu_second_ratio": efficiency,
+                }
+            )
             print(
-                f"  round {round_number + 1}: one front end, one node {one[0]['fps']:.1f} frames/s; "
-                f"two front ends, two nodes {each} = {total:.1f} frames/s on nodes {used}; ratio {total / one[0]['fps']:.2f} "
-                f"(load average {os.getloadavg()[0]:.2f})",
+                f"  round {round_number + 1}: one front end, one node {one[0]['fps']:.1f} frames/s "
+                f"(its actor got {one_share:.2f} of a core); two front ends, two nodes {each} = {total:.1f} frames/s "
+                f"on nodes {used} (their actors got {two_share:.2f} cores); ratio {total / one[0]['fps']:.2f}; "
+                f"frames per actor CPU-second, two ÷ one: {efficiency:.2f} (load average {os.getloadavg()[0]:.2f})",
                 flush=True,
             )
     finally:
@@ -368,13 +393,22 @@ def _cluster(args: argparse.Namespace) -> dict[str, Any]:
                 node.stop()
     one_fps = statistics.median(r["one"] for r in rounds)
     two_fps = statistics.median(r["two"] for r in rounds)
+    efficiency = statistics.median(r["per_cpu_second_ratio"] for r in rounds)
     print(
         f"[2] cluster: one front end + one node {one_fps:.1f} frames/s; two front ends + two nodes {two_fps:.1f} frames/s; "
-        f"ratio of medians {two_fps / one_fps:.2f} (goal >= 1.6); actors ran on "
-        f"{min(r['nodes_used'] for r in rounds)} node(s) in every round; cores pinned: {_has_taskset()}",
+        f"ratio of medians {two_fps / one_fps:.2f} (goal >= 1.6); frames per actor CPU-second, two ÷ one, median "
+        f"{efficiency:.2f}; actors ran on {min(r['nodes_used'] for r in rounds)} node(s) in every round; "
+        f"cores pinned: {_has_taskset()}",
         flush=True,
     )
-    return {"rounds": rounds, "one": one_fps, "two": two_fps, "ratio": two_fps / one_fps, "pinned": _has_taskset()}
+    return {
+        "rounds": rounds,
+        "one": one_fps,
+        "two": two_fps,
+        "ratio": two_fps / one_fps,
+        "per_cpu_second_ratio": efficiency,
+        "pinned": _has_taskset(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
