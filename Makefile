@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 NODE_STAMP := contracts/node/node_modules/.installed
 PIP := $(BIN)/pip --disable-pip-version-check --quiet
 
-.PHONY: setup serve test contracts models bench docs-html lock
+.PHONY: setup serve test contracts contracts-ray models bench bench-ray docs-html lock
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ models: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/stream_bench.py
+
+# The Ray executor against threads, and a two-node Ray cluster on this machine (docs/performance.md).
+bench-ray: $(STAMP)
+	$(BIN)/python bench/ray_bench.py
 
 # HTML documentation of the contract into docs/html/ (fetches @asyncapi/generator and its
 # HTML template from the npm registry on first use, so it is not part of `make test`).
