@@ -100,7 +100,7 @@ class _ThreadsExecutor:
 class _RayExecutor:
     def __init__(self, env: dict[str, str]) -> None:
         from adapters.container import Container
-        from adapters.executors.ray import RayFrameExecutor
+        from adapters.ray_executor import RayFrameExecutor
         from adapters.settings import Settings
 
         settings = Settings.from_env({"FORGESYTE_STREAM_EXECUTOR": "ray", **env})
@@ -109,7 +109,7 @@ class _RayExecutor:
         self.executor = RayFrameExecutor(settings, container.video_service(), self.durations)
 
     async def run(self, index: int, frame: bytes, stream_id: str) -> dict[str, Any]:
-        from adapters.executors.ray import FrameJob
+        from adapters.ray_executor import FrameJob
 
         return await self.executor.run(FrameJob(PIPELINE, index, frame, stream_id), timeout_s=30)
 
@@ -312,7 +312,7 @@ def _front_end(address: str, seconds: float) -> int:
     }
     import ray
 
-    from adapters.executors.ray import NAMESPACE
+    from adapters.ray_executor import NAMESPACE
 
     frame = _face_frame()
     executor = _RayExecutor(env)

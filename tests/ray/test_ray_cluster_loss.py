@@ -28,7 +28,7 @@ DRIVER = textwrap.dedent(
     """
     import asyncio, json, sys, time
     from adapters.container import Container
-    from adapters.executors.ray import FrameJob, RayFrameExecutor
+    from adapters.ray_executor import FrameJob, RayFrameExecutor
     from adapters.settings import Settings
     from tests.support.media import jpeg
 

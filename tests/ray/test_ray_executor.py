@@ -31,7 +31,7 @@ class _Front:
     """What a front end holds: its container (in-process service, metrics) and the Ray executor."""
 
     def __init__(self, settings: Settings) -> None:
-        from adapters.executors.ray import RayFrameExecutor
+        from adapters.ray_executor import RayFrameExecutor
 
         self.container = Container(settings=settings)
         self.video = self.container.video_service()
@@ -47,7 +47,7 @@ def front(ray_cluster: str) -> Iterator[_Front]:
 
 
 def _run(front: _Front, pipeline_id: str, index: int, data: bytes, stream_id: str | None = None, *, timeout_s: float = 20.0) -> Any:
-    from adapters.executors.ray import FrameJob
+    from adapters.ray_executor import FrameJob
 
     return asyncio.run(front.executor.run(FrameJob(pipeline_id, index, data, stream_id), timeout_s=timeout_s))
 
@@ -128,7 +128,7 @@ def test_a_streams_state_stays_on_one_actor_and_is_released_with_the_stream(fron
 
 def test_stateless_frames_go_to_the_least_busy_actor(front: _Front) -> None:
     async def two_at_once() -> list[Any]:
-        from adapters.executors.ray import FrameJob
+        from adapters.ray_executor import FrameJob
 
         tasks = [
             asyncio.ensure_future(front.executor.run(FrameJob("slow", i, jpeg(seed=i), None), timeout_s=20))
@@ -146,7 +146,7 @@ def test_stateless_frames_go_to_the_least_busy_actor(front: _Front) -> None:
 
 
 def test_a_slow_tool_costs_its_frame_the_deadline_and_the_stream_waits_for_the_actor(front: _Front) -> None:
-    from adapters.executors.ray import FrameJob
+    from adapters.ray_executor import FrameJob
 
     async def scenario() -> tuple[float, float]:
         started = time.monotonic()
@@ -168,7 +168,7 @@ def test_a_slow_tool_costs_its_frame_the_deadline_and_the_stream_waits_for_the_a
 
 
 def test_an_actor_stuck_in_a_tool_is_replaced_and_its_stream_goes_on(front: _Front) -> None:
-    from adapters.executors.ray import FrameJob
+    from adapters.ray_executor import FrameJob
 
     async def scenario() -> float:
         started = time.monotonic()
@@ -196,7 +196,7 @@ def test_an_actor_stuck_in_a_tool_is_replaced_and_its_stream_goes_on(front: _Fro
 
 
 def test_giving_up_answers_at_once(front: _Front) -> None:
-    from adapters.executors.ray import FrameJob
+    from adapters.ray_executor import FrameJob
 
     async def scenario() -> float:
         give_up = asyncio.get_running_loop().create_future()
@@ -212,7 +212,7 @@ def test_giving_up_answers_at_once(front: _Front) -> None:
 def test_an_actor_killed_mid_stream_costs_its_frame_and_the_stream_goes_on_elsewhere(ray_cluster: str) -> None:
     import ray
 
-    from adapters.executors.ray import ExecutorLostError, FrameJob
+    from adapters.ray_executor import ExecutorLostError, FrameJob
 
     victim_front = _Front(_settings())
     executor = victim_front.executor
@@ -274,7 +274,7 @@ def test_an_actor_killed_while_idle_is_replaced_without_failing_a_frame(ray_clus
 
 
 def test_an_unreachable_cluster_address_is_a_configuration_error_naming_the_variable(ray_cluster: str) -> None:
-    from adapters.executors.ray import RayClusterUnreachable, connect
+    from adapters.ray_executor import RayClusterUnreachable, connect
     from adapters.settings import SettingsError
     from tests.support.server import free_port
 
@@ -285,7 +285,7 @@ def test_an_unreachable_cluster_address_is_a_configuration_error_naming_the_vari
 
 
 def test_actors_the_cluster_cannot_place_stop_start_up_naming_the_variable(ray_cluster: str) -> None:
-    from adapters.executors.ray import RayClusterUnreachable, RayFrameExecutor
+    from adapters.ray_executor import RayClusterUnreachable, RayFrameExecutor
 
     settings = _settings(FORGESYTE_STREAM_RAY_ACTOR_CPUS="64")
     container = Container(settings=settings)
