@@ -128,6 +128,20 @@ class Container(containers.DeclarativeContainer):
     )
 
 
+def worker_pipeline_service(settings: Settings, observer: Any, analytics: Any) -> VideoFilePipelineService:
+    """The pipeline service of a process that runs frames for a front end (a Ray actor).
+
+    The same wiring as the front end's, from the same settings, except where
+    the work reports: to the caller's recorders, which send it back with the
+    result, instead of to this process's own metrics.
+    """
+    container = Container(settings=settings)
+    container.pipeline_observer.override(providers.Object(observer))
+    if "analytics" in container.providers:
+        container.analytics.override(providers.Object(analytics))
+    return container.video_service()
+
+
 def build_container(settings: Settings) -> Container:
     """A container for these settings; building the pipelines provider validates every pipeline."""
     container = Container(settings=settings)

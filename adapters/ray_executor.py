@@ -260,18 +260,12 @@ class PipelineActor:
     """
 
     def __init__(self, settings: Settings, name: str) -> None:
-        from dependency_injector import providers
-
-        from adapters.container import Container
+        from adapters.container import worker_pipeline_service
 
         self._name = name
         self._recorder = _TimingRecorder()
         self._events = _EventRecorder()
-        container = Container(settings=settings)
-        container.pipeline_observer.override(providers.Object(self._recorder))
-        if "analytics" in container.providers:
-            container.analytics.override(providers.Object(self._events))
-        self._service = container.video_service()
+        self._service = worker_pipeline_service(settings, self._recorder, self._events)
         self._lock = threading.Lock()
         self._opened: set[str] = set()
         self._released: OrderedDict[str, None] = OrderedDict()
