@@ -4,15 +4,25 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := contracts/node/node_modules/.installed
+CHROMIUM := /usr/bin/chromium
+# apt-get needs root; elsewhere sudo asks.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 PIP := $(BIN)/pip --disable-pip-version-check --quiet
 
-.PHONY: setup serve test contracts contracts-ray models bench bench-ray docs-html lock
+.PHONY: setup serve test lint contracts contracts-ray models bench bench-ray docs-html lock
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -r requirements.lock
 	$(PIP) install --no-deps -e .
+	$(PIP) install --no-deps -e ./clients/python
 	touch $(STAMP)
+
+# The browser page's tests drive Debian's chromium through Playwright (Playwright's own browser
+# download is not used).
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq chromium
 
 $(NODE_STAMP): contracts/node/package-lock.json
 	cd contracts/node && npm ci --no-audit --no-fund --loglevel=error
@@ -23,23 +33,31 @@ setup: $(STAMP) $(NODE_STAMP)
 serve: $(STAMP)
 	$(BIN)/forgesyte-stream serve
 
-# The project's tests, then the contract suite (contracts/README.md) three ways: against the
+# The linters, the project's tests, then the contract suite (contracts/README.md) three ways: against the
 # self-started Litestar server and the alternate websockets adapter, and against a separately
 # started `forgesyte-stream serve` given to it with --target, as another team would run it.
-test: $(STAMP) $(NODE_STAMP)
+test: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
+	$(MAKE) --no-print-directory lint
 	$(BIN)/pytest
 	$(MAKE) --no-print-directory contracts
+
+# ruff over everything; mypy --strict over domain/ and application/ (pyproject.toml holds both configurations).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 contracts: $(STAMP)
 	$(BIN)/pytest contracts
 	$(BIN)/python -m contracts.against_serve
 
-# Regenerate the client's message models (contracts/generated/) after editing asyncapi.yaml.
+# Regenerate the clients' message types after editing asyncapi.yaml: contracts/generated/,
+# clients/python/forgesyte_stream_client/generated/ and clients/web/messages.js.
 models: $(STAMP)
 	$(BIN)/python -m contracts.generate_models
 
 bench: $(STAMP)
 	$(BIN)/python bench/stream_bench.py
+	$(BIN)/python bench/client_bench.py
 
 # The Ray executor against threads, and a two-node Ray cluster on this machine (docs/performance.md).
 bench-ray: $(STAMP)

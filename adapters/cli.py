@@ -47,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     from adapters.startup import CONFIGURATION_ERRORS, CONFIGURATION_EXIT_STATUS, configuration_error_line
+    from application.errors import VideoReadError
     from domain import StreamError
 
     try:
@@ -81,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return CONFIGURATION_EXIT_STATUS
     except StreamError as error:
         print(f"forgesyte-stream: {error.code.value}: {error.detail}", file=sys.stderr)
+        return 1
+    except VideoReadError as error:
+        print(f"forgesyte-stream: {error.detail}", file=sys.stderr)
         return 1
 
 

@@ -11,22 +11,27 @@ from typing import Any
 
 from dependency_injector import containers, providers
 
+from adapters.access import AccessEvents
 from adapters.image_codec import OpenCvJpegDecoder, OpenCvVideoReader
 from adapters.logging_observer import LoggingStreamObserver
-from adapters.metrics import MetricsExporter, PrometheusObserver, new_registry
+from adapters.metrics import MetricsExporter, PrometheusAnalytics, PrometheusObserver, new_registry
 from adapters.pipeline_catalog import JsonPipelineCatalog
 from adapters.plugins.ocr import OcrPlugin
 from adapters.plugins.opencv_vision import OpenCvVisionPlugin
 from adapters.plugins.probe import ProbePlugin
+from adapters.plugins.tracking import TrackingPlugin
 from adapters.plugins.yolo import YoloPlugin
 from adapters.settings import Settings
-from adapters.worker_pool import ThreadWorkerPool
+from adapters.thread_executor import ThreadFrameExecutor
+from application.access import AccessPolicy, StreamAccess
 from application.observers import FanOutStreamObserver
-from application.pipeline import DagPipelineService, StreamStateStore
+from application.pipeline import DagPipelineService, DecodedBytesBudget, StreamStateStore
 from application.sessions import SessionManager
+from application.single_frame import SingleFrameService
 from application.stream import StreamService, StreamSettings
 from application.video_service import VideoFilePipelineService
 from domain import BackpressurePolicy
+from domain.sampling import KeepEveryNthPolicy
 
 
 class PluginLoadError(ValueError):
@@ -56,12 +61,19 @@ def _plugins_by_id(extra: list[Any], *builtin: Any) -> dict[str, Any]:
 
 
 def _policy(settings: Settings) -> BackpressurePolicy:
-    return BackpressurePolicy(
-        drop_threshold=settings.drop_threshold,
-        slowdown_threshold=settings.slowdown_threshold,
-        buffer_capacity=settings.buffer_frames,
-        slowdown_repeat_ms=float(settings.slowdown_repeat_ms),
-    )
+    common: dict[str, Any] = {
+        "drop_threshold": settings.drop_threshold,
+        "slowdown_threshold": settings.slowdown_threshold,
+        "buffer_capacity": settings.buffer_frames,
+        "slowdown_repeat_ms": float(settings.slowdown_repeat_ms),
+    }
+    if settings.drop_policy == "every_nth":
+        return KeepEveryNthPolicy(keep_every=settings.keep_every, **common)
+    return BackpressurePolicy(**common)
+
+
+def _frame_timeout_s(settings: Settings) -> float:
+    return settings.frame_timeout_ms / 1000.0
 
 
 def _stream_settings(settings: Settings) -> StreamSettings:
@@ -73,6 +85,10 @@ def _stream_settings(settings: Settings) -> StreamSettings:
     )
 
 
+def _access_policy(settings: Settings) -> AccessPolicy:
+    return settings.access_policy()
+
+
 class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
 
@@ -80,6 +96,9 @@ class Container(containers.DeclarativeContainer):
     decoder = providers.Singleton(OpenCvJpegDecoder, max_pixels=settings.provided.max_frame_pixels)
     video_reader = providers.Singleton(OpenCvVideoReader)
     extra_plugins = providers.Singleton(load_extra_plugins, settings.provided.plugins)
+    metrics_registry = providers.Singleton(new_registry)
+    analytics = providers.Singleton(PrometheusAnalytics, registry=metrics_registry)
+    tracking_plugin = providers.Singleton(TrackingPlugin, analytics=analytics)
     plugins = providers.Singleton(
         _plugins_by_id,
         extra_plugins,
@@ -91,11 +110,18 @@ class Container(containers.DeclarativeContainer):
             labels_path=settings.provided.yolo_labels,
             confidence=settings.provided.yolo_confidence,
             iou=settings.provided.yolo_iou,
+            providers=settings.provided.onnx_providers,
         ),
         providers.Singleton(ProbePlugin),
+        tracking_plugin,
     )
     state_store = providers.Singleton(StreamStateStore)
-    metrics_registry = providers.Singleton(new_registry)
+    # A frame waits for decode memory at most as long as the client waits for its answer.
+    decode_budget = providers.Singleton(
+        DecodedBytesBudget,
+        capacity_bytes=settings.provided.decode_budget_bytes,
+        wait_s=providers.Callable(_frame_timeout_s, settings),
+    )
     metrics = providers.Singleton(PrometheusObserver, registry=metrics_registry, pipeline_ids=catalog.provided.ids.call())
     metrics_exporter = providers.Singleton(MetricsExporter, registry=metrics_registry)
     pipeline_observer = metrics
@@ -106,6 +132,8 @@ class Container(containers.DeclarativeContainer):
         decoder=decoder,
         state_store=state_store,
         observer=pipeline_observer,
+        max_frame_pixels=settings.provided.max_frame_pixels,
+        decode_budget=decode_budget,
     )
     video_service = providers.Singleton(
         VideoFilePipelineService,
@@ -113,7 +141,7 @@ class Container(containers.DeclarativeContainer):
         video_reader=video_reader,
         max_frame_bytes=settings.provided.max_frame_bytes,
     )
-    worker_pool = providers.Singleton(ThreadWorkerPool, workers=settings.provided.inference_workers)
+    frame_executor = providers.Singleton(ThreadFrameExecutor, video=video_service, workers=settings.provided.inference_workers)
     session_manager = providers.Singleton(SessionManager, max_sessions=settings.provided.max_sessions)
     log_observer = providers.Singleton(LoggingStreamObserver)
     stream_observer = providers.Singleton(FanOutStreamObserver, log_observer, metrics)
@@ -121,10 +149,27 @@ class Container(containers.DeclarativeContainer):
     stream_service = providers.Singleton(
         StreamService,
         video=video_service,
-        pool=worker_pool,
+        executor=frame_executor,
         sessions=session_manager,
         observer=stream_observer,
         settings=stream_settings,
+    )
+    single_frames = providers.Singleton(
+        SingleFrameService,
+        video=video_service,
+        executor=frame_executor,
+        observer=stream_observer,
+        frame_timeout_s=stream_settings.provided.frame_timeout_s,
+        max_frame_bytes=settings.provided.max_frame_bytes,
+    )
+    access_policy = providers.Singleton(_access_policy, settings)
+    access_events = providers.Singleton(AccessEvents, metrics=metrics)
+    stream_access = providers.Singleton(
+        StreamAccess,
+        service=stream_service,
+        observer=access_events,
+        stream_observer=stream_observer,
+        max_sessions_per_key=settings.provided.max_sessions_per_key,
     )
 
 
@@ -143,9 +188,13 @@ def worker_pipeline_service(settings: Settings, observer: Any, analytics: Any) -
 
 
 def build_container(settings: Settings) -> Container:
-    """A container for these settings; building the pipelines provider validates every pipeline."""
+    """A container for these settings; building the pipelines provider validates every pipeline.
+
+    The tracking nodes' lines and zones are checked too, and their metric series declared.
+    """
     container = Container(settings=settings)
     container.pipelines()
+    container.tracking_plugin().check_pipelines(container.catalog())
     return container
 
 
@@ -153,11 +202,15 @@ def build_app(container: Container) -> Any:
     from adapters.litestar_app import create_app
 
     settings: Settings = container.settings()
-    pool = container.worker_pool()
+    executor = container.frame_executor()
     return create_app(
         stream_service=container.stream_service(),
+        single_frames=container.single_frames(),
+        stream_access=container.stream_access(),
+        access_policy=container.access_policy(),
+        access_events=container.access_events(),
         pipelines=container.pipelines(),
         metrics=container.metrics_exporter(),
         max_body_bytes=settings.ws_max_size,
-        on_shutdown=[pool.shutdown],
+        on_shutdown=[executor.shutdown],
     )

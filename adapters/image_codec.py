@@ -9,8 +9,23 @@ from typing import Any
 import cv2
 import numpy as np
 
-from application.video_service import VideoReadError
-from domain import ErrorCode, FrameValidationError, read_jpeg_info
+from application.errors import VideoReadError
+from domain import ErrorCode, FrameValidationError, JpegInfo, check_frame_pixels, read_jpeg_info
+
+
+# IMREAD_REDUCED_COLOR_N makes libjpeg scale inside its inverse DCT: no full-size image is ever made.
+_REDUCED_FLAGS = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+# The decoded image is H x W x 3 uint8 (BGR).
+_OUTPUT_BYTES_PER_PIXEL = 3
+# A progressive (or multi-scan) JPEG keeps every DCT coefficient of the whole
+# frame until its last scan: 2 bytes per coefficient, per component, at full size
+# whatever the reduction. Charged for progressive frames, the ones that need it.
+_COEFFICIENT_BYTES = 2
 
 
 class OpenCvJpegDecoder:
@@ -18,7 +33,9 @@ class OpenCvJpegDecoder:
 
     The declared size is checked from the header before decoding: a few
     kilobytes can declare a 60000 x 60000 image, and decoding it would allocate
-    gigabytes in a worker thread shared with every other session.
+    gigabytes in a worker thread shared with every other session. The pipeline
+    service checks the same limit first for every frame; this check keeps the
+    decoder safe on its own.
     """
 
     def __init__(self, max_pixels: int) -> None:
@@ -26,15 +43,28 @@ class OpenCvJpegDecoder:
             raise ValueError(f"max_pixels must be at least 1, got {max_pixels}")
         self.max_pixels = max_pixels
 
-    def decode(self, image_bytes: bytes) -> np.ndarray:
+    def memory_needed(self, info: JpegInfo, reduction: int) -> int:
+        width, height = info.reduced_size(reduction)
+        needed = width * height * _OUTPUT_BYTES_PER_PIXEL
+        if info.progressive:
+            needed += info.pixels * info.components * _COEFFICIENT_BYTES
+        return needed
+
+    def largest_memory_needed(self) -> int:
+        """What the largest frame this decoder accepts can hold: a progressive four-component one at full size.
+
+        Settings.DECODE_BYTES_PER_PIXEL holds the same figure, so that a budget
+        too small for one such frame stops start-up.
+        """
+        return self.max_pixels * (_OUTPUT_BYTES_PER_PIXEL + 4 * _COEFFICIENT_BYTES)
+
+    def decode(self, image_bytes: bytes, reduction: int = 1) -> np.ndarray:
+        flag = _REDUCED_FLAGS.get(reduction)
+        if flag is None:
+            raise ValueError(f"reduction must be one of {sorted(_REDUCED_FLAGS)}, got {reduction!r}")
         info = read_jpeg_info(image_bytes)
-        pixels = info.width * info.height
-        if pixels > self.max_pixels:
-            raise FrameValidationError(
-                ErrorCode.FRAME_TOO_LARGE,
-                f"frame declares {info.width}x{info.height} = {pixels} pixels; the limit is {self.max_pixels} pixels",
-            )
-        image = cv2.imdecode(np.frombuffer(image_bytes, dtype=np.uint8), cv2.IMREAD_COLOR)
+        check_frame_pixels(info, self.max_pixels)
+        image = cv2.imdecode(np.frombuffer(image_bytes, dtype=np.uint8), flag)
         if image is None:
             raise FrameValidationError(ErrorCode.INVALID_FRAME, "frame has JPEG markers but does not decode as an image")
         return image

@@ -8,8 +8,10 @@ sessions or errors is made here.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Any
 
 import msgspec
 import structlog
@@ -18,10 +20,12 @@ from litestar.connection import WebSocket
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, WebSocketDisconnect
 from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.plugins import SwaggerRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_400_BAD_REQUEST,
+    HTTP_401_UNAUTHORIZED,
     HTTP_404_NOT_FOUND,
     HTTP_408_REQUEST_TIMEOUT,
     HTTP_409_CONFLICT,
@@ -33,12 +37,17 @@ from litestar.status_codes import (
     HTTP_504_GATEWAY_TIMEOUT,
 )
 
-from adapters.logging_observer import pipeline_error_fields
+from adapters import serving
+from adapters.access import AccessEvents, AccessGuard, bearer_subprotocol, declare_security
 from adapters.metrics import MetricsExporter
-from application.pipeline import DagPipelineService, PipelineUnavailableError
+from adapters.serving import Health
+from application.access import AccessPolicy, StreamAccess
+from application.errors import FrameTimeoutError, PipelineUnavailableError
+from application.pipeline import DagPipelineService
 from adapters.uvicorn_protocols import ReplyTimeout
 from application.ports import ConnectionClosed, Inbound, InboundKind, SendTimedOut
-from application.stream import FrameTimeoutError, StreamService
+from application.single_frame import SingleFrameService
+from application.stream import StreamService
 from domain import ErrorCode, StreamError
 from domain.errors import GENERIC_INTERNAL_DETAIL
 
@@ -90,10 +99,17 @@ class LitestarWebSocketTransport:
 
 
 @websocket("/ws/video/stream", name="video_stream")
-async def video_stream(socket: WebSocket[Any, Any, Any], stream_service: StreamService) -> None:
-    """Stream JPEG frames in, receive one JSON reply per frame; asyncapi.yaml is the contract."""
-    await socket.accept()
-    await stream_service.serve(LitestarWebSocketTransport(socket), socket.query_params.get("pipeline_id"))
+async def video_stream(socket: WebSocket[Any, Any, Any], stream_access: StreamAccess, access_policy: AccessPolicy) -> None:
+    """Stream JPEG frames in, receive one JSON reply per frame; asyncapi.yaml is the contract.
+
+    Host and Origin were checked before the upgrade (AccessGuard); the key is
+    checked after it, so that a refused client reads why (close 3000).
+    """
+    offered = socket.scope.get("subprotocols", [])
+    credential = access_policy.authenticate(socket.headers.get("authorization"), offered)
+    await socket.accept(subprotocols=bearer_subprotocol(offered))
+    with structlog.contextvars.bound_contextvars(api_key=credential.label) if access_policy.keys_required else nullcontext():
+        await stream_access.serve(LitestarWebSocketTransport(socket), socket.query_params.get("pipeline_id"), credential, socket.url.path)
 
 
 # HTTP -----------------------------------------------------------------------
@@ -134,14 +150,6 @@ class PipelineView:
 
 
 @dataclass(frozen=True)
-class Health:
-    status: str
-    sessions_active: int
-    pipelines: int
-    busy_workers: int
-
-
-@dataclass(frozen=True)
 class FrameResultBody:
     frame_index: int
     result: dict[str, Any]
@@ -157,6 +165,7 @@ _STATUS_FOR_CODE: dict[ErrorCode, int] = {
     ErrorCode.SERVER_BUSY: HTTP_503_SERVICE_UNAVAILABLE,
     ErrorCode.SHUTTING_DOWN: HTTP_503_SERVICE_UNAVAILABLE,
     ErrorCode.IDLE_TIMEOUT: HTTP_408_REQUEST_TIMEOUT,
+    ErrorCode.UNAUTHORIZED: HTTP_401_UNAUTHORIZED,
 }
 
 
@@ -173,8 +182,6 @@ def _stream_error_handler(_: Request[Any, Any, Any], error: StreamError) -> Resp
         status = HTTP_409_CONFLICT
     elif isinstance(error, FrameTimeoutError):
         status = HTTP_504_GATEWAY_TIMEOUT
-    if error.code is ErrorCode.PIPELINE_FAILURE:
-        log.error("pipeline_error", error=error.code.value, **pipeline_error_fields(error))
     return _error_response(error.code.value, error.detail, status, 0 if error.code is ErrorCode.PIPELINE_FAILURE else None)
 
 
@@ -238,7 +245,7 @@ _ERROR_RESPONSES = {
 
 @get("/health", sync_to_thread=False)
 def health(stream_service: StreamService, pipelines: DagPipelineService) -> Health:
-    return Health("ok", stream_service.sessions.active_count(), len(pipelines.pipeline_ids()), stream_service.busy_workers())
+    return serving.health(stream_service, pipelines)
 
 
 @get(
@@ -287,25 +294,69 @@ class _JpegBodyOperation(Operation):
     summary="Run one JPEG frame through a pipeline",
     operation_class=_JpegBodyOperation,
 )
-async def post_frame(pipeline_id: str, request: Request[Any, Any, Any], stream_service: StreamService) -> FrameResultBody:
+async def post_frame(pipeline_id: str, request: Request[Any, Any, Any], single_frames: SingleFrameService) -> FrameResultBody:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    stream_service.check_pipeline(pipeline_id)
+    single_frames.check_pipeline(pipeline_id)
     if content_type != "image/jpeg":
         raise StreamError(ErrorCode.INVALID_MESSAGE, f"expected Content-Type image/jpeg, got {content_type or 'none'!r}")
-    reply = await stream_service.run_frame(pipeline_id, await request.body())
+    reply = await single_frames.run(pipeline_id, await request.body())
     return FrameResultBody(**reply)
+
+
+# The browser client and the OpenAPI viewer ------------------------------------------
+
+WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"
+OPENAPI_ASSETS_PATH = "/static/openapi"
+
+
+def browser_routes(web_dir: Path = WEB_CLIENT_DIR) -> tuple[list[Any], OpenAPIConfig]:
+    """The page at / with its files under /client/, and an OpenAPI viewer at /schema whose assets are served here too.
+
+    Nothing the page or the viewer loads comes from a CDN, so both work on a
+    machine without internet access. The viewer's Swagger UI bundle is the one
+    shipped in the litestar-offline-docs package.
+    """
+    import litestar_offline_docs
+    from litestar.static_files import create_static_files_router
+
+    index = web_dir / "index.html"
+
+    @get("/", include_in_schema=False, sync_to_thread=False, name="browser_client")
+    def page() -> Response[bytes]:
+        if not index.is_file():
+            return _error_response("not_found", f"the browser client is not installed ({web_dir} is missing)", HTTP_404_NOT_FOUND)  # type: ignore[return-value]
+        return Response(index.read_bytes(), media_type="text/html")
+
+    assets = Path(litestar_offline_docs.__file__).resolve().parent / "static"
+    viewer = SwaggerRenderPlugin(
+        path=["/", "/swagger"],
+        js_url=f"{OPENAPI_ASSETS_PATH}/swagger-ui-bundle.js",
+        css_url=f"{OPENAPI_ASSETS_PATH}/swagger-ui.css",
+        standalone_preset_js_url=f"{OPENAPI_ASSETS_PATH}/swagger-ui-standalone-preset.js",
+        favicon="",
+    )
+    routes = [
+        page,
+        create_static_files_router(path="/client", directories=[web_dir], name="browser_client_files"),
+        create_static_files_router(path=OPENAPI_ASSETS_PATH, directories=[assets], name="openapi_assets"),
+    ]
+    return routes, OpenAPIConfig(title="ForgeSyte Stream", version="0.1.0", path="/schema", render_plugins=[viewer, YamlRenderPlugin()])
 
 
 def create_app(
     *,
     stream_service: StreamService,
+    single_frames: SingleFrameService,
+    stream_access: StreamAccess,
+    access_policy: AccessPolicy,
+    access_events: AccessEvents,
     pipelines: DagPipelineService,
     metrics: MetricsExporter,
     max_body_bytes: int,
     extra_route_handlers: list[Any] | None = None,
     on_shutdown: list[Any] | None = None,
-) -> Litestar:
-    """Build the Litestar app from already-wired services (the container calls this)."""
+) -> AccessGuard:
+    """Build the Litestar app from already-wired services (the container calls this), behind the access checks."""
 
     def provide(value: Any) -> Provide:
         def provider() -> Any:
@@ -313,12 +364,16 @@ def create_app(
 
         return Provide(provider, sync_to_thread=False)
 
-    return Litestar(
-        route_handlers=[health, metrics_route, list_pipelines, get_pipeline, post_frame, video_stream, *(extra_route_handlers or [])],
+    page_routes, openapi_config = browser_routes()
+    app = Litestar(
+        route_handlers=[health, metrics_route, list_pipelines, get_pipeline, post_frame, video_stream, *page_routes, *(extra_route_handlers or [])],
         dependencies={
             "stream_service": provide(stream_service),
+            "single_frames": provide(single_frames),
             "pipelines": provide(pipelines),
             "metrics_exporter": provide(metrics),
+            "stream_access": provide(stream_access),
+            "access_policy": provide(access_policy),
         },
         exception_handlers={
             StreamError: _stream_error_handler,
@@ -326,8 +381,10 @@ def create_app(
             Exception: _unexpected_error_handler,
         },
         request_max_body_size=max_body_bytes,
-        openapi_config=OpenAPIConfig(title="ForgeSyte Stream", version="0.1.0", path="/schema"),
+        openapi_config=openapi_config,
         logging_config=None,
         on_shutdown=on_shutdown or [],
         debug=False,
     )
+    declare_security(app.openapi_schema, access_policy)
+    return AccessGuard(app, access_policy, access_events)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import logging.config
 import os
+import re
 import sys
 from typing import Any, TextIO
 
@@ -36,6 +37,21 @@ _SHARED_PROCESSORS: list[Any] = [
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]
 
+_CREDENTIAL = re.compile(r"(?i)(authorization:\s*\S+\s+)\S+|(forgesyte\.bearer\.)[^\s,]+")
+
+
+def _redact_credentials(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """API keys out of library records: at debug, the WebSocket libraries log every handshake header.
+
+    Only records from the standard library (uvicorn, websockets) pass here; the
+    app's own events name keys by their name and never hold one.
+    """
+    event = event_dict.get("event")
+    if isinstance(event, str) and ("uthorization" in event or "forgesyte.bearer." in event):
+        event_dict["event"] = _CREDENTIAL.sub(lambda m: (m.group(1) or m.group(2)) + "<redacted>", event)
+    return event_dict
+
+
 # Libraries that install handlers of their own; their records go to the root handler instead.
 _ROUTED_TO_ROOT = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi", "RapidOCR")
 
@@ -54,7 +70,7 @@ def logging_config(level: str = "info", stream: TextIO | None = None) -> dict[st
         "formatters": {
             "json": {
                 "()": structlog.stdlib.ProcessorFormatter,
-                "foreign_pre_chain": list(_SHARED_PROCESSORS),
+                "foreign_pre_chain": [*_SHARED_PROCESSORS, _redact_credentials],
                 "processors": [
                     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.format_exc_info,
@@ -172,6 +188,9 @@ class LoggingStreamObserver:
 
     def frame_failed(self, session: Session, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
         self._bound(session).error("pipeline_error", frame_index=frame_index, error=code.value, **pipeline_error_fields(error))
+
+    def single_frame_failed(self, pipeline_id: str, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
+        self._log.error("pipeline_error", pipeline_id=pipeline_id, frame_index=frame_index, error=code.value, **pipeline_error_fields(error))
 
     def slowdown_sent(self, session: Session, drop_rate: float, suggested_fps: float | None) -> None:
         self._bound(session).info("slow_down_sent", drop_rate=round(drop_rate, 4), suggested_fps=suggested_fps)

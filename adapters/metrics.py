@@ -35,6 +35,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, multiprocess
 from prometheus_client.exposition import choose_encoder
 
+from application.access import Channel, Refusal
 from domain import DropCause, ErrorCode, Session
 
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
@@ -86,6 +87,16 @@ class PrometheusObserver:
             ["reason"],
             registry=registry,
         )
+        self.http_refused = Counter(
+            "stream_http_requests_refused",
+            "HTTP requests refused by the access checks (Host, Origin, API key), by reason",
+            ["reason"],
+            registry=registry,
+        )
+        for refusal in Refusal:
+            self.sessions_rejected.labels(refusal.value)
+            if refusal is not Refusal.KEY_QUOTA:
+                self.http_refused.labels(refusal.value)
         self.frames_received = Counter(
             "stream_frames_received", "Frames received on sessions", ["pipeline_id"], registry=registry
         )
@@ -189,6 +200,11 @@ class PrometheusObserver:
     def session_rejected(self, pipeline_id: str | None, client: str, code: ErrorCode, detail: str) -> None:
         self.sessions_rejected.labels(code.value).inc()
 
+    def access_refused(self, refusal: Refusal, channel: Channel) -> None:
+        """A refusal by the access checks: a WebSocket one is a session rejected, an HTTP one a request refused."""
+        counter = self.sessions_rejected if channel is Channel.WEBSOCKET else self.http_refused
+        counter.labels(refusal.value).inc()
+
     def frame_received(self, session: Session, frame_index: int, size: int) -> None:
         series = self._for(session.pipeline_id)
         series.frames_received.inc()
@@ -208,6 +224,9 @@ class PrometheusObserver:
 
     def frame_failed(self, session: Session, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
         self._for(session.pipeline_id).frames_failed.inc()
+
+    def single_frame_failed(self, pipeline_id: str, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
+        self._for(pipeline_id).frames_failed.inc()
 
     def slowdown_sent(self, session: Session, drop_rate: float, suggested_fps: float | None) -> None:
         self._for(session.pipeline_id).slowdown_signals.inc()
@@ -285,3 +304,54 @@ def shared_metrics_directory() -> Iterator[Path]:
 def worker_exited(pid: int, directory: Path) -> None:
     """Drop an exited worker's sessions from the livesum gauge; its counters stay, as counters must."""
     multiprocess.mark_process_dead(pid, str(directory))
+
+
+class PrometheusAnalytics:
+    """The tracking plugin's AnalyticsSink: line crossings and zone occupancy as Prometheus series.
+
+    Labels are bounded like every other series here: pipeline ids come from the
+    catalogue and line and zone names from the pipeline files' node parameters
+    (checked at start-up, where every series is declared at 0), never from a
+    client. The occupancy gauge is the sum over the pipeline's open streams of
+    the tracked objects in the zone on each stream's latest processed frame; a
+    stream's share is taken off when it ends.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.line_crossings = Counter(
+            "stream_line_crossings",
+            "Tracked objects that crossed a line of a pipeline, by direction (in/out); once per track and direction",
+            ["pipeline_id", "line", "direction"],
+            registry=registry,
+        )
+        self.zone_entries = Counter(
+            "stream_zone_entries",
+            "Distinct tracked objects seen inside a zone of a pipeline; once per track",
+            ["pipeline_id", "zone"],
+            registry=registry,
+        )
+        self.zone_occupancy = Gauge(
+            "stream_zone_occupancy",
+            "Tracked objects inside a zone now, summed over the pipeline's open streams (and live worker processes)",
+            ["pipeline_id", "zone"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+
+    def declare(self, pipeline_id: str, lines: Iterable[str], zones: Iterable[str]) -> None:
+        """Create the series of a pipeline's lines and zones at 0, so that rates see their first increments."""
+        for line in lines:
+            for direction in ("in", "out"):
+                self.line_crossings.labels(pipeline_id, line, direction)
+        for zone in zones:
+            self.zone_entries.labels(pipeline_id, zone)
+            self.zone_occupancy.labels(pipeline_id, zone)
+
+    def line_crossed(self, pipeline_id: str, line: str, direction: str) -> None:
+        self.line_crossings.labels(pipeline_id, line, direction).inc()
+
+    def zone_entered(self, pipeline_id: str, zone: str) -> None:
+        self.zone_entries.labels(pipeline_id, zone).inc()
+
+    def zone_occupancy_changed(self, pipeline_id: str, zone: str, delta: int) -> None:
+        self.zone_occupancy.labels(pipeline_id, zone).inc(delta)

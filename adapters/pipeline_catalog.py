@@ -98,5 +98,5 @@ class JsonPipelineCatalog:
     def ids(self) -> list[str]:
         return sorted(self._pipelines)
 
-    def source(self, pipeline_id: str) -> Path:
-        return self._sources[pipeline_id]
+    def source(self, pipeline_id: str) -> str:
+        return str(self._sources[pipeline_id])

@@ -23,6 +23,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import structlog
@@ -31,6 +32,7 @@ import uvicorn
 from adapters.container import build_app, build_container
 from adapters.logging_observer import configure_logging, logging_config
 from adapters.metrics import shared_metrics_directory, worker_exited
+from adapters.serving import drain_sessions
 from adapters.settings import Settings
 from adapters.uvicorn_protocols import ConnectionLimits, guarded_protocols
 from adapters.startup import CONFIGURATION_ERRORS, CONFIGURATION_EXIT_STATUS, configuration_error_line
@@ -55,10 +57,7 @@ class GracefulServer(uvicorn.Server):
             server.close()
         for sock in sockets or []:
             sock.close()
-        log.info("draining_sessions", deadline_s=self._deadline_s)
-        cancelled = await self._drain(self._deadline_s)
-        if cancelled:
-            log.warning("sessions_cancelled_at_deadline", count=cancelled)
+        await self._drain(self._deadline_s)
         await super().shutdown(sockets)
 
 
@@ -100,6 +99,9 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         "lifespan": "on",
         "timeout_graceful_shutdown": 5,
     }
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        # Both or neither, and loadable together: Settings checked that at start-up.
+        options.update(ssl_certfile=str(settings.tls_cert_file), ssl_keyfile=str(settings.tls_key_file))
     options.update(overrides)
     return uvicorn.Config(app, **options)
 
@@ -108,7 +110,7 @@ def build_server(settings: Settings, **config_overrides: Any) -> GracefulServer:
     container = build_container(settings)
     app = build_app(container)
     sessions = container.session_manager()
-    return GracefulServer(uvicorn_config(app, settings, **config_overrides), sessions.shutdown, settings.shutdown_timeout_s)
+    return GracefulServer(uvicorn_config(app, settings, **config_overrides), partial(drain_sessions, sessions), settings.shutdown_timeout_s)
 
 
 def serve(settings: Settings, workers: int = 1) -> int:
@@ -153,17 +155,21 @@ def _serve_workers(settings: Settings, workers: int) -> int:
     Their metrics are summed through a shared prometheus-client multiprocess
     directory (see adapters.metrics), created before the first worker starts
     and removed once the last one has exited.
+
+    Each worker listens on a socket of its own (listening_sockets), which the
+    supervisor keeps open, so connections queued for a crashed worker wait for
+    its replacement instead of being refused.
     """
-    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
-    sock.set_inheritable(True)
+    socks = listening_sockets(settings.host, settings.port, workers)
     context = multiprocessing.get_context("spawn")
     with shared_metrics_directory() as metrics_dir:
-        def spawn(name: str) -> multiprocessing.process.BaseProcess:
-            return context.Process(target=_worker_main, args=(settings, sock), name=name)
+        def spawn(name: str, sock: socket.socket) -> multiprocessing.process.BaseProcess:
+            process = context.Process(target=_worker_main, args=(settings, sock), name=name)
+            sockets_of[name] = sock
+            return process
 
-        processes = [spawn(f"forgesyte-worker-{i}") for i in range(workers)]
+        sockets_of: dict[str, socket.socket] = {}
+        processes = [spawn(f"forgesyte-worker-{i}", socks[i]) for i in range(workers)]
 
         stop_requested: list[int] = []
 
@@ -215,12 +221,46 @@ def _serve_workers(settings: Settings, workers: int) -> int:
                     status = CONFIGURATION_EXIT_STATUS if cause == "configuration" else 1
                     forward(signal.SIGTERM, None)
                     continue
-                replacement = spawn(process.name)
+                replacement = spawn(process.name, sockets_of[process.name])
                 processes.append(replacement)
                 replacement.start()
                 running[replacement.sentinel] = replacement
                 log.warning("worker_restarted", worker_pid=process.pid, exitcode=exitcode, new_worker_pid=replacement.pid)
                 if stop_requested:
                     forward(stop_requested[0], None)  # a stop that arrived while the replacement was starting
-    sock.close()
+    for sock in socks:
+        sock.close()
     return status
+
+
+def listening_sockets(host: str, port: int, workers: int) -> list[socket.socket]:
+    """One socket per worker, all bound to the same address with SO_REUSEPORT, so the kernel balances them.
+
+    With one shared socket, whichever worker's event loop wakes first accepts
+    every connection waiting in the queue: 38 of 40 simultaneous sessions went
+    to one worker, which answered server_busy while the other had free slots.
+    With a socket each, Linux hashes every new connection (by its addresses
+    and ports) to one of the sockets, so sessions spread evenly whatever the
+    workers are doing. The cost: a connection hashed to a worker that is stuck
+    waits for it; there is no work stealing. Where SO_REUSEPORT is missing,
+    the workers share one socket as before.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    count = workers if hasattr(socket, "SO_REUSEPORT") else 1
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if count > 1:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            # Listening now, not in the worker: a connection arriving before a worker is up waits in the queue.
+            sock.listen(2048)
+            sock.set_inheritable(True)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks * (workers // count) if count == 1 else socks

@@ -4,25 +4,29 @@ It exists to prove the hexagon: the same StreamService, wired by the same
 container, serves `/ws/video/stream` without Litestar or uvicorn, and the
 contract suite (contracts/) runs unchanged against it. So this module holds
 only what the library cannot know: turning its messages into `Inbound`
-values and JSON replies into text messages, routing the one path, and
+values and JSON replies into text messages, routing its paths, and
 starting and draining the server. Every protocol decision stays in
-application.stream.
+application.protocol.
 
     python -m adapters.websockets_transport --host 127.0.0.1 --port 8001
 
-There is no HTTP API here (no /health, no /v1/pipelines); only the WebSocket.
+Besides the WebSocket it answers GET /health and GET /metrics as the Litestar
+app does (adapters.serving); the rest of the HTTP API (/v1/pipelines) is not here.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import signal
+import ssl
 import sys
+from contextlib import nullcontext
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -30,11 +34,17 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed as WebsocketsConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
+from adapters.access import AccessEvents, bearer_subprotocol, handshake_refusal, unauthorized_refusal
 from adapters.container import Container, build_container
 from adapters.logging_observer import configure_logging
+from adapters.metrics import MetricsExporter
+from adapters.serving import HEALTH_PATH, METRICS_PATH, drain_sessions, health
 from adapters.settings import Settings, SettingsError
+from application.access import AccessPolicy, Channel, StreamAccess
 from application.ports import ConnectionClosed, Inbound, InboundKind, SendTimedOut
+from application.pipeline import DagPipelineService
 from application.stream import StreamService
 from domain import CloseCode
 
@@ -90,25 +100,101 @@ def pipeline_id_of(path: str) -> str | None:
     return values[0] if values else None
 
 
-def _only_the_stream_path(connection: ServerConnection, request: Request) -> Response | None:
-    if urlsplit(request.path).path == STREAM_PATH:
-        return None
-    body = f"no WebSocket endpoint at {urlsplit(request.path).path}; the stream is at {STREAM_PATH}\n"
-    return Response(
-        HTTPStatus.NOT_FOUND.value,
-        HTTPStatus.NOT_FOUND.phrase,
-        Headers([("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body.encode())))]),
-        body.encode(),
-    )
+def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
+    return Response(status.value, status.phrase, Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))]), body)
 
 
-def handler_for(stream_service: StreamService, send_timeout_s: float) -> Callable[[ServerConnection], Awaitable[None]]:
+def request_router(
+    stream_service: StreamService, pipelines: DagPipelineService, metrics: MetricsExporter
+) -> Callable[[ServerConnection, Request], Response | None]:
+    """Upgrades on the stream path; /health and /metrics answered over plain HTTP; 404 elsewhere."""
+
+    def route(connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == STREAM_PATH:
+            return None
+        if path == HEALTH_PATH:
+            body = json.dumps(dataclasses.asdict(health(stream_service, pipelines)), separators=(",", ":")).encode()
+            return _response(HTTPStatus.OK, body, "application/json")
+        if path == METRICS_PATH:
+            exposition, content_type = metrics.render(request.headers.get("Accept"))
+            return _response(HTTPStatus.OK, exposition, content_type)
+        text = f"no endpoint at {path}; the stream is at {STREAM_PATH}, besides {HEALTH_PATH} and {METRICS_PATH}\n"
+        return _response(HTTPStatus.NOT_FOUND, text.encode(), "text/plain; charset=utf-8")
+
+    return route
+
+
+def request_checks(
+    policy: AccessPolicy,
+    events: AccessEvents,
+    route: Callable[[ServerConnection, Request], Response | None],
+    *,
+    secure: bool,
+) -> Callable[[ServerConnection, Request], Response | None]:
+    """The checks of AccessGuard under Litestar: Host and Origin, and the API key for HTTP paths that are not public; then `route`."""
+
+    def check(connection: ServerConnection, request: Request) -> Response | None:
+        hosts = request.headers.get_all("Host")
+        refusal = handshake_refusal(
+            policy, hosts[0] if len(hosts) == 1 else None, request.headers.get_all("Origin"), secure=secure
+        )
+        path = urlsplit(request.path).path
+        channel = Channel.WEBSOCKET if path == STREAM_PATH else Channel.HTTP
+        key = "-"
+        if refusal is None and channel is Channel.HTTP and policy.keys_required and not policy.is_public(path):
+            credential = policy.authenticate(request.headers.get("Authorization"))
+            key = credential.label
+            if not credential.authorized:
+                refusal = unauthorized_refusal(credential)
+        if refusal is None:
+            return route(connection, request)
+        address = connection.remote_address
+        events.access_refused(
+            refusal.refusal,
+            channel=channel,
+            key=key,
+            client=f"{address[0]}:{address[1]}" if address else "unknown",
+            path=path,
+        )
+        body = refusal.encoded()
+        status = HTTPStatus(refusal.status)
+        return Response(
+            status.value,
+            status.phrase,
+            Headers([("Content-Type", "application/json"), ("Content-Length", str(len(body))), *refusal.headers]),
+            body,
+        )
+
+    return check
+
+
+def _select_bearer(connection: ServerConnection, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
+    return cast(Subprotocol | None, bearer_subprotocol(subprotocols))
+
+
+def handler_for(
+    access: StreamAccess, policy: AccessPolicy, send_timeout_s: float
+) -> Callable[[ServerConnection], Awaitable[None]]:
     async def handle(connection: ServerConnection) -> None:
         # The library calls this only after a completed handshake, so the request is there.
-        path = connection.request.path if connection.request is not None else ""
-        await stream_service.serve(WebsocketsTransport(connection, send_timeout_s), pipeline_id_of(path))
+        request = connection.request
+        path = request.path if request is not None else ""
+        headers = request.headers if request is not None else Headers()
+        offered = [p.strip() for value in headers.get_all("Sec-WebSocket-Protocol") for p in value.split(",")]
+        credential = policy.authenticate(headers.get("Authorization"), offered)
+        with structlog.contextvars.bound_contextvars(api_key=credential.label) if policy.keys_required else nullcontext():
+            await access.serve(WebsocketsTransport(connection, send_timeout_s), pipeline_id_of(path), credential, urlsplit(path).path)
 
     return handle
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return context
 
 
 async def run(settings: Settings, container: Container | None = None, *, ready: asyncio.Event | None = None) -> None:
@@ -121,31 +207,35 @@ async def run(settings: Settings, container: Container | None = None, *, ready: 
     1012 too (the library's default would be 1001).
     """
     container = container or build_container(settings)
-    stream_service = container.stream_service()
+    policy = container.access_policy()
     sessions = container.session_manager()
-    pool = container.worker_pool()
+    executor = container.frame_executor()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
         async with serve(
-            handler_for(stream_service, settings.send_timeout_s),
+            handler_for(container.stream_access(), policy, settings.send_timeout_s),
             settings.host,
             settings.port,
-            process_request=_only_the_stream_path,
+            process_request=request_checks(
+                policy,
+                container.access_events(),
+                request_router(container.stream_service(), container.pipelines(), container.metrics_exporter()),
+                secure=settings.tls,
+            ),
+            select_subprotocol=_select_bearer,
             compression=None,
             max_size=settings.ws_max_size,
+            ssl=_tls_context(settings),
         ) as server:
             log.info("websockets_server_started", host=settings.host, port=settings.port, path=STREAM_PATH)
             if ready is not None:
                 ready.set()
             await stop.wait()
             server.close(close_connections=False)
-            log.info("draining_sessions", deadline_s=settings.shutdown_timeout_s)
-            cancelled = await sessions.shutdown(settings.shutdown_timeout_s)
-            if cancelled:
-                log.warning("sessions_cancelled_at_deadline", count=cancelled)
+            await drain_sessions(sessions, settings.shutdown_timeout_s)
             # What the deadline cut off closes with 1012, as under uvicorn, not the library's 1001.
             await asyncio.gather(
                 *(connection.close(int(CloseCode.SERVICE_RESTART), "shutting_down") for connection in list(server.connections)),
@@ -154,13 +244,13 @@ async def run(settings: Settings, container: Container | None = None, *, ready: 
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        pool.shutdown()
+        executor.shutdown()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m adapters.websockets_transport",
-        description=f"Serve {STREAM_PATH} on the websockets library (no HTTP API).",
+        description=f"Serve {STREAM_PATH}, {HEALTH_PATH} and {METRICS_PATH} on the websockets library.",
     )
     parser.add_argument("--host", help="bind address (default: FORGESYTE_STREAM_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: FORGESYTE_STREAM_PORT or 8000)")

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from application.ports import StreamObserver
-from domain import DropCause, ErrorCode
+from domain import DropCause, ErrorCode, Session
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,7 @@ _EVENTS = (
     "frame_failed",
     "slowdown_sent",
     "error_sent",
+    "single_frame_failed",
 )
 
 
@@ -33,11 +34,13 @@ class FanOutStreamObserver:
     """
 
     def __init__(self, *observers: StreamObserver) -> None:
-        self._observers = observers
         # Bound methods looked up once: several events fire on every frame.
         self._handlers: dict[str, list[tuple[str, Any]]] = {
             event: [(type(observer).__name__, getattr(observer, event)) for observer in observers] for event in _EVENTS
         }
+        # The events of every frame skip the generic dispatch (a dictionary lookup and argument packing each).
+        self._received = self._handlers["frame_received"]
+        self._processed = self._handlers["frame_processed"]
 
     def _each(self, event: str, *args: Any, **kwargs: Any) -> None:
         for name, handler in self._handlers[event]:
@@ -46,31 +49,42 @@ class FanOutStreamObserver:
             except Exception:
                 logger.exception("observer %s failed on %s", name, event)
 
-    def session_opened(self, session: Any, client: str) -> None:
+    def session_opened(self, session: Session, client: str) -> None:
         self._each("session_opened", session, client)
 
-    def session_closed(self, session: Any, client: str, close_code: int, reason: str) -> None:
+    def session_closed(self, session: Session, client: str, close_code: int, reason: str) -> None:
         self._each("session_closed", session, client, close_code, reason)
 
     def session_rejected(self, pipeline_id: str | None, client: str, code: ErrorCode, detail: str) -> None:
         self._each("session_rejected", pipeline_id, client, code, detail)
 
-    def frame_received(self, session: Any, frame_index: int, size: int) -> None:
-        self._each("frame_received", session, frame_index, size)
+    def frame_received(self, session: Session, frame_index: int, size: int) -> None:
+        for name, handler in self._received:
+            try:
+                handler(session, frame_index, size)
+            except Exception:
+                logger.exception("observer %s failed on %s", name, "frame_received")
 
-    def frame_dropped(self, session: Any, frame_index: int, cause: DropCause) -> None:
+    def frame_dropped(self, session: Session, frame_index: int, cause: DropCause) -> None:
         self._each("frame_dropped", session, frame_index, cause)
 
     def frame_processed(
-        self, session: Any, frame_index: int, *, queue_ms: float, processing_ms: float, latency_ms: float
+        self, session: Session, frame_index: int, *, queue_ms: float, processing_ms: float, latency_ms: float
     ) -> None:
-        self._each("frame_processed", session, frame_index, queue_ms=queue_ms, processing_ms=processing_ms, latency_ms=latency_ms)
+        for name, handler in self._processed:
+            try:
+                handler(session, frame_index, queue_ms=queue_ms, processing_ms=processing_ms, latency_ms=latency_ms)
+            except Exception:
+                logger.exception("observer %s failed on %s", name, "frame_processed")
 
-    def frame_failed(self, session: Any, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
+    def frame_failed(self, session: Session, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
         self._each("frame_failed", session, frame_index, error, code=code)
 
-    def slowdown_sent(self, session: Any, drop_rate: float, suggested_fps: float | None) -> None:
+    def slowdown_sent(self, session: Session, drop_rate: float, suggested_fps: float | None) -> None:
         self._each("slowdown_sent", session, drop_rate, suggested_fps)
 
-    def error_sent(self, session: Any | None, code: ErrorCode) -> None:
+    def error_sent(self, session: Session | None, code: ErrorCode) -> None:
         self._each("error_sent", session, code)
+
+    def single_frame_failed(self, pipeline_id: str, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
+        self._each("single_frame_failed", pipeline_id, frame_index, error, code=code)

@@ -8,83 +8,180 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from application.errors import DecodeBudgetExhausted, PipelineExecutionError, PipelineUnavailableError, UnknownPipelineError
 from application.json_safe import JsonSafetyError, to_json_safe
-from application.ports import Availability, ImageDecoder, PipelineCatalog, PipelineObserver, Plugin, Tool, runs_inline
-from domain import ErrorCode, FrameValidationError, PipelineDefinition, PipelineValidationError, StreamError
-from domain.errors import clip_client_text
+from application.ports import (
+    Availability,
+    DecodeBudget,
+    ImageDecoder,
+    PipelineCatalog,
+    PipelineObserver,
+    Plugin,
+    Tool,
+    max_input_side,
+    reads_image,
+    runs_inline,
+)
+from domain import (
+    DEFAULT_MAX_FRAME_PIXELS,
+    ErrorCode,
+    FrameValidationError,
+    JpegInfo,
+    PipelineDefinition,
+    PipelineValidationError,
+    check_frame_pixels,
+    jpeg_reduction,
+    read_jpeg_info,
+)
 
 _UNDECODED = object()
 
 
-class UnknownPipelineError(StreamError):
-    def __init__(self, pipeline_id: str, known: list[str]) -> None:
-        super().__init__(
-            ErrorCode.INVALID_PIPELINE,
-            f"unknown pipeline_id {clip_client_text(pipeline_id)!r}; expected one of {sorted(known)}",
-        )
-        self.pipeline_id = pipeline_id
+class DecodedBytesBudget:
+    """Bounds the bytes that decoded frames hold across every worker thread at once.
 
+    A run charges what its decode holds (ImageDecoder.memory_needed) before
+    decoding and gives it back when the run ends. A charge that does not fit
+    waits, in the worker thread, for runs to finish, for at most `wait_s` (the
+    frame timeout: by then the client has its answer); a charge larger than the
+    whole budget can never fit and is refused at once as frame_too_large. The
+    settings refuse a budget smaller than one largest frame, so with the shipped
+    decoder that refusal is a guard, not something a valid frame meets.
+    """
 
-class PipelineUnavailableError(StreamError):
-    def __init__(self, pipeline_id: str, reason: str) -> None:
-        super().__init__(ErrorCode.INVALID_PIPELINE, f"pipeline {pipeline_id!r} is unavailable: {reason}")
-        self.pipeline_id = pipeline_id
-        self.reason = reason
+    def __init__(self, capacity_bytes: int, wait_s: float) -> None:
+        if capacity_bytes < 1:
+            raise ValueError(f"capacity_bytes must be at least 1, got {capacity_bytes}")
+        if wait_s < 0:
+            raise ValueError(f"wait_s must not be negative, got {wait_s}")
+        self.capacity_bytes = capacity_bytes
+        self.wait_s = wait_s
+        self._in_use = 0
+        self._peak = 0
+        self._free = threading.Condition()
 
+    def acquire(self, nbytes: int) -> None:
+        if nbytes > self.capacity_bytes:
+            raise FrameValidationError(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"decoding this frame needs {nbytes} bytes; the server decodes at most {self.capacity_bytes} bytes at once",
+            )
+        with self._free:
+            if not self._free.wait_for(lambda: self._in_use + nbytes <= self.capacity_bytes, timeout=self.wait_s):
+                raise DecodeBudgetExhausted(nbytes, self.capacity_bytes, self.wait_s)
+            self._in_use += nbytes
+            self._peak = max(self._peak, self._in_use)
 
-class PipelineExecutionError(StreamError):
-    """A tool raised or returned something unusable; names where, keeps the cause for the log."""
+    def release(self, nbytes: int) -> None:
+        with self._free:
+            self._in_use -= nbytes
+            self._free.notify_all()
 
-    def __init__(self, pipeline_id: str, node_id: str, plugin_id: str, tool_id: str, cause: BaseException) -> None:
-        super().__init__(
-            ErrorCode.PIPELINE_FAILURE,
-            f"pipeline {pipeline_id!r} failed at node {node_id!r} (tool {plugin_id}.{tool_id})",
-            log_message=f"{type(cause).__name__}: {cause}",
-        )
-        self.pipeline_id = pipeline_id
-        self.node_id = node_id
-        self.plugin_id = plugin_id
-        self.tool_id = tool_id
-        self.__cause__ = cause
+    def in_use(self) -> int:
+        with self._free:
+            return self._in_use
+
+    def peak(self) -> int:
+        """The most bytes held at once since start-up."""
+        with self._free:
+            return self._peak
 
 
 class FrameContext:
-    """Per-run view of the frame that tools share; the image is decoded lazily, once."""
+    """Per-run view of the frame that tools share; the image is decoded lazily, once, at the pipeline's reduction."""
 
-    __slots__ = ("_decoder", "_image", "_state", "frame_index", "image_bytes")
+    __slots__ = (
+        "_budget", "_charged", "_decoder", "_image", "_info", "_reduction", "_state", "frame_index", "image_bytes", "pipeline_id"
+    )
 
-    def __init__(self, frame_index: int, image_bytes: bytes, decoder: ImageDecoder, state: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        frame_index: int,
+        image_bytes: bytes,
+        decoder: ImageDecoder,
+        state: dict[str, Any],
+        info: JpegInfo,
+        reduction: int = 1,
+        budget: DecodeBudget | None = None,
+        *,
+        pipeline_id: str = "",
+    ) -> None:
         self.frame_index = frame_index
         self.image_bytes = image_bytes
+        self.pipeline_id = pipeline_id
         self._decoder = decoder
         self._image: Any = _UNDECODED
         self._state = state
+        self._info = info
+        self._reduction = reduction
+        self._budget = budget
+        self._charged = 0
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return self._info.width, self._info.height
+
+    @property
+    def jpeg_info(self) -> JpegInfo:
+        return self._info
+
+    @property
+    def image_reduction(self) -> int:
+        return self._reduction
 
     def image(self) -> Any:
         if self._image is _UNDECODED:
-            self._image = self._decoder.decode(self.image_bytes)
+            if self._budget is not None and not self._charged:
+                needed = self._decoder.memory_needed(self._info, self._reduction)
+                self._budget.acquire(needed)
+                self._charged = needed
+            self._image = self._decoder.decode(self.image_bytes, self._reduction)
         return self._image
 
     def state(self) -> dict[str, Any]:
         return self._state
 
+    def close(self) -> None:
+        """Drop the decoded image and give its bytes back to the budget."""
+        self._image = _UNDECODED
+        if self._budget is not None and self._charged:
+            charged, self._charged = self._charged, 0
+            self._budget.release(charged)
+
 
 class _NodeContext:
     """A FrameContext narrowed to one node's slice of the stream state."""
 
-    __slots__ = ("_frame", "_state")
+    __slots__ = ("_frame", "_state", "node_id")
 
-    def __init__(self, frame: FrameContext, state: dict[str, Any]) -> None:
+    def __init__(self, frame: FrameContext, state: dict[str, Any], node_id: str = "") -> None:
         self._frame = frame
         self._state = state
+        self.node_id = node_id
 
     @property
     def frame_index(self) -> int:
         return self._frame.frame_index
 
     @property
+    def pipeline_id(self) -> str:
+        return self._frame.pipeline_id
+
+    @property
     def image_bytes(self) -> bytes:
         return self._frame.image_bytes
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return self._frame.frame_size
+
+    @property
+    def image_reduction(self) -> int:
+        return self._frame.image_reduction
+
+    @property
+    def jpeg_info(self) -> JpegInfo:
+        return self._frame._info
 
     def image(self) -> Any:
         return self._frame.image()
@@ -104,7 +201,8 @@ class StreamStateStore:
     shutdown answered the frame without waiting) is carried out when that run
     returns, never under it; a run that starts after the release (its thread
     was slow to start) gets a throw-away state, so nothing is re-created that
-    no one would release.
+    no one would release. A throw-away state (that run's, or a one-off
+    frame's) is closed when its run ends, as a released stream's is.
     """
 
     def __init__(self) -> None:
@@ -126,7 +224,12 @@ class StreamStateStore:
                 assert stream_id is not None
                 self._leases[stream_id] = self._leases.get(stream_id, 0) + 1
         if state is None:
-            yield {}
+            # A throw-away state ends with its run: what a tool put there is closed like a released stream's.
+            throwaway: dict[str, dict[str, Any]] = {}
+            try:
+                yield throwaway
+            finally:
+                self._close(throwaway)
             return
         assert stream_id is not None
         try:
@@ -169,6 +272,11 @@ class DagPipelineService:
 
     Each node receives the initial payload merged with its predecessors'
     outputs; the result is the merge of the output nodes' outputs, made JSON-safe.
+
+    Every frame's JPEG header is read here, before any tool runs, whatever the
+    pipeline: the pixel limit holds for header-only pipelines as for decoding
+    ones, and the header tells how far the decode can be reduced for this
+    pipeline's tools (see Tool.max_input_side).
     """
 
     def __init__(
@@ -178,12 +286,19 @@ class DagPipelineService:
         decoder: ImageDecoder,
         state_store: StreamStateStore,
         observer: PipelineObserver | None = None,
+        *,
+        max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
+        decode_budget: DecodeBudget | None = None,
     ) -> None:
+        if max_frame_pixels < 1:
+            raise ValueError(f"max_frame_pixels must be at least 1, got {max_frame_pixels}")
         self._catalog = catalog
         self._plugins = dict(plugins)
         self._decoder = decoder
         self._state_store = state_store
         self._observer = observer
+        self._max_frame_pixels = max_frame_pixels
+        self._budget = decode_budget
         for pipeline_id in catalog.ids():
             self._check_tools(catalog.get(pipeline_id))
         # Each node's tool, resolved once: the catalogue and the plugins' tool sets are fixed at start-up.
@@ -196,6 +311,34 @@ class DagPipelineService:
         self._inline = {
             pipeline_id: all(runs_inline(tool) for tool in tools.values()) for pipeline_id, tools in self._tools.items()
         }
+        self._input_side = {pipeline_id: self._pipeline_input_side(catalog.get(pipeline_id)) for pipeline_id in catalog.ids()}
+        # Each pipeline's plugins, once each, for the availability check every run makes.
+        self._plugins_of = {
+            pipeline_id: [self._plugins[plugin_id] for plugin_id in dict.fromkeys(node.plugin_id for node in catalog.get(pipeline_id).nodes)]
+            for pipeline_id in catalog.ids()
+        }
+
+    def input_side(self, pipeline_id: str) -> int | None:
+        """The longest image side this pipeline's tools work on; None when some tool needs the full frame."""
+        return self._input_side.get(pipeline_id)
+
+    def _pipeline_input_side(self, definition: PipelineDefinition) -> int | None:
+        """The largest side any decoding node needs: the decode must satisfy every node of the run."""
+        needed = 0
+        for node in definition.nodes:
+            tool = self._tools[definition.id][node.id]
+            if runs_inline(tool) or not reads_image(tool):
+                continue  # never asks for the image
+            try:
+                side = max_input_side(tool, node.params)
+            except ValueError as exc:
+                raise PipelineValidationError(
+                    f"{self._catalog.source(definition.id)}: pipeline {definition.id!r}: node {node.id!r}: {exc}"
+                ) from None
+            if side is None:
+                return None
+            needed = max(needed, side)
+        return needed
 
     def runs_inline(self, pipeline_id: str) -> bool:
         """True when every tool of the pipeline declares header-bounded work (see the Tool port)."""
@@ -243,9 +386,11 @@ class DagPipelineService:
 
     def run_pipeline(self, pipeline_id: str, payload: Mapping[str, Any], *, stream_id: str | None = None) -> dict[str, Any]:
         definition = self.definition(pipeline_id)
-        status = self.availability(pipeline_id)
-        if not status.available:
-            raise PipelineUnavailableError(pipeline_id, status.reason or "unavailable")
+        # A plugin can become unavailable mid-stream; the reasons are gathered only then.
+        if not all(plugin.availability().available for plugin in self._plugins_of.get(pipeline_id, ())):
+            status = self.availability(pipeline_id)
+            if not status.available:
+                raise PipelineUnavailableError(pipeline_id, status.reason or "unavailable")
         with self._state_store.lease(stream_id) as stream_state:
             return self._run_nodes(definition, payload, stream_state)
 
@@ -253,7 +398,13 @@ class DagPipelineService:
         self, definition: PipelineDefinition, payload: Mapping[str, Any], stream_state: dict[str, dict[str, Any]]
     ) -> dict[str, Any]:
         pipeline_id = definition.id
-        frame = FrameContext(int(payload["frame_index"]), payload["image_bytes"], self._decoder, {})
+        image_bytes = payload["image_bytes"]
+        info = read_jpeg_info(image_bytes)
+        check_frame_pixels(info, self._max_frame_pixels)
+        reduction = jpeg_reduction(info, self._input_side[pipeline_id])
+        frame = FrameContext(
+            int(payload["frame_index"]), image_bytes, self._decoder, {}, info, reduction, self._budget, pipeline_id=pipeline_id
+        )
         tools = self._tools[pipeline_id]
         outputs: dict[str, Mapping[str, Any]] = {}
         started = time.perf_counter()
@@ -268,12 +419,12 @@ class DagPipelineService:
                 node_started = time.perf_counter()
                 node_failed = True
                 try:
-                    produced = tool(inputs, _NodeContext(frame, stream_state.setdefault(node_id, {})))
+                    produced = tool(inputs, _NodeContext(frame, stream_state.setdefault(node_id, {}), node_id))
                     if not isinstance(produced, Mapping):
                         raise TypeError(f"tool returned {type(produced).__name__}, expected a mapping")
                     node_failed = False
-                except FrameValidationError:
-                    raise
+                except (FrameValidationError, DecodeBudgetExhausted):
+                    raise  # the frame's or the server's condition, not the tool's failure
                 except Exception as exc:
                     raise PipelineExecutionError(pipeline_id, node_id, node.plugin_id, node.tool_id, exc) from exc
                 finally:
@@ -286,12 +437,13 @@ class DagPipelineService:
             for node_id in definition.output_nodes:
                 merged.update(outputs[node_id])
             try:
-                result = to_json_safe(merged)
+                result: dict[str, Any] = to_json_safe(merged)
             except JsonSafetyError as exc:
                 last = definition.node(definition.output_nodes[-1])
                 raise PipelineExecutionError(pipeline_id, last.id, last.plugin_id, last.tool_id, exc) from exc
             failed = False
             return result
         finally:
+            frame.close()
             if self._observer is not None:
                 self._observer.pipeline_finished(pipeline_id, (time.perf_counter() - started) * 1000.0, failed=failed)

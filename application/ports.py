@@ -6,14 +6,12 @@ and the application tests can pass plain fakes.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from domain import DropCause, ErrorCode
-
-T = TypeVar("T")
+from domain import DropCause, ErrorCode, JpegInfo, PipelineDefinition, Session
 
 
 # Pipeline tools -------------------------------------------------------------
@@ -28,12 +26,45 @@ class ToolContext(Protocol):
     @property
     def image_bytes(self) -> bytes: ...
 
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) the frame declares in its JPEG header: the space results are reported in."""
+        ...
+
+    @property
+    def jpeg_info(self) -> JpegInfo:
+        """The frame's JPEG header, read once per run by the engine: a tool need not parse it again."""
+        ...
+
+    @property
+    def image_reduction(self) -> int:
+        """The frame was decoded at 1/image_reduction of its size (1, 2, 4 or 8); see Tool.max_input_side."""
+        ...
+
+    @property
+    def pipeline_id(self) -> str:
+        """The pipeline being run, from the catalogue: a bounded label for what a tool reports (analytics metrics)."""
+        ...
+
+    @property
+    def node_id(self) -> str:
+        """This node's id in the pipeline graph."""
+        ...
+
     def image(self) -> Any:
-        """The decoded image, decoded at most once per pipeline run whichever node asks first."""
+        """The decoded image, decoded at most once per pipeline run whichever node asks first.
+
+        It may be reduced (see image_reduction) when every tool of the pipeline
+        declared that it needs less than the full frame.
+        """
         ...
 
     def state(self) -> dict[str, Any]:
-        """Mutable state kept for this node across the frames of one stream (empty for one-off frames)."""
+        """Mutable state kept for this node across the frames of one stream (empty for one-off frames).
+
+        Values with a close() are closed when the stream is released, and at the
+        end of the run for a one-off frame's throw-away state.
+        """
         ...
 
 
@@ -45,6 +76,18 @@ class Tool(Protocol):
     made only of such tools runs on the event loop, because handing it to a
     worker thread (two thread wake-ups, about 100 us here) costs far more than
     the work. Anything that decodes or runs a model must not set it.
+
+    A tool may set `max_input_side` to the longest image side it works on: an
+    int, or a callable taking the node's params and returning one (read once at
+    start-up). When every decoding tool of a pipeline declares it, frames are
+    decoded at the largest JPEG reduction (1/2, 1/4, 1/8) whose longer side is
+    still at least the largest declared side, and such a tool must report
+    coordinates in the frame's own pixels (context.frame_size), scaling back by
+    context.image_reduction. A tool that declares nothing gets the full frame.
+
+    A tool that never calls context.image() (it works on its predecessors'
+    outputs, in context.frame_size coordinates) sets `reads_image = False`, so
+    that it puts no demand on how far the frame is decoded.
     """
 
     def __call__(self, inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]: ...
@@ -52,6 +95,24 @@ class Tool(Protocol):
 
 def runs_inline(tool: Tool) -> bool:
     return getattr(tool, "runs_inline", False) is True
+
+
+def reads_image(tool: Tool) -> bool:
+    return getattr(tool, "reads_image", True) is not False
+
+
+def max_input_side(tool: Tool, params: Mapping[str, Any]) -> int | None:
+    """The longest image side the tool works on with these node params; None when it needs the full frame.
+
+    Raises ValueError when the declaration (or a parameter it reads) is unusable.
+    """
+    declared = getattr(tool, "max_input_side", None)
+    if declared is None:
+        return None
+    value = declared(params) if callable(declared) else declared
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_input_side must be a positive integer, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,25 +133,42 @@ class Plugin(Protocol):
 
 
 class ImageDecoder(Protocol):
-    def decode(self, image_bytes: bytes) -> Any:
-        """Decode a JPEG; raise domain.FrameValidationError(invalid_frame) when it does not decode."""
+    def decode(self, image_bytes: bytes, reduction: int = 1) -> Any:
+        """Decode a JPEG at 1/reduction of its size (1, 2, 4 or 8) into an H x W x 3 image.
+
+        Raise domain.FrameValidationError(invalid_frame) when it does not decode.
+        """
         ...
+
+    def memory_needed(self, info: JpegInfo, reduction: int) -> int:
+        """Bytes that decoding this frame at 1/reduction holds at most: what the decode budget charges."""
+        ...
+
+
+class DecodeBudget(Protocol):
+    """A process-wide cap on the bytes decoded frames hold while their pipelines run."""
+
+    def acquire(self, nbytes: int) -> None:
+        """Wait until `nbytes` fit; raise a StreamError when they never can or the wait runs out."""
+        ...
+
+    def release(self, nbytes: int) -> None: ...
 
 
 class VideoReader(Protocol):
     def frames(self, path: str, *, frame_stride: int, max_frames: int | None) -> Iterator[tuple[int, bytes]]:
-        """Yield (frame number in the file, JPEG bytes); raise VideoReadError when the file cannot be read."""
+        """Yield (frame number in the file, JPEG bytes); raise application.errors.VideoReadError when the file cannot be read."""
         ...
 
 
 class PipelineCatalog(Protocol):
-    def get(self, pipeline_id: str) -> Any:
-        """The domain.PipelineDefinition for this id; KeyError when unknown."""
+    def get(self, pipeline_id: str) -> PipelineDefinition:
+        """The definition for this id; KeyError when unknown."""
         ...
 
     def ids(self) -> list[str]: ...
 
-    def source(self, pipeline_id: str) -> Any:
+    def source(self, pipeline_id: str) -> str:
         """Where the definition came from (a file path), so that start-up errors can name it."""
         ...
 
@@ -98,38 +176,47 @@ class PipelineCatalog(Protocol):
 # Execution ------------------------------------------------------------------
 
 
-class WorkStillRunning(TimeoutError):
-    """The deadline passed while the work runs on: a thread cannot be killed.
+class FrameJob(NamedTuple):
+    """One frame's work as data, so that an executor can run it anywhere (a thread here, another process elsewhere).
 
-    `finished` completes when the work returns, so a caller that must not
-    overlap two runs (one stream's tool state) can wait for it.
+    `stream_id` names the per-stream tool state the run uses (None for a
+    one-off frame); `markers_checked` says the JPEG markers were already
+    validated where the frame arrived.
     """
 
-    def __init__(self, timeout_s: float, finished: Awaitable[object]) -> None:
-        super().__init__(f"the work did not finish within {timeout_s} s")
-        self.finished = finished
+    pipeline_id: str
+    frame_index: int
+    image: bytes
+    stream_id: str | None = None
+    markers_checked: bool = False
 
 
-class WorkGivenUp(Exception):
-    """The caller's `give_up` future completed before the work did (the shutdown deadline, say).
+class FrameExecutor(Protocol):
+    """Runs frames' pipelines off the event loop and owns the per-stream tool state they use.
 
-    Work that had not started never runs; work already running finishes in its
-    thread and its outcome is discarded.
+    `run` returns the pipeline's result or raises: the pipeline's own errors
+    (application.errors), JobTimedOut when `timeout_s` passes (work not
+    started never runs), JobStillRunning when the work cannot be stopped,
+    JobGivenUp when `give_up` completes first.
     """
 
+    def runs_inline(self, pipeline_id: str) -> bool:
+        """Whether the pipeline's work is bounded by the JPEG header, so it runs on the caller's thread (`run_inline`)."""
+        ...
 
-class WorkerPool(Protocol):
-    """Runs blocking work off the event loop, with a deadline on the caller's wait.
+    def run_inline(self, job: FrameJob) -> dict[str, Any]: ...
 
-    When the deadline passes, work that has not started is cancelled and the
-    caller gets TimeoutError; work already running raises WorkStillRunning and
-    keeps its worker until it returns. When `give_up` completes first, the
-    caller gets WorkGivenUp instead of waiting any longer.
-    """
+    async def run(self, job: FrameJob, *, timeout_s: float, give_up: Awaitable[object] | None = None) -> dict[str, Any]: ...
 
-    async def run(self, fn: Callable[[], T], *, timeout_s: float, give_up: Awaitable[object] | None = None) -> T: ...
+    def open_stream(self, stream_id: str) -> None: ...
+
+    def release_stream(self, stream_id: str) -> None:
+        """Release the stream's tool state once no run uses it any more."""
+        ...
 
     def busy_workers(self) -> int: ...
+
+    def shutdown(self) -> None: ...
 
 
 # Transport ------------------------------------------------------------------
@@ -174,7 +261,7 @@ class Transport(Protocol):
 
     async def close(self, code: int, reason: str = "") -> None: ...
 
-    def attach_session(self, session: Any) -> None:
+    def attach_session(self, session: Session) -> None:
         """Expose the session to the transport's own state (websocket.state.session for Litestar)."""
         ...
 
@@ -188,23 +275,27 @@ class StreamObserver(Protocol):
     Implementations must not raise: observation never changes what a client receives.
     """
 
-    def session_opened(self, session: Any, client: str) -> None: ...
+    def session_opened(self, session: Session, client: str) -> None: ...
 
-    def session_closed(self, session: Any, client: str, close_code: int, reason: str) -> None: ...
+    def session_closed(self, session: Session, client: str, close_code: int, reason: str) -> None: ...
 
     def session_rejected(self, pipeline_id: str | None, client: str, code: ErrorCode, detail: str) -> None: ...
 
-    def frame_received(self, session: Any, frame_index: int, size: int) -> None: ...
+    def frame_received(self, session: Session, frame_index: int, size: int) -> None: ...
 
-    def frame_dropped(self, session: Any, frame_index: int, cause: DropCause) -> None: ...
+    def frame_dropped(self, session: Session, frame_index: int, cause: DropCause) -> None: ...
 
-    def frame_processed(self, session: Any, frame_index: int, *, queue_ms: float, processing_ms: float, latency_ms: float) -> None: ...
+    def frame_processed(self, session: Session, frame_index: int, *, queue_ms: float, processing_ms: float, latency_ms: float) -> None: ...
 
-    def frame_failed(self, session: Any, frame_index: int, error: Exception, *, code: ErrorCode) -> None: ...
+    def frame_failed(self, session: Session, frame_index: int, error: Exception, *, code: ErrorCode) -> None: ...
 
-    def slowdown_sent(self, session: Any, drop_rate: float, suggested_fps: float | None) -> None: ...
+    def slowdown_sent(self, session: Session, drop_rate: float, suggested_fps: float | None) -> None: ...
 
-    def error_sent(self, session: Any | None, code: ErrorCode) -> None: ...
+    def error_sent(self, session: Session | None, code: ErrorCode) -> None: ...
+
+    def single_frame_failed(self, pipeline_id: str, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
+        """A frame sent outside any stream (POST /v1/pipelines/{id}/frames) failed in its pipeline or timed out."""
+        ...
 
 
 @runtime_checkable

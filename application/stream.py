@@ -1,133 +1,64 @@
 """The streaming use case: one client, one pipeline, frames in, exactly one reply per frame out.
 
-The transport adapter hands over an accepted connection as a `Transport`; all
-decisions (validation, backpressure, error codes, close codes) are made here
-and in the domain, so another transport is only another adapter.
+The rules live in application.protocol (`StreamProtocol`, a state machine
+without I/O); this module only pumps: it reads the transport, feeds the
+protocol each event, sends what the protocol queued, and starts on the frame
+executor the frames the protocol starts. It makes no decision of its own, so
+another transport is only another adapter and the rules are tested by
+feeding events to the protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
-from application.pipeline import PipelineExecutionError
-from application.ports import (
-    ConnectionClosed,
-    Inbound,
-    InboundKind,
-    SendTimedOut,
-    StreamObserver,
-    Transport,
-    WorkerPool,
-    WorkGivenUp,
-    WorkStillRunning,
-)
+from application.errors import JobStillRunning
+from application.ports import ConnectionClosed, FrameExecutor, FrameJob, StreamObserver, Transport
+from application.protocol import SHUTTING_DOWN_DETAIL, StreamProtocol, error_message
 from application.sessions import Admission, SessionManager
 from application.video_service import VideoFilePipelineService
 from domain import (
     CLOSE_CODE_FOR_ERROR,
+    DEFAULT_MAX_FRAME_BYTES,
     BackpressurePolicy,
     CloseCode,
-    DropCause,
     ErrorCode,
     Frame,
-    FrameValidationError,
     Session,
     SessionState,
     StreamError,
-    validate_jpeg,
 )
-from domain.errors import GENERIC_INTERNAL_DETAIL
-from domain.session import Drop, SlowDownSignal
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_FRAME_TIMEOUT_S = 10.0
+DEFAULT_IDLE_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
 class StreamSettings:
-    policy: BackpressurePolicy
-    frame_timeout_s: float
-    max_frame_bytes: int
-    idle_timeout_s: float = 60.0
-
-
-class FrameTimeoutError(StreamError):
-    """The pipeline did not finish a frame within the frame timeout: a pipeline_failure for that frame."""
-
-    def __init__(self, pipeline_id: str, frame_index: int, timeout_s: float) -> None:
-        super().__init__(
-            ErrorCode.PIPELINE_FAILURE,
-            f"pipeline {pipeline_id!r} did not finish frame {frame_index} within the {round(timeout_s * 1000)} ms frame timeout",
-        )
-
-
-class _Ending(StrEnum):
-    PEER_GONE = "peer_gone"
-    SEND_TIMEOUT = "send_timeout"
-    CLIENT_ERROR = "client_error"
-    INTERNAL = "internal"
-    SHUTDOWN = "shutdown"
-
-
-@dataclass(frozen=True, slots=True)
-class _Close:
-    ending: _Ending
-    error: StreamError | None = None
-    frame_index: int | None = None
-    peer_code: int | None = None
-
-
-# Nothing to send on: the peer left, or stopped reading and the transport cut it off.
-_CUT_OFF = (_Ending.PEER_GONE, _Ending.SEND_TIMEOUT)
-# What the peer sees when the transport cuts the connection without a close frame.
-_ABNORMAL_CLOSURE = 1006
-
-
-def _closed(gone: ConnectionClosed) -> _Close:
-    return _Close(_Ending.SEND_TIMEOUT if isinstance(gone, SendTimedOut) else _Ending.PEER_GONE)
-
-
-def dropped_message(drop: Drop) -> dict[str, Any]:
-    return {"frame_index": drop.frame.index, "dropped": True, "cause": drop.cause.value}
-
-
-def slowdown_message(signal: SlowDownSignal) -> dict[str, Any]:
-    def rounded(value: float | None) -> float | None:
-        return None if value is None else round(value, 3)
-
-    return {
-        "warning": "slow_down",
-        "drop_rate": round(signal.drop_rate, 4),
-        "suggested_fps": rounded(signal.suggested_fps),
-        "processing_ms": rounded(signal.processing_ms),
-        "interval_ms": rounded(signal.interval_ms),
-    }
-
-
-def error_message(error: StreamError, frame_index: int | None = None) -> dict[str, Any]:
-    message: dict[str, Any] = error.to_message()
-    if frame_index is not None:
-        message["frame_index"] = frame_index
-    return message
+    policy: BackpressurePolicy = BackpressurePolicy()
+    frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
 
 
 class StreamService:
-    """Runs sessions over transports; the one place that knows the stream protocol."""
+    """Admits connections and runs each session's pump."""
 
     def __init__(
         self,
         video: VideoFilePipelineService,
-        pool: WorkerPool,
+        executor: FrameExecutor,
         sessions: SessionManager,
         observer: StreamObserver,
         settings: StreamSettings,
     ) -> None:
         self._video = video
-        self._pool = pool
+        self._executor = executor
         self._sessions = sessions
         self._observer = observer
         self._settings = settings
@@ -136,42 +67,18 @@ class StreamService:
     def sessions(self) -> SessionManager:
         return self._sessions
 
-    def check_pipeline(self, pipeline_id: str | None) -> None:
-        self._video.check_pipeline(pipeline_id)
-
     def busy_workers(self) -> int:
-        return self._pool.busy_workers()
-
-    async def run_frame(self, pipeline_id: str, frame_bytes: bytes, frame_index: int = 0) -> dict[str, Any]:
-        """One frame outside any stream (the HTTP endpoint): same validation, pool and timeout as a stream."""
-        self.check_pipeline(pipeline_id)
-        timeout_s = self._settings.frame_timeout_s
-        try:
-            return await self._execute(pipeline_id, lambda: self._video.run_on_frame(pipeline_id, frame_index, frame_bytes))
-        except TimeoutError:
-            raise FrameTimeoutError(pipeline_id, frame_index, timeout_s) from None
-
-    async def _execute(
-        self, pipeline_id: str, work: Callable[[], dict[str, Any]], give_up: asyncio.Future[Any] | None = None
-    ) -> dict[str, Any]:
-        """Run a frame's work: in the worker pool, or on the loop when the pipeline is header-only.
-
-        Pooled work raises WorkGivenUp when `give_up` completes first; header-only
-        work takes microseconds and is never given up.
-        """
-        if self._video.runs_inline(pipeline_id):
-            return work()
-        return await self._pool.run(work, timeout_s=self._settings.frame_timeout_s, give_up=give_up)
+        return self._executor.busy_workers()
 
     async def serve(self, transport: Transport, pipeline_id: str | None) -> None:
         """Serve one accepted connection until it closes, whoever closes it."""
-        try:
-            self.check_pipeline(pipeline_id)
-        except StreamError as error:
-            await self._reject(transport, pipeline_id, error)
-            return
+        if not self._video.is_valid_pipeline(pipeline_id):
+            error = self._video.pipeline_error(pipeline_id)
+            if error is not None:  # None: it became available in between, so it is served
+                await self._reject(transport, pipeline_id, error)
+                return
+        assert pipeline_id is not None  # a missing id is never valid
 
-        assert pipeline_id is not None
         session = Session(pipeline_id=pipeline_id, policy=self._settings.policy)
         admission, handle = self._sessions.register(session)
         if admission is Admission.FULL:
@@ -185,20 +92,26 @@ class StreamService:
             )
             return
         if admission is Admission.SHUTTING_DOWN:
-            await self._reject(
-                transport, pipeline_id, StreamError(ErrorCode.SHUTTING_DOWN, "the server is shutting down; reconnect later")
-            )
+            await self._reject(transport, pipeline_id, StreamError(ErrorCode.SHUTTING_DOWN, SHUTTING_DOWN_DETAIL))
             return
         assert handle is not None
 
         transport.attach_session(session)
-        self._video.open_stream(session.session_id)
+        self._executor.open_stream(session.session_id)
         session.transition(SessionState.OPEN)
         self._observer.session_opened(session, transport.client)
-        run = _SessionRun(self, transport, session, handle.stop_requested, handle.deadline_passed)
+        settings = self._settings
+        protocol = StreamProtocol(
+            session,
+            self._observer,
+            frame_timeout_s=settings.frame_timeout_s,
+            max_frame_bytes=settings.max_frame_bytes,
+            idle_timeout_s=settings.idle_timeout_s,
+        )
+        pump = _Pump(protocol, transport, self._executor, settings.frame_timeout_s)
         close_code, reason = int(CloseCode.INTERNAL_ERROR), "internal_error"
         try:
-            close_code, reason = await run.run()
+            close_code, reason = await pump.run(handle.stop_requested, handle.deadline_passed)
         except asyncio.CancelledError:
             # Cut off by the shutdown deadline (the transport then closes the connection with 1012),
             # or by the host cancelling the connection's task.
@@ -207,327 +120,207 @@ class StreamService:
             raise
         finally:
             self._sessions.unregister(session.session_id)
-            self._video.release_stream(session.session_id)
+            self._executor.release_stream(session.session_id)
             session.transition(SessionState.CLOSED)
             self._observer.session_closed(session, transport.client, close_code, reason)
 
     async def _reject(self, transport: Transport, pipeline_id: str | None, error: StreamError) -> None:
         self._observer.session_rejected(pipeline_id, transport.client, error.code, error.detail)
         try:
-            await transport.send_json(error.to_message())
+            await transport.send_json(error_message(error))
             self._observer.error_sent(None, error.code)
             await transport.close(int(CLOSE_CODE_FOR_ERROR[error.code]), error.code.value)
         except ConnectionClosed:
             return
 
 
-class _SessionRun:
-    """The two loops of one session: receiving frames and processing them, one at a time."""
+# Parks the processing task once the session ends.
+_NO_MORE_FRAMES = None
 
-    def __init__(
-        self, service: StreamService, transport: Transport, session: Session, stop: asyncio.Event, deadline: asyncio.Event
-    ) -> None:
-        self._service = service
+
+class _Pump:
+    """One session's I/O: a receiving task, a processing task, sends, timers; every decision is the protocol's.
+
+    Sends go out in the order the protocol queued them, whichever task
+    performs them (`_flush`). The receiving task answers header-only frames
+    itself, saving a hand-off per frame; other frames go to the processing
+    task, so that receiving goes on while they run.
+    """
+
+    def __init__(self, protocol: StreamProtocol, transport: Transport, executor: FrameExecutor, frame_timeout_s: float) -> None:
+        self._protocol = protocol
         self._transport = transport
-        self._deadline = deadline
-        self._session = session
-        self._stop = stop
-        self._send_lock = asyncio.Lock()
-        self._to_start: asyncio.Queue[Frame] = asyncio.Queue()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        # Clear while the receive loop handles a message it has read: the frame is admitted, its
-        # displaced frames answered and it is handed on (or answered inline) before the loop may stop.
-        self._receiver_free = asyncio.Event()
-        self._receiver_free.set()
-        self._ending: asyncio.Future[_Close] = asyncio.get_running_loop().create_future()
-        self._last_message_at = asyncio.get_running_loop().time()
-        self._idle_check: asyncio.TimerHandle | None = None
+        self._executor = executor
+        self._frame_timeout_s = frame_timeout_s
+        session = protocol.session
+        self._pipeline_id = session.pipeline_id
+        self._stream_id = session.session_id
+        self._inline = executor.runs_inline(session.pipeline_id)
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._ended: asyncio.Future[None] = loop.create_future()
+        # True while a task sends the outbox; `_sent` completes when it is done, made only when another task waits.
+        self._sending = False
+        self._sent: asyncio.Future[None] | None = None
+        self._to_start: asyncio.Queue[Frame | None] = asyncio.Queue()
+        # True while the receiving task waits in transport.receive(), the one place it may be cancelled.
+        self._receiving = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._give_up: asyncio.Future[Any] | None = None
 
-    def _end(self, close: _Close) -> None:
-        if not self._ending.done():
-            self._ending.set_result(close)
-
-    def _fail(self, where: str, error: Exception, frame: Frame | None) -> None:
-        """A bug in serving this session: the log gets the traceback, the client a generic internal_error."""
-        logger.exception("%s of session %s failed", where, self._session.session_id, exc_info=error)
-        self._end(
-            _Close(
-                _Ending.INTERNAL,
-                StreamError(ErrorCode.INTERNAL_ERROR, GENERIC_INTERNAL_DETAIL, log_message=repr(error)),
-                frame_index=frame.index if frame is not None else None,
-            )
-        )
-
-    async def run(self) -> tuple[int, str]:
+    async def run(self, stop: asyncio.Event, deadline: asyncio.Event) -> tuple[int, str]:
+        protocol = self._protocol
         # Completes when the shutdown deadline passes; every pooled frame's work is raced against it.
-        self._deadline_passed = asyncio.ensure_future(self._deadline.wait())
-        receiver = asyncio.create_task(self._receive_loop(), name=f"receive-{self._session.session_id}")
-        processor = asyncio.create_task(self._process_loop(), name=f"process-{self._session.session_id}")
-        stop_waiter = asyncio.create_task(self._stop.wait())
-        self._arm_idle_check(self._service._settings.idle_timeout_s)
+        self._give_up = give_up = asyncio.ensure_future(deadline.wait())
+        receiver = asyncio.create_task(self._receive_loop(), name=f"receive-{self._stream_id}")
+        processor = asyncio.create_task(self._process_loop(), name=f"process-{self._stream_id}")
+        stop_waiter = asyncio.create_task(stop.wait())
+        self._idle_timer = self._loop.call_later(protocol.idle_timeout_s, self._idle_fired)
         try:
-            await asyncio.wait({self._ending, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
-            if not self._ending.done():
-                self._end(_Close(_Ending.SHUTDOWN, StreamError(ErrorCode.SHUTTING_DOWN, "the server is shutting down; reconnect later")))
-            close = self._ending.result()
-            if close.ending not in _CUT_OFF:
-                # A frame the receive loop has read is taken all the way (admitted, displaced frames
-                # answered, handed on) before the loop stops: stopping it halfway could lose a frame.
-                await self._receiver_free.wait()
-            receiver.cancel()
+            waiters: set[asyncio.Future[Any]] = {self._ended, stop_waiter}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if protocol.ending is None:
+                protocol.stop_requested()
+                self._fed()  # also releases a processing task waiting on work that outlived its timeout
+            close = protocol.ending
+            assert close is not None
+            if close.cut_off or self._receiving:
+                receiver.cancel()
+            # Otherwise the receiving task is taking a message all the way (admitted, displaced frames
+            # answered, handed on or answered inline); it stops once that is done.
             await asyncio.gather(receiver, return_exceptions=True)
-            if close.ending is _Ending.PEER_GONE:
-                return close.peer_code or int(CloseCode.GOING_AWAY), "peer_gone"
-            if close.ending is _Ending.SEND_TIMEOUT:
-                return _ABNORMAL_CLOSURE, close.ending.value
-            self._session.transition(SessionState.CLOSING)
-            return await self._close_gracefully(close, processor)
+            if close.cut_off:
+                return protocol.close_code()
+            # The frame in flight is answered first (within the frame timeout, or at the shutdown deadline).
+            self._to_start.put_nowait(_NO_MORE_FRAMES)
+            await asyncio.gather(processor, return_exceptions=True)
+            if not protocol.cut_off:
+                protocol.closing_messages()
+                await self._flush()
+            if not protocol.cut_off:
+                try:
+                    await self._transport.close(*protocol.close_code())
+                except ConnectionClosed as gone:
+                    protocol.connection_lost(gone)
+            return protocol.close_code()
         finally:
-            if self._idle_check is not None:
-                self._idle_check.cancel()
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
             for task in (receiver, processor, stop_waiter):
                 task.cancel()
-            self._deadline_passed.cancel()
+            give_up.cancel()
             await asyncio.gather(receiver, processor, stop_waiter, return_exceptions=True)
 
-    async def _close_gracefully(self, close: _Close, processor: asyncio.Task[None]) -> tuple[int, str]:
-        """Answer the in-flight frame, answer waiting frames as dropped, send the error, close."""
-        assert close.error is not None
-        cause = DropCause.SHUTDOWN if close.ending is _Ending.SHUTDOWN else DropCause.CLOSING
-        try:
-            # The frame in flight finishes within the frame timeout, which the worker pool enforces,
-            # or is answered as failed when the shutdown deadline passes first (see _process); the
-            # processor starts no further frame once the session is ending.
-            await self._idle.wait()
-            processor.cancel()
-            await asyncio.gather(processor, return_exceptions=True)
-            for drop in self._session.drain_waiting(cause):
-                await self._send(dropped_message(drop))
-                self._service._observer.frame_dropped(self._session, drop.frame.index, drop.cause)
-            await self._send(error_message(close.error, close.frame_index))
-            self._service._observer.error_sent(self._session, close.error.code)
-            code = int(CLOSE_CODE_FOR_ERROR[close.error.code])
-            await self._transport.close(code, close.error.code.value)
-            return code, close.error.code.value
-        except SendTimedOut:
-            return _ABNORMAL_CLOSURE, _Ending.SEND_TIMEOUT.value
-        except ConnectionClosed:
-            return int(CloseCode.GOING_AWAY), "peer_gone"
+    def _fed(self) -> None:
+        """After each event: wake `run` once the protocol has decided to end."""
+        if self._protocol.ending is not None and not self._ended.done():
+            self._ended.set_result(None)
 
-    def _arm_idle_check(self, delay_s: float) -> None:
-        self._idle_check = asyncio.get_running_loop().call_later(delay_s, self._check_idle)
+    def _idle_fired(self) -> None:
+        delay_s = self._protocol.idle_check()
+        self._idle_timer = None if delay_s is None else self._loop.call_later(delay_s, self._idle_fired)
+        self._fed()
 
-    def _check_idle(self) -> None:
-        """End the session when no message came for the idle timeout and no frame is being worked on.
+    async def _flush(self) -> None:
+        """Send what the protocol queued, in order, and tell it each message went out.
 
-        One timer per idle period rather than a timeout around every receive:
-        the receive loop only stamps the time of each message.
+        One task sends at a time and sends everything queued, whoever queued
+        it; a task that finds another sending waits until that one is done,
+        so that each caller goes on only once its messages are out.
         """
-        timeout_s = self._service._settings.idle_timeout_s
-        quiet_s = asyncio.get_running_loop().time() - self._last_message_at
-        if self._ending.done():
+        if self._sending:
+            if self._sent is None:
+                self._sent = self._loop.create_future()
+            await asyncio.shield(self._sent)
             return
-        if not self._idle.is_set():
-            self._arm_idle_check(timeout_s)  # a frame is in flight: the client is waiting, not idle
-        elif quiet_s < timeout_s:
-            self._arm_idle_check(timeout_s - quiet_s)
-        else:
-            self._end(
-                _Close(
-                    _Ending.CLIENT_ERROR,
-                    StreamError(ErrorCode.IDLE_TIMEOUT, f"no frame arrived for {timeout_s:g} s; the session is closed"),
-                )
-            )
+        protocol = self._protocol
+        outbox = protocol.outbox
+        send_json = self._transport.send_json
+        self._sending = True
+        try:
+            while outbox:
+                outgoing = outbox.popleft()
+                await send_json(outgoing[0])
+                protocol.message_sent(outgoing)
+        except ConnectionClosed as gone:
+            protocol.connection_lost(gone)
+            self._fed()
+        finally:
+            self._sending = False
+            sent, self._sent = self._sent, None
+            if sent is not None and not sent.done():
+                sent.set_result(None)
 
-    async def _send(self, message: Mapping[str, Any]) -> None:
-        async with self._send_lock:
-            await self._transport.send_json(message)
+    def _job(self, frame: Frame) -> FrameJob:
+        return FrameJob(self._pipeline_id, frame.index, frame.data, self._stream_id, True)
 
     # Receiving -----------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
-        session = self._session
-        max_bytes = self._service._settings.max_frame_bytes
-        loop = asyncio.get_running_loop()
+        protocol = self._protocol
+        transport = self._transport
+        inline = self._inline
+        to_start = self._to_start
+        executor = self._executor
+        pipeline_id = self._pipeline_id
+        stream_id = self._stream_id
         try:
-            inline = self._service._video.runs_inline(session.pipeline_id)
-            while not self._ending.done():
-                inbound = await self._transport.receive()
-                self._last_message_at = loop.time()
-                self._receiver_free.clear()
-                try:
-                    await self._handle_inbound(inbound, inline, max_bytes)
-                finally:
-                    self._receiver_free.set()
+            while protocol.ending is None:
+                self._receiving = True
+                inbound = await transport.receive()
+                self._receiving = False
+                start = protocol.message_received(inbound)
+                if start is not None and not inline:
+                    to_start.put_nowait(start)  # the pipeline starts before the drop notices go out
+                if protocol.outbox:
+                    await self._flush()
+                while start is not None and inline:
+                    # A header-only frame is answered right here: the work is a header read, so nothing
+                    # else arrives meanwhile, and skipping the hand-off saves an event-loop round.
+                    try:
+                        reply = executor.run_inline(FrameJob(pipeline_id, start.index, start.data, stream_id, True))
+                    except Exception as error:
+                        start = protocol.frame_failed(start, error)
+                    else:
+                        start = protocol.frame_finished(start, reply)
+                    await self._flush()
+                self._fed()
         except ConnectionClosed as gone:
-            self._end(_closed(gone))
+            protocol.connection_lost(gone)
+            self._fed()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._fail("receive loop", exc, None)
-
-    async def _handle_inbound(self, inbound: Inbound, inline: bool, max_bytes: int) -> None:
-        """One message from the client, taken all the way: a frame is admitted and handed on, or the session ends."""
-        session = self._session
-        observer = self._service._observer
-        if inbound.kind is InboundKind.DISCONNECT:
-            self._end(_Close(_Ending.PEER_GONE, peer_code=inbound.close_code))
-            return
-        if inbound.kind is InboundKind.TEXT:
-            self._end(
-                _Close(
-                    _Ending.CLIENT_ERROR,
-                    StreamError(
-                        ErrorCode.INVALID_MESSAGE,
-                        "expected a binary message holding one JPEG image, got a text message",
-                    ),
-                )
-            )
-            return
-        data = inbound.data
-        assert isinstance(data, bytes)
-        try:
-            validate_jpeg(data, max_bytes)
-        except FrameValidationError as error:
-            index = session.increment_frame()
-            observer.frame_received(session, index, len(data))
-            self._end(_Close(_Ending.CLIENT_ERROR, error, frame_index=index))
-            return
-        admission = session.receive_frame(data)
-        observer.frame_received(session, admission.frame.index, len(data))
-        if admission.start is not None:
-            self._idle.clear()
-            if not inline:
-                self._to_start.put_nowait(admission.start)  # the pipeline starts before the drop notices go out
-        for drop in admission.dropped:
-            await self._send(dropped_message(drop))
-            observer.frame_dropped(session, drop.frame.index, drop.cause)
-        if admission.start is not None and inline:
-            await self._answer_inline(admission.start)
-        if admission.dropped:
-            signal = session.take_slowdown_signal()
-            if signal is not None:
-                await self._send(slowdown_message(signal))
-                observer.slowdown_sent(session, signal.drop_rate, signal.suggested_fps)
-
-    async def _answer_inline(self, frame: Frame) -> None:
-        """Answer a header-only frame right here, without handing it to the processing task.
-
-        The work is a header read, so nothing else could have arrived meanwhile;
-        skipping the hand-off saves an event-loop round per frame, which is most
-        of what a cheap frame costs. Frames of every other pipeline go through
-        the processing task, so that the receive loop keeps reading while they run.
-        """
-        try:
-            next_frame: Frame | None = frame
-            while next_frame is not None:
-                await self._process(next_frame)
-                next_frame = None if self._ending.done() else self._session.start_next()
-        except (ConnectionClosed, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            self._fail(f"answering frame {frame.index}", exc, frame)
-        finally:
-            if self._to_start.empty():
-                self._idle.set()
+            protocol.internal_failure("receive loop", exc, None)
+            self._fed()
 
     # Processing ----------------------------------------------------------------
 
     async def _process_loop(self) -> None:
-        session = self._session
+        protocol = self._protocol
+        executor = self._executor
         frame: Frame | None = None
         try:
-            while True:
-                frame = await self._to_start.get()
+            while (frame := await self._to_start.get()) is not _NO_MORE_FRAMES:
                 while frame is not None:
-                    await self._process(frame)
-                    frame = None if self._ending.done() else session.start_next()
-                    if frame is not None:
-                        self._idle.clear()
-                # A frame admitted while the last reply was being sent is already queued here.
-                if self._to_start.empty():
-                    self._idle.set()
-        except ConnectionClosed as gone:
-            self._end(_closed(gone))
+                    try:
+                        reply = await executor.run(self._job(frame), timeout_s=self._frame_timeout_s, give_up=self._give_up)
+                    except JobStillRunning as running:
+                        protocol.frame_still_running(frame, running)
+                        await self._flush()
+                        # Nothing else starts until the work returns; the session may end meanwhile.
+                        await asyncio.wait({running.finished, self._ended}, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
+                        if self._ended.done():
+                            return
+                        frame = protocol.straggler_returned(frame)
+                    except Exception as error:
+                        frame = protocol.frame_failed(frame, error)
+                    else:
+                        frame = protocol.frame_finished(frame, reply)
+                    await self._flush()
+                    self._fed()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._fail("processing loop", exc, frame)
-        finally:
-            self._idle.set()
-
-    async def _process(self, frame: Frame) -> None:
-        """Run one frame off the event loop and send its one reply."""
-        service = self._service
-        session = self._session
-        video = service._video
-        started = session.now_ms()
-        queue_ms = started - frame.received_ms
-        pipeline_id = session.pipeline_id
-        session_id = session.session_id
-        reply: dict[str, Any]
-        succeeded = False
-        fatal: _Close | None = None
-        straggler: WorkStillRunning | None = None
-        try:
-            reply = await service._execute(
-                pipeline_id,
-                lambda: video.run_on_frame(pipeline_id, frame.index, frame.data, stream_id=session_id),
-                give_up=self._deadline_passed,
-            )
-            succeeded = True
-        except WorkGivenUp:
-            # The shutdown deadline passed first (also when it had passed as the frame started): the
-            # work is cancelled if still queued; a thread already running it finishes unobserved.
-            failure = StreamError(
-                ErrorCode.PIPELINE_FAILURE,
-                f"the server shut down before frame {frame.index} finished",
-                log_message=f"frame {frame.index} of pipeline {pipeline_id!r} cut off by the shutdown deadline",
-            )
-            service._observer.frame_failed(session, frame.index, failure, code=failure.code)
-            reply = error_message(failure, frame.index)
-        except PipelineExecutionError as error:
-            service._observer.frame_failed(session, frame.index, error, code=error.code)
-            reply = error_message(error, frame.index)
-        except TimeoutError as error:
-            failure = FrameTimeoutError(pipeline_id, frame.index, service._settings.frame_timeout_s)
-            service._observer.frame_failed(session, frame.index, error, code=failure.code)
-            reply = error_message(failure, frame.index)
-            if isinstance(error, WorkStillRunning):
-                straggler = error
-        except FrameValidationError as error:
-            # Markers were fine but the image does not decode (or declares too many pixels).
-            fatal = _Close(_Ending.CLIENT_ERROR, error, frame_index=frame.index)
-            reply = {}
-        except StreamError as error:
-            # The pipeline became unavailable or unknown mid-stream: this frame fails, the stream goes on.
-            failure = StreamError(ErrorCode.PIPELINE_FAILURE, error.detail, log_message=error.log_message)
-            service._observer.frame_failed(session, frame.index, error, code=failure.code)
-            reply = error_message(failure, frame.index)
-        if straggler is not None:
-            # The client gets its answer at the deadline, but this session starts nothing new until
-            # the thread returns: a stuck tool then holds one worker, never the whole pool, and one
-            # stream's tool state is never used by two threads at once.
-            await self._send(reply)
-            service._observer.error_sent(session, ErrorCode.PIPELINE_FAILURE)
-            self._idle.set()
-            await asyncio.wait({straggler.finished})
-            session.complete_frame(frame, processing_ms=session.now_ms() - started, succeeded=False)
-            return
-        processing_ms = session.now_ms() - started
-        session.complete_frame(frame, processing_ms=processing_ms, succeeded=succeeded)
-        if fatal is not None:
-            self._end(fatal)
-            return
-        await self._send(reply)
-        if succeeded:
-            service._observer.frame_processed(
-                session,
-                frame.index,
-                queue_ms=queue_ms,
-                processing_ms=processing_ms,
-                latency_ms=session.now_ms() - frame.received_ms,
-            )
-        else:
-            service._observer.error_sent(session, ErrorCode.PIPELINE_FAILURE)
+            protocol.internal_failure("processing loop", exc, frame)
+            self._fed()

@@ -6,17 +6,19 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from application.pipeline import DagPipelineService, PipelineUnavailableError
+from application.errors import PipelineUnavailableError
+from application.pipeline import DagPipelineService
 from application.ports import Availability, VideoReader
 from domain import DEFAULT_MAX_FRAME_BYTES, ErrorCode, StreamError, validate_jpeg
 
 
-class VideoReadError(StreamError):
-    def __init__(self, detail: str, *, log_message: str | None = None) -> None:
-        super().__init__(ErrorCode.INVALID_FRAME, detail, log_message=log_message)
-
-
 class VideoFilePipelineService:
+    """The pipelines as the stream, the HTTP endpoint and the run-file command use them.
+
+    The name and the methods `is_valid_pipeline` and `run_on_frame` are the
+    ones the user stories give.
+    """
+
     def __init__(
         self,
         pipelines: DagPipelineService,
@@ -29,23 +31,29 @@ class VideoFilePipelineService:
         self.max_frame_bytes = max_frame_bytes
 
     def is_valid_pipeline(self, pipeline_id: str | None) -> bool:
-        """True when the id names a known pipeline whose plugins can run now (check_pipeline says why not)."""
-        try:
-            self.check_pipeline(pipeline_id)
-        except StreamError:
-            return False
-        return True
+        """True when the id names a known pipeline whose plugins can run now (`pipeline_error` says why not)."""
+        return self.pipeline_error(pipeline_id) is None
 
-    def check_pipeline(self, pipeline_id: str | None) -> None:
-        """The one pipeline check the stream and the HTTP API use: raises the error that tells the client what is wrong."""
+    def pipeline_error(self, pipeline_id: str | None) -> StreamError | None:
+        """The one pipeline check the stream and the HTTP API use: the error that tells the client what is wrong, if anything."""
         if not pipeline_id:
-            raise StreamError(
+            return StreamError(
                 ErrorCode.INVALID_PIPELINE,
                 f"query parameter pipeline_id is required; expected one of {sorted(self._pipelines.pipeline_ids())}",
             )
-        status = self.pipeline_availability(pipeline_id)
+        try:
+            status = self.pipeline_availability(pipeline_id)
+        except StreamError as unknown:
+            return unknown
         if not status.available:
-            raise PipelineUnavailableError(pipeline_id, status.reason or "unavailable")
+            return PipelineUnavailableError(pipeline_id, status.reason or "unavailable")
+        return None
+
+    def check_pipeline(self, pipeline_id: str | None) -> None:
+        """Raise `pipeline_error`'s error, if any."""
+        error = self.pipeline_error(pipeline_id)
+        if error is not None:
+            raise error
 
     def runs_inline(self, pipeline_id: str) -> bool:
         return self._pipelines.runs_inline(pipeline_id)
@@ -54,13 +62,22 @@ class VideoFilePipelineService:
         return self._pipelines.availability(pipeline_id)
 
     def run_on_frame(
-        self, pipeline_id: str, frame_index: int, frame_bytes: bytes, *, stream_id: str | None = None
+        self,
+        pipeline_id: str,
+        frame_index: int,
+        frame_bytes: bytes,
+        *,
+        stream_id: str | None = None,
+        markers_checked: bool = False,
     ) -> dict[str, Any]:
-        """Validate one JPEG and run it through the pipeline, in the payload format pipelines expect.
+        """Run one JPEG through the pipeline, in the payload format pipelines expect: `{"frame_index", "result"}`.
 
-        Blocking: call it from a worker thread, never from the event loop.
+        The markers are validated here unless the caller already did (a
+        stream validates each frame as it arrives). Blocking unless the
+        pipeline runs inline: call it from a worker thread.
         """
-        validate_jpeg(frame_bytes, self.max_frame_bytes)
+        if not markers_checked:
+            validate_jpeg(frame_bytes, self.max_frame_bytes)
         payload = {"frame_index": frame_index, "image_bytes": bytes(frame_bytes)}
         result = self._pipelines.run_pipeline(pipeline_id, payload, stream_id=stream_id)
         return {"frame_index": frame_index, "result": result}

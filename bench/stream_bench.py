@@ -36,7 +36,6 @@ import platform
 import select
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,13 +52,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from contracts.targets import SELF_STARTED, free_port  # noqa: E402 -- one launcher table for tests/, contracts/ and bench/
+
 HOST = "127.0.0.1"
 FRAME_BYTES = 50_000
 FRAME_SIZE = (640, 480)
 KNOWN_COST_PIPELINE = "known_cost"
 # A near-free tool that is not header-only, so it goes through the worker pool: shows the thread hand-off cost.
 POOLED_PIPELINE = "pooled_count"
-FAULT_PLUGIN = "tests.support.fault_plugins:FaultPlugin"
+FAULT_PLUGIN = "contracts.fault_plugin:FaultPlugin"
 
 # Targets (the summary table prints them next to the measured values).
 TARGET_TRANSPORT_RATIO = 0.8
@@ -251,12 +252,6 @@ class Child:
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def start_baseline(kind: str, cost_ms: float, *, uvloop: bool = False) -> Child:
     command = [sys.executable, str(Path(__file__).resolve()), "--serve", kind, "--cost-ms", str(cost_ms), *(["--uvloop"] if uvloop else [])]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -294,7 +289,7 @@ def write_pipelines(directory: Path, cost_ms: float) -> None:
 
 def start_forgesyte(pipelines_dir: Path, log_path: Path, timeout_s: float = 60.0, *, transport: str = "litestar") -> Child:
     """The real server: `forgesyte-stream serve` (Litestar on uvicorn), or the same application on the websockets adapter."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -302,8 +297,7 @@ def start_forgesyte(pipelines_dir: Path, log_path: Path, timeout_s: float = 60.0
         "FORGESYTE_STREAM_PLUGINS": FAULT_PLUGIN,
         "FORGESYTE_STREAM_LOG_LEVEL": "warning",
     }
-    module = "adapters.cli" if transport == "litestar" else "adapters.websockets_transport"
-    command = [sys.executable, "-m", module, *(["serve"] if transport == "litestar" else []), "--host", HOST, "--port", str(port)]
+    command = [sys.executable, *SELF_STARTED[transport], "--host", HOST, "--port", str(port)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     child = Child(f"forgesyte-{transport}", process, port, log_path)
@@ -312,13 +306,10 @@ def start_forgesyte(pipelines_dir: Path, log_path: Path, timeout_s: float = 60.0
         if process.poll() is not None:
             raise BenchError(f"the ForgeSyte server ({transport}) exited with {process.returncode} during start-up:\n{child.log_tail()}")
         try:
-            if transport == "litestar":
-                with _NO_PROXY.open(f"http://{HOST}:{port}/health", timeout=1) as response:
-                    if response.status == 200:
-                        return child
-            else:  # no HTTP API on this adapter: listening is ready
-                socket.create_connection((HOST, port), timeout=1).close()
-                return child
+            # Both transports serve /health.
+            with _NO_PROXY.open(f"http://{HOST}:{port}/health", timeout=1) as response:
+                if response.status == 200:
+                    return child
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.1)
@@ -643,7 +634,7 @@ async def run_benchmark(
     failed = False
 
     # 1. Transport ------------------------------------------------------------------------
-    print(f"\n[1] Transport: `probe` pipeline vs bare websockets echo server (separate process), 1 connection, ping-pong,")
+    print("\n[1] Transport: `probe` pipeline vs bare websockets echo server (separate process), 1 connection, ping-pong,")
     print(f"    {len(frame.data):,}-byte frames, {profile.transport_rounds} interleaved rounds of {profile.transport_seconds:g} s each "
           f"(after {profile.warmup_frames} warm-up frames per connection)")
     echo_fps: list[float] = []

@@ -11,6 +11,7 @@ would point the suite at their deployment. Exits with pytest's status.
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -26,12 +27,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not serve.is_file():
         print(f"{serve} is missing: install the project first (`make setup`)", file=sys.stderr)
         return 2
-    log_path = Path(tempfile.mkdtemp(prefix="contract-serve-")) / "server.log"
+    directory = Path(tempfile.mkdtemp(prefix="contract-serve-"))
+    log_path = directory / "server.log"
+    # The server requires an API key, which the suite is given as an operator would give it.
+    api_key = secrets.token_urlsafe(24)
+    keys_file = directory / "api-keys"
+    keys_file.write_text(f"contract-suite {api_key}\n", encoding="utf-8")
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [str(serve), "serve", "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT,
-            env=server_environment(),
+            env=server_environment(FORGESYTE_STREAM_API_KEYS_FILE=str(keys_file)),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -48,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"kill -TERM {process.pid}",
             "--idle-timeout-s",
             str(SUITE_IDLE_TIMEOUT_S),
+            "--api-key",
+            api_key,
             *(argv if argv is not None else sys.argv[1:]),
         ]
         status = subprocess.run(command, cwd=ROOT, check=False).returncode

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, RootModel
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from contracts.asyncapi_doc import Contract, ContractError, UndeclaredMessageError, load_contract
 from contracts.generated import messages as models
@@ -129,9 +130,24 @@ class IdleTimeout(ServerError):
     code = "idle_timeout"
 
 
+class Unauthorized(ServerError):
+    code = "unauthorized"
+
+
 _ERRORS: dict[str, type[ServerError]] = {
     cls.code: cls
-    for cls in (InvalidMessage, InvalidFrame, FrameTooLarge, PipelineFailure, InternalServerError, InvalidPipeline, ServerBusy, ShuttingDown, IdleTimeout)
+    for cls in (
+        InvalidMessage,
+        InvalidFrame,
+        FrameTooLarge,
+        PipelineFailure,
+        InternalServerError,
+        InvalidPipeline,
+        ServerBusy,
+        ShuttingDown,
+        Unauthorized,
+        IdleTimeout,
+    )
 }
 
 
@@ -238,9 +254,21 @@ class StreamClient:
         observer: TrafficObserver | None = None,
         reply_timeout_s: float = 15.0,
         open_timeout_s: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+        subprotocols: Sequence[str] | None = None,
     ) -> StreamClient:
+        """Open a stream; `headers` (Authorization) and `subprotocols` (forgesyte.bearer.<key>) carry an API key."""
         # proxy=None: a loopback server must not be reached through an HTTP proxy from the environment.
-        connection = await connect(url, compression=None, max_size=None, open_timeout=open_timeout_s, close_timeout=5, proxy=None)
+        connection = await connect(
+            url,
+            compression=None,
+            max_size=None,
+            open_timeout=open_timeout_s,
+            close_timeout=5,
+            proxy=None,
+            additional_headers=headers,
+            subprotocols=[Subprotocol(p) for p in subprotocols] if subprotocols else None,
+        )
         return cls(connection, contract=contract, observer=observer, reply_timeout_s=reply_timeout_s)
 
     async def __aenter__(self) -> StreamClient:

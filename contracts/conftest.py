@@ -12,6 +12,7 @@ check for that target (contracts/test_zz_coverage.py).
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 from collections.abc import Iterator
 
@@ -34,6 +35,7 @@ from contracts.targets import (
 DEFAULT_TARGETS = ("litestar", "websockets")
 TARGET_ENV = "FORGESYTE_CONTRACT_TARGET"
 SHUTDOWN_ENV = "FORGESYTE_CONTRACT_SHUTDOWN"
+API_KEY_ENV = "FORGESYTE_CONTRACT_API_KEY"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -52,6 +54,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--target-http", default=None, help="HTTP base URL of a ws:// target's API (default: its host and port); 'none' if it has none")
     group.addoption("--target-wait", type=float, default=60.0, help="seconds to wait for a ws:// target to accept connections")
     group.addoption("--pipeline", action="append", default=[], help=f"ROLE=ID: the target's pipeline for a role ({', '.join(ROLES)})")
+    group.addoption(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"the API key a ws:// target requires (env {API_KEY_ENV}); without it the target is taken to require none",
+    )
     group.addoption("--max-frame-bytes", type=int, default=None, help="the target's FORGESYTE_STREAM_MAX_FRAME_BYTES (default: the document's)")
     group.addoption(
         "--idle-timeout-s", type=float, default=None, help="the target's FORGESYTE_STREAM_IDLE_TIMEOUT_S (default: the document's)"
@@ -144,11 +151,13 @@ def _pipelines(config: pytest.Config) -> dict[str, str]:
 def target(request: pytest.FixtureRequest, contract: Contract, coverages: dict[str, ContractCoverage]) -> Iterator[Target]:
     name, ws_base = parse_target(request.param)
     config = request.config
-    coverage = coverages.setdefault(name, ContractCoverage(contract))
+    # Self-started targets require a key made for this run, so that the secured configuration is the one checked.
+    api_key = secrets.token_urlsafe(24) if ws_base is None else config.getoption("--api-key")
+    coverage = coverages.setdefault(name, ContractCoverage(contract, keyless=api_key is None))
     limit = config.getoption("--max-frame-bytes") or int(contract.message("Frame")["payload"]["x-max-bytes"])
     idle_timeout_s = config.getoption("--idle-timeout-s") or float(contract.message("IdleTimeoutError")["x-default-timeout-s"])
     if ws_base is None:
-        local = start_local(name)
+        local = start_local(name, api_key=api_key)
         yield Target(
             name=name,
             ws_base=f"ws://127.0.0.1:{local.port}",
@@ -159,6 +168,7 @@ def target(request: pytest.FixtureRequest, contract: Contract, coverages: dict[s
             pipelines=_pipelines(config),
             shutdown=local.terminate,
             local=local,
+            api_key=api_key,
         )
         local.stop()
         return
@@ -184,4 +194,5 @@ def target(request: pytest.FixtureRequest, contract: Contract, coverages: dict[s
         idle_timeout_s=idle_timeout_s,
         pipelines=_pipelines(config),
         shutdown=shutdown,
+        api_key=api_key,
     )

@@ -1,7 +1,13 @@
-"""Regenerates the client's message models from asyncapi.yaml; `--check` only compares.
+"""Regenerates the clients' message types from asyncapi.yaml; `--check` only compares.
 
-    python -m contracts.generate_models          # (make models) rewrite contracts/generated/
-    python -m contracts.generate_models --check  # exit 1 when contracts/generated/ is stale
+    python -m contracts.generate_models          # (make models) rewrite every generated file
+    python -m contracts.generate_models --check  # exit 1 when one of them is stale
+
+Three consumers get the same types: the contract suite (contracts/generated/),
+the Python client package (clients/python/forgesyte_stream_client/generated/,
+the same pydantic models, so that the package needs nothing from this
+repository at run time) and the browser page (clients/web/messages.js, JSDoc
+typedefs and the contract's constants, made by contracts/jsdoc_types.py).
 
 The generator is asyncapi-python's codegen (PyPI `asyncapi-python[codegen]`,
 pinned in requirements.lock), which turns the document's message payloads into
@@ -27,10 +33,16 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from contracts.asyncapi_doc import DEFAULT_PATH
+import yaml
 
+from contracts.asyncapi_doc import DEFAULT_PATH
+from contracts.jsdoc_types import render_jsdoc
+
+ROOT = Path(__file__).resolve().parent.parent
 GENERATED_DIR = Path(__file__).resolve().parent / "generated"
 MODELS_FILE = GENERATED_DIR / "messages.py"
+CLIENT_GENERATED_DIR = ROOT / "clients" / "python" / "forgesyte_stream_client" / "generated"
+WEB_TYPES_FILE = ROOT / "clients" / "web" / "messages.js"
 GENERATOR = "asyncapi-python"
 SOURCE_HASH_PREFIX = "# source-sha256: "
 
@@ -72,7 +84,7 @@ def _version() -> str:
     return version(GENERATOR)
 
 
-def render(document: Path = DEFAULT_PATH) -> dict[str, str]:
+def render_models(document: Path = DEFAULT_PATH) -> dict[str, str]:
     """File name -> content of contracts/generated/ for this document (nothing is written)."""
     with tempfile.TemporaryDirectory(prefix="asyncapi-codegen-") as scratch:
         out = Path(scratch) / "package"
@@ -100,17 +112,38 @@ def render(document: Path = DEFAULT_PATH) -> dict[str, str]:
     return {"__init__.py": _INIT, "messages.py": header + body}
 
 
-def stale_files(document: Path = DEFAULT_PATH, directory: Path = GENERATED_DIR) -> list[str]:
-    """Names of the generated files that differ from what the generator makes of `document` now."""
-    expected = render(document)
-    return [name for name, content in expected.items() if not (directory / name).is_file() or (directory / name).read_text(encoding="utf-8") != content]
+_CLIENT_INIT = _INIT.replace(
+    "never edit by hand.", "never edit by hand.\n\nThe same models as the server repository's contracts/generated/, copied into the package."
+)
 
 
-def write(document: Path = DEFAULT_PATH, directory: Path = GENERATED_DIR) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
+def render(document: Path = DEFAULT_PATH) -> dict[Path, str]:
+    """Path -> content of every generated file for this document (nothing is written)."""
+    models = render_models(document)
+    files: dict[Path, str] = {GENERATED_DIR / name: content for name, content in models.items()}
+    files[CLIENT_GENERATED_DIR / "__init__.py"] = _CLIENT_INIT
+    files[CLIENT_GENERATED_DIR / "messages.py"] = models["messages.py"]
+    files[WEB_TYPES_FILE] = render_jsdoc(yaml.safe_load(document.read_text(encoding="utf-8")), document_hash(document))
+    return files
+
+
+def _name(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def stale_files(document: Path = DEFAULT_PATH) -> list[str]:
+    """Repository paths of the generated files that differ from what the generator makes of `document` now."""
+    return [
+        _name(path)
+        for path, content in render(document).items()
+        if not path.is_file() or path.read_text(encoding="utf-8") != content
+    ]
+
+
+def write(document: Path = DEFAULT_PATH) -> list[Path]:
     written = []
-    for name, content in render(document).items():
-        path = directory / name
+    for path, content in render(document).items():
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content, encoding="utf-8")
         written.append(path)
     return written
@@ -125,12 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.check:
             stale = stale_files(args.document)
             if stale:
-                print(f"contracts/generated is stale ({', '.join(stale)}): run `make models`", file=sys.stderr)
+                print(f"generated types are stale ({', '.join(stale)}): run `make models`", file=sys.stderr)
                 return 1
-            print("contracts/generated is up to date")
+            print("generated types are up to date")
             return 0
         for path in write(args.document):
-            print(f"wrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+            print(f"wrote {_name(path)}")
         return 0
     except GenerationError as error:
         print(f"generate_models: {error}", file=sys.stderr)

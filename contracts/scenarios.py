@@ -103,7 +103,7 @@ async def run_session(
             break  # the same, noticed while sending
         server_ends = server_ends or isinstance(message, str)
         if lockstep and index is not None:
-            await _until(lambda: index in client.replies or reader.done(), settle_timeout_s, f"no reply to frame {index}")
+            await _until(lambda index=index: index in client.replies or reader.done(), settle_timeout_s, f"no reply to frame {index}")
     if before_close is not None:
         await before_close()
     deadline = time.monotonic() + settle_timeout_s

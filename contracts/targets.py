@@ -44,6 +44,7 @@ ROLES: dict[str, str] = {
     "slow": "slow",  # 100 ms per frame
     "failing": "failing",  # pipeline_failure on even frames, results on odd ones
     "crash": "crash",  # internal_error
+    "tracked": "tracked",  # a moving object with a tracker_id, a line and a zone (tracker_id, line_counts, zone_counts)
 }
 
 SELF_STARTED: dict[str, list[str]] = {
@@ -123,12 +124,19 @@ class LocalServer:
             return self.process.wait(timeout=5)
 
 
-def start_local(kind: str, timeout_s: float = 60.0) -> LocalServer:
+def start_local(kind: str, timeout_s: float = 60.0, api_key: str | None = None) -> LocalServer:
+    """Start a server of `kind`; with `api_key`, it requires that key (FORGESYTE_STREAM_API_KEYS_FILE)."""
     port = free_port()
-    log_path = Path(tempfile.mkdtemp(prefix=f"contract-{kind}-")) / "server.log"
+    directory = Path(tempfile.mkdtemp(prefix=f"contract-{kind}-"))
+    log_path = directory / "server.log"
     command = [sys.executable, *SELF_STARTED[kind], "--host", "127.0.0.1", "--port", str(port)]
+    extra: dict[str, str] = {}
+    if api_key is not None:
+        keys_file = directory / "api-keys"
+        keys_file.write_text(f"contract-suite {api_key}\n", encoding="utf-8")
+        extra["FORGESYTE_STREAM_API_KEYS_FILE"] = str(keys_file)
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=server_environment(), stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=ROOT, env=server_environment(**extra), stdout=log, stderr=subprocess.STDOUT)
     server = LocalServer(kind, process, port, log_path)
     if not wait_until_listening("127.0.0.1", port, timeout_s, alive=lambda: process.poll() is None):
         code = server.stop()
@@ -149,6 +157,8 @@ class Target:
     pipelines: Mapping[str, str] = field(default_factory=lambda: dict(ROLES))
     shutdown: Callable[[], None] | None = None
     local: LocalServer | None = None
+    # The key the target requires (FORGESYTE_STREAM_API_KEYS_FILE); None: it requires none.
+    api_key: str | None = None
 
     def url(self, pipeline_id: str | None) -> str:
         return self.ws_base + STREAM_PATH + ("" if pipeline_id is None else f"?pipeline_id={pipeline_id}")
@@ -156,11 +166,31 @@ class Target:
     def pipeline(self, role: str) -> str:
         return self.pipelines[role]
 
-    async def open(self, role: str | None = None, *, pipeline_id: str | None = None, reply_timeout_s: float = 15.0) -> StreamClient:
-        """A client on the pipeline serving `role`, or on an explicit `pipeline_id` (None: no query at all)."""
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key is not None else {}
+
+    async def open(
+        self,
+        role: str | None = None,
+        *,
+        pipeline_id: str | None = None,
+        reply_timeout_s: float = 15.0,
+        headers: Mapping[str, str] | None = None,
+        subprotocols: list[str] | None = None,
+    ) -> StreamClient:
+        """A client on the pipeline serving `role`, or on an explicit `pipeline_id` (None: no query at all).
+
+        It presents the target's key in `Authorization` unless `headers` or
+        `subprotocols` say how to authenticate instead (`{}` and None: not at all).
+        """
         chosen = self.pipeline(role) if role is not None else pipeline_id
         return await StreamClient.connect(
-            self.url(chosen), contract=self.coverage.contract, observer=self.coverage, reply_timeout_s=reply_timeout_s
+            self.url(chosen),
+            contract=self.coverage.contract,
+            observer=self.coverage,
+            reply_timeout_s=reply_timeout_s,
+            headers=self.auth_headers() if headers is None and subprotocols is None else headers,
+            subprotocols=subprotocols,
         )
 
     def describe(self) -> str:

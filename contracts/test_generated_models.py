@@ -28,7 +28,7 @@ def test_the_generated_models_were_made_from_this_asyncapi_yaml() -> None:
 
 
 def test_regenerating_gives_the_committed_models() -> None:
-    assert generate_models.stale_files() == [], "contracts/generated/ is not what the generator makes of asyncapi.yaml: run `make models`"
+    assert generate_models.stale_files() == [], "the generated types are not what the generator makes of asyncapi.yaml: run `make models`"
 
 
 def test_a_changed_document_is_detected_as_stale(tmp_path: Path) -> None:
@@ -38,7 +38,29 @@ def test_a_changed_document_is_detected_as_stale(tmp_path: Path) -> None:
     path = tmp_path / "asyncapi.yaml"
     path.write_text(yaml.safe_dump(changed, sort_keys=False), encoding="utf-8")
     assert generate_models.document_hash(path) != generate_models.recorded_hash()
-    assert generate_models.stale_files(path) == ["messages.py"]
+    assert generate_models.stale_files(path) == [
+        "contracts/generated/messages.py",
+        "clients/python/forgesyte_stream_client/generated/messages.py",
+        "clients/web/messages.js",
+    ]
+
+
+def test_the_client_package_and_the_page_carry_the_documents_hash() -> None:
+    """The client's copy and the page's typedefs are regenerated with the server's models, never on their own."""
+    digest = generate_models.document_hash()
+    assert generate_models.recorded_hash(generate_models.CLIENT_GENERATED_DIR / "messages.py") == digest
+    assert f"// source-sha256: {digest}" in generate_models.WEB_TYPES_FILE.read_text(encoding="utf-8")
+
+
+def test_the_page_gets_the_contracts_close_codes_and_causes(contract: Contract) -> None:
+    text = generate_models.WEB_TYPES_FILE.read_text(encoding="utf-8")
+    for cause in ("lagging", "buffer_full", "closing", "shutdown"):
+        assert f'"{cause}"' in text
+    for code in ("1008", "1012", "1013"):
+        assert f'"{code}":' in text
+    for name in contract.server_messages():
+        payload = name + "Payload"
+        assert f"@typedef {{Object}} {payload}" in text, payload
 
 
 def test_every_declared_server_message_has_a_generated_model(contract: Contract) -> None:
@@ -51,7 +73,8 @@ def test_each_example_parses_into_its_own_generated_model(contract: Contract) ->
     assert {name for name, _, _ in examples} == set(contract.server_messages())
     for name, example, payload in examples:
         parsed = parse_message(models[name], payload)
-        assert parsed.model_dump(mode="json", exclude_unset=True) == payload, f"{name}:{example}"
+        # by_alias: the wire names, such as a line's "in", which is a Python keyword and so a field "in_".
+        assert parsed.model_dump(mode="json", exclude_unset=True, by_alias=True) == payload, f"{name}:{example}"
 
 
 @pytest.mark.parametrize(
@@ -59,6 +82,9 @@ def test_each_example_parses_into_its_own_generated_model(contract: Contract) ->
     [
         ("FrameDropped", {"frame_index": 1, "dropped": True, "cause": "tired"}),
         ("FrameResult", {"frame_index": -1, "result": {}}),
+        ("FrameResult", {"frame_index": 1, "result": {"line_counts": {"door": {"in": -1, "out": 0}}}}),
+        ("FrameResult", {"frame_index": 1, "result": {"line_counts": {"door": {"in": 1}}}}),
+        ("FrameResult", {"frame_index": 1, "result": {"zone_counts": {"z": {"occupancy": 1}}}}),
         ("SlowDownWarning", {"warning": "slow_down", "drop_rate": 1.5, "suggested_fps": None, "processing_ms": None, "interval_ms": None}),
         ("PipelineFailureError", {"error": "pipeline_failure", "detail": "x"}),
         ("InvalidFrameError", {"error": "invalid_message", "detail": "x"}),

@@ -31,7 +31,7 @@ def _direct_environment() -> dict[str, str]:
 
 @pytest.mark.needs_http
 def test_the_target_publishes_an_openapi_document(target: Target) -> None:
-    response = httpx.get(f"{target.http_base}{SCHEMA_PATH}", timeout=10, trust_env=False)
+    response = httpx.get(f"{target.http_base}{SCHEMA_PATH}", headers=target.auth_headers(), timeout=10, trust_env=False)
     assert response.status_code == 200
     document = response.json()
     assert str(document.get("openapi", "")).startswith("3.")
@@ -55,6 +55,7 @@ def test_schemathesis_finds_no_failure_with_every_check_on(target: Target, tmp_p
         "--request-timeout",
         "15",
         "--no-color",
+        *(part for name, value in target.auth_headers().items() for part in ("--header", f"{name}: {value}")),
     ]
     env = {
         **_direct_environment(),

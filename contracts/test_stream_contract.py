@@ -47,6 +47,20 @@ def test_every_frame_gets_a_result_carrying_the_index_it_was_sent_as(target: Tar
     assert outcome.close_code == 1000, "a client's normal close is answered with 1000"
 
 
+def test_a_tracked_object_keeps_its_tracker_id_and_is_counted_once_at_the_line(target: Target) -> None:
+    # The tracked role's object moves right across the frame's centre line (contracts/pipelines/tracked.json).
+    frames = [jpeg(160, 48, seed=i) for i in range(20)]
+    outcome = run(run_session(target, "tracked", frames, lockstep=True))
+    check_invariants(outcome)
+    assert outcome.kinds() == dict.fromkeys(range(20), "result")
+    results = [outcome.replies[index].model_dump(mode="json", by_alias=True)["result"] for index in range(20)]
+    assert {item["tracker_id"] for r in results for item in r["objects"]} == {1}, "one object, one id, from its first frame"
+    assert [r["line_counts"]["middle"] for r in results][-1] == {"in": 1, "out": 0}
+    assert sum(1 for a, b in zip(results, results[1:]) if a["line_counts"] != b["line_counts"]) == 1, "counted once"
+    assert results[0]["zone_counts"] == {"right": {"occupancy": 0, "entered": 0}}
+    assert results[-1]["zone_counts"] == {"right": {"occupancy": 1, "entered": 1}}
+
+
 def test_a_pipeline_failure_costs_only_its_frame(target: Target) -> None:
     async def scenario() -> tuple[StreamClient, list[tuple[int, Any]]]:
         client = await target.open("failing")
@@ -201,7 +215,7 @@ def test_a_session_without_messages_ends_with_idle_timeout(target: Target) -> No
 
 def test_a_websocket_protocol_violation_closes_with_1002(target: Target) -> None:
     def scenario() -> Closed:
-        client = RawWebSocket.connect(target.url(target.pipeline("result")))
+        client = RawWebSocket.connect(target.url(target.pipeline("result")), headers=target.auth_headers())
         try:
             client.send(raw_frame(OP_BINARY, jpeg(), masked=False))  # clients must mask every frame
             _, closed = client.until_closed()

@@ -9,9 +9,13 @@ from domain.backpressure import BackpressurePolicy, BackpressureState, DropCause
 from domain.errors import CLOSE_CODE_FOR_ERROR, CloseCode, ErrorCode, StreamError
 from domain.frame import (
     DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_MAX_FRAME_PIXELS,
+    JPEG_REDUCTIONS,
     Frame,
     FrameValidationError,
     JpegInfo,
+    check_frame_pixels,
+    jpeg_reduction,
     read_jpeg_info,
     validate_jpeg,
 )
@@ -29,6 +33,8 @@ __all__ = [
     "CLOSE_CODE_FOR_ERROR",
     "CloseCode",
     "DEFAULT_MAX_FRAME_BYTES",
+    "DEFAULT_MAX_FRAME_PIXELS",
+    "JPEG_REDUCTIONS",
     "DropCause",
     "ErrorCode",
     "Frame",
@@ -41,6 +47,8 @@ __all__ = [
     "Session",
     "SessionState",
     "StreamError",
+    "check_frame_pixels",
+    "jpeg_reduction",
     "read_jpeg_info",
     "validate_jpeg",
 ]

@@ -10,8 +10,15 @@ Decisions are made when a frame arrives, before any work is spent on it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+
+from domain.frame import Frame
+
+# Positions in the waiting line (oldest first) of the frames to drop, ascending, each with its cause.
+DropChoice = Sequence[tuple[int, "DropCause"]]
+NO_DROPS: tuple[tuple[int, DropCause], ...] = ()
 
 
 class BackpressureState(StrEnum):
@@ -86,6 +93,26 @@ class BackpressurePolicy:
         if waiting >= self.buffer_capacity:
             return DropCause.BUFFER_FULL
         return None
+
+    def choose_drops(self, waiting: Sequence[Frame], *, processing_ms: float | None, interval_ms: float | None) -> DropChoice:
+        """Which waiting frames to drop now that the newest (last in `waiting`) has arrived: the latest wins.
+
+        While `should_drop` says so, the oldest waiting frame gives way; the
+        newest frame is never dropped on arrival. A policy that keeps other
+        frames (a steady sample, say) overrides this method and nothing else.
+        """
+        behind = len(waiting) - 1  # the frames that waited before the newest arrived
+        victims: list[tuple[int, DropCause]] | None = None
+        position = 0
+        while position < behind:
+            cause = self.should_drop(processing_ms=processing_ms, interval_ms=interval_ms, waiting=behind - position)
+            if cause is None:
+                break
+            if victims is None:
+                victims = []
+            victims.append((position, cause))
+            position += 1
+        return NO_DROPS if victims is None else victims
 
     def should_slow_down(
         self,

@@ -19,6 +19,7 @@ class ErrorCode(StrEnum):
     SERVER_BUSY = "server_busy"
     SHUTTING_DOWN = "shutting_down"
     IDLE_TIMEOUT = "idle_timeout"
+    UNAUTHORIZED = "unauthorized"
 
 
 class CloseCode(IntEnum):
@@ -36,6 +37,8 @@ class CloseCode(IntEnum):
     TRY_AGAIN_LATER = 1013
     # Registered with IANA as "Timeout" (RFC 6455 11.7 leaves 3000-3999 to registration).
     TIMEOUT = 3008
+    # The IANA-registered application code "Unauthorized": no valid API key.
+    UNAUTHORIZED = 3000
 
 
 # pipeline_failure is absent on purpose: a failing frame never ends a live stream.
@@ -48,6 +51,7 @@ CLOSE_CODE_FOR_ERROR: dict[ErrorCode, CloseCode] = {
     ErrorCode.SERVER_BUSY: CloseCode.TRY_AGAIN_LATER,
     ErrorCode.SHUTTING_DOWN: CloseCode.SERVICE_RESTART,
     ErrorCode.IDLE_TIMEOUT: CloseCode.TIMEOUT,
+    ErrorCode.UNAUTHORIZED: CloseCode.UNAUTHORIZED,
 }
 
 GENERIC_INTERNAL_DETAIL = "the server hit an unexpected error; the event was logged"

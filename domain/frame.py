@@ -11,6 +11,20 @@ from dataclasses import dataclass, field
 from domain.errors import ErrorCode, StreamError
 
 DEFAULT_MAX_FRAME_BYTES = 5 * 1024 * 1024
+# A 4K (UHD) camera frame: every camera a stream is meant for fits, and a frame's
+# decoded pixels stay in the tens of megabytes instead of gigabytes.
+DEFAULT_MAX_FRAME_PIXELS = 3840 * 2160
+# libjpeg decodes at 1/1, 1/2, 1/4 and 1/8 of the declared size at no extra cost
+# (it scales inside the inverse DCT), largest reduction first.
+JPEG_REDUCTIONS = (8, 4, 2, 1)
+# The header walk is bounded so that it costs the same for every frame: real
+# encoders write well under 30 segments before the start of frame (APPn, DQT,
+# DHT, DRI, COM; ICC profiles and extended XMP split into a few more), and
+# rarely more than one fill byte before a marker.
+MAX_SEGMENTS_BEFORE_FRAME = 256
+MAX_FILL_BYTES = 64  # 0xFF bytes in a row before a marker code, the marker's own included
+# Grey, YCbCr/RGB and CMYK/YCCK: everything a camera or an encoder produces.
+_COMPONENT_COUNTS = frozenset({1, 3, 4})
 
 _SOI = b"\xff\xd8"
 _EOI = b"\xff\xd9"
@@ -49,6 +63,41 @@ class JpegInfo:
     components: int
     progressive: bool
 
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    def reduced_size(self, reduction: int) -> tuple[int, int]:
+        """(width, height) libjpeg produces at 1/reduction: each side rounded up."""
+        return -(-self.width // reduction), -(-self.height // reduction)
+
+
+def check_frame_pixels(info: JpegInfo, max_pixels: int) -> None:
+    """Refuse a frame whose header declares more pixels than the server decodes.
+
+    A few kilobytes can declare 60000 x 60000 pixels; the limit is checked on
+    the header so that no pipeline, decoding or not, ever works on such a frame.
+    """
+    if info.pixels > max_pixels:
+        raise FrameValidationError(
+            ErrorCode.FRAME_TOO_LARGE,
+            f"frame declares {info.width}x{info.height} = {info.pixels} pixels; the limit is {max_pixels} pixels",
+        )
+
+
+def jpeg_reduction(info: JpegInfo, max_side: int | None) -> int:
+    """The largest libjpeg reduction whose image still has a longer side of at least `max_side`.
+
+    `max_side` is what the pipeline's tools need (None: the full frame). A frame
+    smaller than the need is decoded whole.
+    """
+    if max_side is None:
+        return 1
+    for reduction in JPEG_REDUCTIONS:
+        if max(info.reduced_size(reduction)) >= max_side:
+            return reduction
+    return 1
+
 
 def validate_jpeg(frame_bytes: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
     """Reject anything that is not plausibly one complete JPEG within the size limit.
@@ -84,24 +133,39 @@ def read_jpeg_info(frame_bytes: bytes) -> JpegInfo:
     """Read width, height and component count from the JPEG header without decoding.
 
     Lets the server refuse a decompression bomb (a small file declaring a huge
-    image) and lets the cheap probe pipeline answer without a decoder.
+    image) and lets the cheap probe pipeline answer without a decoder. The walk
+    is bounded (segments before the start of frame, fill bytes before a marker)
+    because it runs on the event loop for header-only pipelines: a frame of a
+    million tiny comment segments must cost no more than a camera's frame.
     """
     data = memoryview(frame_bytes)
     if bytes(data[:2]) != _SOI:
         raise FrameValidationError(ErrorCode.INVALID_FRAME, "frame does not start with the JPEG SOI marker FF D8")
     pos = 2
     end = len(data)
+    segments = 0
     while pos < end:
         if data[pos] != 0xFF:
             raise FrameValidationError(
                 ErrorCode.INVALID_FRAME, f"JPEG header is corrupt: expected a marker at byte {pos}"
             )
-        while pos < end and data[pos] == 0xFF:
+        fill_end = min(end, pos + MAX_FILL_BYTES + 1)
+        while pos < fill_end and data[pos] == 0xFF:
             pos += 1
+        if pos == fill_end and pos < end:
+            raise FrameValidationError(
+                ErrorCode.INVALID_FRAME, f"JPEG header is corrupt: more than {MAX_FILL_BYTES} fill bytes before a marker"
+            )
         if pos >= end:
             break
         marker = data[pos]
         pos += 1
+        segments += 1
+        if segments > MAX_SEGMENTS_BEFORE_FRAME:
+            raise FrameValidationError(
+                ErrorCode.INVALID_FRAME,
+                f"JPEG header has more than {MAX_SEGMENTS_BEFORE_FRAME} segments before its start of frame",
+            )
         if marker in _STANDALONE_MARKERS:
             continue
         if marker in (0xD9, 0xDA):
@@ -122,6 +186,10 @@ def read_jpeg_info(frame_bytes: bytes) -> JpegInfo:
             if width == 0 or height == 0:
                 raise FrameValidationError(
                     ErrorCode.INVALID_FRAME, f"JPEG declares an empty image ({width}x{height})"
+                )
+            if components not in _COMPONENT_COUNTS:
+                raise FrameValidationError(
+                    ErrorCode.INVALID_FRAME, f"JPEG declares {components} colour components; expected 1, 3 or 4"
                 )
             return JpegInfo(width=width, height=height, components=components, progressive=marker in (0xC2, 0xC6, 0xCA, 0xCE))
         pos += length

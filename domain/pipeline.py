@@ -23,10 +23,6 @@ class PipelineNode:
     tool_id: str
     params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
-    @property
-    def qualified_tool(self) -> str:
-        return f"{self.plugin_id}.{self.tool_id}"
-
 
 @dataclass(frozen=True, slots=True)
 class PipelineEdge:

@@ -141,8 +141,11 @@ class Session:
         return self.dropped_frames / self.frame_index if self.frame_index else 0.0
 
     def recent_drop_rate(self, now: float | None = None) -> float:
-        now = self.now_ms() if now is None else now
-        self._expire(now)
+        self._expire(self.now_ms() if now is None else now)
+        return self._recent_drop_rate()
+
+    def _recent_drop_rate(self) -> float:
+        """The rate over the windows as they stand (the caller has expired them)."""
         if not self._recent_frames:
             return 0.0
         return min(1.0, len(self._recent_drops) / len(self._recent_frames))
@@ -153,8 +156,10 @@ class Session:
         With fewer than two arrivals in the window, the gap since the previous
         arrival stands in, so a client that slowed right down is seen as slow at once.
         """
-        now = self.now_ms() if now is None else now
-        self._expire(now)
+        self._expire(self.now_ms() if now is None else now)
+        return self._frame_interval_ms()
+
+    def _frame_interval_ms(self) -> float | None:
         if len(self._arrivals) >= 2:
             return (self._arrivals[-1] - self._arrivals[0]) / (len(self._arrivals) - 1)
         if self._previous_arrival is not None and self._arrivals:
@@ -167,9 +172,12 @@ class Session:
             processing_ms=processing_time_ms, interval_ms=self.frame_interval_ms(now), waiting=len(self._waiting)
         )
 
-    def should_drop_frame(self, processing_time_ms: float | None) -> bool:
-        """Whether, at this processing time, a waiting frame would be dropped now (lagging, or the buffer full)."""
-        return self.drop_cause(processing_time_ms) is not None
+    def should_drop_frame(self, processing_time_ms: float | None, now: float | None = None) -> bool:
+        """Whether, at this processing time, a waiting frame would be dropped now (lagging, or the buffer full).
+
+        `receive_frame` asks this first; only then does the policy choose which frames go.
+        """
+        return self.drop_cause(processing_time_ms, now) is not None
 
     def should_slow_down(self) -> bool:
         now = self.now_ms()
@@ -193,20 +201,26 @@ class Session:
             self._refresh_state(now)
             return Admission(frame=frame, start=frame, dropped=())
 
-        dropped: list[Drop] = []
-        while True:
-            cause = self.drop_cause(self.processing_ms, now)
-            if cause is None:
-                break
-            victim = self._waiting.popleft()
-            self.mark_drop(now)
-            dropped.append(Drop(victim, cause))
-        self._waiting.append(frame)
+        waiting = self._waiting
+        must_drop = self.should_drop_frame(self.processing_ms, now)
+        waiting.append(frame)
+        dropped: tuple[Drop, ...] = ()
+        choice = self.policy.choose_drops(waiting, processing_ms=self.processing_ms, interval_ms=self.frame_interval_ms(now)) if must_drop else ()
+        if choice:
+            dropped = tuple(Drop(waiting[position], cause) for position, cause in choice)
+            if choice[-1][0] == len(choice) - 1:  # the oldest frames: the common case
+                for _ in choice:
+                    waiting.popleft()
+            else:
+                gone = {position for position, _ in choice}
+                self._waiting = deque(f for position, f in enumerate(waiting) if position not in gone)
+            for _ in choice:
+                self.mark_drop(now)
         start = None
-        if self.in_flight is None:
+        if self.in_flight is None and self._waiting:
             start = self.in_flight = self._waiting.popleft()
         self._refresh_state(now)
-        return Admission(frame=frame, start=start, dropped=tuple(dropped))
+        return Admission(frame=frame, start=start, dropped=dropped)
 
     def complete_frame(self, frame: Frame, *, processing_ms: float, succeeded: bool = True) -> None:
         """Record a finished frame; the pipeline is idle until `start_next` is called."""
@@ -272,8 +286,9 @@ class Session:
             self._recent_drops.popleft()
 
     def _refresh_state(self, now: float) -> None:
-        rate = self.recent_drop_rate(now)
+        self._expire(now)
+        rate = self._recent_drop_rate()
         if rate <= self.policy.slowdown_threshold:
             self._slowdown_armed = True
-        lagging = self.policy.is_lagging(self.processing_ms, self.frame_interval_ms(now))
+        lagging = self.policy.is_lagging(self.processing_ms, self._frame_interval_ms())
         self.backpressure_state = self.policy.state(lagging=lagging, recent_drop_rate=rate)

@@ -354,7 +354,7 @@ def test_the_stream_services_message_builders_are_declared(contract: Contract) -
     from domain import Frame, StreamError
     from domain.session import Drop, SlowDownSignal
 
-    from application import stream
+    from application import protocol as stream
 
     frame = Frame(index=7, data=b"\xff\xd8\xff\xd9", received_ms=0.0)
     for cause in DropCause:

@@ -9,10 +9,18 @@ reach the wire.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
+import cv2
 import numpy as np
+
+from application.ports import ToolContext
+
+F = TypeVar("F", bound=Callable[..., Any])
+# Upper bound of every max_side parameter: larger than any frame the pixel limit lets through.
+MAX_SIDE_LIMIT = 100_000
 
 _BOX_DECIMALS = 2
 _CONFIDENCE_DECIMALS = 4
@@ -96,3 +104,104 @@ def bgr_image(image: Any) -> np.ndarray:
         description = f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}".strip()
         raise TypeError(f"expected a decoded BGR image (H x W x 3 uint8 array), got {description}")
     return image
+
+
+def max_side_param(default: int, *, low: int = 16) -> Callable[[Mapping[str, Any]], int]:
+    """Reads a node's `max_side` parameter: the longest image side the tool works on (larger images are shrunk)."""
+
+    def read(params: Mapping[str, Any]) -> int:
+        return int_param(params, "max_side", default, low=low, high=MAX_SIDE_LIMIT)
+
+    return read
+
+
+def declares_max_side(read: Callable[[Mapping[str, Any]], int]) -> Callable[[F], F]:
+    """Mark a tool with the Tool port's `max_input_side`, so the decoder may reduce frames down to it."""
+
+    def mark(tool: F) -> F:
+        tool.max_input_side = read  # type: ignore[attr-defined]
+        return tool
+
+    return mark
+
+
+@dataclass(frozen=True, slots=True)
+class FrameGeometry:
+    """How pixels of the image a tool works on map to the frame the client sent.
+
+    Clients get coordinates in their own frame whatever resolution the tool
+    worked at: a reduced decode, a shrunk working copy, or both.
+    """
+
+    scale_x: float
+    scale_y: float
+    width: int
+    height: int
+
+    def box(self, x1: float, y1: float, x2: float, y2: float) -> tuple[float, float, float, float]:
+        """A box in working pixels as frame pixels, clipped to the frame."""
+        return (
+            min(float(self.width), max(0.0, x1 * self.scale_x)),
+            min(float(self.height), max(0.0, y1 * self.scale_y)),
+            min(float(self.width), max(0.0, x2 * self.scale_x)),
+            min(float(self.height), max(0.0, y2 * self.scale_y)),
+        )
+
+    def to_working(self, x1: float, y1: float, x2: float, y2: float) -> tuple[float, float, float, float]:
+        """A box in frame pixels (another node's output) as working pixels."""
+        return x1 / self.scale_x, y1 / self.scale_y, x2 / self.scale_x, y2 / self.scale_y
+
+    def shrunk(self, image_width: int, image_height: int, new_width: int, new_height: int) -> FrameGeometry:
+        return FrameGeometry(
+            self.scale_x * image_width / new_width, self.scale_y * image_height / new_height, self.width, self.height
+        )
+
+
+def frame_geometry(context: ToolContext, image: np.ndarray) -> FrameGeometry:
+    """The geometry of the decoded image itself: 1/image_reduction of the frame.
+
+    The decoder applies a JPEG's EXIF orientation, so a rotated frame decodes
+    with its sides swapped relative to the header; the sides are matched to
+    the decoded image to tell.
+    """
+    height, width = image.shape[:2]
+    reduction = context.image_reduction
+    if reduction == 1:
+        return FrameGeometry(1.0, 1.0, width, height)
+    frame_width, frame_height = context.frame_size
+
+    def reduced(side: int) -> int:
+        return -(-side // reduction)
+
+    if (reduced(frame_width), reduced(frame_height)) != (width, height):
+        if (reduced(frame_height), reduced(frame_width)) != (width, height):
+            raise RuntimeError(
+                f"decoded image {width}x{height} is not the frame's {frame_width}x{frame_height} at 1/{reduction}"
+            )
+        frame_width, frame_height = frame_height, frame_width
+    return FrameGeometry(float(reduction), float(reduction), frame_width, frame_height)
+
+
+def shrink_to(image: np.ndarray, max_side: int, max_pixels: int | None = None) -> tuple[np.ndarray, float]:
+    """The image with its longer side at most max_side and at most max_pixels pixels (area-averaged), and the factor applied."""
+    height, width = image.shape[:2]
+    factor = min(1.0, max_side / max(height, width))
+    if max_pixels is not None:
+        factor = min(factor, math.sqrt(max_pixels / (height * width)))
+    if factor >= 1.0:
+        return image, 1.0
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), factor
+
+
+def working_image(
+    context: ToolContext, max_side: int, max_pixels: int | None = None
+) -> tuple[np.ndarray, FrameGeometry]:
+    """The frame as a tool works on it (longer side at most max_side) and the way back to frame pixels."""
+    image = bgr_image(context.image())
+    geometry = frame_geometry(context, image)
+    height, width = image.shape[:2]
+    work, factor = shrink_to(image, max_side, max_pixels)
+    if factor < 1.0:
+        geometry = geometry.shrunk(width, height, work.shape[1], work.shape[0])
+    return work, geometry

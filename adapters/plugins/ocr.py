@@ -11,10 +11,20 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 from rapidocr import RapidOCR
 
-from adapters.plugins.common import bgr_image, bool_param, detection, float_param, int_param
+from adapters.plugins.common import (
+    FrameGeometry,
+    bool_param,
+    declares_max_side,
+    detection,
+    float_param,
+    int_param,
+    max_side_param,
+    working_image,
+)
 from application.ports import Availability, Tool, ToolContext
 
 # RapidOCR logs a WARNING for every frame without text ("The text detection
@@ -22,6 +32,29 @@ from application.ports import Availability, Tool, ToolContext
 # that would drown the server's own log, so only its errors get through.
 _ENGINE_PARAMS = {"Global.log_level": "error"}
 _DEFAULT_BOX_THRESHOLD = 0.5
+# OCR works on the frame shrunk to max_side (1920: a 4K frame is decoded at half
+# size, and RapidOCR would shrink anything over 2000 itself) and to at most a
+# 1080p frame's pixel count, whatever the shape: the detector's memory follows
+# its input's area (about +370 MB at 1920 x 1080, twice that for a square 2000).
+_OCR_SIDE = max_side_param(1920, low=32)
+_MAX_WORK_PIXELS = 1920 * 1088
+# The detector resizes an image so that its shorter side is at least 736, so a
+# tall or wide strip would be blown up to tens of megapixels (and RapidOCR's own
+# resize fails outright on a side that rounds to zero). Images are padded, on
+# the right or at the bottom, to at most this aspect ratio first; RapidOCR pads
+# very wide images to the same ratio itself.
+_MAX_ASPECT = 4
+
+
+def _detection_input(context: ToolContext, max_side: int) -> tuple[np.ndarray, FrameGeometry, int, int]:
+    """The image the detector gets, the way back to frame pixels, and the width and height that are image, not padding."""
+    image, geometry = working_image(context, max_side, _MAX_WORK_PIXELS)
+    height, width = image.shape[:2]
+    pad_bottom = max(0, -(-width // _MAX_ASPECT) - height)
+    pad_right = max(0, -(-height // _MAX_ASPECT) - width)
+    if pad_bottom or pad_right:
+        image = cv2.copyMakeBorder(image, 0, pad_bottom, 0, pad_right, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    return np.ascontiguousarray(image), geometry, width, height
 
 
 def _box_from_polygon(polygon: Any, width: int, height: int) -> tuple[float, float, float, float]:
@@ -80,18 +113,18 @@ class OcrPlugin:
                 self._engine = RapidOCR(params=_ENGINE_PARAMS)
             return self._engine(image, **flags)
 
+    @declares_max_side(_OCR_SIDE)
     def read_all(self, inputs: Mapping[str, Any], context: ToolContext) -> dict[str, Any]:
         """Every line of text with what it says.
 
         Parameters: min_score (recognition score below which a line is dropped, 0.5),
         box_thresh (detection threshold, 0.5), use_cls (false; true also reads
-        upside-down lines, at the cost of the angle classifier).
+        upside-down lines, at the cost of the angle classifier), max_side (1920).
         """
         min_score = float_param(inputs, "min_score", self._min_score, low=0.0, high=1.0)
         box_thresh = float_param(inputs, "box_thresh", _DEFAULT_BOX_THRESHOLD, low=0.0, high=1.0)
         use_cls = bool_param(inputs, "use_cls", False)
-        image = bgr_image(context.image())
-        height, width = image.shape[:2]
+        image, geometry, width, height = _detection_input(context, _OCR_SIDE(inputs))
         result = self._run(image, use_det=True, use_cls=use_cls, use_rec=True, text_score=min_score, box_thresh=box_thresh)
         boxes = getattr(result, "boxes", None)
         texts = getattr(result, "txts", None)
@@ -99,20 +132,20 @@ class OcrPlugin:
         if boxes is None or texts is None or scores is None:
             return {"text": []}
         lines = [
-            detection("text", float(score), *_box_from_polygon(polygon, width, height), text=str(text))
+            detection("text", float(score), *geometry.box(*_box_from_polygon(polygon, width, height)), text=str(text))
             for polygon, text, score in zip(boxes, texts, scores)
             if str(text).strip() and float(score) >= min_score
         ]
         return {"text": lines}
 
+    @declares_max_side(_OCR_SIDE)
     def text_detect(self, inputs: Mapping[str, Any], context: ToolContext) -> dict[str, Any]:
         """Where text is, without reading it; feed the result to text_read.
 
-        Parameter: box_thresh (detection threshold, 0.5).
+        Parameters: box_thresh (detection threshold, 0.5), max_side (1920).
         """
         box_thresh = float_param(inputs, "box_thresh", _DEFAULT_BOX_THRESHOLD, low=0.0, high=1.0)
-        image = bgr_image(context.image())
-        height, width = image.shape[:2]
+        image, geometry, width, height = _detection_input(context, _OCR_SIDE(inputs))
         result = self._run(image, use_det=True, use_cls=False, use_rec=False, box_thresh=box_thresh)
         boxes = getattr(result, "boxes", None)
         scores = getattr(result, "scores", None)
@@ -120,19 +153,22 @@ class OcrPlugin:
             return {"text_boxes": []}
         return {
             "text_boxes": [
-                detection("text", min(1.0, max(0.0, float(score))), *_box_from_polygon(polygon, width, height))
+                detection("text", min(1.0, max(0.0, float(score))), *geometry.box(*_box_from_polygon(polygon, width, height)))
                 for polygon, score in zip(boxes, scores)
             ]
         }
 
+    @declares_max_side(_OCR_SIDE)
     def text_read(self, inputs: Mapping[str, Any], context: ToolContext) -> dict[str, Any]:
         """Read the regions in inputs["text_boxes"] (from a text_detect node), one recognition per box.
 
-        Each crop gets a small margin, because recognition clips the first and
-        last glyph when the box hugs them. Lines that read as empty or score
-        below min_score are dropped, as read_all drops them.
+        Boxes are in frame pixels; each is cropped from the working image (the
+        frame shrunk to max_side). Each crop gets a small margin, because
+        recognition clips the first and last glyph when the box hugs them.
+        Lines that read as empty or score below min_score are dropped, as
+        read_all drops them.
 
-        Parameters: min_score (0.5), padding (pixels added around each box, 2).
+        Parameters: min_score (0.5), padding (working pixels added around each box, 2), max_side (1920).
         """
         min_score = float_param(inputs, "min_score", self._min_score, low=0.0, high=1.0)
         padding = int_param(inputs, "padding", 2, low=0, high=1000)
@@ -141,13 +177,14 @@ class OcrPlugin:
             raise ValueError(f"text_boxes must be a list of detections, got {type(raw_boxes).__name__}")
         if not raw_boxes:
             return {"text": []}
-        image = bgr_image(context.image())
+        image, geometry = working_image(context, _OCR_SIDE(inputs), _MAX_WORK_PIXELS)
         height, width = image.shape[:2]
         lines = []
         for index, item in enumerate(raw_boxes):
             x1, y1, x2, y2 = _read_box(item, index)
-            left, top = max(0, int(np.floor(x1)) - padding), max(0, int(np.floor(y1)) - padding)
-            right, bottom = min(width, int(np.ceil(x2)) + padding), min(height, int(np.ceil(y2)) + padding)
+            wx1, wy1, wx2, wy2 = geometry.to_working(x1, y1, x2, y2)
+            left, top = max(0, int(np.floor(wx1)) - padding), max(0, int(np.floor(wy1)) - padding)
+            right, bottom = min(width, int(np.ceil(wx2)) + padding), min(height, int(np.ceil(wy2)) + padding)
             if right - left < 2 or bottom - top < 2:
                 continue
             crop = np.ascontiguousarray(image[top:bottom, left:right])
@@ -156,6 +193,6 @@ class OcrPlugin:
             scores = getattr(result, "scores", None) or ()
             for text, score in zip(texts, scores):
                 if str(text).strip() and float(score) >= min_score:
-                    box = (max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2))
+                    box = (max(0.0, x1), max(0.0, y1), min(float(geometry.width), x2), min(float(geometry.height), y2))
                     lines.append(detection("text", float(score), *box, text=str(text)))
         return {"text": lines}

@@ -10,11 +10,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from application.ports import Availability, Tool, ToolContext
-from domain import read_jpeg_info
 
 
 def frame_info(inputs: Mapping[str, Any], context: ToolContext) -> dict[str, int]:
-    info = read_jpeg_info(context.image_bytes)
+    info = context.jpeg_info  # the engine has read the header once already
     return {
         "width": info.width,
         "height": info.height,

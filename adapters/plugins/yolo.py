@@ -1,9 +1,14 @@
-"""Object detection with a YOLOv8-style ONNX model on ONNX Runtime (CPU).
+"""Object detection with a YOLO ONNX model on ONNX Runtime.
 
 No model ships with the server: the operator points FORGESYTE_STREAM_YOLO_MODEL
 at an exported model (for instance `yolo export model=yolov8n.pt format=onnx`).
-Without one the plugin is present but unavailable, so the yolo pipeline is
-listed with its reason instead of failing at start-up.
+Without one the plugin is present but unavailable, so the yolo pipelines are
+listed with their reason instead of failing at start-up.
+
+The exported YOLO families disagree on what the output tensor holds; the
+layout is told from the output's shape when the model loads (see `Layout`),
+and a shape that fits none stops start-up rather than producing confident
+nonsense. FORGESYTE_STREAM_ONNX_PROVIDERS chooses the execution providers.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +26,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from adapters.plugins.common import bgr_image, detection, float_param, int_param
+from adapters.plugins.common import FrameGeometry, bgr_image, detection, float_param, frame_geometry, int_param
 from application.ports import Availability, Tool, ToolContext
 
 NO_MODEL_REASON = "no model configured (set FORGESYTE_STREAM_YOLO_MODEL)"
@@ -28,6 +34,66 @@ DEFAULT_INPUT_SIZE = 640
 # Ultralytics pads with this grey; using the same value keeps scores identical to its own predictor.
 _LETTERBOX_FILL = (114, 114, 114)
 _MAX_DETECTIONS = 300
+CPU_PROVIDER = "CPUExecutionProvider"
+# Strides of the YOLOv5 detection heads: P3-P5, and P3-P6 for the "6" models; three anchors per cell.
+_V5_STRIDE_SETS = ((8, 16, 32), (8, 16, 32, 64))
+_V5_ANCHORS_PER_CELL = 3
+
+
+class Layout(StrEnum):
+    """The output layouts of the YOLO families exported to ONNX, for a batch of one.
+
+    V5: (1, boxes, 5 + classes), rows cx, cy, w, h, objectness, class scores (YOLOv5, v7).
+    V8: (1, 4 + classes, boxes), columns cx, cy, w, h, class scores (YOLOv8, v9, v11, v12).
+    END_TO_END: (1, detections, 6), rows x1, y1, x2, y2, score, class id, already
+    free of duplicates (YOLOv10 and YOLO26, or any model exported with nms=True).
+    """
+
+    V5 = "v5"
+    V8 = "v8"
+    END_TO_END = "end_to_end"
+
+
+def _v5_box_count(width: int, height: int, strides: tuple[int, ...]) -> int:
+    return _V5_ANCHORS_PER_CELL * sum(math.ceil(width / s) * math.ceil(height / s) for s in strides)
+
+
+def detect_layout(
+    shape: list[Any] | tuple[Any, ...], classes: int | None, input_size: tuple[int, int]
+) -> Layout:
+    """The layout of an output of this shape; raises ValueError saying why none fits.
+
+    With the class count known (from the names), the class rows (V8) or
+    columns (V5) must hold exactly that many scores; without it, rows and
+    columns are told apart by which is longer (a model proposes far more boxes
+    than it has classes). A V5 model with one class has the end-to-end shape (1, N, 6):
+    there N is the V5 anchor grid of the input size, where an end-to-end model
+    has its small detection cap (300), which decides it.
+    """
+    if len(shape) != 3:
+        raise ValueError(f"output shape {list(shape)} is not 3-D (batch, rows, columns)")
+    batch, rows, cols = (_dimension(d) for d in shape)
+    if batch not in (None, 1):
+        raise ValueError(f"output shape {list(shape)} has a batch of {batch}; export the model with batch 1")
+    fits = []
+    if rows is not None and rows > 4 and (rows - 4 == classes if classes else cols is None or cols > rows):
+        fits.append(Layout.V8)
+    if cols is not None and cols > 5 and (cols - 5 == classes if classes else rows is None or rows > cols):
+        fits.append(Layout.V5)
+    if cols == 6 and (rows is None or rows > cols):
+        fits.append(Layout.END_TO_END)
+    if fits == [Layout.V5, Layout.END_TO_END]:
+        width, height = input_size
+        grids = {_v5_box_count(width, height, strides) for strides in _V5_STRIDE_SETS}
+        fits = [Layout.V5] if rows in grids else [Layout.END_TO_END]
+    if len(fits) != 1:
+        names = "" if classes is None else f" with the {classes} classes its names give"
+        raise ValueError(
+            f"output shape {list(shape)} fits no known YOLO layout{names}; expected (1, 4 + classes, boxes) "
+            "for YOLOv8/v11, (1, boxes, 5 + classes) for YOLOv5 or (1, detections, 6) for an end-to-end "
+            "(NMS-free) YOLOv10+ export"
+        )
+    return fits[0]
 
 
 class ModelLoadError(RuntimeError):
@@ -116,13 +182,18 @@ class YoloPlugin:
         labels_path: str | os.PathLike[str] | None = None,
         confidence: float = 0.25,
         iou: float = 0.45,
+        providers: tuple[str, ...] = (CPU_PROVIDER,),
     ) -> None:
         if not 0.0 <= confidence <= 1.0:
             raise ValueError(f"confidence must be in [0, 1], got {confidence}")
         if not 0.0 <= iou <= 1.0:
             raise ValueError(f"iou must be in [0, 1], got {iou}")
+        if not providers:
+            raise ValueError("providers must name at least one ONNX Runtime execution provider")
         self._confidence = confidence
         self._iou = iou
+        self._providers = tuple(providers)
+        self._layout = Layout.V8
         self._model_path = None if model_path is None else os.fspath(model_path)
         self._session: ort.InferenceSession | None = None
         self._names: dict[int, str] = {}
@@ -130,9 +201,18 @@ class YoloPlugin:
         self._output_name = ""
         self._input_width = self._input_height = DEFAULT_INPUT_SIZE
         self._input_dtype: Any = np.float32
-        self._tools: dict[str, Tool] = {"detect": self.detect}
+        self._tools: dict[str, Tool] = {"detect": self._declared_detect()}
         if self._model_path is not None:
             self._load(self._model_path, None if labels_path is None else os.fspath(labels_path))
+
+    def _declared_detect(self) -> Tool:
+        """The detect tool, declaring the model input's longer side as all it needs of a frame (it letterboxes to it)."""
+
+        def detect(inputs: Mapping[str, Any], context: ToolContext) -> dict[str, Any]:
+            return self.detect(inputs, context)
+
+        detect.max_input_side = lambda params: max(self._input_width, self._input_height)  # type: ignore[attr-defined]
+        return detect
 
     def _load(self, path: str, labels_path: str | None) -> None:
         if not Path(path).is_file():
@@ -142,16 +222,22 @@ class YoloPlugin:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # ONNX Runtime's warnings about unused initialisers are noise here
         try:
-            session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(path, sess_options=options, providers=list(self._providers))
         except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
             raise ModelLoadError(f"YOLO model {path!r} does not load in ONNX Runtime: {exc}") from exc
+        # ONNX Runtime falls back to the CPU, with a log line only, when a provider fails to initialise
+        # (no driver, no device); running on the CPU when the operator asked for the GPU is refused here.
+        missing = [provider for provider in self._providers if provider not in session.get_providers()]
+        if missing:
+            raise ModelLoadError(
+                f"YOLO model {path!r}: ONNX Runtime could not initialise {', '.join(missing)} "
+                f"(FORGESYTE_STREAM_ONNX_PROVIDERS); the session has only {', '.join(session.get_providers())}"
+            )
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise ModelLoadError(f"YOLO model {path!r}: expected one NCHW image input, found {[(i.name, i.shape) for i in inputs]}")
-        if not outputs or len(outputs[0].shape) != 3:
-            raise ModelLoadError(
-                f"YOLO model {path!r}: expected a (1, 4 + classes, boxes) output, found {[(o.name, o.shape) for o in outputs]}"
-            )
+        if not outputs:
+            raise ModelLoadError(f"YOLO model {path!r} has no outputs")
         if inputs[0].type not in ("tensor(float)", "tensor(float16)"):
             raise ModelLoadError(f"YOLO model {path!r}: expected a float input, found {inputs[0].type}")
         channels = _dimension(inputs[0].shape[1])
@@ -167,18 +253,24 @@ class YoloPlugin:
         else:
             raw_names = session.get_modelmeta().custom_metadata_map.get("names")
             self._names = _parse_names(raw_names, f"YOLO model {path!r}") if raw_names else {}
-        rows = _dimension(outputs[0].shape[1])
-        if rows is not None and rows <= 4:
-            raise ModelLoadError(f"YOLO model {path!r}: output shape {outputs[0].shape} has no class scores after the 4 box rows")
-        # A count that disagrees with the names is most often an end-to-end export (boxes, 6) or another
-        # layout; decoding it as (4 + classes, boxes) would produce confident nonsense, so refuse it.
-        if rows is not None and self._names and rows - 4 != len(self._names):
-            source = f"labels file {labels_path!r}" if labels_path is not None else "its 'names' metadata"
-            raise ModelLoadError(
-                f"YOLO model {path!r}: output shape {outputs[0].shape} has {rows - 4} class rows but {source} "
-                f"names {len(self._names)} classes; expected the YOLOv8 layout (1, 4 + classes, boxes)"
-            )
+        try:
+            self._layout = detect_layout(outputs[0].shape, len(self._names) or None, self.input_size)
+        except ValueError as exc:
+            if self._names:
+                source = f"labels file {labels_path!r}" if labels_path is not None else "its 'names' metadata"
+                raise ModelLoadError(f"YOLO model {path!r} (classes from {source}): {exc}") from None
+            raise ModelLoadError(f"YOLO model {path!r}: {exc}") from None
         self._session = session
+
+    @property
+    def layout(self) -> Layout:
+        """The output layout told from the model's output shape at load time."""
+        return self._layout
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the loaded session runs on, in priority order."""
+        return [] if self._session is None else list(self._session.get_providers())
 
     @property
     def class_names(self) -> Mapping[int, str]:
@@ -217,15 +309,35 @@ class YoloPlugin:
         padded, fit = letterbox(image, self._input_width, self._input_height)
         blob = cv2.dnn.blobFromImage(padded, scalefactor=1.0 / 255.0, swapRB=True).astype(self._input_dtype, copy=False)
         (raw,) = self._session.run([self._output_name], {self._input_name: blob})
-        return {"detections": self._decode(np.asarray(raw), fit, width, height, confidence, iou, max_detections)}
+        geometry = frame_geometry(context, image)
+        return {"detections": self._decode(np.asarray(raw), fit, geometry, width, height, confidence, iou, max_detections)}
 
     def _decode(
-        self, raw: np.ndarray, fit: Letterbox, width: int, height: int, confidence: float, iou: float, max_detections: int
+        self,
+        raw: np.ndarray,
+        fit: Letterbox,
+        geometry: FrameGeometry,
+        width: int,
+        height: int,
+        confidence: float,
+        iou: float,
+        max_detections: int,
     ) -> list[dict[str, Any]]:
-        if raw.ndim != 3 or raw.shape[0] != 1 or raw.shape[1] <= 4:
-            raise ValueError(f"YOLO output has shape {raw.shape}; expected (1, 4 + classes, boxes)")
-        predictions = raw[0].astype(np.float32, copy=False).T  # one row per candidate: cx, cy, w, h, class scores...
-        scores = predictions[:, 4:]
+        if raw.ndim != 3 or raw.shape[0] != 1:
+            raise ValueError(f"YOLO output has shape {raw.shape}; expected a batch of one, {self._layout.value} layout")
+        output = raw[0].astype(np.float32, copy=False)
+        if self._layout is Layout.END_TO_END:
+            return self._decode_end_to_end(output, fit, geometry, width, height, confidence, max_detections)
+        if self._layout is Layout.V8:
+            if output.shape[0] <= 4:
+                raise ValueError(f"YOLO output has shape {raw.shape}; expected (1, 4 + classes, boxes)")
+            predictions = output.T  # one row per candidate: cx, cy, w, h, class scores...
+            scores = predictions[:, 4:]
+        else:
+            if output.shape[1] <= 5:
+                raise ValueError(f"YOLO output has shape {raw.shape}; expected (1, boxes, 5 + classes)")
+            predictions = output
+            scores = predictions[:, 5:] * predictions[:, 4:5]  # class score given an object, times objectness
         class_ids = scores.argmax(axis=1)
         best = scores[np.arange(len(scores)), class_ids]
         # A non-positive width or height can only come from a broken export; such a row is no box at all.
@@ -245,6 +357,48 @@ class YoloPlugin:
         )
         order = [int(i) for i in np.asarray(kept).reshape(-1)]
         order.sort(key=lambda i: -float(best[i]))
+        return self._detections(boxes, best, class_ids, order, fit, geometry, width, height, max_detections)
+
+    def _decode_end_to_end(
+        self,
+        rows: np.ndarray,
+        fit: Letterbox,
+        geometry: FrameGeometry,
+        width: int,
+        height: int,
+        confidence: float,
+        max_detections: int,
+    ) -> list[dict[str, Any]]:
+        """Rows x1, y1, x2, y2, score, class id: the model already removed duplicates, so there is no NMS here."""
+        if rows.ndim != 2 or rows.shape[1] != 6:
+            raise ValueError(f"YOLO output rows have shape {rows.shape}; expected (detections, 6)")
+        scores = rows[:, 4]
+        keep = (scores >= confidence) & (rows[:, 2] > rows[:, 0]) & (rows[:, 3] > rows[:, 1])
+        if not keep.any():
+            return []
+        rows = rows[keep]
+        class_values = rows[:, 5]
+        if not np.all(np.isfinite(class_values)) or np.any(class_values < 0) or np.any(class_values != np.round(class_values)):
+            raise ValueError(f"YOLO end-to-end output holds a class id that is not a whole number >= 0: {class_values[:5]}")
+        scores = rows[:, 4]
+        order = sorted(range(len(rows)), key=lambda i: -float(scores[i]))
+        return self._detections(
+            rows[:, :4], scores, class_values.astype(np.int64), order, fit, geometry, width, height, max_detections
+        )
+
+    def _detections(
+        self,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        class_ids: np.ndarray,
+        order: list[int],
+        fit: Letterbox,
+        geometry: FrameGeometry,
+        width: int,
+        height: int,
+        max_detections: int,
+    ) -> list[dict[str, Any]]:
+        """The kept candidates, best first, as detections in frame pixels."""
         if not order:
             return []
         frame_boxes = fit.to_frame(boxes[order], width, height)
@@ -252,10 +406,10 @@ class YoloPlugin:
         for row, i in zip(frame_boxes.tolist(), order):
             if row[2] <= row[0] or row[3] <= row[1]:
                 continue  # the box lies wholly in the letterbox padding: nothing of it is in the frame
-            score = float(best[i])
+            score = float(scores[i])
             if not math.isfinite(score):
                 raise ValueError(f"YOLO output holds a non-finite score {score}")
-            results.append(detection(self._label(int(class_ids[i])), min(1.0, max(0.0, score)), *row))
+            results.append(detection(self._label(int(class_ids[i])), min(1.0, max(0.0, score)), *geometry.box(*row)))
             if len(results) == max_detections:
                 break
         return results

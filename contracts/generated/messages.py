@@ -1,6 +1,6 @@
 # Generated from asyncapi.yaml by asyncapi-python 0.3.1 (codegen); do not edit by hand.
 # Regenerate with `make models` (python -m contracts.generate_models).
-# source-sha256: fe3efb259af3366680872e7e962fd4e30224946cf6cd9873d57d9e758bb1a521
+# source-sha256: b7c588a89ca17d37abc78839621f73af639f3735e249ff6c3e08dbb1e8016267
 
 from __future__ import annotations
 
@@ -44,21 +44,28 @@ class Detection(BaseModel):
     box: Box
     text: str | None = None
     area: conint(ge=0) | None = None
+    tracker_id: conint(ge=1) | None = Field(
+        None,
+        description="Added by the tracking plugin's `track` node (pipelines `faces_tracked`, `people_counting`, `yolo_counting`): the id of the detection's track, stable over the stream's frames, dropped frames included, and never shared between streams; ids start at 1 in each stream. `null` while no confirmed track holds the detection (a detection below the tracker's activation confidence, or a new object on its first frame).",
+    )
 
 
-class FrameResultPayload(BaseModel):
+class LineCounts1(BaseModel):
     model_config = ConfigDict(
         extra="allow",
         populate_by_name=True,
     )
-    frame_index: conint(ge=0) = Field(
-        ...,
-        description="Position of the frame in the stream, counted from 0 in arrival order.",
+    in_: conint(ge=0) = Field(..., alias="in")
+    out: conint(ge=0)
+
+
+class ZoneCounts1(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        populate_by_name=True,
     )
-    result: dict[str, Any] = Field(
-        ...,
-        description="The pipeline's output for the frame, JSON values only. Its keys are defined by the pipeline; detections inside it have the shape of #/components/schemas/Detection.",
-    )
+    occupancy: conint(ge=0)
+    entered: conint(ge=0)
 
 
 class Cause(Enum):
@@ -219,6 +226,22 @@ class ServerBusyErrorPayload(BaseModel):
     )
 
 
+class UnauthorizedErrorPayload(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        populate_by_name=True,
+    )
+    error: Literal["unauthorized"]
+    detail: str = Field(
+        ...,
+        description="A human-readable explanation; never exception text or a stack trace.",
+    )
+    frame_index: conint(ge=0) | None = Field(
+        None,
+        description="Position of the frame in the stream, counted from 0 in arrival order.",
+    )
+
+
 class ShuttingDownErrorPayload(BaseModel):
     model_config = ConfigDict(
         extra="allow",
@@ -257,10 +280,6 @@ class Frame(RootModel[bytes]):
         description="One complete JPEG image (FF D8 ... FF D9) sent as a binary WebSocket message, at most FORGESYTE_STREAM_MAX_FRAME_BYTES bytes (default 5242880).",
         json_schema_extra={"contentMediaType": "image/jpeg"},
     )
-
-
-class FrameResult(RootModel[FrameResultPayload]):
-    root: FrameResultPayload
 
 
 class FrameDropped(RootModel[FrameDroppedPayload]):
@@ -307,11 +326,44 @@ class IdleTimeoutError(RootModel[IdleTimeoutErrorPayload]):
     root: IdleTimeoutErrorPayload
 
 
+class UnauthorizedError(RootModel[UnauthorizedErrorPayload]):
+    root: UnauthorizedErrorPayload
+
+
+class Result(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        populate_by_name=True,
+    )
+    line_counts: dict[str, LineCounts1] | None = None
+    zone_counts: dict[str, ZoneCounts1] | None = None
+
+
+class FrameResultPayload(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        populate_by_name=True,
+    )
+    frame_index: conint(ge=0) = Field(
+        ...,
+        description="Position of the frame in the stream, counted from 0 in arrival order.",
+    )
+    result: Result = Field(
+        ...,
+        description="The pipeline's output for the frame, JSON values only. Its keys are defined by the pipeline; detections inside it have the shape of #/components/schemas/Detection. Pipelines with tracking analytics add `line_counts` and `zone_counts`.",
+    )
+
+
+class FrameResult(RootModel[FrameResultPayload]):
+    root: FrameResultPayload
+
+
 __all__ = [
     "Model",
     "Box",
     "Detection",
-    "FrameResultPayload",
+    "LineCounts1",
+    "ZoneCounts1",
     "Cause",
     "FrameDroppedPayload",
     "SlowDownWarningPayload",
@@ -322,10 +374,10 @@ __all__ = [
     "InternalErrorPayload",
     "InvalidPipelineErrorPayload",
     "ServerBusyErrorPayload",
+    "UnauthorizedErrorPayload",
     "ShuttingDownErrorPayload",
     "IdleTimeoutErrorPayload",
     "Frame",
-    "FrameResult",
     "FrameDropped",
     "SlowDownWarning",
     "InvalidMessageError",
@@ -337,4 +389,8 @@ __all__ = [
     "ServerBusyError",
     "ShuttingDownError",
     "IdleTimeoutError",
+    "UnauthorizedError",
+    "Result",
+    "FrameResultPayload",
+    "FrameResult",
 ]

@@ -216,7 +216,7 @@ def test_health_stays_fast_while_one_connection_floods(server: RunningServer, pa
         while time.monotonic() < deadline:
             attacker = RawWebSocket.connect(ws_url(server, "probe"))
             attacker.sock.settimeout(5.0)
-            reader = threading.Thread(target=lambda: closes.append(attacker.until_closed()[1].code), daemon=True)
+            reader = threading.Thread(target=lambda attacker=attacker: closes.append(attacker.until_closed()[1].code), daemon=True)
             reader.start()  # reads everything, pongs included
             try:
                 attacker.send(data)

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from contracts.asyncapi_doc import Contract, load_contract
-from tests.support.fault_plugins import SECRET
+from contracts.fault_plugin import SECRET
 from tests.support.media import FACE_JPEG, jpeg, jpeg_of_size, text_image
 from tests.support.server import ROOT, RunningServer, start_server
 

@@ -21,7 +21,7 @@ from tests.observability.support import (
     wait_for_records,
 )
 from tests.support.client import StreamClient
-from tests.support.fault_plugins import SECRET
+from contracts.fault_plugin import SECRET
 from tests.support.server import RunningServer, start_server
 
 SESSION_FIELDS = {"session_id", "pipeline_id"}
@@ -149,7 +149,7 @@ def test_every_stdout_line_of_a_server_is_json_from_start_up_to_exit() -> None:
     lines = records(running)  # json.loads every line
     events = {r["event"] for r in lines}
     # uvicorn's own start-up and shutdown lines are among them, as JSON.
-    assert {"Application startup complete.", "Finished server process [%d]" % running.process.pid} <= events
+    assert {"Application startup complete.", f"Finished server process [{running.process.pid}]"} <= events
     assert {"session_connected", "session_disconnected", "pipeline_error", "session_rejected", "draining_sessions"} <= events
     assert all({"event", "level", "logger", "timestamp", "pid"} <= set(r) for r in lines)
     assert all(r["pid"] == running.process.pid for r in lines)

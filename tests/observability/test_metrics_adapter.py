@@ -44,6 +44,14 @@ def test_known_pipelines_start_at_zero_and_nothing_else_is_labelled() -> None:
     assert not [name for (name, _) in now.samples if name.endswith("_created")]
 
 
+def test_a_one_off_frames_failure_counts_as_a_failed_frame_of_its_pipeline() -> None:
+    metrics, exporter = observed("probe", "slow")
+    metrics.single_frame_failed("slow", 0, RuntimeError("x"), code=ErrorCode.PIPELINE_FAILURE)
+    after = render(exporter)
+    assert after.value("stream_frames_failed_total", pipeline_id="slow") == 1
+    assert after.value("stream_frames_failed_total", pipeline_id="probe") == 0
+
+
 def test_stream_events_move_their_metrics_by_exactly_one_event_each() -> None:
     metrics, exporter = observed("probe")
     session = Session(pipeline_id="probe")
@@ -172,6 +180,7 @@ def test_fan_out_forwards_every_event_with_its_arguments_to_each_observer() -> N
     fan_out.error_sent(None, ErrorCode.SERVER_BUSY)
     fan_out.session_rejected(None, "c", ErrorCode.INVALID_PIPELINE, "d")
     fan_out.session_closed(session, "c", 1000, "peer_gone")
+    fan_out.single_frame_failed("probe", 0, error, code=ErrorCode.PIPELINE_FAILURE)
     expected = [
         ("session_opened", (session, "c"), {}),
         ("frame_received", (session, 0, 10), {}),
@@ -182,6 +191,7 @@ def test_fan_out_forwards_every_event_with_its_arguments_to_each_observer() -> N
         ("error_sent", (None, ErrorCode.SERVER_BUSY), {}),
         ("session_rejected", (None, "c", ErrorCode.INVALID_PIPELINE, "d"), {}),
         ("session_closed", (session, "c", 1000, "peer_gone"), {}),
+        ("single_frame_failed", ("probe", 0, error), {"code": ErrorCode.PIPELINE_FAILURE}),
     ]
     assert first.heard == expected
     assert second.heard == expected

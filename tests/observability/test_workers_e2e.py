@@ -1,8 +1,11 @@
 """`serve --workers 2`: a scrape answered by either worker sums both.
 
-Which worker accepts a connection is the kernel's choice; to put sessions on a
-known worker, the test stops the other one (SIGSTOP) while it connects, so
-only the running worker can accept, and resumes it (SIGCONT) afterwards.
+Which worker accepts a connection is the kernel's choice: each worker listens
+on a socket of its own (SO_REUSEPORT) and the kernel hashes every connection
+to one of them. To put sessions on a known worker, the test opens connections
+until one lands there (the worker's `session_connected` log record names the
+client's port) and closes the others before they send a frame; the closed
+ones are counted where the assertions need them.
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
+import asyncio
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,32 +32,45 @@ def start_workers() -> tuple[RunningServer, list[int], Path]:
     return server, pids, Path(started["metrics_dir"])
 
 
-@contextmanager
-def only(server: RunningServer, running: int, pids: list[int]) -> Iterator[None]:
-    """Keep every worker but `running` stopped, so that new connections land on it."""
-    paused = [pid for pid in pids if pid != running]
-    for pid in paused:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in paused:
-            os.kill(pid, signal.SIGCONT)
+@dataclass
+class Placed:
+    """Sessions opened on one worker, and how many sessions landed elsewhere and were closed unused."""
+
+    clients: list[StreamClient] = field(default_factory=list)
+    discarded: int = 0
 
 
-async def open_sessions(server: RunningServer, count: int, frames: int) -> list[StreamClient]:
-    clients = []
-    for _ in range(count):
+async def landed_on(server: RunningServer, client: StreamClient) -> int:
+    """The pid of the worker serving this client, from its session_connected record."""
+    port = client.connection.local_address[1]
+    (record,) = await asyncio.to_thread(
+        wait_for_records, server, lambda r: r["event"] == "session_connected" and r["client"].endswith(f":{port}")
+    )
+    return int(record["pid"])
+
+
+async def open_sessions(server: RunningServer, count: int, frames: int, *, on: int, placed: Placed | None = None) -> Placed:
+    placed = placed or Placed()
+    target = len(placed.clients) + count
+    for _ in range(200):
+        if len(placed.clients) == target:
+            break
         client = await StreamClient.open(server.ws("probe"))
+        if await landed_on(server, client) != on:
+            await client.close()
+            placed.discarded += 1
+            continue
         for _ in range(frames):
             await client.send(FRAME)
             await client.recv()
-        clients.append(client)
-    return clients
+        placed.clients.append(client)
+    assert len(placed.clients) == target, f"no connection landed on worker {on} in 200 tries"
+    return placed
 
 
-def connected_pids(server: RunningServer) -> list[int]:
-    return [r["pid"] for r in records(server) if r["event"] == "session_connected"]
+def connected_pids(server: RunningServer, clients: list[StreamClient]) -> list[int]:
+    ports = {f":{client.connection.local_address[1]}" for client in clients}
+    return [r["pid"] for r in records(server) if r["event"] == "session_connected" and r["client"][r["client"].rindex(":") :] in ports]
 
 
 def test_sessions_and_frames_on_both_workers_are_summed_in_every_scrape() -> None:
@@ -62,11 +78,10 @@ def test_sessions_and_frames_on_both_workers_are_summed_in_every_scrape() -> Non
     try:
         before = settled(server)
 
-        async def scenario() -> list[tuple[float, float]]:
-            with only(server, pids[0], pids):
-                first = await open_sessions(server, 3, frames=2)
-            with only(server, pids[1], pids):
-                second = await open_sessions(server, 2, frames=5)
+        async def scenario() -> tuple[list[tuple[float, float]], Placed, Placed]:
+            first = await open_sessions(server, 3, frames=2, on=pids[0])
+            second = await open_sessions(server, 2, frames=5, on=pids[1])
+            await asyncio.to_thread(settled, server, 5)  # the discarded sessions have closed
             views = []
             for _ in range(8):  # each scrape is answered by whichever worker accepts it
                 now = scrape(server)
@@ -76,16 +91,16 @@ def test_sessions_and_frames_on_both_workers_are_summed_in_every_scrape() -> Non
                         delta(now, before, "stream_frames_processed_total", pipeline_id="probe"),
                     )
                 )
-            for client in first + second:
+            for client in first.clients + second.clients:
                 await client.close()
-            return views
+            return views, first, second
 
-        views = run(scenario())
+        views, first, second = run(scenario())
         assert views == [(5, 3 * 2 + 2 * 5)] * 8
-        assert sorted(connected_pids(server)) == sorted([pids[0]] * 3 + [pids[1]] * 2)
+        assert sorted(connected_pids(server, first.clients + second.clients)) == sorted([pids[0]] * 3 + [pids[1]] * 2)
         after = settled(server)
         assert delta(after, before, "stream_frames_processed_total", pipeline_id="probe") == 16
-        assert delta(after, before, "stream_sessions_closed_total", pipeline_id="probe") == 5
+        assert delta(after, before, "stream_sessions_closed_total", pipeline_id="probe") == 5 + first.discarded + second.discarded
         assert delta(after, before, "stream_pipeline_node_duration_seconds_count", pipeline_id="probe", node_id="probe") == 16
     finally:
         server.stop()
@@ -97,11 +112,9 @@ def test_a_dead_worker_is_replaced_and_its_counts_kept() -> None:
         assert metrics_dir.is_dir()
 
         async def scenario() -> None:
-            with only(server, doomed, [doomed, survivor]):
-                orphans = await open_sessions(server, 2, frames=3)  # left open: the worker dies under them
-            with only(server, survivor, [doomed, survivor]):
-                kept = await open_sessions(server, 1, frames=1)
-            assert scrape(server).value("stream_sessions_active", pipeline_id="probe") == 3
+            orphans = (await open_sessions(server, 2, frames=3, on=doomed)).clients  # left open: the worker dies under them
+            kept = (await open_sessions(server, 1, frames=1, on=survivor)).clients
+            assert (await asyncio.to_thread(settled, server, 3)).value("stream_sessions_active", pipeline_id="probe") == 3
             os.kill(doomed, signal.SIGKILL)
             after = settled(server, sessions=1)
             assert after.value("stream_frames_processed_total", pipeline_id="probe") == 2 * 3 + 1
@@ -118,12 +131,11 @@ def test_a_dead_worker_is_replaced_and_its_counts_kept() -> None:
         assert settled(server).value("stream_frames_processed_total", pipeline_id="probe") == 7
 
         async def on_the_replacement() -> None:
-            with only(server, replacement, [replacement, survivor]):
-                (client,) = await open_sessions(server, 1, frames=2)
+            (client,) = (await open_sessions(server, 1, frames=2, on=replacement)).clients
             await client.close()
 
         run(on_the_replacement())
-        assert connected_pids(server).count(replacement) == 1
+        assert [r["pid"] for r in records(server) if r["event"] == "session_connected"].count(replacement) == 1
         assert settled(server).value("stream_frames_processed_total", pipeline_id="probe") == 9
         assert server.process.poll() is None, "a crashed worker is replaced; the server keeps running"
     finally:

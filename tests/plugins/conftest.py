@@ -13,24 +13,40 @@ import pytest
 from adapters.image_codec import OpenCvJpegDecoder
 from adapters.plugins.ocr import OcrPlugin
 from adapters.plugins.opencv_vision import OpenCvVisionPlugin
+from domain import read_jpeg_info
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 FACE_IMAGE = DATA_DIR / "face-astronaut.jpg"
 
 
 class StubContext:
-    """A ToolContext as the engine builds one: lazy decode through the real decoder, and a state dict."""
+    """A ToolContext as the engine builds one: lazy decode through the real decoder (at a reduction, if given), and a state dict."""
 
-    def __init__(self, image_bytes: bytes, *, frame_index: int = 0, state: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        image_bytes: bytes,
+        *,
+        frame_index: int = 0,
+        state: dict[str, Any] | None = None,
+        reduction: int = 1,
+        pipeline_id: str = "test",
+        node_id: str = "node",
+    ) -> None:
         self.frame_index = frame_index
         self.image_bytes = image_bytes
+        self.image_reduction = reduction
+        info = read_jpeg_info(image_bytes)
+        self.jpeg_info = info
+        self.frame_size = (info.width, info.height)
+        self.pipeline_id = pipeline_id
+        self.node_id = node_id
         self._state: dict[str, Any] = {} if state is None else state
         self._image: Any = None
         self.decodes = 0
 
     def image(self) -> Any:
         if self._image is None:
-            self._image = OpenCvJpegDecoder(max_pixels=50_000_000).decode(self.image_bytes)
+            self._image = OpenCvJpegDecoder(max_pixels=50_000_000).decode(self.image_bytes, self.image_reduction)
             self.decodes += 1
         return self._image
 

@@ -115,7 +115,7 @@ def test_modes_do_not_leak_between_concurrent_calls(ocr_plugin, make_context, te
     def read() -> None:
         for _ in range(3):
             result = tools["read_all"]({}, make_context(text_frame))
-            if _normalise("".join(line["text"] for line in sorted(result["text"], key=lambda l: l["box"]["x1"]))) != _normalise(TEXT):
+            if _normalise("".join(line["text"] for line in sorted(result["text"], key=lambda found: found["box"]["x1"]))) != _normalise(TEXT):
                 failures.append(f"read_all gave {result}")
 
     threads = [threading.Thread(target=detect), threading.Thread(target=read)]

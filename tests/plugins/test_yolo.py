@@ -1,4 +1,4 @@
-"""The YOLO plugin on ONNX models built by the test, with the YOLOv8 output layout and known answers."""
+"""The YOLO plugin on ONNX models built by the test, in each output layout, with known answers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from adapters.plugins.yolo import NO_MODEL_REASON, ModelLoadError, YoloPlugin, letterbox
+from adapters.plugins.yolo import NO_MODEL_REASON, Layout, ModelLoadError, YoloPlugin, detect_layout, letterbox
 
 # Candidates in model-input pixels (64 x 64): cx, cy, w, h, score of cat, score of dog.
 CANDIDATES = [
@@ -23,9 +23,44 @@ DOG_BOX = {"x1": 44.0, "y1": 22.0, "x2": 84.0, "y2": 42.0}
 EDGE_CAT_BOX = {"x1": 110.0, "y1": 0.0, "x2": 128.0, "y2": 18.0}
 
 
-def _build_model(path, *, names: str | None = "{0: 'cat', 1: 'dog'}", input_dims=(1, 3, 64, 64)) -> str:
-    """A model whose output is the constant CANDIDATES table plus 0 x mean(input), so the input is consumed."""
-    table = np.array(CANDIDATES, dtype=np.float32).T[None]  # (1, 4 + 2 classes, boxes)
+# The same answers in the other layouts. YOLOv5: objectness times the class score, so 0.9 x (0.9 / 0.9) is the dog's 0.9.
+V5_CANDIDATES = [(cx, cy, w, h, 0.9, cat / 0.9, dog / 0.9) for cx, cy, w, h, cat, dog in CANDIDATES]
+# End-to-end (NMS-free): x1, y1, x2, y2, score, class id, duplicates already removed by the model.
+E2E_ROWS = [
+    (22, 27, 42, 37, 0.90, 1),
+    (22, 27, 42, 37, 0.70, 0),
+    (6, 16, 14, 24, 0.20, 0),
+    (55, 15, 65, 25, 0.60, 0),
+]
+# Real exports propose thousands of boxes; padding the tables with empty candidates keeps boxes > classes.
+BOXES = 64
+
+
+def _table(layout: str) -> np.ndarray:
+    if layout == "v8":
+        rows = np.zeros((BOXES, 6), np.float32)
+        rows[: len(CANDIDATES)] = CANDIDATES
+        return rows.T[None]  # (1, 4 + 2 classes, boxes)
+    if layout == "v5":
+        rows = np.zeros((BOXES, 7), np.float32)
+        rows[: len(V5_CANDIDATES)] = V5_CANDIDATES
+        return rows[None]  # (1, boxes, 5 + 2 classes)
+    rows = np.zeros((300, 6), np.float32)
+    rows[: len(E2E_ROWS)] = E2E_ROWS
+    return rows[None]  # (1, 300, 6)
+
+
+def _build_model(
+    path,
+    *,
+    names: str | None = "{0: 'cat', 1: 'dog'}",
+    input_dims=(1, 3, 64, 64),
+    layout: str = "v8",
+    table: np.ndarray | None = None,
+    output_dims: list | None = None,
+) -> str:
+    """A model whose output is a constant table plus 0 x mean(input), so the input is consumed."""
+    table = _table(layout) if table is None else table
     graph = helper.make_graph(
         [
             helper.make_node("Constant", [], ["table"], value=numpy_helper.from_array(table, "table")),
@@ -36,7 +71,7 @@ def _build_model(path, *, names: str | None = "{0: 'cat', 1: 'dog'}", input_dims
         ],
         "constant_yolo",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, list(input_dims))],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 6, len(CANDIDATES)])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, output_dims or list(table.shape))],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -155,7 +190,7 @@ def test_malformed_names_metadata_fails_construction(tmp_path):
 
 def test_class_count_disagreeing_with_the_output_fails_construction(tmp_path, model_path):
     path = _build_model(tmp_path / "three.onnx", names="{0: 'cat', 1: 'dog', 2: 'cow'}")
-    with pytest.raises(ModelLoadError, match="three.onnx.*2 class rows.*3 classes"):
+    with pytest.raises(ModelLoadError, match=r"three.onnx.*names.*\[1, 6, 64\] fits no known YOLO layout with the 3 classes"):
         YoloPlugin(path, None, confidence=0.25, iou=0.45)
     labels = tmp_path / "coco.names"
     labels.write_text("person\nbicycle\ncar\n")
@@ -169,3 +204,131 @@ def test_letterbox_pads_evenly_with_grey():
     assert (fit.scale, fit.pad_x, fit.pad_y) == (0.5, 0.0, 16.0)
     assert (padded[:16] == 114).all() and (padded[48:] == 114).all()
     assert (padded[16:48] == 0).all()
+
+
+def test_detect_declares_the_model_input_side_as_its_need(model_path):
+    from application.ports import max_input_side
+
+    plugin = YoloPlugin(model_path, None, confidence=0.25, iou=0.45)
+    assert max_input_side(plugin.tools()["detect"], {}) == 64
+
+
+def test_boxes_of_a_reduced_decode_are_the_full_decode_boxes_in_frame_pixels(model_path, jpeg, make_context, check_detection):
+    # A 1024 x 512 frame: the model's 64 pixels need only 1/8 (128 x 64), where the letterbox maps exactly as above, x8.
+    plugin = YoloPlugin(model_path, None, confidence=0.25, iou=0.45)
+    frame = jpeg(np.full((512, 1024, 3), 80, np.uint8))
+    full = _detect(plugin, make_context(frame))
+    reduced = _detect(plugin, make_context(frame, reduction=8))
+    assert [d["label"] for d in full] == [d["label"] for d in reduced] == ["dog", "cat", "cat"]
+    for item in reduced:
+        check_detection(item, width=1024, height=512)
+    assert reduced[0]["box"] == {key: value * 8 for key, value in DOG_BOX.items()} == full[0]["box"]
+
+
+@pytest.mark.parametrize("size", [(1, 4000), (4000, 1)])
+def test_detect_answers_frames_of_extreme_aspect_ratio(model_path, jpeg, make_context, check_detection, size):
+    width, height = size
+    plugin = YoloPlugin(model_path, None, confidence=0.25, iou=0.45)
+    frame = jpeg(np.full((height, width, 3), 80, np.uint8))
+    for item in _detect(plugin, make_context(frame, reduction=8)):
+        check_detection(item, width=width, height=height)
+# Output layouts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("layout", "expected"), [("v8", Layout.V8), ("v5", Layout.V5), ("e2e", Layout.END_TO_END)]
+)
+@pytest.mark.parametrize("names", ["{0: 'cat', 1: 'dog'}", None])
+def test_each_layout_is_told_from_the_output_shape_and_decoded_alike(
+    tmp_path, frame, make_context, check_detection, layout, expected, names
+):
+    plugin = YoloPlugin(_build_model(tmp_path / f"{layout}.onnx", layout=layout, names=names), None)
+    assert plugin.layout is expected
+    assert plugin.providers == ["CPUExecutionProvider"]
+    detections = _detect(plugin, make_context(frame))
+    for item in detections:
+        check_detection(item, width=FRAME_W, height=FRAME_H)
+    cat, dog = ("cat", "dog") if names else ("class_0", "class_1")
+    assert [(d["label"], d["confidence"]) for d in detections] == [(dog, 0.9), (cat, 0.7), (cat, 0.6)]
+    assert [d["box"] for d in detections] == [DOG_BOX, DOG_BOX, EDGE_CAT_BOX]
+
+
+def test_end_to_end_output_is_not_suppressed_again(tmp_path, frame, make_context):
+    # Two overlapping dogs: the model kept both, so the server must not run NMS over them.
+    table = _table("e2e")
+    table[0, 4] = (23, 27, 43, 37, 0.8, 1)
+    plugin = YoloPlugin(_build_model(tmp_path / "e2e.onnx", table=table), None, iou=0.1)
+    assert [d["label"] for d in _detect(plugin, make_context(frame))] == ["dog", "dog", "cat", "cat"]
+    assert len(_detect(plugin, make_context(frame), max_detections=2)) == 2
+
+
+def test_end_to_end_class_ids_must_be_whole_numbers(tmp_path, frame, make_context):
+    table = _table("e2e")
+    table[0, 0, 5] = 0.5
+    plugin = YoloPlugin(_build_model(tmp_path / "e2e.onnx", table=table), None)
+    with pytest.raises(ValueError, match="class id"):
+        _detect(plugin, make_context(frame))
+
+
+@pytest.mark.parametrize(
+    ("shape", "classes", "expected"),
+    [
+        ([1, 84, 8400], 80, Layout.V8),
+        ([1, 84, 8400], None, Layout.V8),
+        (["batch", 84, "anchors"], None, Layout.V8),
+        ([1, 5, 8400], None, Layout.V8),  # one class, v8
+        ([1, 25200, 85], 80, Layout.V5),
+        ([1, 25200, 85], None, Layout.V5),
+        (["batch", "anchors", 85], None, Layout.V5),
+        ([1, 300, 6], 80, Layout.END_TO_END),
+        ([1, 300, 6], None, Layout.END_TO_END),
+        ([1, 300, 6], 1, Layout.END_TO_END),
+        ([1, 25200, 6], 1, Layout.V5),  # one class, v5: the anchor grid of a 640 x 640 input
+        ([1, 25200, 6], None, Layout.V5),
+        ([1, 102000, 6], None, Layout.V5),  # a P6 model (strides 8-64) at 1280 x 1280
+    ],
+)
+def test_layout_rules(shape, classes, expected):
+    size = (1280, 1280) if 102000 in shape else (640, 640)
+    assert detect_layout(shape, classes, size) is expected
+
+
+@pytest.mark.parametrize(
+    ("shape", "classes", "why"),
+    [
+        ([1, 8400], None, "not 3-D"),
+        ([4, 84, 8400], None, "batch of 4"),
+        ([1, 84, 8400], 3, "fits no known YOLO layout with the 3 classes"),
+        ([1, 3, 8400], None, "fits no known YOLO layout"),
+        (["batch", "rows", "cols"], None, "fits no known YOLO layout"),
+        ([1, 100, 100], None, "fits no known YOLO layout"),
+    ],
+)
+def test_shapes_that_fit_no_layout_are_refused(shape, classes, why):
+    with pytest.raises(ValueError, match=why):
+        detect_layout(shape, classes, (640, 640))
+
+
+def test_a_model_of_unknown_layout_fails_construction_naming_the_file(tmp_path):
+    path = _build_model(tmp_path / "odd-layout.onnx", names=None, table=np.zeros((1, 3, 64), np.float32))
+    with pytest.raises(ModelLoadError, match=r"odd-layout.onnx.*\[1, 3, 64\] fits no known YOLO layout"):
+        YoloPlugin(path, None)
+
+
+# Execution providers ------------------------------------------------------------------------
+
+
+def test_providers_must_name_one(model_path):
+    with pytest.raises(ValueError, match="at least one"):
+        YoloPlugin(model_path, None, providers=())
+
+
+def test_a_provider_that_does_not_initialise_is_refused_not_silently_replaced(model_path, monkeypatch):
+    # When CUDA is requested but the driver or device is missing, ONNX Runtime builds the session on
+    # the CPU with a log line only. Without a GPU here, that answer is injected: the session reports
+    # only the CPU provider although two were requested.
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime.InferenceSession, "get_providers", lambda self: ["CPUExecutionProvider"])
+    with pytest.raises(ModelLoadError, match="could not initialise AzureExecutionProvider.*only CPUExecutionProvider"):
+        YoloPlugin(model_path, None, providers=("AzureExecutionProvider", "CPUExecutionProvider"))

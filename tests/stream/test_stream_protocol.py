@@ -6,7 +6,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.support.client import StreamClient
-from tests.support.fault_plugins import SECRET
+from contracts.fault_plugin import SECRET
 from tests.support.media import FACE_JPEG, jpeg, jpeg_of_size
 from tests.support.server import RunningServer
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,14 +59,17 @@ class StreamClient:
     async def send(self, data: bytes | str) -> None:
         await self.connection.send(data)
 
-    async def send_paced(self, data: bytes, count: int, interval_s: float) -> None:
-        """Send `count` frames on an absolute schedule, so the rate holds even when the loop is busy."""
+    async def send_paced(self, data: bytes | Sequence[bytes], count: int, interval_s: float) -> None:
+        """Send `count` frames on an absolute schedule, so the rate holds even when the loop is busy.
+
+        `data` is one frame sent `count` times, or a clip whose i-th frame is sent i-th.
+        """
         start = time.monotonic()
         for i in range(count):
             delay = start + i * interval_s - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await self.send(data)
+            await self.send(data if isinstance(data, bytes) else data[i])
 
     async def recv(self, timeout: float = 10.0) -> dict[str, Any]:
         raw = await asyncio.wait_for(self.connection.recv(), timeout)

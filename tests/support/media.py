@@ -19,6 +19,17 @@ def jpeg(width: int = 64, height: int = 48, *, quality: int = 90, seed: int = 0)
     return encoded.tobytes()
 
 
+def jpeg_header(width: int, height: int, *, components: int = 3, progressive: bool = False, before: bytes = b"") -> bytes:
+    """SOI, the given segments, one start-of-frame segment declaring width x height, EOI: a header and no image.
+
+    Enough for everything that reads headers (the pixel limit, probe); a decoder refuses it.
+    """
+    sof = b"\xff\xc2" if progressive else b"\xff\xc0"
+    body = bytes([8]) + height.to_bytes(2, "big") + width.to_bytes(2, "big") + bytes([components])
+    body += b"".join(bytes([index + 1, 0x11, 0]) for index in range(components))
+    return b"\xff\xd8" + before + sof + (len(body) + 2).to_bytes(2, "big") + body + b"\xff\xd9"
+
+
 def jpeg_of_size(target: int) -> bytes:
     """A valid-marker JPEG of exactly `target` bytes: a real image padded before EOI with a COM-free filler.
 
@@ -36,3 +47,29 @@ def text_image(text: str, width: int = 640, height: int = 200) -> bytes:
     ok, encoded = cv2.imencode(".jpg", canvas)
     assert ok
     return encoded.tobytes()
+
+
+def moving_face_clip(frames: int, *, width: int = 640, height: int = 240, quality: int = 85) -> list[bytes]:
+    """JPEG frames of the astronaut's face moving steadily from the left edge to the right edge of a grey canvas.
+
+    The pasted patch is the 192 x 192 pixels around the face (which the Haar
+    cascade finds as a box of about 100 pixels), so the face is most of what
+    moves. Its centre crosses the frame's vertical centre line exactly once,
+    half-way through the clip.
+    """
+    patch = cv2.imread(str(FACE_JPEG))[_FACE_CROP[1] : _FACE_CROP[1] + _FACE_PATCH, _FACE_CROP[0] : _FACE_CROP[0] + _FACE_PATCH]
+    top = (height - _FACE_PATCH) // 2
+    clip = []
+    for i in range(frames):
+        left = round(i * (width - _FACE_PATCH) / (frames - 1))
+        canvas = np.full((height, width, 3), 64, np.uint8)
+        canvas[top : top + _FACE_PATCH, left : left + _FACE_PATCH] = patch
+        ok, encoded = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        assert ok
+        clip.append(encoded.tobytes())
+    return clip
+
+
+# Top-left corner of the square around the face in face-astronaut.jpg (512 x 512), and its side.
+_FACE_CROP = (129, 19)
+_FACE_PATCH = 192

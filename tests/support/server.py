@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -12,18 +11,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from contracts.targets import SELF_STARTED, free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 TEST_PIPELINES = ROOT / "tests" / "pipelines"
-FAULT_PLUGINS = "tests.support.fault_plugins:FaultPlugin,tests.support.fault_plugins:UnavailablePlugin"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+FAULT_PLUGINS = "contracts.fault_plugin:FaultPlugin,contracts.fault_plugin:UnavailablePlugin"
 
 
 @dataclass
@@ -32,20 +28,22 @@ class RunningServer:
     port: int
     lines: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
+    # TLS servers: https/wss, and what httpx verifies their certificate with (an ssl.SSLContext).
+    tls: Any = None
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def ws(self, pipeline_id: str | None = None, **query: str) -> str:
         params = dict(query)
         if pipeline_id is not None:
             params["pipeline_id"] = pipeline_id
         suffix = "&".join(f"{k}={v}" for k, v in params.items())
-        return f"ws://127.0.0.1:{self.port}/ws/video/stream" + (f"?{suffix}" if suffix else "")
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}/ws/video/stream" + (f"?{suffix}" if suffix else "")
 
     def health(self) -> dict:
-        return httpx.get(f"{self.http}/health", timeout=5, trust_env=False).json()
+        return httpx.get(f"{self.http}/health", timeout=5, trust_env=False, verify=self.tls or True).json()
 
     def wait_for(self, predicate, timeout: float = 10.0, interval: float = 0.05) -> dict:
         """Poll /health until predicate(health) holds; fail with the last value seen."""
@@ -74,7 +72,18 @@ class RunningServer:
         return code
 
 
-def start_server(env: Mapping[str, str] | None = None, *, extra_args: list[str] | None = None, timeout: float = 60.0) -> RunningServer:
+def start_server(
+    env: Mapping[str, str] | None = None,
+    *,
+    extra_args: list[str] | None = None,
+    timeout: float = 60.0,
+    tls: Any = None,
+    transport: str = "litestar",
+) -> RunningServer:
+    """Start a server on a free port and wait until its /health answers (both transports serve it).
+
+    `tls`: an ssl.SSLContext trusting the server's certificate, when the env turns TLS on.
+    """
     port = free_port()
     environment = {
         **os.environ,
@@ -84,11 +93,11 @@ def start_server(env: Mapping[str, str] | None = None, *, extra_args: list[str] 
         "FORGESYTE_STREAM_LOG_LEVEL": "debug",
         **(env or {}),
     }
-    command = [sys.executable, "-m", "adapters.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *(extra_args or [])]
+    command = [sys.executable, *SELF_STARTED[transport], "--host", "127.0.0.1", "--port", str(port), *(extra_args or [])]
     process = subprocess.Popen(
         command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
-    server = RunningServer(process=process, port=port)
+    server = RunningServer(process=process, port=port, tls=tls)
 
     def pump() -> None:
         assert process.stdout is not None
@@ -103,7 +112,7 @@ def start_server(env: Mapping[str, str] | None = None, *, extra_args: list[str] 
             server.stop()
             raise RuntimeError(f"server exited with {process.returncode} during start-up:\n{server.log_text()}")
         try:
-            if httpx.get(f"{server.http}/health", timeout=1, trust_env=False).status_code == 200:
+            if httpx.get(f"{server.http}/health", timeout=1, trust_env=False, verify=tls or True).status_code == 200:
                 return server
         except httpx.TransportError:
             pass

@@ -83,7 +83,7 @@ def test_overload_drops_waiting_frames_latest_wins_and_answers_every_frame_once(
 def test_burst_within_threshold_waits_instead_of_dropping() -> None:
     session, clock = make(buffer_capacity=4)
     # Steady: one frame every 100 ms against a 50 ms pipeline.
-    for i in range(10):
+    for _ in range(10):
         clock.now += 100
         admission = session.receive_frame(JPEG)
         assert admission.start is not None

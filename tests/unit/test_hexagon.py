@@ -27,6 +27,7 @@ ADAPTER_ONLY = frozenset(
         "onnxruntime",
         "numpy",
         "rapidocr",
+        "supervision",
         "dependency_injector",
         "msgspec",
     }

@@ -16,7 +16,8 @@ def test_defaults() -> None:
     assert settings.port == 8000
     assert settings.pipelines_dir == DEFAULT_PIPELINES_DIR
     assert settings.max_frame_bytes == 5242880
-    assert settings.max_frame_pixels == 40_000_000
+    assert settings.max_frame_pixels == 3840 * 2160
+    assert settings.decode_budget_bytes == 128 * 1024 * 1024
     assert settings.max_sessions == 32
     assert settings.buffer_frames == 4
     assert settings.drop_threshold == 0.10
@@ -94,6 +95,7 @@ def test_overrides_win_over_the_environment() -> None:
         ("FORGESYTE_STREAM_MAX_FRAME_BYTES", "100", "[1024, 67108864]"),
         ("FORGESYTE_STREAM_MAX_FRAME_BYTES", "1e6", "integer"),
         ("FORGESYTE_STREAM_MAX_FRAME_PIXELS", "0", "[1, 400000000]"),
+        ("FORGESYTE_STREAM_DECODE_BUDGET_BYTES", "1000", "[1048576, 68719476736]"),
         ("FORGESYTE_STREAM_MAX_SESSIONS", "0", "[1, 10000]"),
         ("FORGESYTE_STREAM_BUFFER_FRAMES", "65", "[1, 64]"),
         ("FORGESYTE_STREAM_SLOWDOWN_REPEAT_MS", "99", "[100, 600000]"),
@@ -159,6 +161,7 @@ def test_documentation_defaults_match_the_real_defaults() -> None:
     assert docs["FORGESYTE_STREAM_DROP_THRESHOLD"] == "0.1"
     assert docs["FORGESYTE_STREAM_SLOWDOWN_THRESHOLD"] == "0.3"
     assert docs["FORGESYTE_STREAM_MAX_FRAME_BYTES"] == "5242880"
+    assert docs["FORGESYTE_STREAM_MAX_FRAME_PIXELS"] == "8294400"
     assert docs["FORGESYTE_STREAM_YOLO_MODEL"] == "unset"
     assert docs["FORGESYTE_STREAM_PLUGINS"] == "unset"
 
@@ -171,3 +174,49 @@ def test_uvloop_without_the_package_is_refused_naming_the_variable(monkeypatch: 
     with pytest.raises(SettingsError, match="FORGESYTE_STREAM_EVENT_LOOP=uvloop.*not installed.*asyncio"):
         Settings.from_env({})
     assert Settings.from_env({"FORGESYTE_STREAM_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
+
+
+def test_the_defaults_come_from_the_domain() -> None:
+    from domain import DEFAULT_MAX_FRAME_BYTES, BackpressurePolicy
+
+    settings = Settings.from_env({})
+    policy = BackpressurePolicy()
+    assert (settings.buffer_frames, settings.drop_threshold, settings.slowdown_threshold) == (
+        policy.buffer_capacity,
+        policy.drop_threshold,
+        policy.slowdown_threshold,
+    )
+    assert settings.slowdown_repeat_ms == policy.slowdown_repeat_ms
+    assert settings.max_frame_bytes == DEFAULT_MAX_FRAME_BYTES
+
+
+def test_the_drop_policy_is_chosen_by_setting() -> None:
+    from adapters.container import _policy
+    from domain.sampling import KeepEveryNthPolicy
+
+    every_nth = _policy(Settings.from_env({"FORGESYTE_STREAM_DROP_POLICY": "every_nth", "FORGESYTE_STREAM_KEEP_EVERY": "5"}))
+    assert isinstance(every_nth, KeepEveryNthPolicy) and every_nth.keep_every == 5
+    assert type(_policy(Settings.from_env({}))).__name__ == "BackpressurePolicy"
+    with pytest.raises(SettingsError, match="FORGESYTE_STREAM_DROP_POLICY"):
+        Settings.from_env({"FORGESYTE_STREAM_DROP_POLICY": "oldest"})
+    with pytest.raises(SettingsError, match="FORGESYTE_STREAM_KEEP_EVERY"):
+        Settings.from_env({"FORGESYTE_STREAM_KEEP_EVERY": "1"})
+
+
+def test_a_decode_budget_below_one_largest_frame_is_refused_naming_both_variables() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"FORGESYTE_STREAM_MAX_FRAME_PIXELS": "10000000", "FORGESYTE_STREAM_DECODE_BUDGET_BYTES": "100000000"})
+    message = str(caught.value)
+    assert "FORGESYTE_STREAM_DECODE_BUDGET_BYTES=100000000" in message
+    assert "FORGESYTE_STREAM_MAX_FRAME_PIXELS=10000000" in message
+    assert "110000000" in message
+    assert Settings.from_env(
+        {"FORGESYTE_STREAM_MAX_FRAME_PIXELS": "10000000", "FORGESYTE_STREAM_DECODE_BUDGET_BYTES": "110000000"}
+    ).decode_budget_bytes == 110_000_000
+
+
+def test_the_budget_rule_matches_what_the_decoder_charges_for_its_largest_frame() -> None:
+    from adapters.image_codec import OpenCvJpegDecoder
+    from adapters.settings import DECODE_BYTES_PER_PIXEL
+
+    assert OpenCvJpegDecoder(max_pixels=1000).largest_memory_needed() == 1000 * DECODE_BYTES_PER_PIXEL

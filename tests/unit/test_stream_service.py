@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from application.ports import ConnectionClosed, Inbound, InboundKind, WorkGivenUp, WorkStillRunning
+from application.errors import JobGivenUp, JobStillRunning
+from application.ports import ConnectionClosed, FrameJob, Inbound, InboundKind
 from application.sessions import SessionManager
 from application.stream import StreamService, StreamSettings
 from domain import BackpressurePolicy, DropCause, ErrorCode, Session
@@ -49,46 +50,52 @@ class FakeTransport:
         self.session = session
 
 
-class ThreadPool:
-    def __init__(self) -> None:
-        self.calls = 0
+class FakeFrames:
+    """The pipelines and the frame executor in one fake: `run` is what a frame's work does, in a thread unless inline."""
 
-    async def run(self, fn: Callable[[], Any], *, timeout_s: float, give_up: Any = None) -> Any:
-        self.calls += 1
-        work = asyncio.ensure_future(asyncio.to_thread(fn))
-        awaited = {work} if give_up is None else {work, give_up}
-        done, _ = await asyncio.wait(awaited, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        if work not in done and give_up in done:
-            raise WorkGivenUp()
-        if not done:
-            raise WorkStillRunning(timeout_s, work)
-        return work.result()
-
-    def busy_workers(self) -> int:
-        return 0
-
-
-class FakeVideo:
     def __init__(self, run: Callable[[str, int, bytes], dict[str, Any]], *, inline: bool = False) -> None:
         self._run = run
         self._inline = inline
         self.opened: list[str] = []
         self.released: list[str] = []
+        self.pooled_calls = 0
 
+    # VideoFilePipelineService's pipeline checks
+    def is_valid_pipeline(self, pipeline_id: str | None) -> bool:
+        return True
+
+    def pipeline_error(self, pipeline_id: str | None) -> None:
+        return None
+
+    # FrameExecutor
     def runs_inline(self, pipeline_id: str) -> bool:
         return self._inline
 
-    def check_pipeline(self, pipeline_id: str | None) -> None:
-        return None
+    def run_inline(self, job: FrameJob) -> dict[str, Any]:
+        return self._run(job.pipeline_id, job.frame_index, job.image)
 
-    def run_on_frame(self, pipeline_id: str, frame_index: int, frame_bytes: bytes, *, stream_id: str | None = None) -> dict[str, Any]:
-        return self._run(pipeline_id, frame_index, frame_bytes)
+    async def run(self, job: FrameJob, *, timeout_s: float, give_up: Any = None) -> dict[str, Any]:
+        self.pooled_calls += 1
+        work = asyncio.ensure_future(asyncio.to_thread(self.run_inline, job))
+        awaited = {work} if give_up is None else {work, give_up}
+        done, _ = await asyncio.wait(awaited, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if work not in done and give_up in done:
+            raise JobGivenUp()
+        if not done:
+            raise JobStillRunning(f"not within {timeout_s} s", work)
+        return work.result()
 
     def open_stream(self, stream_id: str) -> None:
         self.opened.append(stream_id)
 
     def release_stream(self, stream_id: str) -> None:
         self.released.append(stream_id)
+
+    def busy_workers(self) -> int:
+        return 0
+
+    def shutdown(self) -> None:
+        return None
 
 
 class RecordingObserver:
@@ -103,15 +110,14 @@ class RecordingObserver:
 
 
 def service(
-    video: FakeVideo,
+    video: FakeFrames,
     sessions: SessionManager | None = None,
     observer: Any = None,
-    pool: ThreadPool | None = None,
     frame_timeout_s: float = 2.0,
 ) -> StreamService:
     return StreamService(
         video=video,  # type: ignore[arg-type]
-        pool=pool or ThreadPool(),
+        executor=video,
         sessions=sessions or SessionManager(4),
         observer=observer or RecordingObserver(),
         settings=StreamSettings(policy=BackpressurePolicy(), frame_timeout_s=frame_timeout_s, max_frame_bytes=1_000_000),
@@ -129,7 +135,7 @@ def test_an_unexpected_failure_is_internal_error_1011_without_detail(inline: boo
 
     async def scenario():
         transport = FakeTransport([binary()])
-        video = FakeVideo(explode, inline=inline)
+        video = FakeFrames(explode, inline=inline)
         sessions = SessionManager(4)
         await service(video, sessions).serve(transport, "p")
         return transport, video, sessions
@@ -150,7 +156,7 @@ def test_frames_waiting_when_the_client_errs_are_answered_as_dropped_before_the_
 
     async def scenario():
         transport = FakeTransport([binary(), binary(), Inbound(InboundKind.TEXT, "hello")])
-        await service(FakeVideo(slow)).serve(transport, "p")
+        await service(FakeFrames(slow)).serve(transport, "p")
         return transport
 
     transport = asyncio.run(scenario())
@@ -165,7 +171,7 @@ def test_frames_waiting_when_the_client_errs_are_answered_as_dropped_before_the_
 def test_peer_disconnect_ends_the_session_and_releases_state() -> None:
     async def scenario():
         transport = FakeTransport([binary(), Inbound(InboundKind.DISCONNECT, close_code=1001)])
-        video = FakeVideo(lambda p, i, d: {"frame_index": i, "result": {}})
+        video = FakeFrames(lambda p, i, d: {"frame_index": i, "result": {}})
         sessions = SessionManager(4)
         observer = RecordingObserver()
         await service(video, sessions, observer).serve(transport, "p")
@@ -189,7 +195,7 @@ def test_the_session_is_attached_to_the_transport_and_registered_while_open() ->
 
     async def scenario():
         transport = FakeTransport([binary()], then=[Inbound(InboundKind.DISCONNECT, close_code=1000)], replies=1)
-        await service(FakeVideo(record), sessions).serve(transport, "p")
+        await service(FakeFrames(record), sessions).serve(transport, "p")
         return transport
 
     transport = asyncio.run(scenario())
@@ -208,7 +214,7 @@ def test_shutdown_cancels_sessions_that_miss_the_deadline() -> None:
                 await asyncio.sleep(3600)
 
         stuck = Stuck([])
-        task = asyncio.create_task(service(FakeVideo(lambda p, i, d: {}), sessions).serve(stuck, "p"))
+        task = asyncio.create_task(service(FakeFrames(lambda p, i, d: {}), sessions).serve(stuck, "p"))
         await asyncio.sleep(0.05)
         assert sessions.active_count() == 1
         cancelled = await sessions.shutdown(0.2, final_grace_s=0.2)
@@ -245,8 +251,8 @@ def test_shutdown_while_a_drop_notice_is_being_sent_still_answers_every_frame() 
         sessions = SessionManager(4)
         transport = SlowFirstDrop([binary(), binary(), binary()])
         stream = StreamService(
-            video=FakeVideo(slow),  # type: ignore[arg-type]
-            pool=ThreadPool(),
+            video=FakeFrames(slow),  # type: ignore[arg-type]
+            executor=FakeFrames(slow),
             sessions=sessions,
             observer=RecordingObserver(),
             settings=StreamSettings(policy=BackpressurePolicy(buffer_capacity=1), frame_timeout_s=5, max_frame_bytes=1_000_000),
@@ -280,7 +286,7 @@ def test_at_the_shutdown_deadline_the_frame_in_flight_is_answered_as_failed() ->
         sessions = SessionManager(4)
         transport = FakeTransport([binary()])
         observer = RecordingObserver()
-        task = asyncio.create_task(service(FakeVideo(hang), sessions, observer=observer, frame_timeout_s=30).serve(transport, "p"))
+        task = asyncio.create_task(service(FakeFrames(hang), sessions, observer=observer, frame_timeout_s=30).serve(transport, "p"))
         await asyncio.sleep(0.05)
         cancelled = await sessions.shutdown(0.2, final_grace_s=2.0)
         await task
@@ -301,7 +307,7 @@ def test_a_new_session_during_shutdown_is_refused_with_1012() -> None:
         sessions = SessionManager(4)
         await sessions.shutdown(0.1)
         transport = FakeTransport([])
-        await service(FakeVideo(lambda p, i, d: {}), sessions).serve(transport, "p")
+        await service(FakeFrames(lambda p, i, d: {}), sessions).serve(transport, "p")
         return transport
 
     transport = asyncio.run(scenario())
@@ -322,10 +328,10 @@ def test_header_only_pipelines_run_on_the_loop_and_others_in_the_pool() -> None:
         return work
 
     async def scenario(inline: bool) -> tuple[int, list[dict[str, Any]]]:
-        pool = ThreadPool()
+        frames = FakeFrames(work_for(inline), inline=inline)
         transport = FakeTransport([binary()], then=[Inbound(InboundKind.DISCONNECT, close_code=1000)], replies=1)
-        await service(FakeVideo(work_for(inline), inline=inline), pool=pool).serve(transport, "p")
-        return pool.calls, transport.sent
+        await service(frames).serve(transport, "p")
+        return frames.pooled_calls, transport.sent
 
     assert asyncio.run(scenario(True)) == (0, [{"frame_index": 0, "result": {}}])
     assert asyncio.run(scenario(False)) == (1, [{"frame_index": 0, "result": {}}])
@@ -352,7 +358,7 @@ def test_a_frame_admitted_while_a_reply_is_being_sent_runs_exactly_once() -> Non
 
     async def scenario() -> SlowReader:
         transport = SlowReader([binary()])
-        await service(FakeVideo(record)).serve(transport, "p")
+        await service(FakeFrames(record)).serve(transport, "p")
         return transport
 
     transport = asyncio.run(scenario())
@@ -389,7 +395,7 @@ def test_after_a_timeout_the_next_frame_waits_for_the_stuck_thread() -> None:
 
     async def scenario() -> Client:
         transport = Client([binary()])
-        await service(FakeVideo(stuck_then_quick), frame_timeout_s=0.2).serve(transport, "p")
+        await service(FakeFrames(stuck_then_quick), frame_timeout_s=0.2).serve(transport, "p")
         return transport
 
     transport = asyncio.run(scenario())
@@ -420,7 +426,7 @@ def test_a_frame_started_after_the_deadline_passed_is_answered_as_failed_at_once
     async def scenario():
         sessions = SessionManager(4)
         transport = SlowFirstReply([binary()])
-        task = asyncio.create_task(service(FakeVideo(work), sessions, frame_timeout_s=30).serve(transport, "p"))
+        task = asyncio.create_task(service(FakeFrames(work), sessions, frame_timeout_s=30).serve(transport, "p"))
         await asyncio.sleep(0.1)
         cancelled = await sessions.shutdown(0.2, final_grace_s=2.0)
         done, _ = await asyncio.wait({task}, timeout=5)
@@ -441,10 +447,41 @@ def test_a_frame_started_after_the_deadline_passed_is_answered_as_failed_at_once
 def test_a_stream_is_opened_before_its_first_frame_and_released_after_its_last() -> None:
     async def scenario():
         transport = FakeTransport([binary()], then=[Inbound(InboundKind.DISCONNECT, close_code=1000)], replies=1)
-        video = FakeVideo(lambda p, i, d: {"frame_index": i, "result": {}})
+        video = FakeFrames(lambda p, i, d: {"frame_index": i, "result": {}})
         await service(video).serve(transport, "p")
         return transport, video
 
     transport, video = asyncio.run(scenario())
     assert transport.session is not None
     assert video.opened == video.released == [transport.session.session_id]
+
+
+def test_shutdown_does_not_wait_for_work_that_outlived_its_timeout() -> None:
+    """The client has its answer; a thread that cannot be stopped must not hold the session open."""
+    import threading
+    import time
+
+    release = threading.Event()
+
+    def stuck(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
+        release.wait(10)
+        return {"frame_index": index, "result": {}}
+
+    async def scenario() -> tuple[float, FakeTransport]:
+        sessions = SessionManager(4)
+        transport = FakeTransport([binary()])
+        task = asyncio.create_task(service(FakeFrames(stuck), sessions, frame_timeout_s=0.1).serve(transport, "p"))
+        while not transport.sent:
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        try:
+            await sessions.shutdown(5.0)
+            await task
+            return time.monotonic() - started, transport
+        finally:
+            release.set()
+
+    took_s, transport = asyncio.run(scenario())
+    assert transport.sent[0]["error"] == "pipeline_failure"
+    assert transport.sent[-1]["error"] == "shutting_down" and transport.closed == (1012, "shutting_down")
+    assert took_s < 3.0, f"the close waited {took_s:.1f} s for a thread that was already answered"

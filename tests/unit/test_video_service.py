@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from application.pipeline import DagPipelineService, PipelineUnavailableError, StreamStateStore, UnknownPipelineError
+from application.errors import PipelineUnavailableError, UnknownPipelineError
+from application.pipeline import DagPipelineService, StreamStateStore
 from application.ports import Availability, ToolContext
 from application.video_service import VideoFilePipelineService
 from domain import ErrorCode, FrameValidationError, PipelineDefinition, PipelineNode, StreamError
@@ -19,9 +20,12 @@ class CountingDecoder:
     def __init__(self) -> None:
         self.calls = 0
 
-    def decode(self, image_bytes: bytes) -> Any:
+    def decode(self, image_bytes: bytes, reduction: int = 1) -> Any:
         self.calls += 1
         return object()
+
+    def memory_needed(self, info: Any, reduction: int) -> int:
+        return 0
 
 
 class Closeable:

@@ -1,4 +1,4 @@
-"""The thread pool that runs pipelines off the event loop: deadlines, cancellation, context, late failures."""
+"""The thread adapter of the frame executor: deadlines, cancellation, context, late failures (its blocking core, `run_blocking`)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,22 @@ import threading
 
 import pytest
 
-from adapters.worker_pool import ThreadWorkerPool
-from application.ports import WorkGivenUp, WorkStillRunning
+from adapters.thread_executor import ThreadFrameExecutor
+from application.errors import JobGivenUp, JobStillRunning, JobTimedOut
 
 REQUEST = contextvars.ContextVar("REQUEST", default="none")
 
 
+def executor_without_pipelines(workers: int) -> ThreadFrameExecutor:
+    """The executor without pipelines: these tests give it plain callables through run_blocking."""
+    return ThreadFrameExecutor(video=None, workers=workers)  # type: ignore[arg-type]
+
+
 def test_work_runs_on_a_pool_thread_and_returns_its_result() -> None:
-    pool = ThreadWorkerPool(2)
+    pool = executor_without_pipelines(2)
 
     async def scenario() -> tuple[str, str]:
-        return await pool.run(lambda: ("done", threading.current_thread().name), timeout_s=5)
+        return await pool.run_blocking(lambda: ("done", threading.current_thread().name), timeout_s=5)
 
     try:
         result, thread = asyncio.run(scenario())
@@ -29,11 +34,11 @@ def test_work_runs_on_a_pool_thread_and_returns_its_result() -> None:
 
 
 def test_the_callers_context_goes_with_the_work() -> None:
-    pool = ThreadWorkerPool(1)
+    pool = executor_without_pipelines(1)
 
     async def scenario() -> str:
         REQUEST.set("session-42")
-        return await pool.run(REQUEST.get, timeout_s=5)
+        return await pool.run_blocking(REQUEST.get, timeout_s=5)
 
     try:
         assert asyncio.run(scenario()) == "session-42"
@@ -42,12 +47,12 @@ def test_the_callers_context_goes_with_the_work() -> None:
 
 
 def test_running_work_past_its_deadline_raises_work_still_running_with_its_end() -> None:
-    pool = ThreadWorkerPool(1)
+    pool = executor_without_pipelines(1)
     release = threading.Event()
 
     async def scenario() -> bool:
-        with pytest.raises(WorkStillRunning) as caught:
-            await pool.run(lambda: release.wait(5), timeout_s=0.05)
+        with pytest.raises(JobStillRunning) as caught:
+            await pool.run_blocking(lambda: release.wait(5), timeout_s=0.05)
         assert pool.busy_workers() == 1
         release.set()
         await asyncio.wait({caught.value.finished}, timeout=5)
@@ -61,16 +66,16 @@ def test_running_work_past_its_deadline_raises_work_still_running_with_its_end()
 
 
 def test_queued_work_past_its_deadline_never_starts() -> None:
-    pool = ThreadWorkerPool(1)
+    pool = executor_without_pipelines(1)
     release = threading.Event()
     started: list[str] = []
 
     async def scenario() -> None:
-        blocker = asyncio.ensure_future(pool.run(lambda: release.wait(5), timeout_s=5))
+        blocker = asyncio.ensure_future(pool.run_blocking(lambda: release.wait(5), timeout_s=5))
         await asyncio.sleep(0.05)
-        with pytest.raises(TimeoutError) as caught:
-            await pool.run(lambda: started.append("queued"), timeout_s=0.05)
-        assert not isinstance(caught.value, WorkStillRunning)
+        with pytest.raises(JobTimedOut) as caught:
+            await pool.run_blocking(lambda: started.append("queued"), timeout_s=0.05)
+        assert not isinstance(caught.value, JobStillRunning)
         release.set()
         await blocker
         await asyncio.sleep(0.05)
@@ -83,7 +88,7 @@ def test_queued_work_past_its_deadline_never_starts() -> None:
 
 
 def test_a_failure_after_the_deadline_is_logged_not_lost(caplog: pytest.LogCaptureFixture) -> None:
-    pool = ThreadWorkerPool(1)
+    pool = executor_without_pipelines(1)
     release = threading.Event()
 
     def fail_late() -> None:
@@ -91,14 +96,14 @@ def test_a_failure_after_the_deadline_is_logged_not_lost(caplog: pytest.LogCaptu
         raise RuntimeError("late failure")
 
     async def scenario() -> None:
-        with pytest.raises(WorkStillRunning) as caught:
-            await pool.run(fail_late, timeout_s=0.05)
+        with pytest.raises(JobStillRunning) as caught:
+            await pool.run_blocking(fail_late, timeout_s=0.05)
         release.set()
         await asyncio.wait({caught.value.finished}, timeout=5)
         await asyncio.sleep(0)  # the done-callback runs on the loop
 
     try:
-        with caplog.at_level(logging.WARNING, logger="adapters.worker_pool"):
+        with caplog.at_level(logging.WARNING, logger="adapters.thread_executor"):
             asyncio.run(scenario())
     finally:
         pool.shutdown()
@@ -108,17 +113,17 @@ def test_a_failure_after_the_deadline_is_logged_not_lost(caplog: pytest.LogCaptu
 
 
 def test_a_failure_the_caller_receives_is_not_logged_again(caplog: pytest.LogCaptureFixture) -> None:
-    pool = ThreadWorkerPool(1)
+    pool = executor_without_pipelines(1)
 
     def fail() -> None:
         raise ValueError("reported to the caller")
 
     async def scenario() -> None:
         with pytest.raises(ValueError):
-            await pool.run(fail, timeout_s=5)
+            await pool.run_blocking(fail, timeout_s=5)
 
     try:
-        with caplog.at_level(logging.WARNING, logger="adapters.worker_pool"):
+        with caplog.at_level(logging.WARNING, logger="adapters.thread_executor"):
             asyncio.run(scenario())
     finally:
         pool.shutdown()
@@ -126,18 +131,18 @@ def test_a_failure_the_caller_receives_is_not_logged_again(caplog: pytest.LogCap
 
 
 def test_giving_up_stops_the_wait_and_queued_work_never_starts() -> None:
-    pool = ThreadWorkerPool(1)
+    pool = executor_without_pipelines(1)
     release = threading.Event()
     started: list[str] = []
 
     async def scenario() -> None:
         give_up = asyncio.get_running_loop().create_future()
-        running = asyncio.ensure_future(pool.run(lambda: release.wait(5), timeout_s=30, give_up=give_up))
-        queued = asyncio.ensure_future(pool.run(lambda: started.append("queued"), timeout_s=30, give_up=give_up))
+        running = asyncio.ensure_future(pool.run_blocking(lambda: release.wait(5), timeout_s=30, give_up=give_up))
+        queued = asyncio.ensure_future(pool.run_blocking(lambda: started.append("queued"), timeout_s=30, give_up=give_up))
         await asyncio.sleep(0.05)
         give_up.set_result(None)
         for waiting in (running, queued):
-            with pytest.raises(WorkGivenUp):
+            with pytest.raises(JobGivenUp):
                 await waiting
         assert pool.busy_workers() == 1, "the running thread cannot be stopped; it finishes unobserved"
         release.set()
@@ -151,11 +156,11 @@ def test_giving_up_stops_the_wait_and_queued_work_never_starts() -> None:
 
 
 def test_work_that_finishes_first_is_returned_even_with_a_give_up_future() -> None:
-    pool = ThreadWorkerPool(1)
+    pool = executor_without_pipelines(1)
 
     async def scenario() -> int:
         give_up = asyncio.get_running_loop().create_future()
-        return await pool.run(lambda: 7, timeout_s=5, give_up=give_up)
+        return await pool.run_blocking(lambda: 7, timeout_s=5, give_up=give_up)
 
     try:
         assert asyncio.run(scenario()) == 7

@@ -1,4 +1,4 @@
-"""Runs pipelines on a bounded pool of threads, off the event loop.
+"""Runs frames' pipelines on a bounded pool of threads, off the event loop: the FrameExecutor adapter in this process.
 
 OpenCV and ONNX Runtime release the GIL while they compute, so threads give
 real parallelism here without the copying cost of processes. A thread cannot
@@ -17,9 +17,11 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from application.ports import WorkGivenUp, WorkStillRunning
+from application.errors import JobGivenUp, JobStillRunning, JobTimedOut
+from application.ports import FrameJob
+from application.video_service import VideoFilePipelineService
 
 T = TypeVar("T")
 
@@ -27,14 +29,34 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-class ThreadWorkerPool:
-    def __init__(self, workers: int) -> None:
+class ThreadFrameExecutor:
+    """The FrameExecutor port on threads of this process, running `VideoFilePipelineService.run_on_frame`."""
+
+    def __init__(self, video: VideoFilePipelineService, workers: int) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        self._video = video
         self.workers = workers
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forgesyte-infer")
         self._busy = 0
         self._lock = threading.Lock()
+
+    def runs_inline(self, pipeline_id: str) -> bool:
+        return self._video.runs_inline(pipeline_id)
+
+    def run_inline(self, job: FrameJob) -> dict[str, Any]:
+        return self._video.run_on_frame(
+            job.pipeline_id, job.frame_index, job.image, stream_id=job.stream_id, markers_checked=job.markers_checked
+        )
+
+    async def run(self, job: FrameJob, *, timeout_s: float, give_up: Awaitable[object] | None = None) -> dict[str, Any]:
+        return await self.run_blocking(lambda: self.run_inline(job), timeout_s=timeout_s, give_up=give_up)
+
+    def open_stream(self, stream_id: str) -> None:
+        self._video.open_stream(stream_id)
+
+    def release_stream(self, stream_id: str) -> None:
+        self._video.release_stream(stream_id)
 
     def _tracked(self, fn: Callable[[], T]) -> Callable[[], T]:
         def run() -> T:
@@ -48,7 +70,8 @@ class ThreadWorkerPool:
 
         return run
 
-    async def run(self, fn: Callable[[], T], *, timeout_s: float, give_up: Awaitable[object] | None = None) -> T:
+    async def run_blocking(self, fn: Callable[[], T], *, timeout_s: float, give_up: Awaitable[object] | None = None) -> T:
+        """Run `fn` in a worker thread, with the frame executor's deadline and give-up rules."""
         # The caller's context goes with the work, so records logged in the thread keep
         # the session's bound ids (session_id, pipeline_id).
         future = self._executor.submit(contextvars.copy_context().run, self._tracked(fn))
@@ -69,7 +92,7 @@ class ThreadWorkerPool:
         # that arrives as the work completes, leaving the caller's task uncancellable.
         awaited: set[Awaitable[object]] = {waiter} if give_up is None else {waiter, give_up}
         try:
-            done, _ = await asyncio.wait(awaited, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(awaited, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
         except asyncio.CancelledError:
             abandoned = True
             future.cancel()  # work still queued never starts
@@ -77,12 +100,12 @@ class ThreadWorkerPool:
         if waiter not in done and give_up is not None and give_up in done:
             abandoned = True
             future.cancel()  # work still queued never starts; running work finishes unobserved
-            raise WorkGivenUp()
+            raise JobGivenUp()
         if not done:
             abandoned = True
             if future.cancel():
-                raise TimeoutError(f"the work did not start within {timeout_s} s")
-            raise WorkStillRunning(timeout_s, waiter)
+                raise JobTimedOut(f"the work did not start within {timeout_s} s")
+            raise JobStillRunning(f"the work did not finish within {timeout_s} s", waiter)
         return waiter.result()
 
     def busy_workers(self) -> int:

@@ -1,0 +1,382 @@
+"""The stream's rules as a state machine without I/O: events in, decisions out.
+
+Like python-websockets' `Protocol`, this object never awaits, sleeps or reads
+a clock of its own: the session's clock stamps events, the pump
+(application.stream) feeds it what happened and performs what it decided.
+
+Events: a message arrived (`message_received`), a frame's work finished or
+failed (`frame_finished`, `frame_failed`; a timeout, a give-up at the shutdown
+deadline and a broken tool are failures of different kinds), the work is
+still running past its deadline (`frame_still_running`, then
+`straggler_returned`), the idle timer fired (`idle_check`), a stop was
+requested (`stop_requested`), the peer left or stopped reading
+(`connection_lost`), a bug in serving (`internal_failure`).
+
+Decisions: messages to send (`outbox`, reported to the observer once sent
+through `message_sent`), the frame to start (the return value of the events
+that can start one), and the ending (`ending`, then `closing_messages` and
+`close_code`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from application.errors import JobGivenUp, JobTimedOut, FrameTimeoutError, PipelineExecutionError
+from application.ports import ConnectionClosed, Inbound, InboundKind, SendTimedOut, StreamObserver
+from domain import CLOSE_CODE_FOR_ERROR, CloseCode, DropCause, ErrorCode, Frame, FrameValidationError, Session, SessionState, StreamError, validate_jpeg
+from domain.errors import GENERIC_INTERNAL_DETAIL
+from domain.session import Drop, SlowDownSignal
+
+logger = logging.getLogger(__name__)
+
+# What the peer sees when the transport cuts the connection without a close frame.
+ABNORMAL_CLOSURE = 1006
+
+
+class Ending(StrEnum):
+    """Why a session ends; the first decided ending wins."""
+
+    PEER_GONE = "peer_gone"
+    SEND_TIMEOUT = "send_timeout"
+    CLIENT_ERROR = "client_error"
+    INTERNAL = "internal"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """The decision to end: why, the error the client is told (none when it is cut off), the frame it concerns."""
+
+    ending: Ending
+    error: StreamError | None = None
+    frame_index: int | None = None
+    peer_code: int | None = None
+
+    @property
+    def cut_off(self) -> bool:
+        """Nothing more can be sent: the peer left, or stopped reading and the transport cut it off."""
+        return self.ending is Ending.PEER_GONE or self.ending is Ending.SEND_TIMEOUT
+
+
+class Report(IntEnum):
+    """What the observer hears once a message has been sent."""
+
+    PROCESSED = 1
+    DROPPED = 2
+    SLOWDOWN = 3
+    ERROR = 4
+
+
+# One outgoing message: (message, report, frame, extra, queue_ms). `extra` is the processing time
+# of a result, the drop cause of a notice, the error code of an error, the signal of a slow-down;
+# `queue_ms` is a result's wait before it started.
+Outgoing = tuple[dict[str, Any], Report, Frame | None, Any, float]
+
+
+def dropped_message(drop: Drop) -> dict[str, Any]:
+    return {"frame_index": drop.frame.index, "dropped": True, "cause": drop.cause.value}
+
+
+def slowdown_message(signal: SlowDownSignal) -> dict[str, Any]:
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 3)
+
+    return {
+        "warning": "slow_down",
+        "drop_rate": round(signal.drop_rate, 4),
+        "suggested_fps": rounded(signal.suggested_fps),
+        "processing_ms": rounded(signal.processing_ms),
+        "interval_ms": rounded(signal.interval_ms),
+    }
+
+
+def error_message(error: StreamError, frame_index: int | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = error.to_message()
+    if frame_index is not None:
+        message["frame_index"] = frame_index
+    return message
+
+
+SHUTTING_DOWN_DETAIL = "the server is shutting down; reconnect later"
+
+
+class StreamProtocol:
+    """One session's stream protocol: which reply each event gets, what starts next, how the session ends."""
+
+    __slots__ = (
+        "_frame_timeout_s",
+        "_idle_timeout_s",
+        "_last_message_ms",
+        "_max_frame_bytes",
+        "_observer",
+        "_started_ms",
+        "_straggler",
+        "ending",
+        "outbox",
+        "session",
+    )
+
+    def __init__(
+        self,
+        session: Session,
+        observer: StreamObserver,
+        *,
+        frame_timeout_s: float,
+        max_frame_bytes: int,
+        idle_timeout_s: float,
+    ) -> None:
+        self.session = session
+        self._observer = observer
+        self._frame_timeout_s = frame_timeout_s
+        self._max_frame_bytes = max_frame_bytes
+        self._idle_timeout_s = idle_timeout_s
+        self.outbox: deque[Outgoing] = deque()
+        self.ending: Close | None = None
+        self._last_message_ms = session.now_ms()
+        # When the frame in flight started (session clock, ms), for its processing time.
+        self._started_ms = 0.0
+        # The frame answered at its deadline whose work still runs: nothing starts until it returns.
+        self._straggler: Frame | None = None
+
+    # Events -----------------------------------------------------------------
+
+    def message_received(self, inbound: Inbound) -> Frame | None:
+        """A message from the client; returns the frame to start now, if any.
+
+        The frame is admitted, and the frames it displaces answered as dropped,
+        before anything else can happen: the event is one synchronous step.
+        """
+        session = self.session
+        if inbound.kind is not InboundKind.BINARY:
+            self._last_message_ms = session.now_ms()
+            if inbound.kind is InboundKind.DISCONNECT:
+                self._end(Close(Ending.PEER_GONE, peer_code=inbound.close_code))
+            else:
+                self._end(
+                    Close(
+                        Ending.CLIENT_ERROR,
+                        StreamError(ErrorCode.INVALID_MESSAGE, "expected a binary message holding one JPEG image, got a text message"),
+                    )
+                )
+            return None
+        data = inbound.data
+        assert isinstance(data, bytes)
+        observer = self._observer
+        if self.ending is not None:
+            if not self.ending.cut_off:
+                # Read just as the session began to end: it is answered, as dropped, and never started.
+                now = session.now_ms()
+                late = Frame(index=session.increment_frame(), data=data, received_ms=now)
+                observer.frame_received(session, late.index, len(data))
+                session.mark_drop(now)
+                cause = DropCause.SHUTDOWN if self.ending.ending is Ending.SHUTDOWN else DropCause.CLOSING
+                self.outbox.append((dropped_message(Drop(late, cause)), Report.DROPPED, late, cause, 0.0))
+            return None
+        try:
+            validate_jpeg(data, self._max_frame_bytes)
+        except FrameValidationError as error:
+            self._last_message_ms = session.now_ms()
+            index = session.increment_frame()
+            observer.frame_received(session, index, len(data))
+            self._end(Close(Ending.CLIENT_ERROR, error, frame_index=index))
+            return None
+        admission = session.receive_frame(data)
+        frame = admission.frame
+        self._last_message_ms = frame.received_ms
+        observer.frame_received(session, frame.index, len(data))
+        start = admission.start
+        if admission.dropped:
+            outbox = self.outbox
+            for drop in admission.dropped:
+                outbox.append((dropped_message(drop), Report.DROPPED, drop.frame, drop.cause, 0.0))
+            signal = session.take_slowdown_signal()
+            if signal is not None:
+                outbox.append((slowdown_message(signal), Report.SLOWDOWN, None, signal, 0.0))
+        if start is not None:
+            self._started_ms = frame.received_ms if start is frame else session.now_ms()
+        return start
+
+    def frame_finished(self, frame: Frame, reply: dict[str, Any]) -> Frame | None:
+        """The frame's work returned its reply (`{"frame_index", "result"}`); returns the next frame to start, if any."""
+        session = self.session
+        started_ms = self._started_ms
+        processing_ms = session.now_ms() - started_ms
+        session.complete_frame(frame, processing_ms=processing_ms, succeeded=True)
+        self.outbox.append((reply, Report.PROCESSED, frame, processing_ms, started_ms - frame.received_ms))
+        return self._next()
+
+    def frame_failed(self, frame: Frame, error: BaseException) -> Frame | None:
+        """The frame's work failed; the kind of failure decides the reply. Returns the next frame to start."""
+        session = self.session
+        observer = self._observer
+        session.complete_frame(frame, processing_ms=session.now_ms() - self._started_ms, succeeded=False)
+        if isinstance(error, FrameValidationError):
+            # Markers were fine but the image does not decode (or declares too many pixels): the client sent it.
+            self._end(Close(Ending.CLIENT_ERROR, error, frame_index=frame.index))
+            return None
+        failure: StreamError
+        if isinstance(error, JobGivenUp):
+            # The shutdown deadline passed first: queued work never runs, running work finishes unobserved.
+            failure = StreamError(
+                ErrorCode.PIPELINE_FAILURE,
+                f"the server shut down before frame {frame.index} finished",
+                log_message=f"frame {frame.index} of pipeline {session.pipeline_id!r} cut off by the shutdown deadline",
+            )
+            observer.frame_failed(session, frame.index, failure, code=failure.code)
+        elif isinstance(error, PipelineExecutionError):
+            failure = error
+            observer.frame_failed(session, frame.index, error, code=error.code)
+        elif isinstance(error, JobTimedOut):
+            failure = FrameTimeoutError(session.pipeline_id, frame.index, self._frame_timeout_s)
+            observer.frame_failed(session, frame.index, error, code=failure.code)
+        elif isinstance(error, StreamError):
+            # The pipeline became unavailable or unknown mid-stream: this frame fails, the stream goes on.
+            failure = StreamError(ErrorCode.PIPELINE_FAILURE, error.detail, log_message=error.log_message)
+            observer.frame_failed(session, frame.index, error, code=failure.code)
+        else:
+            self.internal_failure(f"frame {frame.index}", error, frame)
+            return None
+        self.outbox.append((error_message(failure, frame.index), Report.ERROR, frame, ErrorCode.PIPELINE_FAILURE, 0.0))
+        return self._next()
+
+    def frame_still_running(self, frame: Frame, error: JobTimedOut) -> None:
+        """The deadline passed but the work could not be stopped: the client is answered now.
+
+        Nothing else starts until `straggler_returned`: a stuck tool then holds
+        one worker, never the whole pool, and one stream's tool state is never
+        used by two runs at once.
+        """
+        session = self.session
+        failure = FrameTimeoutError(session.pipeline_id, frame.index, self._frame_timeout_s)
+        self._observer.frame_failed(session, frame.index, error, code=failure.code)
+        self._straggler = frame
+        self.outbox.append((error_message(failure, frame.index), Report.ERROR, frame, ErrorCode.PIPELINE_FAILURE, 0.0))
+
+    def straggler_returned(self, frame: Frame) -> Frame | None:
+        """The work answered at its deadline has returned; returns the next frame to start."""
+        session = self.session
+        self._straggler = None
+        session.complete_frame(frame, processing_ms=session.now_ms() - self._started_ms, succeeded=False)
+        return self._next()
+
+    def idle_check(self) -> float | None:
+        """The idle timer fired: seconds until the next check, or None when no further check is needed.
+
+        A frame in flight means the client is waiting, not idle.
+        """
+        if self.ending is not None:
+            return None
+        timeout_s = self._idle_timeout_s
+        if self.busy:
+            return timeout_s
+        quiet_s = (self.session.now_ms() - self._last_message_ms) / 1000.0
+        if quiet_s < timeout_s:
+            return timeout_s - quiet_s
+        self._end(
+            Close(Ending.CLIENT_ERROR, StreamError(ErrorCode.IDLE_TIMEOUT, f"no frame arrived for {timeout_s:g} s; the session is closed"))
+        )
+        return None
+
+    def stop_requested(self) -> None:
+        """The server is shutting down: finish the frame in flight, answer the rest, close with 1012."""
+        self._end(Close(Ending.SHUTDOWN, StreamError(ErrorCode.SHUTTING_DOWN, SHUTTING_DOWN_DETAIL)))
+
+    def connection_lost(self, gone: ConnectionClosed) -> None:
+        """The peer left, or stopped reading and was cut off: nothing more goes out, a graceful close included."""
+        if self.ending is None or not self.ending.cut_off:
+            self.ending = Close(Ending.SEND_TIMEOUT if isinstance(gone, SendTimedOut) else Ending.PEER_GONE)
+        self.outbox.clear()
+
+    def internal_failure(self, where: str, error: BaseException, frame: Frame | None) -> None:
+        """A bug in serving this session: the log gets the traceback, the client a generic internal_error."""
+        logger.error("%s of session %s failed", where, self.session.session_id, exc_info=error)
+        self._end(
+            Close(
+                Ending.INTERNAL,
+                StreamError(ErrorCode.INTERNAL_ERROR, GENERIC_INTERNAL_DETAIL, log_message=repr(error)),
+                frame_index=frame.index if frame is not None else None,
+            )
+        )
+
+    def message_sent(self, outgoing: Outgoing) -> None:
+        """Tell the observer what a message that has gone out said."""
+        _, report, frame, extra, queue_ms = outgoing
+        session = self.session
+        observer = self._observer
+        if report is Report.PROCESSED:
+            assert frame is not None
+            now = session.now_ms()
+            observer.frame_processed(
+                session,
+                frame.index,
+                queue_ms=queue_ms,
+                processing_ms=extra,
+                latency_ms=now - frame.received_ms,
+            )
+        elif report is Report.DROPPED:
+            assert frame is not None
+            observer.frame_dropped(session, frame.index, extra)
+        elif report is Report.ERROR:
+            observer.error_sent(session, extra)
+        elif report is Report.SLOWDOWN:
+            observer.slowdown_sent(session, extra.drop_rate, extra.suggested_fps)
+
+    # Queries ------------------------------------------------------------------
+
+    @property
+    def cut_off(self) -> bool:
+        """The session has ended without a way to tell the client: nothing more is sent."""
+        return self.ending is not None and self.ending.cut_off
+
+    @property
+    def idle_timeout_s(self) -> float:
+        return self._idle_timeout_s
+
+    @property
+    def busy(self) -> bool:
+        """A frame is in flight and not yet answered (work answered at its deadline that runs on does not count)."""
+        return self.session.in_flight is not None and self._straggler is None
+
+    def closing_messages(self) -> None:
+        """Queue the graceful close: waiting frames answered as dropped, then the error. Call once the frame in flight is answered."""
+        close = self.ending
+        assert close is not None and close.error is not None
+        session = self.session
+        if session.state is SessionState.OPEN:
+            session.transition(SessionState.CLOSING)
+        cause = DropCause.SHUTDOWN if close.ending is Ending.SHUTDOWN else DropCause.CLOSING
+        outbox = self.outbox
+        for drop in session.drain_waiting(cause):
+            outbox.append((dropped_message(drop), Report.DROPPED, drop.frame, drop.cause, 0.0))
+        outbox.append((error_message(close.error, close.frame_index), Report.ERROR, None, close.error.code, 0.0))
+
+    def close_code(self) -> tuple[int, str]:
+        """The close code and reason the session ends with, as decided."""
+        close = self.ending
+        assert close is not None
+        if close.ending is Ending.PEER_GONE:
+            return close.peer_code or int(CloseCode.GOING_AWAY), "peer_gone"
+        if close.ending is Ending.SEND_TIMEOUT:
+            return ABNORMAL_CLOSURE, close.ending.value
+        assert close.error is not None
+        return int(CLOSE_CODE_FOR_ERROR[close.error.code]), close.error.code.value
+
+    # Internals ------------------------------------------------------------------
+
+    def _end(self, close: Close) -> None:
+        if self.ending is None:
+            self.ending = close
+
+    def _next(self) -> Frame | None:
+        if self.ending is not None:
+            return None
+        start = self.session.start_next()
+        if start is not None:
+            self._started_ms = self.session.now_ms()
+        return start
+
