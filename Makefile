@@ -49,6 +49,11 @@ lint: $(STAMP)
 contracts: $(STAMP)
 	$(BIN)/pytest contracts
 	$(BIN)/python -m contracts.against_serve
+	$(BIN)/python -m tests.ray.contracts_on_ray
+
+# The contract suite against `serve` running its pipelines on Ray (a local Ray instance in the server).
+contracts-ray: $(STAMP)
+	$(BIN)/python -m tests.ray.contracts_on_ray
 
 # Regenerate the clients' message types after editing asyncapi.yaml: contracts/generated/,
 # clients/python/forgesyte_stream_client/generated/ and clients/web/messages.js.

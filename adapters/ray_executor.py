@@ -18,7 +18,7 @@ their state starts over, and a replacement actor is started in its slot.
 A frame's deadline holds on Ray as on threads: at the deadline the caller gets
 its failure and the remote call is cancelled if it has not started; a call
 already running cannot be interrupted (the actor's thread is in a tool), so
-the caller is told WorkStillRunning and its stream waits for the actor before
+the caller is told JobStillRunning and its stream waits for the actor before
 it sends that stream's state another frame. Unlike a thread, an actor can be
 killed: one whose call is still running HUNG_AFTER_TIMEOUTS frame timeouts
 after it started is declared hung and replaced, which ends that wait.
@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from adapters.settings import PREFIX, Settings, SettingsError
-from application.pipeline import PipelineExecutionError
-from application.ports import PipelineObserver, WorkGivenUp, WorkStillRunning
+from application.errors import JobGivenUp, JobStillRunning, PipelineExecutionError
+from application.ports import FrameJob, PipelineObserver
 from domain import ErrorCode, FrameValidationError, StreamError
 
 log = logging.getLogger(__name__)
@@ -66,39 +66,14 @@ HUNG_AFTER_TIMEOUTS = 3
 DRIVER_OUTLIVES_CLUSTER_S = 365 * 24 * 3600
 
 
-# The port, as the redesign defines it ------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class FrameJob:
-    pipeline_id: str
-    frame_index: int
-    jpeg: bytes
-    stream_id: str | None  # None: a one-off frame (HTTP) without per-stream state
-
-
-class FrameExecutor(Protocol):
-    def runs_inline(self, pipeline_id: str) -> bool: ...
-
-    def open_stream(self, stream_id: str) -> None: ...
-
-    def release_stream(self, stream_id: str) -> None: ...
-
-    async def run(self, job: FrameJob, *, timeout_s: float, give_up: Awaitable[object] | None = None) -> dict[str, Any]: ...
-
-    def busy_workers(self) -> int: ...
-
-    def health(self) -> dict[str, Any]: ...
-
-    def shutdown(self) -> None: ...
-
-
 class LocalFrameRunner(Protocol):
     """The in-process service the front end already has: runs header-only pipelines and tells which they are."""
 
     def runs_inline(self, pipeline_id: str) -> bool: ...
 
-    def run_on_frame(self, pipeline_id: str, frame_index: int, frame_bytes: bytes, *, stream_id: str | None = None) -> dict[str, Any]: ...
+    def run_on_frame(
+        self, pipeline_id: str, frame_index: int, frame_bytes: bytes, *, stream_id: str | None = None, markers_checked: bool = False
+    ) -> dict[str, Any]: ...
 
     def open_stream(self, stream_id: str) -> None: ...
 
@@ -289,7 +264,9 @@ class PipelineActor:
         events = self._events.start()
         started = time.perf_counter()
         try:
-            result = self._service.run_on_frame(job.pipeline_id, job.frame_index, job.jpeg, stream_id=stream_id)
+            result = self._service.run_on_frame(
+                job.pipeline_id, job.frame_index, job.image, stream_id=stream_id, markers_checked=job.markers_checked
+            )
             failure = None
         except Exception as error:  # every failure goes back as data, see Failure
             result, failure = None, _failure(error)
@@ -613,9 +590,15 @@ class RayFrameExecutor:
 
         released.add_done_callback(replay)
 
+    def run_inline(self, job: FrameJob) -> dict[str, Any]:
+        """A header-only pipeline, here on the caller's thread (see runs_inline)."""
+        return self._local.run_on_frame(
+            job.pipeline_id, job.frame_index, job.image, stream_id=job.stream_id, markers_checked=job.markers_checked
+        )
+
     async def run(self, job: FrameJob, *, timeout_s: float, give_up: Awaitable[object] | None = None) -> dict[str, Any]:
         if self._local.runs_inline(job.pipeline_id):
-            return self._local.run_on_frame(job.pipeline_id, job.frame_index, job.jpeg, stream_id=job.stream_id)
+            return self.run_inline(job)
         slot, starts_over = self._route(job.stream_id)
         if slot is None:
             raise ExecutorLostError(
@@ -659,11 +642,11 @@ class RayFrameExecutor:
             abandoned = True
             self._cancel(ref)  # a call still queued in the actor never runs
             if stop is not None and stop in done:
-                raise WorkGivenUp()
+                raise JobGivenUp()
             self._watch_straggler(slot, generation, waiter, job, timeout_s)
             # Cancelled or not, the call ends when the actor is done with it (or dies): the stream's
             # next frame waits for that, so one stream's state never serves two frames at once.
-            raise WorkStillRunning(timeout_s, waiter)
+            raise JobStillRunning(f"the work did not finish within {timeout_s} s", waiter)
         try:
             outcome: Outcome = waiter.result()
         except self._ray.exceptions.RayActorError as error:

@@ -74,42 +74,22 @@ class _Durations:
         self.last_ms = duration_ms
 
 
-class _ThreadsExecutor:
-    """The thread executor: the worker pool the server uses, running the in-process service."""
+class _Executor:
+    """A frame executor as the server builds it (the container's frame_executor), timed by a recorder."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, env: dict[str, str]) -> None:
         from dependency_injector import providers
 
         from adapters.container import Container
         from adapters.settings import Settings
-        from adapters.worker_pool import ThreadWorkerPool
 
         self.durations = _Durations()
-        container = Container(settings=Settings.from_env({}))
+        container = Container(settings=Settings.from_env(env))
         container.pipeline_observer.override(providers.Object(self.durations))
-        self.video = container.video_service()
-        self.pool = ThreadWorkerPool(workers)
+        self.executor = container.frame_executor()
 
     async def run(self, index: int, frame: bytes, stream_id: str) -> dict[str, Any]:
-        return await self.pool.run(lambda: self.video.run_on_frame(PIPELINE, index, frame, stream_id=stream_id), timeout_s=30)
-
-    def close(self) -> None:
-        self.pool.shutdown()
-
-
-class _RayExecutor:
-    def __init__(self, env: dict[str, str]) -> None:
-        from adapters.container import Container
-        from adapters.ray_executor import RayFrameExecutor
-        from adapters.settings import Settings
-
-        settings = Settings.from_env({"FORGESYTE_STREAM_EXECUTOR": "ray", **env})
-        container = Container(settings=settings)
-        self.durations = _Durations()
-        self.executor = RayFrameExecutor(settings, container.video_service(), self.durations)
-
-    async def run(self, index: int, frame: bytes, stream_id: str) -> dict[str, Any]:
-        from adapters.ray_executor import FrameJob
+        from application.ports import FrameJob
 
         return await self.executor.run(FrameJob(PIPELINE, index, frame, stream_id), timeout_s=30)
 
@@ -120,9 +100,18 @@ class _RayExecutor:
 Runner = Callable[[int, bytes, str], Awaitable[dict[str, Any]]]
 
 
-async def _latency_ms(run: Runner, durations: _Durations, frame: bytes, frames: int) -> tuple[float, float]:
+def _threads(workers: int) -> _Executor:
+    return _Executor({"FORGESYTE_STREAM_INFERENCE_WORKERS": str(workers)})
+
+
+def _ray(env: dict[str, str]) -> _Executor:
+    return _Executor({"FORGESYTE_STREAM_EXECUTOR": "ray", **env})
+
+
+async def _latency_ms(executor: _Executor, frame: bytes, frames: int) -> tuple[float, float]:
     """One stream's frames, each sent when the previous one is answered: median round trip, and median
     round trip less the pipeline's own duration (what the executor adds to each frame)."""
+    run, durations = executor.run, executor.durations
     times, plumbing = [], []
     for index in range(frames):
         started = time.perf_counter()
@@ -152,18 +141,20 @@ async def _throughput(run: Runner, frame: bytes, streams: int, seconds: float) -
 
 def _local(args: argparse.Namespace) -> dict[str, Any]:
     frame = _face_frame()
-    threads = _ThreadsExecutor(workers=4)
-    ray = _RayExecutor(
+    threads = _threads(workers=4)
+    ray = _ray(
         {"FORGESYTE_STREAM_RAY_ACTORS": "2", "FORGESYTE_STREAM_RAY_ACTOR_CPUS": "1", "FORGESYTE_STREAM_INFERENCE_WORKERS": "2"}
     )
     runs: dict[str, dict[str, list[float]]] = {kind: {"latency": [], "plumbing": [], "fps": []} for kind in ("threads", "ray")}
 
     async def measure() -> None:
-        for kind, executor in (("threads", threads), ("ray", ray)):  # warm-up: models loaded, actors' first frames
+        for executor in (threads, ray):  # warm-up: models loaded, actors' first frames
             await _throughput(executor.run, frame, args.streams, 1.0)
         for round_number in range(args.rounds):
-            for kind, executor in (("threads", threads), ("ray", ray)):
-                latency, plumbing = await _latency_ms(executor.run, executor.durations, frame, args.latency_frames)
+            # Alternating which goes first, so that load rising or falling during a run favours neither.
+            order = (("threads", threads), ("ray", ray))
+            for kind, executor in order if round_number % 2 == 0 else order[::-1]:
+                latency, plumbing = await _latency_ms(executor, frame, args.latency_frames)
                 fps = await _throughput(executor.run, frame, args.streams, args.seconds)
                 runs[kind]["latency"].append(latency)
                 runs[kind]["plumbing"].append(plumbing)
@@ -315,7 +306,7 @@ def _front_end(address: str, seconds: float) -> int:
     from adapters.ray_executor import NAMESPACE
 
     frame = _face_frame()
-    executor = _RayExecutor(env)
+    executor = _ray(env)
     try:
         [actor] = executor.executor.health()["actors"]
         handle = ray.get_actor(actor["name"], namespace=NAMESPACE)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.server import FAULT_PLUGINS, TEST_PIPELINES
+from tests.support.server import FAULT_PLUGINS, TEST_PIPELINES, RunningServer, start_server
 
 # Before Ray is imported: single-machine mode (everything on 127.0.0.1), no usage reports, and a
 # token of this session's own (servers started by the tests inherit it) rather than ~/.ray/auth_token.
@@ -81,3 +81,28 @@ def actor(name: str) -> Any:
     from adapters.ray_executor import NAMESPACE
 
     return ray.get_actor(name, namespace=NAMESPACE)
+
+
+@pytest.fixture(scope="package")
+def server(ray_cluster: str) -> Iterator[RunningServer]:
+    """tests/stream's server (same settings), with its pipelines on the session's Ray cluster."""
+    running = start_server(
+        ray_env(ray_cluster, FORGESYTE_STREAM_FRAME_TIMEOUT_MS="500", FORGESYTE_STREAM_MAX_FRAME_BYTES="100000")
+    )
+    executor = running.health().get("executor") or {}
+    assert executor.get("kind") == "ray" and executor.get("cluster") == "ok", executor
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="package")
+def shipped_server(ray_cluster: str) -> Iterator[RunningServer]:
+    """The shipped pipelines (tracking included) served with their pipelines on the session's Ray cluster."""
+    from tests.support.server import ROOT
+
+    running = start_server(
+        ray_env(ray_cluster, FORGESYTE_STREAM_PIPELINES_DIR=str(ROOT / "adapters" / "pipelines"), FORGESYTE_STREAM_PLUGINS="")
+    )
+    assert (running.health().get("executor") or {}).get("kind") == "ray"
+    yield running
+    running.stop()

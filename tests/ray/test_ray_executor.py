@@ -15,8 +15,7 @@ import pytest
 
 from adapters.container import Container
 from adapters.settings import Settings
-from application.pipeline import PipelineExecutionError
-from application.ports import WorkGivenUp, WorkStillRunning
+from application.errors import JobGivenUp, JobStillRunning, PipelineExecutionError
 from domain import ErrorCode, FrameValidationError
 from tests.ray.conftest import actor, fault_env
 from tests.support.media import FACE_JPEG, jpeg
@@ -150,7 +149,7 @@ def test_a_slow_tool_costs_its_frame_the_deadline_and_the_stream_waits_for_the_a
 
     async def scenario() -> tuple[float, float]:
         started = time.monotonic()
-        with pytest.raises(WorkStillRunning) as still:
+        with pytest.raises(JobStillRunning) as still:
             await front.executor.run(FrameJob("hang", 0, jpeg(), "slow-stream"), timeout_s=0.8)
         failed_after = time.monotonic() - started
         await asyncio.wait({still.value.finished}, timeout=15)
@@ -172,7 +171,7 @@ def test_an_actor_stuck_in_a_tool_is_replaced_and_its_stream_goes_on(front: _Fro
 
     async def scenario() -> float:
         started = time.monotonic()
-        with pytest.raises(WorkStillRunning) as still:
+        with pytest.raises(JobStillRunning) as still:
             await front.executor.run(FrameJob("hang", 0, jpeg(), "stuck-stream"), timeout_s=0.2)
         await asyncio.wait({still.value.finished}, timeout=15)
         return time.monotonic() - started
@@ -202,7 +201,7 @@ def test_giving_up_answers_at_once(front: _Front) -> None:
         give_up = asyncio.get_running_loop().create_future()
         asyncio.get_running_loop().call_later(0.2, give_up.set_result, None)
         started = time.monotonic()
-        with pytest.raises(WorkGivenUp):
+        with pytest.raises(JobGivenUp):
             await front.executor.run(FrameJob("hang", 0, jpeg(), None), timeout_s=10, give_up=give_up)
         return time.monotonic() - started
 
