@@ -50,3 +50,25 @@ def test_several_workers_on_ray_need_a_shared_cluster_address() -> None:
     )
     assert completed.returncode == 2, completed.stderr
     assert "--workers=2 with FORGESYTE_STREAM_EXECUTOR=ray needs FORGESYTE_STREAM_RAY_ADDRESS" in completed.stderr
+
+
+def test_serve_refuses_to_start_when_the_cluster_does_not_answer() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.server import ROOT, free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FORGESYTE_STREAM_EXECUTOR": "ray", "FORGESYTE_STREAM_RAY_ADDRESS": address}
+    completed = subprocess.run(
+        [sys.executable, "-m", "adapters.cli", "serve", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert f"configuration error: FORGESYTE_STREAM_RAY_ADDRESS='{address}': no Ray cluster answers there" in completed.stderr
