@@ -55,7 +55,7 @@ DRIVER = textwrap.dedent(
     noticed = executor.health()
     started = time.monotonic()
     say({"after": [asyncio.run(frame(i)) for i in range(1, 4)], "seconds": time.monotonic() - started, "noticed": noticed})
-    time.sleep(2)
+    time.sleep(1)
     say({"health": executor.health()})
     """
 )
