@@ -9,7 +9,7 @@ CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 PIP := $(BIN)/pip --disable-pip-version-check --quiet
 
-.PHONY: setup serve test lint contracts models bench docs-html lock
+.PHONY: setup serve test lint contracts contracts-ray models bench bench-ray docs-html lock
 
 $(STAMP): requirements.lock pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ lint: $(STAMP)
 contracts: $(STAMP)
 	$(BIN)/pytest contracts
 	$(BIN)/python -m contracts.against_serve
+	$(BIN)/python -m tests.ray.contracts_on_ray
+
+# The contract suite against `serve` running its pipelines on Ray (a local Ray instance in the server).
+contracts-ray: $(STAMP)
+	$(BIN)/python -m tests.ray.contracts_on_ray
 
 # Regenerate the clients' message types after editing asyncapi.yaml: contracts/generated/,
 # clients/python/forgesyte_stream_client/generated/ and clients/web/messages.js.
@@ -58,6 +63,10 @@ models: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/stream_bench.py
 	$(BIN)/python bench/client_bench.py
+
+# The Ray executor against threads, and a two-node Ray cluster on this machine (docs/performance.md).
+bench-ray: $(STAMP)
+	$(BIN)/python bench/ray_bench.py
 
 # HTML documentation of the contract into docs/html/ (fetches @asyncapi/generator and its
 # HTML template from the npm registry on first use, so it is not part of `make test`).

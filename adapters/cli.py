@@ -55,6 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.workers < 1:
                 print(f"forgesyte-stream: --workers={args.workers}; expected at least 1", file=sys.stderr)
                 return 2
+            if args.workers > 1 and settings.executor == "ray" and settings.ray_address is None:
+                # Without an address each worker process would start a Ray instance of its own.
+                print(
+                    f"forgesyte-stream: configuration error: --workers={args.workers} with FORGESYTE_STREAM_EXECUTOR=ray "
+                    "needs FORGESYTE_STREAM_RAY_ADDRESS (a cluster the workers share, `ray start --head`)",
+                    file=sys.stderr,
+                )
+                return 2
             from adapters.server import serve
 
             try:

@@ -89,6 +89,15 @@ def _access_policy(settings: Settings) -> AccessPolicy:
     return settings.access_policy()
 
 
+def _frame_executor(settings: Settings, video: VideoFilePipelineService, observer: Any, analytics: Any) -> Any:
+    """Where frames' pipelines run (FORGESYTE_STREAM_EXECUTOR): threads of this process, or Ray actors."""
+    if settings.executor == "ray":
+        from adapters.ray_executor import RayFrameExecutor  # Ray is imported only by a server that uses it
+
+        return RayFrameExecutor(settings, video, observer, analytics=analytics)
+    return ThreadFrameExecutor(video=video, workers=settings.inference_workers)
+
+
 class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
 
@@ -141,7 +150,7 @@ class Container(containers.DeclarativeContainer):
         video_reader=video_reader,
         max_frame_bytes=settings.provided.max_frame_bytes,
     )
-    frame_executor = providers.Singleton(ThreadFrameExecutor, video=video_service, workers=settings.provided.inference_workers)
+    frame_executor = providers.Singleton(_frame_executor, settings, video_service, pipeline_observer, analytics)
     session_manager = providers.Singleton(SessionManager, max_sessions=settings.provided.max_sessions)
     log_observer = providers.Singleton(LoggingStreamObserver)
     stream_observer = providers.Singleton(FanOutStreamObserver, log_observer, metrics)
@@ -171,6 +180,19 @@ class Container(containers.DeclarativeContainer):
         stream_observer=stream_observer,
         max_sessions_per_key=settings.provided.max_sessions_per_key,
     )
+
+
+def worker_pipeline_service(settings: Settings, observer: Any, analytics: Any) -> VideoFilePipelineService:
+    """The pipeline service of a process that runs frames for a front end (a Ray actor).
+
+    The same wiring as the front end's, from the same settings, except where
+    the work reports: to the caller's recorders, which send it back with the
+    result, instead of to this process's own metrics.
+    """
+    container = Container(settings=settings)
+    container.pipeline_observer.override(providers.Object(observer))
+    container.analytics.override(providers.Object(analytics))
+    return container.video_service()
 
 
 def build_container(settings: Settings) -> Container:

@@ -7,6 +7,7 @@ swapping transports keeps observability and shutdown behaviour identical.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -26,10 +27,17 @@ class Health:
     sessions_active: int
     pipelines: int
     busy_workers: int
+    executor: dict[str, Any]
 
 
 def health(stream_service: StreamService, pipelines: DagPipelineService) -> Health:
-    return Health("ok", stream_service.sessions.active_count(), len(pipelines.pipeline_ids()), stream_service.busy_workers())
+    return Health(
+        "ok",
+        stream_service.sessions.active_count(),
+        len(pipelines.pipeline_ids()),
+        stream_service.busy_workers(),
+        stream_service.executor_health(),
+    )
 
 
 async def drain_sessions(sessions: SessionManager, deadline_s: float) -> int:

@@ -171,6 +171,19 @@ def _plugin_refs(variable: str, raw: str) -> tuple[str, ...]:
     return refs
 
 
+def _ray_address(variable: str, raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    host, separator, port = value.rpartition(":")
+    if not separator or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise SettingsError(
+            f"{variable}={raw!r} is not a Ray cluster address; expected host:port of the head node's GCS "
+            "(what `ray start --head --port PORT` prints), or unset for a local cluster started in-process"
+        )
+    return value
+
+
 def _onnx_providers(variable: str, raw: str) -> tuple[str, ...]:
     """ONNX Runtime execution providers, in priority order; each must be available in the installed build.
 
@@ -238,6 +251,10 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("keep_every", DEFAULT_KEEP_EVERY, "the sample interval N of drop_policy=every_nth, 2-1000", _int(2, 1000)),
     _Spec("frame_timeout_ms", round(DEFAULT_FRAME_TIMEOUT_S * 1000), "per-frame pipeline deadline in ms, 10-600000", _int(10, 600_000)),
     _Spec("inference_workers", 4, "worker threads running pipelines, 1-256", _int(1, 256)),
+    _Spec("executor", "threads", "where pipelines run: threads (worker threads in this process) or ray (actors on a Ray cluster, see docs/deployment.md)", _choice(("threads", "ray"))),
+    _Spec("ray_address", None, "with EXECUTOR=ray: host:port of a running Ray cluster's head; unset starts a local Ray instance in-process", _ray_address),
+    _Spec("ray_actors", 2, "with EXECUTOR=ray: pipeline actors this front end starts on the cluster, 1-1024", _int(1, 1024)),
+    _Spec("ray_actor_cpus", 1.0, "with EXECUTOR=ray: CPUs each actor reserves in the cluster's scheduler, 0.01-256", _float(0.01, 256.0)),
     _Spec("event_loop", "uvloop", "event loop of the server: uvloop (libuv, faster) or asyncio (the standard library's)", _choice(("uvloop", "asyncio"))),
     _Spec("idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S, "seconds a session may go without a frame before it is closed with idle_timeout (3008), 1-86400", _float(1.0, 86_400.0)),
     _Spec("send_timeout_s", 5.0, "seconds a reply may wait for a client that does not read before its connection is cut, 0.1-600", _float(0.1, 600.0)),
@@ -285,6 +302,10 @@ class Settings:
     keep_every: int
     frame_timeout_ms: int
     inference_workers: int
+    executor: str
+    ray_address: str | None
+    ray_actors: int
+    ray_actor_cpus: float
     event_loop: str
     idle_timeout_s: float
     send_timeout_s: float
@@ -339,13 +360,23 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
+        given: set[str] = set()
         for spec in _SPECS:
             variable = PREFIX + spec.name.upper()
             raw = env.get(variable)
             values[spec.name] = spec.default if raw is None else spec.parse(variable, raw)
+            if raw is not None:
+                given.add(spec.name)
         values.update(overrides)
         settings = cls(**values)
         settings._check_relations()
+        ray_only = sorted(name for name in given if name.startswith("ray_"))
+        if ray_only and settings.executor != "ray":
+            # A cluster address with the thread executor is a deployment that believes it scales out and does not.
+            raise SettingsError(
+                f"{PREFIX}{ray_only[0].upper()} is set but {PREFIX}EXECUTOR={settings.executor}; "
+                f"set {PREFIX}EXECUTOR=ray to run pipelines on Ray, or unset the Ray variables"
+            )
         return settings
 
     def _check_relations(self) -> None:

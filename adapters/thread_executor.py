@@ -112,5 +112,8 @@ class ThreadFrameExecutor:
         with self._lock:
             return self._busy
 
+    def health(self) -> dict[str, Any]:
+        return {"kind": "threads", "workers": self.workers, "busy": self.busy_workers()}
+
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

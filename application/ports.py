@@ -216,6 +216,10 @@ class FrameExecutor(Protocol):
 
     def busy_workers(self) -> int: ...
 
+    def health(self) -> dict[str, Any]:
+        """What /health shows of the executor: its kind and its state (threads, or a cluster's actors)."""
+        ...
+
     def shutdown(self) -> None: ...
 
 

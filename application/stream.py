@@ -70,6 +70,9 @@ class StreamService:
     def busy_workers(self) -> int:
         return self._executor.busy_workers()
 
+    def executor_health(self) -> dict[str, Any]:
+        return self._executor.health()
+
     async def serve(self, transport: Transport, pipeline_id: str | None) -> None:
         """Serve one accepted connection until it closes, whoever closes it."""
         if not self._video.is_valid_pipeline(pipeline_id):

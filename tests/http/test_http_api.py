@@ -102,11 +102,12 @@ def test_health(shipped_client: httpx.Client) -> None:
     response = shipped_client.get("/health")
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"status", "sessions_active", "pipelines", "busy_workers"}
+    assert set(body) == {"status", "sessions_active", "pipelines", "busy_workers", "executor"}
     assert body["status"] == "ok"
     assert body["sessions_active"] == 0
     assert body["pipelines"] == len(list(SHIPPED_PIPELINES.glob("*.json")))
     assert isinstance(body["busy_workers"], int) and body["busy_workers"] >= 0
+    assert body["executor"]["kind"] == "threads" and body["executor"]["workers"] >= 1
 
 
 def test_list_pipelines_shows_the_shipped_catalogue(shipped_client: httpx.Client) -> None:

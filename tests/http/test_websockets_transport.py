@@ -23,7 +23,7 @@ def server():
 def test_health_counts_the_open_sessions(server: RunningServer) -> None:
     idle = server.health()
     assert idle["status"] == "ok" and idle["sessions_active"] == 0 and idle["pipelines"] > 0
-    assert set(idle) == {"status", "sessions_active", "pipelines", "busy_workers"}
+    assert set(idle) == {"status", "sessions_active", "pipelines", "busy_workers", "executor"}
 
     async def while_open() -> dict:
         async with connect(server.ws("probe"), proxy=None) as ws:

@@ -1,0 +1,774 @@
+"""Runs pipelines in Ray actors: the frame-executor port on a Ray cluster.
+
+Each actor builds the pipeline service once, from the same Settings as the
+front end (plugins, models, catalogue), and then executes jobs that are plain
+data: pipeline id, frame index, the JPEG bytes and the stream id. The bytes
+cross the network once per frame; nothing decoded ever does. What comes back
+is data too: the result, or a description of the failure, with the node and
+pipeline durations measured in the actor so that the front end's metrics
+record them as if the work had run locally.
+
+Per-stream tool state (the motion model's background) lives on one actor for
+the whole stream: a stream is pinned to an actor at its first frame, its state
+is created there lazily and released when the stream ends. Frames without a
+stream go to the least busy actor. An actor that dies costs the frames it held
+a pipeline_failure that says so; its streams move to another actor, where
+their state starts over, and a replacement actor is started in its slot.
+
+A frame's deadline holds on Ray as on threads: at the deadline the caller gets
+its failure and the remote call is cancelled if it has not started; a call
+already running cannot be interrupted (the actor's thread is in a tool), so
+the caller is told JobStillRunning and its stream waits for the actor before
+it sends that stream's state another frame. Unlike a thread, an actor can be
+killed: one whose call is still running HUNG_AFTER_TIMEOUTS frame timeouts
+after it started is declared hung and replaced, which ends that wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from adapters.settings import PREFIX, Settings, SettingsError
+from application.errors import JobGivenUp, JobStillRunning, PipelineExecutionError
+from application.ports import FrameJob, PipelineObserver
+from domain import ErrorCode, FrameValidationError, StreamError
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "forgesyte-stream"
+# How long start-up waits for the cluster to place and build every actor before refusing to start.
+ACTOR_START_TIMEOUT_S = 120.0
+# Stream ids an actor remembers as released, so that a frame arriving after its stream's release
+# (its call was queued behind the release) runs on throw-away state instead of re-creating state
+# nobody would release. Stream ids are never reused; a frame that late is rare.
+RELEASED_MEMORY = 65_536
+# Replacements of one actor that may die before they are ready before its slot is left empty:
+# an actor that cannot start (a model missing on a node) would otherwise be re-created forever.
+MAX_FAILED_STARTS = 3
+# A call still running this many frame timeouts after it started is stuck in a tool: its actor is
+# killed and replaced (a thread cannot be interrupted, a process can), so the stream waiting for
+# it goes on elsewhere instead of waiting for ever. Frames the actor held for other streams fail.
+HUNG_AFTER_TIMEOUTS = 3
+# How long a front end keeps running without its cluster's GCS (Ray's default: 60 s, then exit).
+DRIVER_OUTLIVES_CLUSTER_S = 365 * 24 * 3600
+
+
+class LocalFrameRunner(Protocol):
+    """The in-process service the front end already has: runs header-only pipelines and tells which they are."""
+
+    def runs_inline(self, pipeline_id: str) -> bool: ...
+
+    def run_on_frame(
+        self, pipeline_id: str, frame_index: int, frame_bytes: bytes, *, stream_id: str | None = None, markers_checked: bool = False
+    ) -> dict[str, Any]: ...
+
+    def open_stream(self, stream_id: str) -> None: ...
+
+    def release_stream(self, stream_id: str) -> None: ...
+
+
+# What crosses between front end and actor ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """One observation for the PipelineObserver port: node_id None is the whole pipeline."""
+
+    pipeline_id: str
+    node_id: str | None
+    duration_ms: float
+    failed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A failure in the actor, as data: exception objects with their causes do not pickle reliably."""
+
+    kind: str  # "execution" | "frame" | "stream" | "internal"
+    code: str
+    detail: str
+    log_message: str
+    where: tuple[str, str, str, str] | None = None  # pipeline, node, plugin, tool of an execution error
+
+
+# What tools report besides their result (the tracking plugin's AnalyticsSink): recorded in the
+# actor, replayed on the front end's sink, so the counters and gauges live where /metrics is.
+ANALYTICS_EVENTS = frozenset({"line_crossed", "zone_entered", "zone_occupancy_changed"})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    method: str  # one of ANALYTICS_EVENTS
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    result: dict[str, Any] | None
+    failure: Failure | None
+    timings: tuple[Timing, ...]
+    actor: str
+    run_ms: float
+    events: tuple[Event, ...] = ()
+
+
+class _RemoteToolError(Exception):
+    """Stands for the exception a tool raised in an actor: its type name and message, for the log."""
+
+
+def _failure(error: BaseException) -> Failure:
+    if isinstance(error, PipelineExecutionError):
+        return Failure(
+            "execution",
+            error.code.value,
+            error.detail,
+            error.log_message,
+            (error.pipeline_id, error.node_id, error.plugin_id, error.tool_id),
+        )
+    if isinstance(error, FrameValidationError):
+        return Failure("frame", error.code.value, error.detail, error.log_message)
+    if isinstance(error, StreamError):
+        return Failure("stream", error.code.value, error.detail, error.log_message)
+    return Failure("internal", ErrorCode.INTERNAL_ERROR.value, f"{type(error).__name__}: {error}", repr(error))
+
+
+def _raise(failure: Failure) -> None:
+    """Raise in the front end what the same failure raises on the thread executor."""
+    if failure.kind == "execution":
+        assert failure.where is not None
+        pipeline_id, node_id, plugin_id, tool_id = failure.where
+        error = PipelineExecutionError(pipeline_id, node_id, plugin_id, tool_id, _RemoteToolError(failure.log_message))
+        error.log_message = failure.log_message
+        raise error
+    if failure.kind == "frame":
+        raise FrameValidationError(failure.code, failure.detail)
+    if failure.kind == "stream":
+        raise StreamError(failure.code, failure.detail, log_message=failure.log_message)
+    # A bug in a tool's plumbing rather than a tool failure: the thread executor lets it propagate too.
+    raise RuntimeError(f"pipeline actor failed: {failure.detail}")
+
+
+class ExecutorLostError(StreamError):
+    """The actor or the cluster running a frame is gone: that frame is a pipeline_failure, the stream goes on."""
+
+    def __init__(self, detail: str, *, log_message: str) -> None:
+        super().__init__(ErrorCode.PIPELINE_FAILURE, detail, log_message=log_message)
+
+
+class RayClusterUnreachable(SettingsError):
+    """The configured cluster cannot be reached or cannot host the actors: a configuration error at start-up."""
+
+
+# The actor -------------------------------------------------------------------------
+
+
+class _TimingRecorder:
+    """The actor's PipelineObserver: collects each run's timings on the thread running it."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def start(self) -> list[Timing]:
+        timings: list[Timing] = []
+        self._local.timings = timings
+        return timings
+
+    def node_finished(self, pipeline_id: str, node_id: str, duration_ms: float, *, failed: bool) -> None:
+        timings = getattr(self._local, "timings", None)
+        if timings is not None:
+            timings.append(Timing(pipeline_id, node_id, duration_ms, failed))
+
+    def pipeline_finished(self, pipeline_id: str, duration_ms: float, *, failed: bool) -> None:
+        timings = getattr(self._local, "timings", None)
+        if timings is not None:
+            timings.append(Timing(pipeline_id, None, duration_ms, failed))
+
+
+class _EventRecorder:
+    """The actor's AnalyticsSink: collects the events of the work on the thread running it."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def start(self) -> list[Event]:
+        events: list[Event] = []
+        self._local.events = events
+        return events
+
+    def _record(self, method: str, *args: Any) -> None:
+        events = getattr(self._local, "events", None)
+        if events is not None:
+            events.append(Event(method, args))
+
+    def declare(self, pipeline_id: str, lines: Any, zones: Any) -> None:
+        return None  # the front end declares its series from its own catalogue at start-up
+
+    def line_crossed(self, pipeline_id: str, line: str, direction: str) -> None:
+        self._record("line_crossed", pipeline_id, line, direction)
+
+    def zone_entered(self, pipeline_id: str, zone: str) -> None:
+        self._record("zone_entered", pipeline_id, zone)
+
+    def zone_occupancy_changed(self, pipeline_id: str, zone: str, delta: int) -> None:
+        self._record("zone_occupancy_changed", pipeline_id, zone, delta)
+
+
+class PipelineActor:
+    """The body of one Ray actor (wrapped with ray.remote when the executor starts).
+
+    Runs on `max_concurrency` threads: frames of different streams run in
+    parallel; one stream never has two frames in flight (the front end waits
+    for the previous one, even past its deadline).
+    """
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        from adapters.container import worker_pipeline_service
+
+        self._name = name
+        self._recorder = _TimingRecorder()
+        self._events = _EventRecorder()
+        self._service = worker_pipeline_service(settings, self._recorder, self._events)
+        self._lock = threading.Lock()
+        self._opened: set[str] = set()
+        self._released: OrderedDict[str, None] = OrderedDict()
+
+    def ready(self) -> dict[str, Any]:
+        import ray
+
+        context = ray.get_runtime_context()
+        return {"name": self._name, "node_id": context.get_node_id(), "pid": os.getpid()}
+
+    def run(self, job: FrameJob) -> Outcome:
+        stream_id = job.stream_id
+        if stream_id is not None:
+            with self._lock:
+                if stream_id in self._released:
+                    stream_id = None  # released before this frame got here: throw-away state
+                elif stream_id not in self._opened:
+                    self._opened.add(stream_id)
+                    self._service.open_stream(stream_id)
+        timings = self._recorder.start()
+        events = self._events.start()
+        started = time.perf_counter()
+        try:
+            result = self._service.run_on_frame(
+                job.pipeline_id, job.frame_index, job.image, stream_id=stream_id, markers_checked=job.markers_checked
+            )
+            failure = None
+        except Exception as error:  # every failure goes back as data, see Failure
+            result, failure = None, _failure(error)
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        return Outcome(result, failure, tuple(timings), self._name, elapsed_ms, tuple(events))
+
+    def release_stream(self, stream_id: str) -> tuple[Event, ...]:
+        """Release the stream's state; the events its closing reports (a zone's occupancy back to 0)."""
+        with self._lock:
+            self._released[stream_id] = None
+            if len(self._released) > RELEASED_MEMORY:
+                self._released.popitem(last=False)
+            opened = stream_id in self._opened
+            self._opened.discard(stream_id)
+        events = self._events.start()
+        if opened:
+            self._service.release_stream(stream_id)
+        return tuple(events)
+
+    def streams(self) -> int:
+        with self._lock:
+            return len(self._opened)
+
+    def cpu_seconds(self) -> float:
+        """CPU time this actor's process has used, all threads: what a benchmark divides its frames by."""
+        return time.process_time()
+
+    def watch(self) -> None:
+        """Never returns while the actor lives: its failure is how the front end learns the actor died."""
+        threading.Event().wait()
+
+
+# The front end's side ------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One actor position; a dead actor is replaced in its slot by a new generation."""
+
+    index: int
+    name: str
+    handle: Any
+    generation: int = 1
+    state: str = "starting"  # starting | ready | dead
+    node_id: str | None = None
+    in_flight: int = 0
+    streams: set[str] = field(default_factory=set)
+    lost: int = 0
+    failed_starts: int = 0  # replacements in a row that died before they were ready
+
+
+def _loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast and clearly: ray.init against a dead address retries for a minute before it gives up."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=3.0):
+            pass
+    except OSError as error:
+        raise RayClusterUnreachable(
+            f"{PREFIX}RAY_ADDRESS={address!r}: no Ray cluster answers there ({error.strerror or error}); "
+            "start one with `ray start --head --port PORT` or unset the variable for a local cluster"
+        ) from None
+
+
+def connect(settings: Settings) -> tuple[Any, bool]:
+    """Join the configured cluster (or start a local one): the ray module, and whether this call connected.
+
+    A process already connected (a test session's cluster) is used as it is and left connected at shutdown.
+    """
+    address = settings.ray_address
+    if address is not None:
+        _check_reachable(address)
+    host = address.rpartition(":")[0] if address is not None else "127.0.0.1"
+    if _loopback(host.strip("[]")):
+        # A cluster on this machine only: Ray otherwise advertises and binds the machine's
+        # external address, which a single-machine deployment has no reason to expose.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # By default a Ray driver exits when the cluster's GCS stays unreachable for a minute: that would
+    # take the front end, and every session on it, down with the cluster. It stays up instead and
+    # answers each frame with pipeline_failure while /health reports the cluster unreachable.
+    os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(DRIVER_OUTLIVES_CLUSTER_S))
+    import ray
+
+    if ray.is_initialized():
+        return ray, False
+    options: dict[str, Any] = {
+        "namespace": NAMESPACE,
+        # The server's stdout is one JSON record per line; actors' prints stay in Ray's own logs.
+        "log_to_driver": False,
+        "logging_level": logging.WARNING,
+    }
+    if address is None:
+        options["include_dashboard"] = False
+        # One machine: Ray's CPUs are placement units, so the actors asked for always fit.
+        needed = settings.ray_actors * settings.ray_actor_cpus
+        options["num_cpus"] = max(os.cpu_count() or 1, math.ceil(needed))
+    # ray.init replaces the driver's SIGTERM handler with one that exits at once; the server's own
+    # (graceful drain, then death by the signal) stays in charge, as it is without Ray.
+    previous_sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    try:
+        # "local" always starts a new instance; None would join whatever cluster /tmp/ray last recorded.
+        ray.init(address=address or "local", **options)
+    except Exception as error:
+        variable = f"{PREFIX}RAY_ADDRESS={address!r}" if address is not None else f"{PREFIX}EXECUTOR=ray (local cluster)"
+        raise RayClusterUnreachable(f"{variable}: cannot join the Ray cluster: {type(error).__name__}: {error}") from None
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+    return ray, True
+
+
+class RayFrameExecutor:
+    """The FrameExecutor port on Ray actors (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        local: LocalFrameRunner,
+        observer: PipelineObserver | None = None,
+        *,
+        analytics: Any | None = None,
+        start_timeout_s: float = ACTOR_START_TIMEOUT_S,
+    ) -> None:
+        self._ray, self._owns_connection = connect(settings)
+        self._settings = settings
+        self._local = local
+        self._observer = observer
+        self._analytics = analytics
+        # Each stream's net zone occupancy as replayed here: taken back if its actor dies, since
+        # the state that would have closed it (and reported the decrease) died with the actor.
+        self._occupancy: dict[str, dict[tuple[str, str], int]] = {}
+        self._front = uuid.uuid4().hex[:8]
+        self._lock = threading.Lock()
+        self._stream_slot: dict[str, _Slot] = {}
+        self._moved: set[str] = set()  # streams whose actor died: their state starts over on the next actor
+        self._cluster_lost: str | None = None
+        self._closed = False
+        # Ray completes futures on its own I/O thread, where calling back into Ray deadlocks:
+        # what an actor's death sets in motion (a replacement) runs on this thread instead.
+        self._supervisor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forgesyte-ray-supervisor")
+        self._remote_class = self._ray.remote(PipelineActor)
+        self._slots = [self._start_actor(index, 1) for index in range(settings.ray_actors)]
+        self._await_ready(start_timeout_s)
+        for slot in self._slots:
+            self._watch(slot)
+
+    # Actors --------------------------------------------------------------------------
+
+    def _start_actor(self, index: int, generation: int) -> _Slot:
+        name = f"forgesyte-{self._front}-{index}-g{generation}"
+        handle = self._remote_class.options(
+            name=name,
+            num_cpus=self._settings.ray_actor_cpus,
+            max_concurrency=self._settings.inference_workers + 1,  # + the watch call
+            max_restarts=0,
+        ).remote(self._settings, name)
+        return _Slot(index, name, handle, generation)
+
+    def _await_ready(self, timeout_s: float) -> None:
+        ray = self._ray
+        refs = {slot.handle.ready.remote(): slot for slot in self._slots}
+        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        for ref in ready:
+            slot = refs[ref]
+            try:
+                info = ray.get(ref)
+            except Exception as error:
+                self.shutdown()
+                cause = getattr(error, "cause", None) or error
+                raise RayClusterUnreachable(
+                    f"{PREFIX}EXECUTOR=ray: pipeline actor {slot.name} could not start: {type(cause).__name__}: {cause}"
+                ) from None
+            slot.state, slot.node_id = "ready", info["node_id"]
+        if pending:
+            self.shutdown()
+            raise RayClusterUnreachable(
+                f"{PREFIX}RAY_ACTORS={self._settings.ray_actors}: {len(pending)} of the actors were not placed within "
+                f"{timeout_s:g} s ({PREFIX}RAY_ACTOR_CPUS={self._settings.ray_actor_cpus:g} each); "
+                f"the cluster offers {ray.cluster_resources().get('CPU', 0):g} CPUs"
+            )
+
+    def _watch(self, slot: _Slot) -> None:
+        generation = slot.generation
+        future = slot.handle.watch.remote().future()
+        future.add_done_callback(lambda done: self._watch_ended(slot, generation, done))
+
+    def _watch_ended(self, slot: _Slot, generation: int, done: Any) -> None:
+        # On a Ray thread. The watch call only ends when the actor is gone (or we shut down).
+        if self._closed or slot.generation != generation:
+            return
+        error = done.exception()
+        why = f"{type(error).__name__}: {error}" if error else "the watch call returned"
+        self._actor_lost(slot, generation, why)
+
+    def _supervise(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            self._supervisor.submit(fn, *args)
+        except RuntimeError:  # shut down meanwhile
+            return
+
+    def _actor_lost(self, slot: _Slot, generation: int, why: str) -> None:
+        with self._lock:
+            if self._closed or slot.generation != generation or slot.state == "dead":
+                return
+            slot.state = "dead"
+            slot.lost += 1
+            for stream_id in slot.streams:
+                self._stream_slot.pop(stream_id, None)
+                self._moved.add(stream_id)
+            moved = len(slot.streams)
+            orphaned = [self._occupancy.pop(stream_id, {}) for stream_id in slot.streams]
+            slot.streams = set()
+        for ledger in orphaned:
+            for (pipeline_id, zone), net in ledger.items():
+                if net:
+                    self._replay((Event("zone_occupancy_changed", (pipeline_id, zone, -net)),), None)
+        log.warning("ray actor %s lost (%s); %d stream(s) move to other actors; starting a replacement", slot.name, why, moved)
+        # Marked dead at once, so no frame is routed to it; the replacement talks to Ray, so not from here.
+        self._supervise(self._replace, slot)
+
+    def _replace(self, slot: _Slot) -> None:
+        # An actor that is only unreachable (a network partition) may still be running: it is killed,
+        # so that no orphan keeps a stream's state or the cluster's CPUs.
+        try:
+            self._ray.kill(slot.handle)
+        except Exception as error:
+            log.debug("killing lost ray actor %s failed: %s", slot.name, error)
+        if slot.failed_starts >= MAX_FAILED_STARTS:
+            log.error("ray actor slot %d stays empty: %d replacements in a row died before they were ready", slot.index, slot.failed_starts)
+            return
+        try:
+            fresh = self._start_actor(slot.index, slot.generation + 1)
+        except Exception as error:  # the cluster itself is unreachable: the slot stays dead
+            self._cluster_lost = f"{type(error).__name__}: {error}"
+            log.error("cannot start a replacement for ray actor %s: %s", slot.name, error)
+            return
+        with self._lock:
+            slot.name, slot.handle, slot.generation = fresh.name, fresh.handle, fresh.generation
+            slot.state, slot.node_id, slot.in_flight = "starting", None, 0
+        generation = slot.generation
+        ready = slot.handle.ready.remote().future()
+
+        def started(done: Any) -> None:
+            with self._lock:
+                if slot.generation != generation or self._closed:
+                    return
+                if done.exception() is None:
+                    slot.state, slot.node_id = "ready", done.result()["node_id"]
+                    slot.failed_starts = 0
+                    self._cluster_lost = None
+                else:
+                    slot.failed_starts += 1
+            if done.exception() is not None:
+                self._actor_lost(slot, generation, f"replacement failed to start: {done.exception()}")
+
+        ready.add_done_callback(started)
+        self._watch(slot)
+
+    # Routing -----------------------------------------------------------------------------
+
+    def _least_busy(self) -> _Slot | None:
+        live = [slot for slot in self._slots if slot.state == "ready"] or [
+            slot for slot in self._slots if slot.state == "starting"
+        ]
+        if not live:
+            return None
+        return min(live, key=lambda slot: (slot.in_flight, len(slot.streams), slot.index))
+
+    def _route(self, stream_id: str | None) -> tuple[_Slot | None, bool]:
+        """The actor for this frame, and whether the stream's state starts over there (its actor died)."""
+        with self._lock:
+            if stream_id is None:
+                return self._least_busy(), False
+            slot = self._stream_slot.get(stream_id)
+            if slot is not None and slot.state != "dead":
+                return slot, False
+            slot = self._least_busy()
+            if slot is not None:
+                slot.streams.add(stream_id)
+                self._stream_slot[stream_id] = slot
+            return slot, stream_id in self._moved
+
+    # The port ------------------------------------------------------------------------------
+
+    def runs_inline(self, pipeline_id: str) -> bool:
+        """Header-only pipelines run in the front end: a network round trip costs more than their work."""
+        return self._local.runs_inline(pipeline_id)
+
+    def open_stream(self, stream_id: str) -> None:
+        # The actor is chosen, and the state created there, at the stream's first frame.
+        self._local.open_stream(stream_id)
+
+    def release_stream(self, stream_id: str) -> None:
+        self._local.release_stream(stream_id)
+        with self._lock:
+            self._moved.discard(stream_id)
+            slot = self._stream_slot.pop(stream_id, None)
+            if slot is not None:
+                slot.streams.discard(stream_id)
+        if slot is None or slot.state == "dead":
+            with self._lock:
+                self._occupancy.pop(stream_id, None)
+            return
+        try:
+            released = slot.handle.release_stream.remote(stream_id).future()
+        except Exception as error:  # the cluster is gone: nothing to release there
+            log.debug("releasing stream %s on %s failed: %s", stream_id, slot.name, error)
+            return
+
+        def replay(done: Any) -> None:
+            # On a Ray thread: the sink (Prometheus) is thread-safe, and this makes no Ray call.
+            if done.exception() is None:
+                self._replay(done.result(), stream_id)
+            with self._lock:
+                self._occupancy.pop(stream_id, None)
+
+        released.add_done_callback(replay)
+
+    def run_inline(self, job: FrameJob) -> dict[str, Any]:
+        """A header-only pipeline, here on the caller's thread (see runs_inline)."""
+        return self._local.run_on_frame(
+            job.pipeline_id, job.frame_index, job.image, stream_id=job.stream_id, markers_checked=job.markers_checked
+        )
+
+    async def run(self, job: FrameJob, *, timeout_s: float, give_up: Awaitable[object] | None = None) -> dict[str, Any]:
+        if self._local.runs_inline(job.pipeline_id):
+            return self.run_inline(job)
+        slot, starts_over = self._route(job.stream_id)
+        if slot is None:
+            raise ExecutorLostError(
+                f"no inference worker is available for frame {job.frame_index}; the Ray cluster is unreachable",
+                log_message=f"every ray actor is dead; last cluster error: {self._cluster_lost}",
+            )
+        generation = slot.generation
+        try:
+            ref = slot.handle.run.remote(job)
+        except Exception as error:
+            self._cluster_lost = f"{type(error).__name__}: {error}"
+            raise ExecutorLostError(
+                f"frame {job.frame_index} could not be sent to an inference worker; the Ray cluster is unreachable",
+                log_message=f"submitting to {slot.name} failed: {self._cluster_lost}",
+            ) from None
+        with self._lock:
+            slot.in_flight += 1
+        waiter = asyncio.wrap_future(ref.future())
+        abandoned = False
+
+        def settle(done: asyncio.Future[Any]) -> None:
+            with self._lock:
+                if slot.generation == generation:
+                    slot.in_flight -= 1
+            if done.cancelled():
+                return
+            error = done.exception()
+            if error is not None and abandoned and not isinstance(error, self._ray.exceptions.TaskCancelledError):
+                log.warning("ray work that outlived its frame's deadline failed later: %s", error)
+
+        waiter.add_done_callback(settle)
+        stop = None if give_up is None else asyncio.ensure_future(give_up)  # a future stays itself
+        awaited: set[asyncio.Future[Any]] = {waiter} if stop is None else {waiter, stop}
+        try:
+            done, _ = await asyncio.wait(awaited, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            abandoned = True
+            self._cancel(ref)
+            raise
+        if waiter not in done:
+            abandoned = True
+            self._cancel(ref)  # a call still queued in the actor never runs
+            if stop is not None and stop in done:
+                raise JobGivenUp()
+            self._watch_straggler(slot, generation, waiter, job, timeout_s)
+            # Cancelled or not, the call ends when the actor is done with it (or dies): the stream's
+            # next frame waits for that, so one stream's state never serves two frames at once.
+            raise JobStillRunning(f"the work did not finish within {timeout_s} s", waiter)
+        try:
+            outcome: Outcome = waiter.result()
+        except self._ray.exceptions.RayActorError as error:
+            self._actor_lost(slot, generation, type(error).__name__)
+            stream_note = (
+                "; the stream continues on another inference worker and its per-stream tool state starts over"
+                if job.stream_id is not None
+                else ""
+            )
+            raise ExecutorLostError(
+                f"the inference worker running frame {job.frame_index} was lost{stream_note}",
+                log_message=f"ray actor {slot.name} died while running frame {job.frame_index}: {error}",
+            ) from None
+        except self._ray.exceptions.RayError as error:
+            self._cluster_lost = f"{type(error).__name__}: {error}"
+            raise ExecutorLostError(
+                f"frame {job.frame_index} failed in the Ray cluster",
+                log_message=f"ray call to {slot.name} failed: {type(error).__name__}: {error}",
+            ) from None
+        if starts_over and job.stream_id is not None:
+            with self._lock:
+                self._moved.discard(job.stream_id)
+        self._record(outcome, job.stream_id)
+        if outcome.failure is not None:
+            _raise(outcome.failure)
+        assert outcome.result is not None
+        return outcome.result
+
+    def _watch_straggler(self, slot: _Slot, generation: int, waiter: asyncio.Future[Any], job: FrameJob, timeout_s: float) -> None:
+        def check() -> None:
+            if waiter.done() or slot.generation != generation:
+                return
+            why = (
+                f"hung: frame {job.frame_index} of pipeline {job.pipeline_id!r} still running "
+                f"{HUNG_AFTER_TIMEOUTS * timeout_s:g} s after it started"
+            )
+            self._actor_lost(slot, generation, why)
+
+        asyncio.get_running_loop().call_later((HUNG_AFTER_TIMEOUTS - 1) * timeout_s, check)
+
+    def _cancel(self, ref: Any) -> None:
+        try:
+            self._ray.cancel(ref)
+        except Exception as error:  # the actor or cluster is gone: nothing left to cancel
+            log.debug("ray.cancel failed: %s", error)
+
+    def _replay(self, events: tuple[Event, ...], stream_id: str | None) -> None:
+        sink = self._analytics
+        if sink is None:
+            return
+        for event in events:
+            if event.method not in ANALYTICS_EVENTS:
+                continue
+            if event.method == "zone_occupancy_changed" and stream_id is not None:
+                pipeline_id, zone, delta = event.args
+                with self._lock:
+                    ledger = self._occupancy.setdefault(stream_id, {})
+                    ledger[(pipeline_id, zone)] = ledger.get((pipeline_id, zone), 0) + delta
+            getattr(sink, event.method)(*event.args)
+
+    def _record(self, outcome: Outcome, stream_id: str | None = None) -> None:
+        self._replay(outcome.events, stream_id)
+        observer = self._observer
+        if observer is None:
+            return
+        for timing in outcome.timings:
+            if timing.node_id is None:
+                observer.pipeline_finished(timing.pipeline_id, timing.duration_ms, failed=timing.failed)
+            else:
+                observer.node_finished(timing.pipeline_id, timing.node_id, timing.duration_ms, failed=timing.failed)
+
+    def busy_workers(self) -> int:
+        with self._lock:
+            return sum(slot.in_flight for slot in self._slots)
+
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            actors = [
+                {
+                    "name": slot.name,
+                    "state": slot.state,
+                    "node_id": slot.node_id,
+                    "busy": slot.in_flight,
+                    "streams": len(slot.streams),
+                    "lost": slot.lost,
+                }
+                for slot in self._slots
+            ]
+        ready = sum(actor["state"] == "ready" for actor in actors)
+        if ready == len(actors):
+            cluster = "ok"
+        elif ready:
+            cluster = "degraded"
+        else:
+            cluster = "unreachable" if self._cluster_lost or all(a["state"] == "dead" for a in actors) else "starting"
+        return {
+            "kind": "ray",
+            "address": self._settings.ray_address or "local",
+            "cluster": cluster,
+            "actors": actors,
+        }
+
+    def actor_names(self) -> list[str]:
+        with self._lock:
+            return [slot.name for slot in self._slots]
+
+    def stream_actor(self, stream_id: str) -> str | None:
+        with self._lock:
+            slot = self._stream_slot.get(stream_id)
+            return None if slot is None else slot.name
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            slots = list(getattr(self, "_slots", []))
+        self._supervisor.shutdown(wait=False, cancel_futures=True)
+        for slot in slots:
+            try:
+                self._ray.kill(slot.handle)
+            except Exception as error:
+                log.debug("killing ray actor %s failed: %s", slot.name, error)
+        if self._owns_connection:
+            self._ray.shutdown()

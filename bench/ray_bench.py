@@ -1,0 +1,431 @@
+"""The Ray executor against the thread executor, and a simulated two-node Ray cluster on one machine.
+
+    .venv/bin/python bench/ray_bench.py [--seconds 8] [--rounds 2] [--streams 4] [--only local|cluster]
+
+[1] local: the same `faces` frames (the 640x480 face frame of bench/pipeline_costs.py) through
+    the thread executor and the Ray executor with a local in-process cluster, in one process, in
+    interleaved rounds. One stream sending frame after frame gives the latency of each and so the
+    per-frame overhead of Ray (each frame's round trip less the pipeline's own duration, as the
+    actor or thread measured it: the hand-off to an actor and back against the hand-off to a
+    thread and back, free of the noise in the tool's cost); `--streams` streams at once,
+    each with one frame in flight as a session has, give the throughput of each and their ratio
+    (goal >= 0.85). Both run 4 pipeline threads: 4 worker threads, or 2 actors of 2 threads.
+
+[2] cluster: `ray start --head --num-cpus 1` pinned to core 0 (taskset) and, later, a second
+    node `ray start --address HEAD --num-cpus 1` pinned to core 1, so each node has one core as a
+    one-core machine would. A front end here is a separate process that joins the cluster as the
+    server does (RayFrameExecutor, one actor of one thread) and feeds it two streams of `faces`
+    frames. Baseline: one front end, head node only. Scaled: both nodes, two front ends at once.
+    Rounds alternate the two (the second node is started and stopped each round). Reported:
+    frames/s of each, the ratio (goal >= 1.6), the node each actor ran on, and the CPU the actors
+    actually got (their process CPU time over the window): on a shared machine other work takes
+    part of each core, so frames per actor CPU-second, two ÷ one, says whether a second node
+    added capacity at the same cost per frame whatever the other load did.
+
+The front ends here are the executor without the WebSocket layer in front of it, which is the
+part that scales with the front end itself. Multi-node Ray refuses the loopback address, so the
+two-node cluster uses this machine's own address (Ray picks it) and a random token (RAY_AUTH_TOKEN).
+Shared machines are noisy: run it more than once, when the machine is quiet, and read the spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+PIPELINE = "faces"
+
+
+def _face_frame() -> bytes:
+    from pipeline_costs import _face_frame as frame
+
+    return frame()
+
+
+# Executors under test ----------------------------------------------------------------
+
+
+class _Durations:
+    """A PipelineObserver keeping the last pipeline duration: a round trip minus it is what the executor costs."""
+
+    def __init__(self) -> None:
+        self.last_ms = 0.0
+
+    def node_finished(self, pipeline_id: str, node_id: str, duration_ms: float, *, failed: bool) -> None:
+        return None
+
+    def pipeline_finished(self, pipeline_id: str, duration_ms: float, *, failed: bool) -> None:
+        self.last_ms = duration_ms
+
+
+class _Executor:
+    """A frame executor as the server builds it (the container's frame_executor), timed by a recorder."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        from dependency_injector import providers
+
+        from adapters.container import Container
+        from adapters.settings import Settings
+
+        self.durations = _Durations()
+        container = Container(settings=Settings.from_env(env))
+        container.pipeline_observer.override(providers.Object(self.durations))
+        self.executor = container.frame_executor()
+
+    async def run(self, index: int, frame: bytes, stream_id: str) -> dict[str, Any]:
+        from application.ports import FrameJob
+
+        return await self.executor.run(FrameJob(PIPELINE, index, frame, stream_id), timeout_s=30)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+
+
+Runner = Callable[[int, bytes, str], Awaitable[dict[str, Any]]]
+
+
+def _threads(workers: int) -> _Executor:
+    return _Executor({"FORGESYTE_STREAM_INFERENCE_WORKERS": str(workers)})
+
+
+def _ray(env: dict[str, str]) -> _Executor:
+    return _Executor({"FORGESYTE_STREAM_EXECUTOR": "ray", **env})
+
+
+async def _latency_ms(executor: _Executor, frame: bytes, frames: int) -> tuple[float, float]:
+    """One stream's frames, each sent when the previous one is answered: median round trip, and median
+    round trip less the pipeline's own duration (what the executor adds to each frame)."""
+    run, durations = executor.run, executor.durations
+    times, plumbing = [], []
+    for index in range(frames):
+        started = time.perf_counter()
+        await run(index, frame, "latency")
+        elapsed = (time.perf_counter() - started) * 1000.0
+        times.append(elapsed)
+        plumbing.append(elapsed - durations.last_ms)
+    return statistics.median(times), statistics.median(plumbing)
+
+
+async def _throughput(run: Runner, frame: bytes, streams: int, seconds: float) -> float:
+    """Frames per second of `streams` streams, each with one frame in flight at a time."""
+    deadline = time.perf_counter() + seconds
+    done = [0] * streams
+
+    async def stream(number: int) -> None:
+        index = 0
+        while time.perf_counter() < deadline:
+            await run(index, frame, f"stream-{number}")
+            index += 1
+            done[number] += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(stream(n) for n in range(streams)))
+    return sum(done) / (time.perf_counter() - started)
+
+
+def _local(args: argparse.Namespace) -> dict[str, Any]:
+    frame = _face_frame()
+    threads = _threads(workers=4)
+    ray = _ray(
+        {"FORGESYTE_STREAM_RAY_ACTORS": "2", "FORGESYTE_STREAM_RAY_ACTOR_CPUS": "1", "FORGESYTE_STREAM_INFERENCE_WORKERS": "2"}
+    )
+    runs: dict[str, dict[str, list[float]]] = {kind: {"latency": [], "plumbing": [], "fps": []} for kind in ("threads", "ray")}
+
+    async def measure() -> None:
+        for executor in (threads, ray):  # warm-up: models loaded, actors' first frames
+            await _throughput(executor.run, frame, args.streams, 1.0)
+        for round_number in range(args.rounds):
+            # Alternating which goes first, so that load rising or falling during a run favours neither.
+            order = (("threads", threads), ("ray", ray))
+            for kind, executor in order if round_number % 2 == 0 else order[::-1]:
+                latency, plumbing = await _latency_ms(executor, frame, args.latency_frames)
+                fps = await _throughput(executor.run, frame, args.streams, args.seconds)
+                runs[kind]["latency"].append(latency)
+                runs[kind]["plumbing"].append(plumbing)
+                runs[kind]["fps"].append(fps)
+                print(
+                    f"  round {round_number + 1} {kind:7s}  latency {latency:7.2f} ms (executor's part {plumbing:5.2f} ms)   "
+                    f"{args.streams} streams {fps:6.1f} frames/s (load average {os.getloadavg()[0]:.2f})",
+                    flush=True,
+                )
+
+    try:
+        asyncio.run(measure())
+    finally:
+        ray.close()
+        threads.close()
+    summary = {kind: {key: statistics.median(values) for key, values in figures.items()} for kind, figures in runs.items()}
+    overhead = summary["ray"]["plumbing"] - summary["threads"]["plumbing"]
+    ratio = summary["ray"]["fps"] / summary["threads"]["fps"]
+    print(
+        f"[1] local: threads {summary['threads']['fps']:.1f} frames/s, {summary['threads']['latency']:.2f} ms/frame "
+        f"({summary['threads']['plumbing']:.2f} ms of it the executor's); "
+        f"ray {summary['ray']['fps']:.1f} frames/s, {summary['ray']['latency']:.2f} ms/frame "
+        f"({summary['ray']['plumbing']:.2f} ms the executor's); "
+        f"Ray's overhead {overhead:+.2f} ms/frame; throughput ratio ray/threads {ratio:.2f} (goal >= 0.85)",
+        flush=True,
+    )
+    return {"threads": summary["threads"], "ray": summary["ray"], "overhead_ms": overhead, "ratio": ratio, "runs": runs}
+
+
+# The simulated two-node cluster ------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ray_cli() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+class _Node:
+    """One `ray start --block` in its own process group, pinned to a core: stopped by its group id."""
+
+    def __init__(self, arguments: list[str], core: int, env: dict[str, str], log: Path) -> None:
+        pin = ["taskset", "-c", str(core)] if _has_taskset() else []
+        self.log = log
+        self.process = subprocess.Popen(
+            [*pin, _ray_cli(), "start", "--block", "--disable-usage-stats", "--num-cpus", "1", *arguments],
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline and _group_alive(self.process.pid):
+                self.process.poll()
+                time.sleep(0.2)
+            if not _group_alive(self.process.pid):
+                return
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    # Zombies still count for killpg; a group of zombies only is gone.
+    states = subprocess.run(["ps", "-o", "stat=", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
+    return any(not state.startswith("Z") for state in states)
+
+
+def _has_taskset() -> bool:
+    return subprocess.run(["which", "taskset"], capture_output=True).returncode == 0
+
+
+def _wait_nodes(env: dict[str, str], address: str, count: int, timeout_s: float) -> None:
+    """Until exactly `count` nodes are alive (a stopped node unregisters before the next phase places actors)."""
+    code = (
+        "import ray, sys, time\n"
+        f"ray.init(address={address!r}, log_to_driver=False, logging_level='error')\n"
+        "alive = lambda: sum(n['Alive'] for n in ray.nodes())\n"
+        f"deadline = time.time() + {timeout_s}\n"
+        f"while alive() != {count} and time.time() < deadline: time.sleep(0.2)\n"
+        f"sys.exit(0 if alive() == {count} else 1)\n"
+    )
+    if subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode != 0:
+        raise RuntimeError(f"the cluster at {address} did not reach {count} live node(s) within {timeout_s:g} s")
+
+
+def _front_ends(count: int, address: str, env: dict[str, str], seconds: float) -> list[dict[str, Any]]:
+    """`count` front-end processes feeding the cluster at the same time; each prints its JSON report.
+
+    Each joins the cluster, builds its actor and warms it up, says "ready" and waits; all start together.
+    """
+    processes = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--front-end", address, "--seconds", str(seconds)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=ROOT,
+        )
+        for _ in range(count)
+    ]
+    try:
+        for process in processes:
+            assert process.stdout is not None
+            line = process.stdout.readline().strip()
+            if line != "ready":
+                raise RuntimeError(f"a front end did not start (exit status {process.wait()})")
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        reports = []
+        for process in processes:
+            out, _ = process.communicate(timeout=seconds + 120)
+            if process.returncode != 0:
+                raise RuntimeError(f"a front end failed with exit status {process.returncode}")
+            reports.append(json.loads(out.strip().splitlines()[-1]))
+        return reports
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _front_end(address: str, seconds: float) -> int:
+    env = {
+        "FORGESYTE_STREAM_RAY_ADDRESS": address,
+        "FORGESYTE_STREAM_RAY_ACTORS": "1",
+        "FORGESYTE_STREAM_RAY_ACTOR_CPUS": "1",
+        "FORGESYTE_STREAM_INFERENCE_WORKERS": "1",  # one core per node: one pipeline thread per actor
+    }
+    import ray
+
+    from adapters.ray_executor import NAMESPACE
+
+    frame = _face_frame()
+    executor = _ray(env)
+    try:
+        [actor] = executor.executor.health()["actors"]
+        handle = ray.get_actor(actor["name"], namespace=NAMESPACE)
+        asyncio.run(_throughput(executor.run, frame, 2, 1.0))  # warm-up
+        print("ready", flush=True)
+        sys.stdin.readline()
+        cpu_before, started = ray.get(handle.cpu_seconds.remote()), time.perf_counter()
+        fps = asyncio.run(_throughput(executor.run, frame, 2, seconds))
+        cpu_share = (ray.get(handle.cpu_seconds.remote()) - cpu_before) / (time.perf_counter() - started)
+    finally:
+        executor.close()
+    print(json.dumps({"fps": fps, "node_id": actor["node_id"], "cpu_share": cpu_share}), flush=True)
+    return 0
+
+
+def _cluster(args: argparse.Namespace) -> dict[str, Any]:
+    import ray
+
+    port = _free_port()
+    # Not ray.util.get_node_ip_address(): after [1] this process is in single-machine mode (127.0.0.1).
+    node_ip = ray._private.services.node_ip_address_from_perspective()
+    address = f"{node_ip}:{port}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+    }
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"ray-bench-{os.getpid()}"
+    logs.mkdir(exist_ok=True)
+    head: _Node | None = None
+    worker: _Node | None = None
+    rounds: list[dict[str, Any]] = []
+    try:
+        head = _Node(["--head", "--port", str(port), "--include-dashboard=false"], 0, env, logs / "head.log")
+        _wait_nodes(env, address, 1, 60)
+        for round_number in range(args.rounds):
+            one = _front_ends(1, address, env, args.seconds)
+            worker = _Node(["--address", address], 1, env, logs / f"node-{round_number}.log")
+            _wait_nodes(env, address, 2, 60)
+            two = _front_ends(2, address, env, args.seconds)
+            worker.stop()
+            worker = None
+            _wait_nodes(env, address, 1, 60)
+            total = sum(report["fps"] for report in two)
+            used = sorted({report["node_id"][:12] for report in two})
+            each = " + ".join(f"{report['fps']:.1f}" for report in two)
+            one_share = one[0]["cpu_share"]
+            two_share = sum(report["cpu_share"] for report in two)
+            # Frames per CPU-second the actors got: what the machine's other load cannot move.
+            efficiency = (total / two_share) / (one[0]["fps"] / one_share)
+            rounds.append(
+                {
+                    "one": one[0]["fps"],
+                    "two": total,
+                    "ratio": total / one[0]["fps"],
+                    "nodes_used": len(used),
+                    "one_cpu_share": one_share,
+                    "two_cpu_share": two_share,
+                    "per_cpu_second_ratio": efficiency,
+                }
+            )
+            print(
+                f"  round {round_number + 1}: one front end, one node {one[0]['fps']:.1f} frames/s "
+                f"(its actor got {one_share:.2f} of a core); two front ends, two nodes {each} = {total:.1f} frames/s "
+                f"on nodes {used} (their actors got {two_share:.2f} cores); ratio {total / one[0]['fps']:.2f}; "
+                f"frames per actor CPU-second, two ÷ one: {efficiency:.2f} (load average {os.getloadavg()[0]:.2f})",
+                flush=True,
+            )
+    finally:
+        for node in (worker, head):
+            if node is not None:
+                node.stop()
+    one_fps = statistics.median(r["one"] for r in rounds)
+    two_fps = statistics.median(r["two"] for r in rounds)
+    efficiency = statistics.median(r["per_cpu_second_ratio"] for r in rounds)
+    print(
+        f"[2] cluster: one front end + one node {one_fps:.1f} frames/s; two front ends + two nodes {two_fps:.1f} frames/s; "
+        f"ratio of medians {two_fps / one_fps:.2f} (goal >= 1.6); frames per actor CPU-second, two ÷ one, median "
+        f"{efficiency:.2f}; actors ran on {min(r['nodes_used'] for r in rounds)} node(s) in every round; "
+        f"cores pinned: {_has_taskset()}",
+        flush=True,
+    )
+    return {
+        "rounds": rounds,
+        "one": one_fps,
+        "two": two_fps,
+        "ratio": two_fps / one_fps,
+        "per_cpu_second_ratio": efficiency,
+        "pinned": _has_taskset(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each throughput run")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the local comparison")
+    parser.add_argument("--streams", type=int, default=4, help="concurrent streams of the local throughput runs")
+    parser.add_argument("--latency-frames", type=int, default=30, help="frames of the one-stream latency runs")
+    parser.add_argument("--only", choices=("local", "cluster"), help="run one of the two parts")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--front-end", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if args.front_end:
+        return _front_end(args.front_end, args.seconds)
+    load = os.getloadavg()
+    print(f"cores {os.cpu_count()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    figures: dict[str, Any] = {"load_average": load}
+    if args.only in (None, "local"):
+        figures["local"] = _local(args)
+    if args.only in (None, "cluster"):
+        figures["cluster"] = _cluster(args)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
