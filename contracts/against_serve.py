@@ -42,6 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             stderr=subprocess.STDOUT,
         )
     server = LocalServer("forgesyte-stream serve", process, port, log_path)
+    return run_suite_against(server, ["--api-key", api_key, *(argv if argv is not None else sys.argv[1:])])
+
+
+def run_suite_against(server: LocalServer, extra_args: Sequence[str]) -> int:
+    """`pytest contracts --target ws://127.0.0.1:PORT`, SIGTERM as its shutdown; stops the server after; pytest's status."""
     try:
         command = [
             sys.executable,
@@ -49,20 +54,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             "pytest",
             "contracts",
             "--target",
-            f"ws://127.0.0.1:{port}",
+            f"ws://127.0.0.1:{server.port}",
             "--target-shutdown",
-            f"kill -TERM {process.pid}",
+            f"kill -TERM {server.process.pid}",
             "--idle-timeout-s",
             str(SUITE_IDLE_TIMEOUT_S),
-            "--api-key",
-            api_key,
-            *(argv if argv is not None else sys.argv[1:]),
+            *extra_args,
         ]
         status = subprocess.run(command, cwd=ROOT, check=False).returncode
     finally:
         code = server.stop()
     if status != 0:
-        print(f"forgesyte-stream serve exited with {code}; its log ({log_path}) ends with:\n{server.log_tail()}", file=sys.stderr)
+        print(f"{server.kind} exited with {code}; its log ({server.log_path}) ends with:\n{server.log_tail()}", file=sys.stderr)
     return status
 
 

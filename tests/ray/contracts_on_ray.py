@@ -22,9 +22,9 @@ from pathlib import Path
 
 import httpx
 
+from contracts.against_serve import run_suite_against
 from contracts.targets import (
     ROOT,
-    SUITE_IDLE_TIMEOUT_S,
     LocalServer,
     free_port,
     server_environment,
@@ -49,30 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             stderr=subprocess.STDOUT,
         )
     server = LocalServer("forgesyte-stream serve (ray)", process, port, log_path)
-    try:
-        executor = _wait_for_executor(port, process)
-        if executor != "ray":
-            print(f"the server reports executor {executor!r}, not 'ray'; its log ends with:\n{server.log_tail()}", file=sys.stderr)
-            return 1
-        command = [
-            sys.executable,
-            "-m",
-            "pytest",
-            "contracts",
-            "--target",
-            f"ws://127.0.0.1:{port}",
-            "--target-shutdown",
-            f"kill -TERM {process.pid}",
-            "--idle-timeout-s",
-            str(SUITE_IDLE_TIMEOUT_S),
-            *(argv if argv is not None else sys.argv[1:]),
-        ]
-        status = subprocess.run(command, cwd=ROOT, check=False).returncode
-    finally:
-        code = server.stop()
-    if status != 0:
-        print(f"forgesyte-stream serve exited with {code}; its log ({log_path}) ends with:\n{server.log_tail()}", file=sys.stderr)
-    return status
+    executor = _wait_for_executor(port, process)
+    if executor != "ray":
+        print(f"the server reports executor {executor!r}, not 'ray'; its log ends with:\n{server.log_tail()}", file=sys.stderr)
+        server.stop()
+        return 1
+    return run_suite_against(server, list(argv if argv is not None else sys.argv[1:]))
 
 
 def _wait_for_executor(port: int, process: subprocess.Popen[bytes], timeout_s: float = 120.0) -> str | None:
