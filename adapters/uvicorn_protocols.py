@@ -52,7 +52,7 @@ _TURN_BUDGET_S = 0.005
 # A close that waits on the peer (our close frame behind a full buffer, a 408 to a client that does
 # not read) is turned into an abort after this long.
 _CLOSE_GRACE_S = 2.0
-_PONG_HEADER = 0x80 | Opcode.PONG.value  # FIN + PONG; server frames are unmasked
+_PONG_START = bytes([0x80 | Opcode.PONG.value])  # FIN + PONG; server frames are unmasked
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,10 +305,10 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         output = self.conn.data_to_send()
         if not self.writable.is_set():
             # The client is not reading: answer only its latest ping, once it reads again (RFC 6455 5.5.3).
-            pongs = [chunk for chunk in output if chunk[:1] == bytes([_PONG_HEADER])]
+            pongs = [chunk for chunk in output if chunk.startswith(_PONG_START)]
             if pongs:
                 self._pong_owed = pongs[-1]
-            output = [chunk for chunk in output if chunk[:1] != bytes([_PONG_HEADER])]
+            output = [chunk for chunk in output if not chunk.startswith(_PONG_START)]
         if output:
             self.transport.write(b"".join(output))
 
