@@ -52,6 +52,8 @@ _TURN_BUDGET_S = 0.005
 # A close that waits on the peer (our close frame behind a full buffer, a 408 to a client that does
 # not read) is turned into an abort after this long.
 _CLOSE_GRACE_S = 2.0
+# Complete messages the application has not taken yet may total this much before reading pauses.
+_READ_AHEAD_BYTES = 256 * 1024
 _PONG_START = bytes([0x80 | Opcode.PONG.value])  # FIN + PONG; server frames are unmasked
 
 
@@ -209,6 +211,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._pong_owed: bytes | None = None
         self._frames_seen = 0
         self._sparse = False
+        self._queued_size = 0  # bytes (characters for text) of the messages queued and not yet taken
         self.close_timeout = _CLOSE_GRACE_S * 2
 
     # Reading: slices, a time budget per turn, and the backlog kept in order --------------------
@@ -267,6 +270,10 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def receive(self) -> Any:
         message = await self.queue.get()
+        if self.queue.empty():
+            self._queued_size = 0
+        elif message["type"] == "websocket.receive":
+            self._queued_size -= len(message["bytes"] if message.get("bytes") is not None else message["text"])
         if self.read_paused and self.queue.empty():
             self.read_paused = False
             if self._backlog:
@@ -341,15 +348,32 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         _close_then_abort(self.loop, self.transport)
 
     def send_receive_event_to_app(self) -> None:
-        if self.curr_msg_data_type == "text" and not self.close_sent:
-            data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
-            try:
-                data.decode()
-            except UnicodeDecodeError:
-                # Not an error of the server: the application answers any text message with
-                # invalid_message (close 1003), so it gets the text, undecodable bytes replaced.
-                self.frames = [data.decode(errors="replace").encode()]
-        super().send_receive_event_to_app()
+        """Queue a complete message for the application; reading pauses only once enough waits unread.
+
+        uvicorn pauses reading after every message and resumes when the
+        application takes it: two changes of the event loop's interest in the
+        socket per message, a tenth of the server's time per frame. Reading
+        now goes on while the messages not yet taken total under
+        `_READ_AHEAD_BYTES`, so at most that plus one message waits here.
+        """
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        if self.close_sent:
+            # Past our close: discard, so that reading goes on until the peer's close arrives.
+            return
+        payload: str | bytes
+        if self.curr_msg_data_type == "text":
+            # Not an error of the server: the application answers any text message with
+            # invalid_message (close 1003), so it gets the text, undecodable bytes replaced.
+            payload = data.decode(errors="replace")
+            self.queue.put_nowait({"type": "websocket.receive", "text": payload})
+        else:
+            payload = data
+            self.queue.put_nowait({"type": "websocket.receive", "bytes": payload})
+        self._queued_size += len(payload)
+        if self._queued_size >= _READ_AHEAD_BYTES and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
 
     # Writing: bounded waits, coalesced pongs, aborts where a close would wait forever ------------
 

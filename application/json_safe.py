@@ -48,7 +48,7 @@ def _convert(value: Any) -> Any:
         if not math.isfinite(value):
             raise _Unsafe(f"is {value!r}, which JSON cannot carry")
         return value
-    if isinstance(value, Mapping):
+    if kind is dict or isinstance(value, Mapping):
         converted: dict[str, Any] = {}
         for key, item in value.items():
             try:
@@ -57,7 +57,7 @@ def _convert(value: Any) -> Any:
                 unsafe.where.append(f".{key}")
                 raise
         return converted
-    if isinstance(value, (list, tuple)):
+    if kind is list or isinstance(value, (list, tuple)):
         items: list[Any] = []
         for i, item in enumerate(value):
             try:

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from application.errors import DecodeBudgetExhausted, PipelineExecutionError, PipelineUnavailableError, UnknownPipelineError
@@ -218,33 +219,38 @@ class StreamStateStore:
     @contextmanager
     def lease(self, stream_id: str | None) -> Iterator[dict[str, dict[str, Any]]]:
         """The stream's state for the length of one run; throw-away without an open stream."""
-        with self._lock:
-            state = self._streams.get(stream_id) if stream_id is not None else None
-            if state is not None:
-                assert stream_id is not None
-                self._leases[stream_id] = self._leases.get(stream_id, 0) + 1
-        if state is None:
-            # A throw-away state ends with its run: what a tool put there is closed like a released stream's.
-            throwaway: dict[str, dict[str, Any]] = {}
-            try:
-                yield throwaway
-            finally:
-                self._close(throwaway)
-            return
-        assert stream_id is not None
+        state, owned = self.acquire(stream_id)
         try:
             yield state
         finally:
+            self.give_back(stream_id, state, owned)
+
+    def acquire(self, stream_id: str | None) -> tuple[dict[str, dict[str, Any]], bool]:
+        """The state one run uses, and whether it is the stream's (False: throw-away); hand both to give_back."""
+        if stream_id is not None:
             with self._lock:
-                remaining = self._leases.pop(stream_id) - 1
-                if remaining:
-                    self._leases[stream_id] = remaining
-                deferred = not remaining and stream_id in self._released
-                if deferred:
-                    self._released.discard(stream_id)
-                    states = self._streams.pop(stream_id, None)
+                state = self._streams.get(stream_id)
+                if state is not None:
+                    self._leases[stream_id] = self._leases.get(stream_id, 0) + 1
+                    return state, True
+        return {}, False
+
+    def give_back(self, stream_id: str | None, state: dict[str, dict[str, Any]], owned: bool) -> None:
+        """End a run's use of its state: a throw-away state is closed now, a released stream's once its last run ends."""
+        if not owned:
+            self._close(state)
+            return
+        assert stream_id is not None
+        with self._lock:
+            remaining = self._leases.pop(stream_id) - 1
+            if remaining:
+                self._leases[stream_id] = remaining
+            deferred = not remaining and stream_id in self._released
             if deferred:
-                self._close(states)
+                self._released.discard(stream_id)
+                states = self._streams.pop(stream_id, None)
+        if deferred:
+            self._close(states)
 
     def release(self, stream_id: str) -> None:
         with self._lock:
@@ -265,6 +271,29 @@ class StreamStateStore:
     def active_streams(self) -> int:
         with self._lock:
             return len(self._streams)
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One node of a plan: its tool resolved and its predecessors listed, so a run looks nothing up."""
+
+    node_id: str
+    plugin_id: str
+    tool_id: str
+    tool: Tool
+    params: Mapping[str, Any]
+    predecessors: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A pipeline compiled at start-up: the catalogue and the plugins' tools are fixed, so each run only executes."""
+
+    steps: tuple[_Step, ...]
+    output_nodes: tuple[str, ...]
+    plugins: tuple[Plugin, ...]
+    input_side: int | None
+    inline: bool
 
 
 class DagPipelineService:
@@ -308,19 +337,27 @@ class DagPipelineService:
             }
             for pipeline_id in catalog.ids()
         }
-        self._inline = {
-            pipeline_id: all(runs_inline(tool) for tool in tools.values()) for pipeline_id, tools in self._tools.items()
-        }
-        self._input_side = {pipeline_id: self._pipeline_input_side(catalog.get(pipeline_id)) for pipeline_id in catalog.ids()}
-        # Each pipeline's plugins, once each, for the availability check every run makes.
-        self._plugins_of = {
-            pipeline_id: [self._plugins[plugin_id] for plugin_id in dict.fromkeys(node.plugin_id for node in catalog.get(pipeline_id).nodes)]
-            for pipeline_id in catalog.ids()
-        }
+        self._plans = {pipeline_id: self._compile(catalog.get(pipeline_id)) for pipeline_id in catalog.ids()}
+
+    def _compile(self, definition: PipelineDefinition) -> _Plan:
+        tools = self._tools[definition.id]
+        steps = tuple(
+            _Step(node.id, node.plugin_id, node.tool_id, tools[node.id], node.params, tuple(definition.predecessors(node.id)))
+            for node in (definition.node(node_id) for node_id in definition.order)
+        )
+        return _Plan(
+            steps=steps,
+            output_nodes=tuple(definition.output_nodes),
+            # Each plugin once, for the availability check every run makes.
+            plugins=tuple(self._plugins[plugin_id] for plugin_id in dict.fromkeys(step.plugin_id for step in steps)),
+            input_side=self._pipeline_input_side(definition),
+            inline=all(runs_inline(step.tool) for step in steps),
+        )
 
     def input_side(self, pipeline_id: str) -> int | None:
         """The longest image side this pipeline's tools work on; None when some tool needs the full frame."""
-        return self._input_side.get(pipeline_id)
+        plan = self._plans.get(pipeline_id)
+        return plan.input_side if plan is not None else None
 
     def _pipeline_input_side(self, definition: PipelineDefinition) -> int | None:
         """The largest side any decoding node needs: the decode must satisfy every node of the run."""
@@ -342,7 +379,8 @@ class DagPipelineService:
 
     def runs_inline(self, pipeline_id: str) -> bool:
         """True when every tool of the pipeline declares header-bounded work (see the Tool port)."""
-        return self._inline.get(pipeline_id, False)
+        plan = self._plans.get(pipeline_id)
+        return plan is not None and plan.inline
 
     def _check_tools(self, definition: PipelineDefinition) -> None:
         where = f"{self._catalog.source(definition.id)}: pipeline {definition.id!r}"
@@ -385,65 +423,77 @@ class DagPipelineService:
         self._state_store.release(stream_id)
 
     def run_pipeline(self, pipeline_id: str, payload: Mapping[str, Any], *, stream_id: str | None = None) -> dict[str, Any]:
-        definition = self.definition(pipeline_id)
+        plan = self._plans.get(pipeline_id)
+        if plan is None:
+            raise UnknownPipelineError(pipeline_id, self._catalog.ids())
         # A plugin can become unavailable mid-stream; the reasons are gathered only then.
-        if not all(plugin.availability().available for plugin in self._plugins_of.get(pipeline_id, ())):
-            status = self.availability(pipeline_id)
-            if not status.available:
-                raise PipelineUnavailableError(pipeline_id, status.reason or "unavailable")
-        with self._state_store.lease(stream_id) as stream_state:
-            return self._run_nodes(definition, payload, stream_state)
+        for plugin in plan.plugins:
+            if not plugin.availability().available:
+                status = self.availability(pipeline_id)
+                if not status.available:
+                    raise PipelineUnavailableError(pipeline_id, status.reason or "unavailable")
+                break
+        state_store = self._state_store
+        stream_state, owned = state_store.acquire(stream_id)
+        try:
+            return self._run_nodes(pipeline_id, plan, payload, stream_state)
+        finally:
+            state_store.give_back(stream_id, stream_state, owned)
 
     def _run_nodes(
-        self, definition: PipelineDefinition, payload: Mapping[str, Any], stream_state: dict[str, dict[str, Any]]
+        self, pipeline_id: str, plan: _Plan, payload: Mapping[str, Any], stream_state: dict[str, dict[str, Any]]
     ) -> dict[str, Any]:
-        pipeline_id = definition.id
         image_bytes = payload["image_bytes"]
         info = read_jpeg_info(image_bytes)
         check_frame_pixels(info, self._max_frame_pixels)
-        reduction = jpeg_reduction(info, self._input_side[pipeline_id])
+        reduction = jpeg_reduction(info, plan.input_side)
         frame = FrameContext(
             int(payload["frame_index"]), image_bytes, self._decoder, {}, info, reduction, self._budget, pipeline_id=pipeline_id
         )
-        tools = self._tools[pipeline_id]
+        observer = self._observer
         outputs: dict[str, Mapping[str, Any]] = {}
         started = time.perf_counter()
         failed = True
         try:
-            for node_id in definition.order:
-                node = definition.node(node_id)
-                inputs: dict[str, Any] = {**payload, **node.params}
-                for predecessor in definition.predecessors(node_id):
+            for step in plan.steps:
+                node_id = step.node_id
+                inputs: dict[str, Any] = {**payload, **step.params}
+                for predecessor in step.predecessors:
                     inputs.update(outputs[predecessor])
-                tool = tools[node_id]
+                node_state = stream_state.get(node_id)
+                if node_state is None:
+                    node_state = stream_state[node_id] = {}
                 node_started = time.perf_counter()
                 node_failed = True
                 try:
-                    produced = tool(inputs, _NodeContext(frame, stream_state.setdefault(node_id, {}), node_id))
-                    if not isinstance(produced, Mapping):
+                    produced = step.tool(inputs, _NodeContext(frame, node_state, node_id))
+                    if type(produced) is not dict and not isinstance(produced, Mapping):
                         raise TypeError(f"tool returned {type(produced).__name__}, expected a mapping")
                     node_failed = False
                 except (FrameValidationError, DecodeBudgetExhausted):
                     raise  # the frame's or the server's condition, not the tool's failure
                 except Exception as exc:
-                    raise PipelineExecutionError(pipeline_id, node_id, node.plugin_id, node.tool_id, exc) from exc
+                    raise PipelineExecutionError(pipeline_id, node_id, step.plugin_id, step.tool_id, exc) from exc
                 finally:
-                    if self._observer is not None:
-                        self._observer.node_finished(
-                            pipeline_id, node_id, (time.perf_counter() - node_started) * 1000.0, failed=node_failed
-                        )
+                    if observer is not None:
+                        observer.node_finished(pipeline_id, node_id, (time.perf_counter() - node_started) * 1000.0, failed=node_failed)
                 outputs[node_id] = produced
-            merged: dict[str, Any] = {}
-            for node_id in definition.output_nodes:
-                merged.update(outputs[node_id])
+            output_nodes = plan.output_nodes
+            merged: Mapping[str, Any]
+            if len(output_nodes) == 1:
+                merged = outputs[output_nodes[0]]
+            else:
+                merged = {}
+                for node_id in output_nodes:
+                    merged.update(outputs[node_id])
             try:
                 result: dict[str, Any] = to_json_safe(merged)
             except JsonSafetyError as exc:
-                last = definition.node(definition.output_nodes[-1])
-                raise PipelineExecutionError(pipeline_id, last.id, last.plugin_id, last.tool_id, exc) from exc
+                last = next(step for step in plan.steps if step.node_id == output_nodes[-1])
+                raise PipelineExecutionError(pipeline_id, last.node_id, last.plugin_id, last.tool_id, exc) from exc
             failed = False
             return result
         finally:
             frame.close()
-            if self._observer is not None:
-                self._observer.pipeline_finished(pipeline_id, (time.perf_counter() - started) * 1000.0, failed=failed)
+            if observer is not None:
+                observer.pipeline_finished(pipeline_id, (time.perf_counter() - started) * 1000.0, failed=failed)

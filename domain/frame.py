@@ -138,7 +138,7 @@ def read_jpeg_info(frame_bytes: bytes) -> JpegInfo:
     because it runs on the event loop for header-only pipelines: a frame of a
     million tiny comment segments must cost no more than a camera's frame.
     """
-    data = memoryview(frame_bytes)
+    data = frame_bytes if type(frame_bytes) is bytes else memoryview(frame_bytes)
     if bytes(data[:2]) != _SOI:
         raise FrameValidationError(ErrorCode.INVALID_FRAME, "frame does not start with the JPEG SOI marker FF D8")
     pos = 2
@@ -149,13 +149,15 @@ def read_jpeg_info(frame_bytes: bytes) -> JpegInfo:
             raise FrameValidationError(
                 ErrorCode.INVALID_FRAME, f"JPEG header is corrupt: expected a marker at byte {pos}"
             )
-        fill_end = min(end, pos + MAX_FILL_BYTES + 1)
-        while pos < fill_end and data[pos] == 0xFF:
-            pos += 1
-        if pos == fill_end and pos < end:
-            raise FrameValidationError(
-                ErrorCode.INVALID_FRAME, f"JPEG header is corrupt: more than {MAX_FILL_BYTES} fill bytes before a marker"
-            )
+        pos += 1
+        if pos < end and data[pos] == 0xFF:  # fill bytes: rare, so counted only when present
+            fill_end = min(end, pos + MAX_FILL_BYTES)
+            while pos < fill_end and data[pos] == 0xFF:
+                pos += 1
+            if pos == fill_end and pos < end:
+                raise FrameValidationError(
+                    ErrorCode.INVALID_FRAME, f"JPEG header is corrupt: more than {MAX_FILL_BYTES} fill bytes before a marker"
+                )
         if pos >= end:
             break
         marker = data[pos]
