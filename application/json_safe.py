@@ -36,6 +36,7 @@ class _Unsafe(Exception):
 
 
 _PLAIN = (str, bool, type(None))
+_FLAT = frozenset((str, int, bool, type(None)))  # exactly these types pass unchanged (floats need a finiteness check)
 
 
 def _convert(value: Any) -> Any:
@@ -51,8 +52,13 @@ def _convert(value: Any) -> Any:
     if kind is dict or isinstance(value, Mapping):
         converted: dict[str, Any] = {}
         for key, item in value.items():
+            if type(key) is not str:
+                key = str(key)
+            if type(item) in _FLAT:  # the common leaf, without a call
+                converted[key] = item
+                continue
             try:
-                converted[str(key)] = _convert(item)
+                converted[key] = _convert(item)
             except _Unsafe as unsafe:
                 unsafe.where.append(f".{key}")
                 raise

@@ -32,6 +32,7 @@ _EOI = b"\xff\xd9"
 # lossless, arithmetic); DHT (C4), JPG (C8) and DAC (CC) share the range but do not.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _STANDALONE_MARKERS = frozenset(range(0xD0, 0xD8)) | {0x01}
+_NOT_SKIPPED = _STANDALONE_MARKERS | {0xD9, 0xDA}  # markers that are not a segment to step over
 
 
 class FrameValidationError(StreamError):
@@ -168,10 +169,11 @@ def read_jpeg_info(frame_bytes: bytes) -> JpegInfo:
                 ErrorCode.INVALID_FRAME,
                 f"JPEG header has more than {MAX_SEGMENTS_BEFORE_FRAME} segments before its start of frame",
             )
-        if marker in _STANDALONE_MARKERS:
-            continue
-        if marker in (0xD9, 0xDA):
-            break
+        if marker in _NOT_SKIPPED:
+            if marker in _STANDALONE_MARKERS:
+                continue
+            if marker in (0xD9, 0xDA):
+                break
         if pos + 2 > end:
             break
         length = (data[pos] << 8) | data[pos + 1]

@@ -11,6 +11,8 @@ from typing import Any
 
 from application.ports import Availability, Tool, ToolContext
 
+_AVAILABLE = Availability(True)  # asked on every frame, and never changes
+
 
 def frame_info(inputs: Mapping[str, Any], context: ToolContext) -> dict[str, int]:
     info = context.jpeg_info  # the engine has read the header once already
@@ -33,4 +35,4 @@ class ProbePlugin:
         return {"frame_info": frame_info}
 
     def availability(self) -> Availability:
-        return Availability(True)
+        return _AVAILABLE
