@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -41,12 +42,16 @@ from websockets.frames import Opcode
 log = structlog.get_logger("forgesyte.connections")
 
 # Input is parsed in slices, checked between them. A masked frame takes at least 6 bytes and ~7-11 us to
-# parse, so a slice of 8 KiB holds at most ~1,400 frames (~10-15 ms). Slices grow to 32 KiB (at most
-# ~55 ms) while the input holds few frames, so that a large message costs two or three parser calls
-# instead of one per 8 KiB (each call costs ~5 us); one dense slice shrinks them again.
+# parse, so a slice of 8 KiB holds at most ~1,400 frames (~10-15 ms). Slices end where frames end: they
+# take whole frames up to 8 KiB, or one larger frame (up to 64 KiB of it), since a large frame costs
+# one parser call and a copy, not a call per frame. Boundaries are known from the frame headers, read
+# here; should the parser ever disagree with them, the connection falls back to plain byte slices,
+# 32 KiB while the input holds few frames (at most ~55 ms) and 8 KiB as soon as it holds many.
 _DENSE_SLICE_BYTES = 8192
 _SPARSE_SLICE_BYTES = 32768
+_MAX_SLICE_BYTES = 65536
 _DENSE_FRAMES = 8
+_MAX_HEADER_BYTES = 14  # 2, then a 2- or 8-byte extended length, then a 4-byte mask
 # Parsing time one connection may take in one turn of the event loop before it yields to the others.
 _TURN_BUDGET_S = 0.005
 # A close that waits on the peer (our close frame behind a full buffer, a 408 to a client that does
@@ -55,6 +60,60 @@ _CLOSE_GRACE_S = 2.0
 # Complete messages the application has not taken yet may total this much before reading pauses.
 _READ_AHEAD_BYTES = 256 * 1024
 _PONG_START = bytes([0x80 | Opcode.PONG.value])  # FIN + PONG; server frames are unmasked
+
+
+def _frame_size(head: bytes) -> int | None:
+    """A WebSocket frame's whole size (header, mask and payload) from its first bytes; None if they are too few."""
+    if len(head) < 2:
+        return None
+    second = head[1]
+    length = second & 0x7F
+    size = 6 if second & 0x80 else 2
+    if length == 126:
+        if len(head) < 4:
+            return None
+        return size + 2 + ((head[2] << 8) | head[3])
+    if length == 127:
+        if len(head) < 10:
+            return None
+        return size + 8 + int.from_bytes(head[2:10], "big")
+    return size + length
+
+
+class _ReceiveQueue:
+    """What uvicorn uses of asyncio.Queue for a connection's incoming messages, bound to its loop at creation.
+
+    asyncio.Queue finds its loop again on every wait, which costs a getpid
+    system call per message; one reader at a time, as ASGI's receive has.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: deque[Any] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._items:
+            if self._waiter is not None:
+                raise RuntimeError("receive() is already being awaited on this connection")
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +262,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        self.queue = _ReceiveQueue(self.loop)  # type: ignore[assignment]
         self._backlog: list[bytes] = []
         self._drain_scheduled = False
         self._fragments = 0
@@ -211,6 +271,11 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._pong_owed: bytes | None = None
         self._frames_seen = 0
         self._sparse = False
+        # Frame-aligned slicing: off until the upgrade request (the first data uvicorn hands over) is parsed.
+        self._aligned = False
+        self._request_fed = False
+        self._frame_left = 0  # bytes of the current frame not yet fed to the parser; 0 at a boundary
+        self._head = b""  # the current frame's header bytes fed so far, while too few to give its length
         self._queued_size = 0  # bytes (characters for text) of the messages queued and not yet taken
         self.close_timeout = _CLOSE_GRACE_S * 2
 
@@ -222,6 +287,10 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             self._backlog.append(data)
             return
         self._feed(data)
+        if not self._request_fed:
+            # uvicorn hands over the upgrade request alone, rebuilt from its parse, so frames start right after it.
+            self._request_fed = True
+            self._aligned = not self._backlog
 
     def _feed(self, data: bytes) -> None:
         deadline = time.perf_counter() + _TURN_BUDGET_S
@@ -231,15 +300,21 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         while position < size:
             if self.transport.is_closing():
                 return
-            step = _SPARSE_SLICE_BYTES if self._sparse else _DENSE_SLICE_BYTES
             frames_before = self._frames_seen
-            self.conn.receive_data(view[position : position + step])
-            position += step
+            if self._aligned:
+                end, frames_ending = self._aligned_slice(view, position, size)
+            else:
+                end, frames_ending = min(size, position + (_SPARSE_SLICE_BYTES if self._sparse else _DENSE_SLICE_BYTES)), -1
+            self.conn.receive_data(view[position:end])
+            position = end
             if self.conn.parser_exc is not None:
                 self.handle_parser_exception()
                 return
             self.handle_events()
-            self._sparse = self._frames_seen - frames_before < _DENSE_FRAMES
+            parsed = self._frames_seen - frames_before
+            self._sparse = parsed < _DENSE_FRAMES
+            if frames_ending >= 0 and parsed != frames_ending:
+                self._aligned = False  # the boundaries read here are not the parser's: plain slices from now on
             if not self.handshake_initiated and self.conn.handshake_exc is not None:
                 self._refuse_handshake()
                 return
@@ -249,6 +324,27 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
                 if not self.read_paused:
                     self._schedule_drain()
                 return
+
+    def _aligned_slice(self, view: memoryview, start: int, size: int) -> tuple[int, int]:
+        """The end of the next slice, at a frame boundary where the data allows, and how many frames end in it."""
+        position = start
+        frames_ending = 0
+        while position < size and position - start < _DENSE_SLICE_BYTES:
+            left = self._frame_left
+            if not left:
+                head = self._head + bytes(view[position : position + _MAX_HEADER_BYTES - len(self._head)])
+                frame_size = _frame_size(head)
+                if frame_size is None:  # the data ends inside the header: it is fed, and kept to finish the header
+                    self._head = head
+                    return size, frames_ending
+                left = frame_size - len(self._head)
+                self._head = b""
+            take = min(left, size - position, _MAX_SLICE_BYTES - (position - start))
+            position += take
+            self._frame_left = left - take
+            if not self._frame_left:
+                frames_ending += 1
+        return position, frames_ending
 
     def _schedule_drain(self) -> None:
         if not self._drain_scheduled:
@@ -305,6 +401,10 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             self._abuse(f"a message is limited to {self.limits.max_fragments} fragments")
             return
         super().handle_cont(event)
+
+    def handle_close(self, event: Any) -> None:
+        self._frames_seen += 1
+        super().handle_close(event)
 
     def handle_ping(self) -> None:
         if not self._control_frame_allowed():

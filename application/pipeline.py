@@ -445,8 +445,10 @@ class DagPipelineService:
     ) -> dict[str, Any]:
         image_bytes = payload["image_bytes"]
         info = read_jpeg_info(image_bytes)
-        check_frame_pixels(info, self._max_frame_pixels)
-        reduction = jpeg_reduction(info, plan.input_side)
+        if info.width * info.height > self._max_frame_pixels:
+            check_frame_pixels(info, self._max_frame_pixels)  # raises, with the message
+        # No decoding node (input side 0): no decode to reduce.
+        reduction = jpeg_reduction(info, plan.input_side) if plan.input_side != 0 else 1
         frame = FrameContext(
             int(payload["frame_index"]), image_bytes, self._decoder, {}, info, reduction, self._budget, pipeline_id=pipeline_id
         )

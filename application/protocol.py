@@ -205,8 +205,9 @@ class StreamProtocol:
         """The frame's work returned its reply (`{"frame_index", "result"}`); returns the next frame to start, if any."""
         session = self.session
         started_ms = self._started_ms
-        processing_ms = session.now_ms() - started_ms
-        session.complete_frame(frame, processing_ms=processing_ms, succeeded=True)
+        now = session.clock()
+        processing_ms = now - started_ms
+        session.complete_frame(frame, processing_ms=processing_ms, succeeded=True, now=now)
         self.outbox.append((reply, Report.PROCESSED, frame, processing_ms, started_ms - frame.received_ms))
         return self._next()
 
@@ -310,7 +311,7 @@ class StreamProtocol:
         observer = self._observer
         if report is Report.PROCESSED:
             assert frame is not None
-            now = session.now_ms()
+            now = session.clock()
             observer.frame_processed(
                 session,
                 frame.index,

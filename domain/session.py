@@ -134,14 +134,14 @@ class Session:
 
     def mark_drop(self, at_ms: float | None = None) -> None:
         self.dropped_frames += 1
-        self._recent_drops.append(self.now_ms() if at_ms is None else at_ms)
+        self._recent_drops.append(self.clock() if at_ms is None else at_ms)
 
     def drop_rate(self) -> float:
         """Dropped frames over received frames since the session began."""
         return self.dropped_frames / self.frame_index if self.frame_index else 0.0
 
     def recent_drop_rate(self, now: float | None = None) -> float:
-        self._expire(self.now_ms() if now is None else now)
+        self._expire(self.clock() if now is None else now)
         return self._recent_drop_rate()
 
     def _recent_drop_rate(self) -> float:
@@ -156,7 +156,7 @@ class Session:
         With fewer than two arrivals in the window, the gap since the previous
         arrival stands in, so a client that slowed right down is seen as slow at once.
         """
-        self._expire(self.now_ms() if now is None else now)
+        self._expire(self.clock() if now is None else now)
         return self._frame_interval_ms()
 
     def _frame_interval_ms(self) -> float | None:
@@ -180,7 +180,7 @@ class Session:
         return self.drop_cause(processing_time_ms, now) is not None
 
     def should_slow_down(self) -> bool:
-        now = self.now_ms()
+        now = self.clock()
         since = None if self._last_slowdown_ms is None else now - self._last_slowdown_ms
         return self.policy.should_slow_down(self.recent_drop_rate(now), armed=self._slowdown_armed, ms_since_last_signal=since)
 
@@ -188,13 +188,12 @@ class Session:
 
     def receive_frame(self, data: bytes) -> Admission:
         """Admit a validated frame: start it, keep it waiting, and drop what it displaces."""
-        now = self.now_ms()
+        now = self.clock()
         frame = Frame(index=self.increment_frame(), data=data, received_ms=now)
         if self._arrivals:
             self._previous_arrival = self._arrivals[-1]
         self._arrivals.append(now)
         self._recent_frames.append(now)
-        self._expire(now)
 
         if self.in_flight is None and not self._waiting:
             self.in_flight = frame
@@ -202,7 +201,7 @@ class Session:
             return Admission(frame=frame, start=frame, dropped=())
 
         waiting = self._waiting
-        must_drop = self.should_drop_frame(self.processing_ms, now)
+        must_drop = self.should_drop_frame(self.processing_ms, now)  # expires the windows at `now`
         waiting.append(frame)
         dropped: tuple[Drop, ...] = ()
         choice = self.policy.choose_drops(waiting, processing_ms=self.processing_ms, interval_ms=self.frame_interval_ms(now)) if must_drop else ()
@@ -222,11 +221,12 @@ class Session:
         self._refresh_state(now)
         return Admission(frame=frame, start=start, dropped=dropped)
 
-    def complete_frame(self, frame: Frame, *, processing_ms: float, succeeded: bool = True) -> None:
-        """Record a finished frame; the pipeline is idle until `start_next` is called."""
+    def complete_frame(self, frame: Frame, *, processing_ms: float, succeeded: bool = True, now: float | None = None) -> None:
+        """Record a finished frame; the pipeline is idle until `start_next` is called. `now`: the caller's clock reading, if it has one."""
         if self.in_flight is None or self.in_flight.index != frame.index:
             raise IllegalTransition(f"session {self.session_id}: frame {frame.index} completed but was not in flight")
-        now = self.now_ms()
+        if now is None:
+            now = self.clock()
         if self.processing_ms is None:
             self.processing_ms = processing_ms
         else:
@@ -254,7 +254,7 @@ class Session:
         """The slow-down warning due now, if any; taking it disarms the next one."""
         if not self.should_slow_down():
             return None
-        now = self.now_ms()
+        now = self.clock()
         self._slowdown_armed = False
         self._last_slowdown_ms = now
         self.slowdown_signals += 1
@@ -267,7 +267,7 @@ class Session:
 
     def drain_waiting(self, cause: DropCause = DropCause.CLOSING) -> tuple[Drop, ...]:
         """Answer every waiting frame as dropped: the stream is ending before they can run."""
-        now = self.now_ms()
+        now = self.clock()
         drained = []
         while self._waiting:
             frame = self._waiting.popleft()

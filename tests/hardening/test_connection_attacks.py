@@ -194,6 +194,11 @@ def _ping_flood() -> bytes:
     return frame(OP_PING, b"abcd") * 40_000
 
 
+def _large_frame_then_empty_continuations() -> bytes:
+    # Slices follow frame boundaries: one large frame is parsed whole, the flood behind it still in small slices.
+    return frame(OP_BINARY, b"\xff" * 60_000, fin=False) + frame(OP_CONT, b"", fin=False) * 40_000
+
+
 def _megabyte_in_one_byte_fragments() -> bytes:
     return frame(OP_BINARY, b"\xff", fin=False) + frame(OP_CONT, b"\x00", fin=False) * 150_000
 
@@ -204,6 +209,7 @@ def _megabyte_in_one_byte_fragments() -> bytes:
         pytest.param(_flood_of_empty_continuations, id="empty-continuation-flood"),
         pytest.param(_ping_flood, id="ping-flood-pongs-read"),
         pytest.param(_megabyte_in_one_byte_fragments, id="one-byte-fragments"),
+        pytest.param(_large_frame_then_empty_continuations, id="large-frame-then-flood"),
     ],
 )
 def test_health_stays_fast_while_one_connection_floods(server: RunningServer, payload: object) -> None:
