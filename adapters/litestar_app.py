@@ -79,7 +79,7 @@ class LitestarWebSocketTransport:
 
     async def send_json(self, message: Mapping[str, Any]) -> None:
         try:
-            await self._socket.send_data(_encoder.encode(message).decode(), mode="text")
+            await self._socket.send({"type": "websocket.send", "bytes": None, "text": _encoder.encode(message).decode()})
         except ReplyTimeout as timed_out:
             raise SendTimedOut() from timed_out
         except (WebSocketDisconnect, OSError) as gone:

@@ -37,6 +37,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
+from websockets.exceptions import InvalidState
 from websockets.frames import Opcode
 
 log = structlog.get_logger("forgesyte.connections")
@@ -491,7 +492,26 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
                 log.info("websocket_send_timeout", client=_client(self.client))
                 self.transport.abort()
                 raise ReplyTimeout() from None
-        await super().send(message)
+        if (
+            message["type"] == "websocket.send"
+            and self.handshake_complete
+            and not self.close_sent
+            and self.initial_response is None
+            and not self.disconnected
+        ):
+            # A message of the open connection, the one sent for every frame: what uvicorn's send does for
+            # it, written here without its dispatch (two coroutine layers and a chain of state checks).
+            data = message.get("bytes")
+            try:
+                if data is not None:
+                    self.conn.send_binary(data)
+                else:
+                    self.conn.send_text(message["text"].encode())
+            except InvalidState:
+                raise ClientDisconnected() from None
+            self.transport.write(b"".join(self.conn.data_to_send()))
+        else:
+            await super().send(message)
         if self.close_timer is not None:
             # uvicorn's close timer only closes, which waits for a flush the peer may never allow.
             self.close_timer.cancel()

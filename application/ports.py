@@ -232,8 +232,9 @@ class InboundKind(StrEnum):
     DISCONNECT = "disconnect"
 
 
-@dataclass(frozen=True, slots=True)
-class Inbound:
+class Inbound(NamedTuple):
+    """One event from the transport (a named tuple: one is made for every message)."""
+
     kind: InboundKind
     data: bytes | str | None = None
     close_code: int | None = None

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 from domain.backpressure import BackpressurePolicy, BackpressureState, DropCause
 from domain.frame import Frame
@@ -46,9 +47,8 @@ class Drop:
     cause: DropCause
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """What the application must do after a frame arrived."""
+class Admission(NamedTuple):
+    """What the application must do after a frame arrived (a named tuple: one is made for every frame)."""
 
     frame: Frame
     start: Frame | None
