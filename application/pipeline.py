@@ -150,14 +150,44 @@ class FrameContext:
             self._budget.release(charged)
 
 
+class _RunStates:
+    """One run's access to its stream's tool state, leased from the store only once a tool asks for it.
+
+    Most tools keep no state: their runs then take no lock and touch no
+    shared dictionary. The lease, once taken, lasts until the run ends.
+    """
+
+    __slots__ = ("_owned", "_states", "_store", "_stream_id")
+
+    def __init__(self, store: StreamStateStore, stream_id: str | None) -> None:
+        self._store = store
+        self._stream_id = stream_id
+        self._states: dict[str, dict[str, Any]] | None = None
+        self._owned = False
+
+    def node(self, node_id: str) -> dict[str, Any]:
+        states = self._states
+        if states is None:
+            states, self._owned = self._store.acquire(self._stream_id)
+            self._states = states
+        node_state = states.get(node_id)
+        if node_state is None:
+            node_state = states[node_id] = {}
+        return node_state
+
+    def end(self) -> None:
+        if self._states is not None:
+            self._store.give_back(self._stream_id, self._states, self._owned)
+
+
 class _NodeContext:
     """A FrameContext narrowed to one node's slice of the stream state."""
 
-    __slots__ = ("_frame", "_state", "node_id")
+    __slots__ = ("_frame", "_run", "node_id")
 
-    def __init__(self, frame: FrameContext, state: dict[str, Any], node_id: str = "") -> None:
+    def __init__(self, frame: FrameContext, run: _RunStates, node_id: str = "") -> None:
         self._frame = frame
-        self._state = state
+        self._run = run
         self.node_id = node_id
 
     @property
@@ -188,7 +218,7 @@ class _NodeContext:
         return self._frame.image()
 
     def state(self) -> dict[str, Any]:
-        return self._state
+        return self._run.node(self.node_id)
 
 
 class StreamStateStore:
@@ -433,16 +463,13 @@ class DagPipelineService:
                 if not status.available:
                     raise PipelineUnavailableError(pipeline_id, status.reason or "unavailable")
                 break
-        state_store = self._state_store
-        stream_state, owned = state_store.acquire(stream_id)
+        run = _RunStates(self._state_store, stream_id)
         try:
-            return self._run_nodes(pipeline_id, plan, payload, stream_state)
+            return self._run_nodes(pipeline_id, plan, payload, run)
         finally:
-            state_store.give_back(stream_id, stream_state, owned)
+            run.end()
 
-    def _run_nodes(
-        self, pipeline_id: str, plan: _Plan, payload: Mapping[str, Any], stream_state: dict[str, dict[str, Any]]
-    ) -> dict[str, Any]:
+    def _run_nodes(self, pipeline_id: str, plan: _Plan, payload: Mapping[str, Any], run: _RunStates) -> dict[str, Any]:
         image_bytes = payload["image_bytes"]
         info = read_jpeg_info(image_bytes)
         if info.width * info.height > self._max_frame_pixels:
@@ -462,13 +489,10 @@ class DagPipelineService:
                 inputs: dict[str, Any] = {**payload, **step.params}
                 for predecessor in step.predecessors:
                     inputs.update(outputs[predecessor])
-                node_state = stream_state.get(node_id)
-                if node_state is None:
-                    node_state = stream_state[node_id] = {}
                 node_started = time.perf_counter()
                 node_failed = True
                 try:
-                    produced = step.tool(inputs, _NodeContext(frame, node_state, node_id))
+                    produced = step.tool(inputs, _NodeContext(frame, run, node_id))
                     if type(produced) is not dict and not isinstance(produced, Mapping):
                         raise TypeError(f"tool returned {type(produced).__name__}, expected a mapping")
                     node_failed = False

@@ -116,6 +116,7 @@ class StreamProtocol:
         "_observer",
         "_started_ms",
         "_straggler",
+        "_unreported",
         "ending",
         "outbox",
         "session",
@@ -142,6 +143,8 @@ class StreamProtocol:
         self._started_ms = 0.0
         # The frame answered at its deadline whose work still runs: nothing starts until it returns.
         self._straggler: Frame | None = None
+        # Admitted frames not yet reported to the observer (index, bytes): see report_received.
+        self._unreported: list[tuple[int, int]] = []
 
     # Events -----------------------------------------------------------------
 
@@ -167,6 +170,8 @@ class StreamProtocol:
         data = inbound.data
         assert isinstance(data, bytes)
         observer = self._observer
+        if self._unreported:
+            self.report_received()  # arrivals are reported in order
         if self.ending is not None:
             if not self.ending.cut_off:
                 # Read just as the session began to end: it is answered, as dropped, and never started.
@@ -188,7 +193,7 @@ class StreamProtocol:
         admission = session.receive_frame(data)
         frame = admission.frame
         self._last_message_ms = frame.received_ms
-        observer.frame_received(session, frame.index, len(data))
+        self._unreported.append((frame.index, len(data)))
         start = admission.start
         if admission.dropped:
             outbox = self.outbox
@@ -215,6 +220,8 @@ class StreamProtocol:
         """The frame's work failed; the kind of failure decides the reply. Returns the next frame to start."""
         session = self.session
         observer = self._observer
+        if self._unreported:
+            self.report_received()  # the frame's arrival is reported before its failure
         session.complete_frame(frame, processing_ms=session.now_ms() - self._started_ms, succeeded=False)
         if isinstance(error, FrameValidationError):
             # Markers were fine but the image does not decode (or declares too many pixels): the client sent it.
@@ -253,6 +260,8 @@ class StreamProtocol:
         used by two runs at once.
         """
         session = self.session
+        if self._unreported:
+            self.report_received()
         failure = FrameTimeoutError(session.pipeline_id, frame.index, self._frame_timeout_s)
         self._observer.frame_failed(session, frame.index, error, code=failure.code)
         self._straggler = frame
@@ -304,8 +313,28 @@ class StreamProtocol:
             )
         )
 
+    def report_received(self) -> None:
+        """Tell the observer of the frames admitted since the last report.
+
+        An admitted frame is reported here rather than as it arrives, so that
+        a frame answered at once (a header-only pipeline) has its reply
+        written before any bookkeeping runs; the pump calls this right after
+        admitting a frame that goes to the executor, and after the reply of
+        one answered at once. A report about a frame's reply comes after the
+        report of its arrival (message_sent calls this first).
+        """
+        unreported = self._unreported
+        if unreported:
+            session = self.session
+            observer = self._observer
+            for index, size in unreported:
+                observer.frame_received(session, index, size)
+            unreported.clear()
+
     def message_sent(self, outgoing: Outgoing) -> None:
         """Tell the observer what a message that has gone out said."""
+        if self._unreported:
+            self.report_received()
         _, report, frame, extra, queue_ms = outgoing
         session = self.session
         observer = self._observer

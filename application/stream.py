@@ -207,6 +207,7 @@ class _Pump:
                     protocol.connection_lost(gone)
             return protocol.close_code()
         finally:
+            protocol.report_received()  # frames admitted and never answered (the connection was cut) still count
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
             for task in (receiver, processor, stop_waiter):
@@ -273,8 +274,10 @@ class _Pump:
                 inbound = await transport.receive()
                 self._receiving = False
                 start = protocol.message_received(inbound)
-                if start is not None and not inline:
-                    to_start.put_nowait(start)  # the pipeline starts before the drop notices go out
+                if not inline:
+                    if start is not None:
+                        to_start.put_nowait(start)  # the pipeline starts before the drop notices go out
+                    protocol.report_received()
                 if protocol.outbox:
                     await self._flush()
                 while start is not None and inline:
@@ -287,6 +290,7 @@ class _Pump:
                     else:
                         start = protocol.frame_finished(start, reply)
                     await self._flush()
+                protocol.report_received()  # answered at once: reported once the reply is out
                 self._fed()
         except ConnectionClosed as gone:
             protocol.connection_lost(gone)

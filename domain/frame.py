@@ -38,6 +38,8 @@ _STANDALONE_MARKERS = frozenset(range(0xD0, 0xD8)) | {0x01}
 _NOT_SKIPPED = _STANDALONE_MARKERS | {0xD9, 0xDA}  # markers that are not a segment to step over
 _NOT_PLAIN = _NOT_SKIPPED | _SOF_MARKERS | {0xFF}  # markers the header walk's fast loop leaves to the careful one
 _SEGMENT_HEAD = struct.Struct(">BBH")  # 0xFF, the marker, the segment's length
+_FRAME_HEAD = struct.Struct(">BHHB")  # a start-of-frame segment's precision, height, width, components
+_PROGRESSIVE_SOF = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 
 
 class FrameValidationError(StreamError):
@@ -159,7 +161,13 @@ def read_jpeg_info(frame_bytes: bytes) -> JpegInfo:
     unpack = _SEGMENT_HEAD.unpack_from
     while pos + 4 <= end and segments < MAX_SEGMENTS_BEFORE_FRAME:
         first, marker, length = unpack(data, pos)
-        if first != 0xFF or marker in _NOT_PLAIN or length < 2 or pos + 2 + length > end:
+        if first != 0xFF or length < 2 or pos + 2 + length > end:
+            break
+        if marker in _NOT_PLAIN:
+            if marker in _SOF_MARKERS and length >= 8:
+                _, height, width, components = _FRAME_HEAD.unpack_from(data, pos + 4)
+                if width and height and components in _COMPONENT_COUNTS:
+                    return JpegInfo(width, height, components, marker in _PROGRESSIVE_SOF)
             break
         segments += 1
         pos += 2 + length
@@ -213,6 +221,6 @@ def read_jpeg_info(frame_bytes: bytes) -> JpegInfo:
                 raise FrameValidationError(
                     ErrorCode.INVALID_FRAME, f"JPEG declares {components} colour components; expected 1, 3 or 4"
                 )
-            return JpegInfo(width=width, height=height, components=components, progressive=marker in (0xC2, 0xC6, 0xCA, 0xCE))
+            return JpegInfo(width=width, height=height, components=components, progressive=marker in _PROGRESSIVE_SOF)
         pos += length
     raise FrameValidationError(ErrorCode.INVALID_FRAME, "JPEG has no start-of-frame segment before its image data")

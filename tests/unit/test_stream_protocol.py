@@ -286,3 +286,28 @@ def test_a_frame_in_flight_keeps_the_session_from_idling_and_a_message_restarts_
     clock.ms += 9000
     assert stream.idle_check() == pytest.approx(1.0), "quiet since the second frame arrived"
     assert stream.ending is None
+
+
+def test_an_admitted_frame_is_reported_once_after_its_reply_is_written_and_before_the_reply_s_report() -> None:
+    stream, _, observer = protocol()
+    first = stream.message_received(frame())
+    assert first is not None
+    assert observer.names() == [], "nothing is reported before the reply of a frame answered at once"
+    assert stream.frame_finished(first, reply(first)) is None
+    sent(stream)
+    stream.report_received()  # what the pump calls after the reply went out: nothing left to report
+    assert observer.names() == ["frame_received", "frame_processed"]
+
+
+def test_arrivals_are_reported_in_order_and_before_a_failure() -> None:
+    stream, _, observer = protocol()
+    first = stream.message_received(frame())
+    assert first is not None
+    stream.report_received()  # the pump reports a frame handed to the executor as it arrives
+    assert observer.names() == ["frame_received"]
+    second_started = stream.frame_failed(first, PipelineExecutionError("p", "n", "plugin", "tool", RuntimeError("boom")))
+    assert second_started is None
+    third = stream.message_received(frame())
+    assert third is not None
+    assert stream.frame_failed(third, PipelineExecutionError("p", "n", "plugin", "tool", RuntimeError("boom"))) is None
+    assert observer.names() == ["frame_received", "frame_failed", "frame_received", "frame_failed"]
