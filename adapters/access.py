@@ -114,6 +114,12 @@ def _header_values(scope: Scope, name: bytes) -> list[str]:
     return [value.decode("latin-1") for key, value in scope.get("headers", ()) if key.lower() == name]
 
 
+# The server's own receive and send of an accepted WebSocket, for the stream's transport adapter: the
+# stream's messages then go straight between uvicorn and the application, one frame after another,
+# without the framework's per-message wrappers (which only track a connection state the adapter does not use).
+RAW_CHANNEL = "forgesyte.raw_channel"
+
+
 class AccessGuard:
     """Pure ASGI middleware in front of the Litestar app: Host, Origin and, for HTTP, the API key."""
 
@@ -143,6 +149,8 @@ class AccessGuard:
             if not credential.authorized:
                 refusal = unauthorized_refusal(credential)
         if refusal is None:
+            if channel is Channel.WEBSOCKET:
+                scope[RAW_CHANNEL] = (receive, send)  # type: ignore[typeddict-unknown-key]
             if key == "-":
                 await self.app(scope, receive, send)
                 return

@@ -38,7 +38,7 @@ from litestar.status_codes import (
 )
 
 from adapters import serving
-from adapters.access import AccessEvents, AccessGuard, bearer_subprotocol, declare_security
+from adapters.access import RAW_CHANNEL, AccessEvents, AccessGuard, bearer_subprotocol, declare_security
 from adapters.metrics import MetricsExporter
 from adapters.serving import Health
 from application.access import AccessPolicy, StreamAccess
@@ -59,16 +59,24 @@ log = structlog.get_logger("forgesyte.http")
 
 
 class LitestarWebSocketTransport:
-    """Adapts a Litestar WebSocket to the application's Transport port."""
+    """Adapts a Litestar WebSocket to the application's Transport port.
+
+    Litestar routes, authenticates and accepts the connection; the stream's
+    messages then use the server's own receive and send (AccessGuard hands
+    them over), as Litestar's wrappers around them only track a connection
+    state nothing here reads.
+    """
 
     def __init__(self, socket: WebSocket[Any, Any, Any]) -> None:
         self._socket = socket
         client = socket.client
         self.client = f"{client.host}:{client.port}" if client else "unknown"
+        raw = socket.scope.get(RAW_CHANNEL)
+        self._receive, self._send = raw if raw is not None else (socket.receive, socket.send)
 
     async def receive(self) -> Inbound:
         try:
-            message = await self._socket.receive()
+            message = await self._receive()
         except WebSocketDisconnect as disconnect:
             return Inbound(InboundKind.DISCONNECT, close_code=disconnect.code)
         if message["type"] == "websocket.disconnect":
@@ -79,7 +87,7 @@ class LitestarWebSocketTransport:
 
     async def send_json(self, message: Mapping[str, Any]) -> None:
         try:
-            await self._socket.send({"type": "websocket.send", "bytes": None, "text": _encoder.encode(message).decode()})
+            await self._send({"type": "websocket.send", "bytes": None, "text": _encoder.encode(message).decode()})
         except ReplyTimeout as timed_out:
             raise SendTimedOut() from timed_out
         except (WebSocketDisconnect, OSError) as gone:

@@ -276,19 +276,24 @@ class Session:
         return tuple(drained)
 
     def _expire(self, now: float) -> None:
-        rate_horizon = now - self.policy.rate_window_ms
-        while len(self._arrivals) > 1 and self._arrivals[0] < rate_horizon:
-            self._previous_arrival = self._arrivals.popleft()
-        drop_horizon = now - self.policy.drop_window_ms
-        while self._recent_frames and self._recent_frames[0] < drop_horizon:
-            self._recent_frames.popleft()
-        while self._recent_drops and self._recent_drops[0] < drop_horizon:
-            self._recent_drops.popleft()
+        policy = self.policy
+        arrivals = self._arrivals
+        rate_horizon = now - policy.rate_window_ms
+        while len(arrivals) > 1 and arrivals[0] < rate_horizon:
+            self._previous_arrival = arrivals.popleft()
+        drop_horizon = now - policy.drop_window_ms
+        recent = self._recent_frames
+        while recent and recent[0] < drop_horizon:
+            recent.popleft()
+        drops = self._recent_drops
+        while drops and drops[0] < drop_horizon:
+            drops.popleft()
 
     def _refresh_state(self, now: float) -> None:
         self._expire(now)
-        rate = self._recent_drop_rate()
-        if rate <= self.policy.slowdown_threshold:
+        policy = self.policy
+        rate = self._recent_drop_rate() if self._recent_drops else 0.0
+        if rate <= policy.slowdown_threshold:
             self._slowdown_armed = True
-        lagging = self.policy.is_lagging(self.processing_ms, self._frame_interval_ms())
-        self.backpressure_state = self.policy.state(lagging=lagging, recent_drop_rate=rate)
+        lagging = policy.is_lagging(self.processing_ms, self._frame_interval_ms())
+        self.backpressure_state = policy.state(lagging=lagging, recent_drop_rate=rate)
