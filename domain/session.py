@@ -85,7 +85,6 @@ class Session:
     processed_frames: int = 0
     failed_frames: int = 0
     last_processed_ts: float | None = None
-    backpressure_state: BackpressureState = BackpressureState.NORMAL
     state: SessionState = SessionState.CONNECTING
     started_ms: float = field(init=False)
     processing_ms: float | None = None
@@ -290,10 +289,15 @@ class Session:
             drops.popleft()
 
     def _refresh_state(self, now: float) -> None:
+        """After each frame event: expire the windows and re-arm the slow-down warning once the rate is back down."""
         self._expire(now)
-        policy = self.policy
-        rate = self._recent_drop_rate() if self._recent_drops else 0.0
-        if rate <= policy.slowdown_threshold:
+        if not self._recent_drops or self._recent_drop_rate() <= self.policy.slowdown_threshold:
             self._slowdown_armed = True
-        lagging = policy.is_lagging(self.processing_ms, self._frame_interval_ms())
-        self.backpressure_state = policy.state(lagging=lagging, recent_drop_rate=rate)
+
+    @property
+    def backpressure_state(self) -> BackpressureState:
+        """`normal`, `lagging` or `slow_down` now, from the windows as they stand (computed when asked: nothing serving reads it per frame)."""
+        now = self.clock()
+        self._expire(now)
+        lagging = self.policy.is_lagging(self.processing_ms, self._frame_interval_ms())
+        return self.policy.state(lagging=lagging, recent_drop_rate=self._recent_drop_rate())
