@@ -21,6 +21,7 @@ from application.ports import (
     Tool,
     max_input_side,
     reads_image,
+    returns_json,
     runs_inline,
 )
 from domain import (
@@ -324,6 +325,7 @@ class _Plan:
     plugins: tuple[Plugin, ...]
     input_side: int | None
     inline: bool
+    json_ready: bool  # every output node's tool promises JSON-ready outputs (Tool.returns_json)
 
 
 class DagPipelineService:
@@ -382,6 +384,7 @@ class DagPipelineService:
             plugins=tuple(self._plugins[plugin_id] for plugin_id in dict.fromkeys(step.plugin_id for step in steps)),
             input_side=self._pipeline_input_side(definition),
             inline=all(runs_inline(step.tool) for step in steps),
+            json_ready=all(returns_json(tools[node_id]) for node_id in definition.output_nodes),
         )
 
     def input_side(self, pipeline_id: str) -> int | None:
@@ -513,7 +516,7 @@ class DagPipelineService:
                 for node_id in output_nodes:
                     merged.update(outputs[node_id])
             try:
-                result: dict[str, Any] = to_json_safe(merged)
+                result: dict[str, Any] = merged if plan.json_ready and type(merged) is dict else to_json_safe(merged)
             except JsonSafetyError as exc:
                 last = next(step for step in plan.steps if step.node_id == output_nodes[-1])
                 raise PipelineExecutionError(pipeline_id, last.node_id, last.plugin_id, last.tool_id, exc) from exc

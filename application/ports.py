@@ -88,6 +88,12 @@ class Tool(Protocol):
     A tool that never calls context.image() (it works on its predecessors'
     outputs, in context.frame_size coordinates) sets `reads_image = False`, so
     that it puts no demand on how far the frame is decoded.
+
+    A tool whose outputs are always a new dict made only of dict, list, str,
+    int, finite float, bool and None may set `returns_json = True`: when every
+    output node of a pipeline promises it, the result is sent as the tools
+    made it, without the copy that otherwise converts or refuses anything
+    JSON cannot carry (numpy scalars, arrays, NaN).
     """
 
     def __call__(self, inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]: ...
@@ -95,6 +101,10 @@ class Tool(Protocol):
 
 def runs_inline(tool: Tool) -> bool:
     return getattr(tool, "runs_inline", False) is True
+
+
+def returns_json(tool: Tool) -> bool:
+    return getattr(tool, "returns_json", False) is True
 
 
 def reads_image(tool: Tool) -> bool:

@@ -26,6 +26,8 @@ def frame_info(inputs: Mapping[str, Any], context: ToolContext) -> dict[str, int
 
 # Header-only and constant-time: cheaper to run on the event loop than to hand to a thread.
 frame_info.runs_inline = True  # type: ignore[attr-defined]
+# A new dict of ints on every call: nothing for the engine's JSON-safety copy to do.
+frame_info.returns_json = True  # type: ignore[attr-defined]
 
 
 class ProbePlugin:

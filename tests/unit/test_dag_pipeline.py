@@ -342,6 +342,27 @@ def test_numpy_like_values_are_converted_to_plain_json() -> None:
     assert type(result["nested"]["n"]) is list
 
 
+def test_outputs_of_tools_that_promise_json_are_sent_as_made_and_others_are_converted() -> None:
+    made: list[dict[str, Any]] = []
+
+    def promising(inputs: Mapping[str, Any], context: ToolContext) -> dict[str, Any]:
+        made.append({"width": 64, "nested": {"n": [1, 2]}})
+        return made[-1]
+
+    promising.returns_json = True  # type: ignore[attr-defined]
+    plain = lambda inputs, context: {"score": NumpyLikeScalar(0.5)}  # noqa: E731
+    pipelines = service(
+        [
+            definition("promised", [("a", "p", "promising")], entry=["a"], output=["a"]),
+            definition("mixed", [("a", "p", "promising"), ("b", "p", "plain")], entry=["a", "b"], output=["a", "b"]),
+        ],
+        [FakePlugin("p", {"promising": promising, "plain": plain})],
+    )
+    assert pipelines.run_pipeline("promised", PAYLOAD) is made[-1]
+    mixed = pipelines.run_pipeline("mixed", PAYLOAD)
+    assert mixed == {"width": 64, "nested": {"n": [1, 2]}, "score": 0.5} and type(mixed["score"]) is float
+
+
 def test_bytes_in_output_is_a_pipeline_execution_error() -> None:
     plugin = FakePlugin("leak", {"t": lambda inputs, context: {"raw": context.image_bytes}})
     pipelines = service([definition("leaky", [("out", "leak", "t")], entry=["out"], output=["out"])], [plugin])
