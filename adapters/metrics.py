@@ -277,7 +277,7 @@ class PrometheusObserver:
             registry=registry,
         )
         self._series: dict[str, _PipelineSeries] = {}
-        self._node_series: dict[tuple[str, str], Any] = {}
+        self._node_series: dict[str, dict[str, Any]] = {}
         for pipeline_id in pipeline_ids:
             self._for(pipeline_id)
 
@@ -352,10 +352,10 @@ class PrometheusObserver:
     # PipelineObserver (called from worker threads; prometheus-client is thread-safe) -------
 
     def node_finished(self, pipeline_id: str, node_id: str, duration_ms: float, *, failed: bool) -> None:
-        key = (pipeline_id, node_id)
-        child = self._node_series.get(key)
+        nodes = self._node_series.get(pipeline_id)
+        child = None if nodes is None else nodes.get(node_id)
         if child is None:  # bounded: node ids come from the catalogue's graphs
-            child = self._node_series[key] = self.node_duration.labels(pipeline_id, node_id)
+            child = self._node_series.setdefault(pipeline_id, {})[node_id] = self.node_duration.labels(pipeline_id, node_id)
         child.observe(duration_ms / 1000.0)
         if failed:
             self.node_failures.labels(pipeline_id, node_id).inc()

@@ -117,6 +117,8 @@ def validate_jpeg(frame_bytes: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) 
     The size check comes first so that an oversized upload is reported as such
     even when it is also malformed: that is the fault the client must fix.
     """
+    if type(frame_bytes) is bytes and frame_bytes.startswith(_SOI) and frame_bytes.endswith(_EOI) and 4 <= len(frame_bytes) <= max_bytes:
+        return  # the common case, in three C calls; anything else gets its precise error below
     if not isinstance(frame_bytes, (bytes, bytearray, memoryview)):
         raise FrameValidationError(
             ErrorCode.INVALID_FRAME, f"expected JPEG bytes, got {type(frame_bytes).__name__}"
@@ -151,7 +153,7 @@ def read_jpeg_info(frame_bytes: bytes) -> JpegInfo:
     million tiny comment segments must cost no more than a camera's frame.
     """
     data = frame_bytes if type(frame_bytes) is bytes else memoryview(frame_bytes)
-    if bytes(data[:2]) != _SOI:
+    if data[:2] != _SOI:
         raise FrameValidationError(ErrorCode.INVALID_FRAME, "frame does not start with the JPEG SOI marker FF D8")
     pos = 2
     end = len(data)

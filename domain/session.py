@@ -188,7 +188,9 @@ class Session:
     def receive_frame(self, data: bytes) -> Admission:
         """Admit a validated frame: start it, keep it waiting, and drop what it displaces."""
         now = self.clock()
-        frame = Frame(index=self.increment_frame(), data=data, received_ms=now)
+        index = self.frame_index
+        self.frame_index = index + 1  # increment_frame, without the call: this runs for every frame
+        frame = Frame(index, data, now)
         if self._arrivals:
             self._previous_arrival = self._arrivals[-1]
         self._arrivals.append(now)
