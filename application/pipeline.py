@@ -37,6 +37,8 @@ from domain import (
 )
 
 _UNDECODED = object()
+# The longest header prefix remembered per stream (see DagPipelineService._header_of); a camera's is 0.6-3 KB.
+_MAX_REMEMBERED_HEADER_BYTES = 8192
 
 
 class DecodedBytesBudget:
@@ -283,6 +285,9 @@ class StreamStateStore:
         if deferred:
             self._close(states)
 
+    def is_open(self, stream_id: str) -> bool:
+        return stream_id in self._streams
+
     def release(self, stream_id: str) -> None:
         with self._lock:
             if self._leases.get(stream_id):
@@ -370,6 +375,8 @@ class DagPipelineService:
             for pipeline_id in catalog.ids()
         }
         self._plans = {pipeline_id: self._compile(catalog.get(pipeline_id)) for pipeline_id in catalog.ids()}
+        # Each open stream's last header: its bytes up to the end of the start of frame, and their reading.
+        self._headers: dict[str, tuple[bytes, JpegInfo]] = {}
 
     def _compile(self, definition: PipelineDefinition) -> _Plan:
         tools = self._tools[definition.id]
@@ -453,7 +460,31 @@ class DagPipelineService:
         self._state_store.open(stream_id)
 
     def release_stream(self, stream_id: str) -> None:
+        self._headers.pop(stream_id, None)
         self._state_store.release(stream_id)
+
+    def _header_of(self, image_bytes: bytes, stream_id: str | None) -> JpegInfo:
+        """The frame's header reading; the previous frame's, when the stream's encoder repeated its header byte for byte.
+
+        A camera or a browser encodes every frame of a stream with the same
+        tables and size, so the bytes up to the start of frame repeat; the
+        walk's result depends on those bytes only, so a frame that starts with
+        them has the same reading. One prefix of at most 8 KiB is kept per open
+        stream and dropped when the stream is released.
+        """
+        if stream_id is not None:
+            last = self._headers.get(stream_id)
+            if last is not None and type(image_bytes) is bytes and image_bytes.startswith(last[0]):
+                return last[1]
+        info = read_jpeg_info(image_bytes)
+        if (
+            stream_id is not None
+            and info.header_bytes <= _MAX_REMEMBERED_HEADER_BYTES
+            and type(image_bytes) is bytes
+            and self._state_store.is_open(stream_id)
+        ):
+            self._headers[stream_id] = (image_bytes[: info.header_bytes], info)
+        return info
 
     def run_pipeline(self, pipeline_id: str, payload: Mapping[str, Any], *, stream_id: str | None = None) -> dict[str, Any]:
         plan = self._plans.get(pipeline_id)
@@ -468,13 +499,15 @@ class DagPipelineService:
                 break
         run = _RunStates(self._state_store, stream_id)
         try:
-            return self._run_nodes(pipeline_id, plan, payload, run)
+            return self._run_nodes(pipeline_id, plan, payload, run, stream_id)
         finally:
             run.end()
 
-    def _run_nodes(self, pipeline_id: str, plan: _Plan, payload: Mapping[str, Any], run: _RunStates) -> dict[str, Any]:
+    def _run_nodes(
+        self, pipeline_id: str, plan: _Plan, payload: Mapping[str, Any], run: _RunStates, stream_id: str | None
+    ) -> dict[str, Any]:
         image_bytes = payload["image_bytes"]
-        info = read_jpeg_info(image_bytes)
+        info = self._header_of(image_bytes, stream_id)
         if info.width * info.height > self._max_frame_pixels:
             check_frame_pixels(info, self._max_frame_pixels)  # raises, with the message
         # No decoding node (input side 0): no decode to reduce.

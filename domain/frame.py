@@ -74,6 +74,9 @@ class JpegInfo(NamedTuple):
     height: int
     components: int
     progressive: bool
+    # Bytes from the start of the frame to the end of its start-of-frame segment: all the header walk read,
+    # so a frame whose first `header_bytes` bytes are the same has the same info.
+    header_bytes: int = 0
 
     @property
     def pixels(self) -> int:
@@ -169,7 +172,7 @@ def read_jpeg_info(frame_bytes: bytes) -> JpegInfo:
             if marker in _SOF_MARKERS and length >= 8:
                 _, height, width, components = _FRAME_HEAD.unpack_from(data, pos + 4)
                 if width and height and components in _COMPONENT_COUNTS:
-                    return JpegInfo(width, height, components, marker in _PROGRESSIVE_SOF)
+                    return JpegInfo(width, height, components, marker in _PROGRESSIVE_SOF, pos + 2 + length)
             break
         segments += 1
         pos += 2 + length
@@ -223,6 +226,6 @@ def read_jpeg_info(frame_bytes: bytes) -> JpegInfo:
                 raise FrameValidationError(
                     ErrorCode.INVALID_FRAME, f"JPEG declares {components} colour components; expected 1, 3 or 4"
                 )
-            return JpegInfo(width=width, height=height, components=components, progressive=marker in _PROGRESSIVE_SOF)
+            return JpegInfo(width=width, height=height, components=components, progressive=marker in _PROGRESSIVE_SOF, header_bytes=pos + length)
         pos += length
     raise FrameValidationError(ErrorCode.INVALID_FRAME, "JPEG has no start-of-frame segment before its image data")

@@ -746,3 +746,47 @@ def test_a_run_that_cannot_get_decode_memory_fails_with_the_budget_reason_not_as
         budgeted(budget, undeclared).run_pipeline("g", UHD)
     assert caught.value.code is ErrorCode.PIPELINE_FAILURE
     assert budget.in_use() == 1000
+
+
+# A stream's repeated header -------------------------------------------------------
+
+
+def size_service() -> DagPipelineService:
+    def size(inputs: Mapping[str, Any], context: ToolContext) -> dict[str, Any]:
+        return {"width": context.jpeg_info.width, "height": context.jpeg_info.height}
+
+    return service([definition("size", [("n", "p", "size")], entry=["n"], output=["n"])], [FakePlugin("p", {"size": size})])
+
+
+def test_a_stream_whose_header_changes_gets_the_new_reading() -> None:
+    pipelines = size_service()
+    pipelines.open_stream("s")
+    small, large = jpeg_header(64, 48), jpeg_header(640, 480)
+    sizes = [pipelines.run_pipeline("size", {"frame_index": i, "image_bytes": data}, stream_id="s") for i, data in enumerate([small, small, large, small])]
+    assert [(r["width"], r["height"]) for r in sizes] == [(64, 48), (64, 48), (640, 480), (64, 48)]
+
+
+def test_the_pixel_limit_holds_for_a_repeated_header() -> None:
+    pipelines = DagPipelineService(
+        DictCatalog(definition("size", [("n", "p", "size")], entry=["n"], output=["n"])),
+        {"p": FakePlugin("p", {"size": lambda inputs, context: {}})},
+        CountingDecoder(),
+        StreamStateStore(),
+        max_frame_pixels=100 * 100,
+    )
+    pipelines.open_stream("s")
+    for _ in range(2):
+        with pytest.raises(FrameValidationError):
+            pipelines.run_pipeline("size", {"frame_index": 0, "image_bytes": jpeg_header(200, 200)}, stream_id="s")
+
+
+def test_headers_are_remembered_for_open_streams_only_and_forgotten_on_release() -> None:
+    pipelines = size_service()
+    pipelines.run_pipeline("size", {"frame_index": 0, "image_bytes": jpeg_header(64, 48)}, stream_id="never-opened")
+    pipelines.run_pipeline("size", {"frame_index": 0, "image_bytes": jpeg_header(64, 48)})
+    assert pipelines._headers == {}
+    pipelines.open_stream("s")
+    pipelines.run_pipeline("size", {"frame_index": 0, "image_bytes": jpeg_header(64, 48)}, stream_id="s")
+    assert set(pipelines._headers) == {"s"}
+    pipelines.release_stream("s")
+    assert pipelines._headers == {}

@@ -161,3 +161,14 @@ def test_the_reduction_is_the_largest_that_still_meets_the_need(
     assert jpeg_reduction(info, side) == reduction
     if side is not None and reduction > 1:
         assert max(info.reduced_size(reduction)) >= side
+
+
+@pytest.mark.parametrize(
+    "before",
+    [b"", b"\xff\xe0\x00\x04ab", b"\xff\xfe\x00\x05xyz" * 3, b"\xff\xff\xff\xe0\x00\x04ab"],  # the last: fill bytes, the careful walk
+)
+def test_header_bytes_ends_at_the_start_of_frame_and_is_all_the_reading_depends_on(before: bytes) -> None:
+    data = jpeg_header(64, 48, before=before)
+    info = read_jpeg_info(data)
+    assert info.header_bytes == len(data) - 2  # jpeg_header ends with the start of frame, then EOI
+    assert read_jpeg_info(data[: info.header_bytes] + b"anything after the start of frame") == info
