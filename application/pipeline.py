@@ -243,6 +243,7 @@ class StreamStateStore:
         self._streams: dict[str, dict[str, dict[str, Any]]] = {}
         self._leases: dict[str, int] = {}
         self._released: set[str] = set()
+        self._headers: dict[str, tuple[bytes, JpegInfo]] = {}
         self._lock = threading.Lock()
 
     def open(self, stream_id: str) -> None:
@@ -285,11 +286,19 @@ class StreamStateStore:
         if deferred:
             self._close(states)
 
-    def is_open(self, stream_id: str) -> bool:
-        return stream_id in self._streams
+    def header(self, stream_id: str) -> tuple[bytes, JpegInfo] | None:
+        """The stream's last JPEG header (its bytes, their reading), if one is remembered (see remember_header)."""
+        return self._headers.get(stream_id)
+
+    def remember_header(self, stream_id: str, header: tuple[bytes, JpegInfo]) -> None:
+        """Keep a stream's latest header while the stream is open; released with the stream, never after it."""
+        with self._lock:
+            if stream_id in self._streams and stream_id not in self._released:
+                self._headers[stream_id] = header
 
     def release(self, stream_id: str) -> None:
         with self._lock:
+            self._headers.pop(stream_id, None)
             if self._leases.get(stream_id):
                 self._released.add(stream_id)
                 return
@@ -375,8 +384,6 @@ class DagPipelineService:
             for pipeline_id in catalog.ids()
         }
         self._plans = {pipeline_id: self._compile(catalog.get(pipeline_id)) for pipeline_id in catalog.ids()}
-        # Each open stream's last header: its bytes up to the end of the start of frame, and their reading.
-        self._headers: dict[str, tuple[bytes, JpegInfo]] = {}
 
     def _compile(self, definition: PipelineDefinition) -> _Plan:
         tools = self._tools[definition.id]
@@ -460,7 +467,6 @@ class DagPipelineService:
         self._state_store.open(stream_id)
 
     def release_stream(self, stream_id: str) -> None:
-        self._headers.pop(stream_id, None)
         self._state_store.release(stream_id)
 
     def _header_of(self, image_bytes: bytes, stream_id: str | None) -> JpegInfo:
@@ -470,20 +476,15 @@ class DagPipelineService:
         tables and size, so the bytes up to the start of frame repeat; the
         walk's result depends on those bytes only, so a frame that starts with
         them has the same reading. One prefix of at most 8 KiB is kept per open
-        stream and dropped when the stream is released.
+        stream, in the state store, and dropped when the stream is released.
         """
         if stream_id is not None:
-            last = self._headers.get(stream_id)
+            last = self._state_store.header(stream_id)
             if last is not None and type(image_bytes) is bytes and image_bytes.startswith(last[0]):
                 return last[1]
         info = read_jpeg_info(image_bytes)
-        if (
-            stream_id is not None
-            and info.header_bytes <= _MAX_REMEMBERED_HEADER_BYTES
-            and type(image_bytes) is bytes
-            and self._state_store.is_open(stream_id)
-        ):
-            self._headers[stream_id] = (image_bytes[: info.header_bytes], info)
+        if stream_id is not None and info.header_bytes <= _MAX_REMEMBERED_HEADER_BYTES and type(image_bytes) is bytes:
+            self._state_store.remember_header(stream_id, (image_bytes[: info.header_bytes], info))
         return info
 
     def run_pipeline(self, pipeline_id: str, payload: Mapping[str, Any], *, stream_id: str | None = None) -> dict[str, Any]:

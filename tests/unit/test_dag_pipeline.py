@@ -13,6 +13,7 @@ from application.pipeline import DagPipelineService, DecodedBytesBudget, StreamS
 from application.ports import Availability, PipelineObserver, ToolContext
 from domain import (
     ErrorCode,
+    read_jpeg_info,
     FrameValidationError,
     PipelineDefinition,
     PipelineEdge,
@@ -751,11 +752,11 @@ def test_a_run_that_cannot_get_decode_memory_fails_with_the_budget_reason_not_as
 # A stream's repeated header -------------------------------------------------------
 
 
-def size_service() -> DagPipelineService:
+def size_service(store: StreamStateStore | None = None) -> DagPipelineService:
     def size(inputs: Mapping[str, Any], context: ToolContext) -> dict[str, Any]:
         return {"width": context.jpeg_info.width, "height": context.jpeg_info.height}
 
-    return service([definition("size", [("n", "p", "size")], entry=["n"], output=["n"])], [FakePlugin("p", {"size": size})])
+    return service([definition("size", [("n", "p", "size")], entry=["n"], output=["n"])], [FakePlugin("p", {"size": size})], store=store)
 
 
 def test_a_stream_whose_header_changes_gets_the_new_reading() -> None:
@@ -781,12 +782,26 @@ def test_the_pixel_limit_holds_for_a_repeated_header() -> None:
 
 
 def test_headers_are_remembered_for_open_streams_only_and_forgotten_on_release() -> None:
-    pipelines = size_service()
-    pipelines.run_pipeline("size", {"frame_index": 0, "image_bytes": jpeg_header(64, 48)}, stream_id="never-opened")
-    pipelines.run_pipeline("size", {"frame_index": 0, "image_bytes": jpeg_header(64, 48)})
-    assert pipelines._headers == {}
+    store = StreamStateStore()
+    pipelines = size_service(store)
+    frame = {"frame_index": 0, "image_bytes": jpeg_header(64, 48)}
+    pipelines.run_pipeline("size", frame, stream_id="never-opened")
+    pipelines.run_pipeline("size", frame)
+    assert store.header("never-opened") is None
     pipelines.open_stream("s")
-    pipelines.run_pipeline("size", {"frame_index": 0, "image_bytes": jpeg_header(64, 48)}, stream_id="s")
-    assert set(pipelines._headers) == {"s"}
+    pipelines.run_pipeline("size", frame, stream_id="s")
+    remembered = store.header("s")
+    assert remembered is not None and frame["image_bytes"].startswith(remembered[0])
     pipelines.release_stream("s")
-    assert pipelines._headers == {}
+    assert store.header("s") is None
+    pipelines.run_pipeline("size", frame, stream_id="s")  # a run that started late, after the release
+    assert store.header("s") is None
+
+
+def test_a_header_read_by_a_run_that_outlives_its_streams_release_is_not_kept() -> None:
+    store = StreamStateStore()
+    store.open("s")
+    with store.lease("s"):
+        store.release("s")  # deferred: a run holds the state
+        store.remember_header("s", (b"\xff\xd8", read_jpeg_info(jpeg_header(8, 8))))
+    assert store.header("s") is None
