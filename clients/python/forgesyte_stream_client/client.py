@@ -272,6 +272,10 @@ class Reconnect:
     def delay(self, attempt: int) -> float:
         return min(self.max_delay_s, self.initial_delay_s * 2**attempt) * (0.5 + random.random() / 2)
 
+    def retries(self, error: StreamError, attempt: int) -> bool:
+        """Whether a session that ended with `error` is followed by another, after `attempt` failed attempts."""
+        return error.close_code in self.close_codes and attempt < self.attempts
+
 
 NO_RECONNECT = Reconnect(attempts=0)
 
@@ -504,12 +508,19 @@ async def _connect_or_wait(
     except ConnectError as refused:
         if not (reconnecting and attempt < reconnect.attempts):
             raise
-        delay = reconnect.delay(attempt)
-        if on_reconnect is not None:
-            on_reconnect(refused, delay)
-        await asyncio.sleep(delay)
-        return attempt + 1
+        return await _wait_before_reconnecting(refused, attempt, reconnect, on_reconnect)
     return None
+
+
+async def _wait_before_reconnecting(
+    error: ClientError, attempt: int, reconnect: Reconnect, on_reconnect: Callable[[ClientError, float], None] | None
+) -> int:
+    """Wait out the backoff of failed attempt number `attempt` (telling on_reconnect first); the next attempt's number."""
+    delay = reconnect.delay(attempt)
+    if on_reconnect is not None:
+        on_reconnect(error, delay)
+    await asyncio.sleep(delay)
+    return attempt + 1
 
 
 async def _window_outcomes(
@@ -584,7 +595,7 @@ async def _window_outcomes(
             await client.close()
             return
         except StreamError as error:
-            retry = error.close_code in reconnect.close_codes and attempt < reconnect.attempts
+            retry = reconnect.retries(error, attempt)
             now = time.perf_counter()
             if retry:
                 # 1012 and 1013 come after every frame the server read was answered: the rest were never
@@ -601,13 +612,8 @@ async def _window_outcomes(
             if not retry:
                 raise
             reconnecting = True
-            if client.frames_sent:
-                attempt = 0
-            delay = reconnect.delay(attempt)
-            attempt += 1
-            if on_reconnect is not None:
-                on_reconnect(error, delay)
-            await asyncio.sleep(delay)
+            # A session that ran starts a fresh backoff.
+            attempt = await _wait_before_reconnecting(error, 0 if client.frames_sent else attempt, reconnect, on_reconnect)
             connection += 1
         finally:
             await client.close()
@@ -656,7 +662,7 @@ async def _run_sessions(
     attempt = 0
 
     def will_retry(error: StreamError) -> bool:
-        return error.close_code in reconnect.close_codes and attempt < reconnect.attempts
+        return reconnect.retries(error, attempt)
 
     state.will_retry = will_retry
     reconnecting = False
@@ -676,13 +682,8 @@ async def _run_sessions(
                 if not will_retry(error):
                     raise
                 reconnecting = True
-                if client.frames_sent:
-                    attempt = 0  # the session ran: a fresh backoff
-                delay = reconnect.delay(attempt)
-                attempt += 1
-                if on_reconnect is not None:
-                    on_reconnect(error, delay)
-                await asyncio.sleep(delay)
+                # A session that ran starts a fresh backoff.
+                attempt = await _wait_before_reconnecting(error, 0 if client.frames_sent else attempt, reconnect, on_reconnect)
                 state.connection += 1
             finally:
                 await client.close()
