@@ -160,38 +160,10 @@ def test_realtime_plays_a_file_at_its_native_rate(server: RunningServer, face_vi
 
 
 def _serve_on(port: int) -> RunningServer:
-    """start_server on a given port (the restart test needs the second server where the first one was)."""
-    import os
-    import threading
-    import time
+    """The restart test needs the second server where the first one was."""
+    from tests.support.server import start_server
 
-    import httpx
-
-    from tests.support.server import FAULT_PLUGINS, ROOT, TEST_PIPELINES
-
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "FORGESYTE_STREAM_PIPELINES_DIR": str(TEST_PIPELINES),
-           "FORGESYTE_STREAM_PLUGINS": FAULT_PLUGINS, "FORGESYTE_STREAM_LOG_LEVEL": "info"}
-    process = subprocess.Popen([sys.executable, "-m", "adapters.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    server = RunningServer(process=process, port=port)
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            server.lines.append(line.rstrip("\n"))
-
-    server._reader = threading.Thread(target=pump, daemon=True)
-    server._reader.start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, server.log_text()
-        try:
-            if httpx.get(f"{server.http}/health", timeout=1, trust_env=False).status_code == 200:
-                return server
-        except httpx.TransportError:
-            time.sleep(0.1)
-    server.stop()
-    raise AssertionError(f"no server on :{port} within 60 s:\n{server.log_text()}")
+    return start_server({"FORGESYTE_STREAM_LOG_LEVEL": "info"}, port=port)
 
 
 def test_a_server_restart_mid_stream_is_ridden_out_with_every_frame_answered(tmp_path: Path) -> None:

@@ -78,12 +78,14 @@ def start_server(
     timeout: float = 60.0,
     tls: Any = None,
     transport: str = "litestar",
+    port: int | None = None,
 ) -> RunningServer:
-    """Start a server on a free port and wait until its /health answers (both transports serve it).
+    """Start a server on a free port (or on `port`) and wait until its /health answers (both transports serve it).
 
-    `tls`: an ssl.SSLContext trusting the server's certificate, when the env turns TLS on.
+    `tls`: an ssl.SSLContext trusting the server's certificate, when the env turns TLS on. `port`: for a
+    test that starts a second server where the first one was.
     """
-    port = free_port()
+    port = free_port() if port is None else port
     environment = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
