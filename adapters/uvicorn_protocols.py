@@ -117,9 +117,6 @@ class _ReceiveQueue:
     def empty(self) -> bool:
         return not self._items
 
-    def qsize(self) -> int:
-        return len(self._items)
-
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
@@ -378,11 +375,11 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             finally:
                 queue.waited()
         message = queue.get_nowait()
-        if self.queue.empty():
+        if queue.empty():
             self._queued_size = 0
         elif message["type"] == "websocket.receive":
             self._queued_size -= len(message["bytes"] if message.get("bytes") is not None else message["text"])
-        if self.read_paused and self.queue.empty():
+        if self.read_paused and queue.empty():
             self.read_paused = False
             if self._backlog:
                 self._schedule_drain()
