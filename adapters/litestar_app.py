@@ -71,6 +71,7 @@ class LitestarWebSocketTransport:
         self._socket = socket
         client = socket.client
         self.client = f"{client.host}:{client.port}" if client else "unknown"
+        # Behind AccessGuard (as create_app serves it), the server's own channel; else Litestar's.
         raw = socket.scope.get(RAW_CHANNEL)
         self._receive, self._send = raw if raw is not None else (socket.receive, socket.send)
 

@@ -165,7 +165,7 @@ class LoggingStreamObserver:
         self._log.warning("session_rejected", pipeline_id=shown, client=client, error=code.value, detail=detail)
 
     def frame_received(self, session: Session, frame_index: int, size: int) -> None:
-        if self._stdlib.isEnabledFor(logging.DEBUG):  # _per_frame, without the call: this runs for every frame
+        if self._per_frame():
             self._bound(session).debug("frame_received", frame_index=frame_index, bytes=size)
 
     def frame_dropped(self, session: Session, frame_index: int, cause: DropCause) -> None:
@@ -177,7 +177,7 @@ class LoggingStreamObserver:
     def frame_processed(
         self, session: Session, frame_index: int, *, queue_ms: float, processing_ms: float, latency_ms: float
     ) -> None:
-        if self._stdlib.isEnabledFor(logging.DEBUG):  # _per_frame, without the call: this runs for every frame
+        if self._per_frame():
             self._bound(session).debug(
                 "frame_processed",
                 frame_index=frame_index,

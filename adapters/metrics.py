@@ -321,7 +321,7 @@ class PrometheusObserver:
         counter.labels(refusal.value).inc()
 
     def frame_received(self, session: Session, frame_index: int, size: int) -> None:
-        series = self._series.get(session.pipeline_id) or self._for(session.pipeline_id)
+        series = self._for(session.pipeline_id)
         series.frames_received.inc()
         series.bytes_received.inc(size)
 
@@ -332,7 +332,7 @@ class PrometheusObserver:
         self, session: Session, frame_index: int, *, queue_ms: float, processing_ms: float, latency_ms: float
     ) -> None:
         # The stream reports this once the reply was sent, so latency_ms covers the send too.
-        series = self._series.get(session.pipeline_id) or self._for(session.pipeline_id)
+        series = self._for(session.pipeline_id)
         series.frames_processed.inc()
         series.queue_wait.observe(queue_ms / 1000.0)
         series.reply_latency.observe(latency_ms / 1000.0)
@@ -361,7 +361,7 @@ class PrometheusObserver:
             self.node_failures.labels(pipeline_id, node_id).inc()
 
     def pipeline_finished(self, pipeline_id: str, duration_ms: float, *, failed: bool) -> None:
-        (self._series.get(pipeline_id) or self._for(pipeline_id)).pipeline_duration.observe(duration_ms / 1000.0)
+        self._for(pipeline_id).pipeline_duration.observe(duration_ms / 1000.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -249,15 +248,6 @@ class StreamStateStore:
     def open(self, stream_id: str) -> None:
         with self._lock:
             self._streams.setdefault(stream_id, {})
-
-    @contextmanager
-    def lease(self, stream_id: str | None) -> Iterator[dict[str, dict[str, Any]]]:
-        """The stream's state for the length of one run; throw-away without an open stream."""
-        state, owned = self.acquire(stream_id)
-        try:
-            yield state
-        finally:
-            self.give_back(stream_id, state, owned)
 
     def acquire(self, stream_id: str | None) -> tuple[dict[str, dict[str, Any]], bool]:
         """The state one run uses, and whether it is the stream's (False: throw-away); hand both to give_back."""

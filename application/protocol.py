@@ -170,8 +170,7 @@ class StreamProtocol:
         data = inbound.data
         assert isinstance(data, bytes)
         observer = self._observer
-        if self._unreported:
-            self.report_received()  # arrivals are reported in order
+        self.report_received()  # arrivals are reported in order
         if self.ending is not None:
             if not self.ending.cut_off:
                 # Read just as the session began to end: it is answered, as dropped, and never started.
@@ -210,7 +209,7 @@ class StreamProtocol:
         """The frame's work returned its reply (`{"frame_index", "result"}`); returns the next frame to start, if any."""
         session = self.session
         started_ms = self._started_ms
-        now = session.clock()
+        now = session.now_ms()
         processing_ms = now - started_ms
         session.complete_frame(frame, processing_ms=processing_ms, succeeded=True, now=now)
         self.outbox.append((reply, Report.PROCESSED, frame, processing_ms, started_ms - frame.received_ms))
@@ -220,8 +219,7 @@ class StreamProtocol:
         """The frame's work failed; the kind of failure decides the reply. Returns the next frame to start."""
         session = self.session
         observer = self._observer
-        if self._unreported:
-            self.report_received()  # the frame's arrival is reported before its failure
+        self.report_received()  # the frame's arrival is reported before its failure
         session.complete_frame(frame, processing_ms=session.now_ms() - self._started_ms, succeeded=False)
         if isinstance(error, FrameValidationError):
             # Markers were fine but the image does not decode (or declares too many pixels): the client sent it.
@@ -260,8 +258,7 @@ class StreamProtocol:
         used by two runs at once.
         """
         session = self.session
-        if self._unreported:
-            self.report_received()
+        self.report_received()
         failure = FrameTimeoutError(session.pipeline_id, frame.index, self._frame_timeout_s)
         self._observer.frame_failed(session, frame.index, error, code=failure.code)
         self._straggler = frame
@@ -318,10 +315,10 @@ class StreamProtocol:
 
         An admitted frame is reported here rather than as it arrives, so that
         a frame answered at once (a header-only pipeline) has its reply
-        written before any bookkeeping runs; the pump calls this right after
-        admitting a frame that goes to the executor, and after the reply of
-        one answered at once. A report about a frame's reply comes after the
-        report of its arrival (message_sent calls this first).
+        written before any bookkeeping runs; the pump calls this once it has
+        sent what a message made the protocol queue. Every report about a
+        frame's outcome comes after the report of its arrival: the events that
+        report outcomes call this first.
         """
         unreported = self._unreported
         if unreported:
@@ -333,14 +330,13 @@ class StreamProtocol:
 
     def message_sent(self, outgoing: Outgoing) -> None:
         """Tell the observer what a message that has gone out said."""
-        if self._unreported:
-            self.report_received()
+        self.report_received()
         _, report, frame, extra, queue_ms = outgoing
         session = self.session
         observer = self._observer
         if report is Report.PROCESSED:
             assert frame is not None
-            now = session.clock()
+            now = session.now_ms()
             observer.frame_processed(
                 session,
                 frame.index,

@@ -274,10 +274,8 @@ class _Pump:
                 inbound = await transport.receive()
                 self._receiving = False
                 start = protocol.message_received(inbound)
-                if not inline:
-                    if start is not None:
-                        to_start.put_nowait(start)  # the pipeline starts before the drop notices go out
-                    protocol.report_received()
+                if start is not None and not inline:
+                    to_start.put_nowait(start)  # the pipeline starts before the drop notices go out
                 if protocol.outbox:
                     await self._flush()
                 while start is not None and inline:
@@ -290,7 +288,7 @@ class _Pump:
                     else:
                         start = protocol.frame_finished(start, reply)
                     await self._flush()
-                protocol.report_received()  # answered at once: reported once the reply is out
+                protocol.report_received()  # after the replies: a frame answered at once is reported once its reply is out
                 self._fed()
         except ConnectionClosed as gone:
             protocol.connection_lost(gone)

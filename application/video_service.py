@@ -78,7 +78,7 @@ class VideoFilePipelineService:
         """
         if not markers_checked:
             validate_jpeg(frame_bytes, self.max_frame_bytes)
-        payload = {"frame_index": frame_index, "image_bytes": frame_bytes if type(frame_bytes) is bytes else bytes(frame_bytes)}
+        payload = {"frame_index": frame_index, "image_bytes": bytes(frame_bytes)}
         result = self._pipelines.run_pipeline(pipeline_id, payload, stream_id=stream_id)
         return {"frame_index": frame_index, "result": result}
 

@@ -133,14 +133,14 @@ class Session:
 
     def mark_drop(self, at_ms: float | None = None) -> None:
         self.dropped_frames += 1
-        self._recent_drops.append(self.clock() if at_ms is None else at_ms)
+        self._recent_drops.append(self.now_ms() if at_ms is None else at_ms)
 
     def drop_rate(self) -> float:
         """Dropped frames over received frames since the session began."""
         return self.dropped_frames / self.frame_index if self.frame_index else 0.0
 
     def recent_drop_rate(self, now: float | None = None) -> float:
-        self._expire(self.clock() if now is None else now)
+        self._expire(self.now_ms() if now is None else now)
         return self._recent_drop_rate()
 
     def _recent_drop_rate(self) -> float:
@@ -155,7 +155,7 @@ class Session:
         With fewer than two arrivals in the window, the gap since the previous
         arrival stands in, so a client that slowed right down is seen as slow at once.
         """
-        self._expire(self.clock() if now is None else now)
+        self._expire(self.now_ms() if now is None else now)
         return self._frame_interval_ms()
 
     def _frame_interval_ms(self) -> float | None:
@@ -179,7 +179,7 @@ class Session:
         return self.drop_cause(processing_time_ms, now) is not None
 
     def should_slow_down(self) -> bool:
-        now = self.clock()
+        now = self.now_ms()
         since = None if self._last_slowdown_ms is None else now - self._last_slowdown_ms
         return self.policy.should_slow_down(self.recent_drop_rate(now), armed=self._slowdown_armed, ms_since_last_signal=since)
 
@@ -187,10 +187,8 @@ class Session:
 
     def receive_frame(self, data: bytes) -> Admission:
         """Admit a validated frame: start it, keep it waiting, and drop what it displaces."""
-        now = self.clock()
-        index = self.frame_index
-        self.frame_index = index + 1  # increment_frame, without the call: this runs for every frame
-        frame = Frame(index, data, now)
+        now = self.now_ms()
+        frame = Frame(index=self.increment_frame(), data=data, received_ms=now)
         if self._arrivals:
             self._previous_arrival = self._arrivals[-1]
         self._arrivals.append(now)
@@ -227,7 +225,7 @@ class Session:
         if self.in_flight is None or self.in_flight.index != frame.index:
             raise IllegalTransition(f"session {self.session_id}: frame {frame.index} completed but was not in flight")
         if now is None:
-            now = self.clock()
+            now = self.now_ms()
         if self.processing_ms is None:
             self.processing_ms = processing_ms
         else:
@@ -255,7 +253,7 @@ class Session:
         """The slow-down warning due now, if any; taking it disarms the next one."""
         if not self.should_slow_down():
             return None
-        now = self.clock()
+        now = self.now_ms()
         self._slowdown_armed = False
         self._last_slowdown_ms = now
         self.slowdown_signals += 1
@@ -268,7 +266,7 @@ class Session:
 
     def drain_waiting(self, cause: DropCause = DropCause.CLOSING) -> tuple[Drop, ...]:
         """Answer every waiting frame as dropped: the stream is ending before they can run."""
-        now = self.clock()
+        now = self.now_ms()
         drained = []
         while self._waiting:
             frame = self._waiting.popleft()
@@ -299,7 +297,6 @@ class Session:
     @property
     def backpressure_state(self) -> BackpressureState:
         """`normal`, `lagging` or `slow_down` now, from the windows as they stand (computed when asked: nothing serving reads it per frame)."""
-        now = self.clock()
-        self._expire(now)
-        lagging = self.policy.is_lagging(self.processing_ms, self._frame_interval_ms())
-        return self.policy.state(lagging=lagging, recent_drop_rate=self._recent_drop_rate())
+        now = self.now_ms()
+        lagging = self.policy.is_lagging(self.processing_ms, self.frame_interval_ms(now))
+        return self.policy.state(lagging=lagging, recent_drop_rate=self.recent_drop_rate(now))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -439,8 +440,18 @@ def test_state_persists_across_frames_of_one_stream() -> None:
     assert counts == [1, 2, 3]
 
 
+@contextmanager
+def lease(store: StreamStateStore, stream_id: str | None) -> Iterator[dict[str, dict[str, Any]]]:
+    """A run's use of the stream's state, as the engine takes it."""
+    state, owned = store.acquire(stream_id)
+    try:
+        yield state
+    finally:
+        store.give_back(stream_id, state, owned)
+
+
 def peek(store: StreamStateStore, stream_id: str | None) -> dict[str, dict[str, Any]]:
-    with store.lease(stream_id) as states:
+    with lease(store, stream_id) as states:
         return states
 
 
@@ -525,7 +536,7 @@ def test_a_release_during_a_run_waits_for_the_run_to_return() -> None:
     finish = threading.Event()
 
     def run_holding_the_lease() -> None:
-        with store.lease("s"):
+        with lease(store, "s"):
             inside.set()
             finish.wait(5)
 
@@ -801,7 +812,7 @@ def test_headers_are_remembered_for_open_streams_only_and_forgotten_on_release()
 def test_a_header_read_by_a_run_that_outlives_its_streams_release_is_not_kept() -> None:
     store = StreamStateStore()
     store.open("s")
-    with store.lease("s"):
+    with lease(store, "s"):
         store.release("s")  # deferred: a run holds the state
         store.remember_header("s", (b"\xff\xd8", read_jpeg_info(jpeg_header(8, 8))))
     assert store.header("s") is None
