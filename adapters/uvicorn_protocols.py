@@ -86,15 +86,19 @@ class _ReceiveQueue:
 
     asyncio.Queue finds its loop again on every wait, which costs a getpid
     system call per message; one reader at a time, as ASGI's receive has.
+    `size` is what the messages waiting hold (their payloads' lengths), for
+    the read-ahead bound.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._items: deque[Any] = deque()
+        self._items: deque[tuple[Any, int]] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self.size = 0
 
-    def put_nowait(self, item: Any) -> None:
-        self._items.append(item)
+    def put_nowait(self, item: Any, size: int = 0) -> None:
+        self._items.append((item, size))
+        self.size += size
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -112,7 +116,9 @@ class _ReceiveQueue:
         self._waiter = None
 
     def get_nowait(self) -> Any:
-        return self._items.popleft()
+        item, size = self._items.popleft()
+        self.size -= size
+        return item
 
     def empty(self) -> bool:
         return not self._items
@@ -278,7 +284,6 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._request_fed = False
         self._frame_left = 0  # bytes of the current frame not yet fed to the parser; 0 at a boundary
         self._head = b""  # the current frame's header bytes fed so far, while too few to give its length
-        self._queued_size = 0  # bytes (characters for text) of the messages queued and not yet taken
         self.close_timeout = _CLOSE_GRACE_S * 2
 
     # Reading: slices, a time budget per turn, and the backlog kept in order --------------------
@@ -375,10 +380,6 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             finally:
                 queue.waited()
         message = queue.get_nowait()
-        if queue.empty():
-            self._queued_size = 0
-        elif message["type"] == "websocket.receive":
-            self._queued_size -= len(message["bytes"] if message.get("bytes") is not None else message["text"])
         if self.read_paused and queue.empty():
             self.read_paused = False
             if self._backlog:
@@ -470,17 +471,14 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.close_sent:
             # Past our close: discard, so that reading goes on until the peer's close arrives.
             return
-        payload: str | bytes
+        queue: _ReceiveQueue = self.queue  # type: ignore[assignment]
         if self.curr_msg_data_type == "text":
             # Not an error of the server: the application answers any text message with
             # invalid_message (close 1003), so it gets the text, undecodable bytes replaced.
-            payload = data.decode(errors="replace")
-            self.queue.put_nowait({"type": "websocket.receive", "text": payload})
+            queue.put_nowait({"type": "websocket.receive", "text": data.decode(errors="replace")}, len(data))
         else:
-            payload = data
-            self.queue.put_nowait({"type": "websocket.receive", "bytes": payload})
-        self._queued_size += len(payload)
-        if self._queued_size >= _READ_AHEAD_BYTES and not self.read_paused:
+            queue.put_nowait({"type": "websocket.receive", "bytes": data}, len(data))
+        if queue.size >= _READ_AHEAD_BYTES and not self.read_paused:
             self.read_paused = True
             self.transport.pause_reading()
 

@@ -20,6 +20,7 @@ from uvicorn.server import ServerState
 from websockets.client import ClientProtocol
 from websockets.uri import parse_uri
 
+from adapters.uvicorn_protocols import _READ_AHEAD_BYTES as READ_AHEAD_BYTES
 from adapters.uvicorn_protocols import ConnectionLimits, _frame_size, guarded_protocols
 
 LIMITS = ConnectionLimits(
@@ -59,10 +60,12 @@ class MemoryTransport(asyncio.Transport):
         return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
 
 
-async def _open(received: list[bytes]) -> tuple[Any, MemoryTransport, ClientProtocol]:
+async def _open(received: list[bytes], *, reads: bool = True) -> tuple[Any, MemoryTransport, ClientProtocol]:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         assert (await receive())["type"] == "websocket.connect"
         await send({"type": "websocket.accept"})
+        if not reads:
+            await asyncio.Event().wait()  # an application busy elsewhere: nothing is taken
         while (message := await receive())["type"] == "websocket.receive":
             received.append(message["bytes"])
 
@@ -150,3 +153,23 @@ def test_frame_size_reads_every_length_encoding(payload: int) -> None:
     for cut in range(15):
         assert _frame_size(wire[:cut]) in (None, len(wire))
     assert _frame_size(wire[:14]) == len(wire)
+
+
+def test_reading_pauses_once_the_messages_not_taken_reach_the_read_ahead_bound() -> None:
+    async def run() -> None:
+        protocol, transport, client = await _open([], reads=False)
+        message = b"x" * 50_000
+        for _ in range(8):
+            client.send_binary(message)
+        wire = b"".join(client.data_to_send())
+        framed = len(wire) // 8
+        fed = 0
+        while not transport.paused and fed < len(wire):
+            protocol.data_received(wire[fed : fed + framed])
+            fed += framed
+        assert transport.paused, "reading never paused for an application that takes nothing"
+        assert READ_AHEAD_BYTES <= protocol.queue.size < READ_AHEAD_BYTES + len(message)
+        assert fed == 6 * framed  # six 50 KB messages: the sixth crossed 256 KiB
+        protocol.connection_lost(None)
+
+    asyncio.run(run())
