@@ -12,6 +12,7 @@ from application.pipeline import DagPipelineService, StreamStateStore
 from application.ports import Availability, ToolContext
 from application.video_service import VideoFilePipelineService
 from domain import ErrorCode, FrameValidationError, PipelineDefinition, PipelineNode, StreamError
+from contracts.fault_plugin import UnavailablePlugin
 from tests.support.catalog import DictCatalog
 from tests.support.media import jpeg
 
@@ -59,16 +60,6 @@ class CapturingPlugin:
         return {"seen": state["seen"], "size": len(inputs["image_bytes"])}
 
 
-class OfflinePlugin:
-    plugin_id = "off"
-
-    def tools(self) -> Mapping[str, Any]:
-        return {"noop": lambda inputs, context: {}}
-
-    def availability(self) -> Availability:
-        return Availability(False, "switched off for the test")
-
-
 class FakeVideoReader:
     def __init__(self, frames: list[tuple[int, bytes]]) -> None:
         self._frames = frames
@@ -102,8 +93,8 @@ def world() -> dict[str, Any]:
     store = StreamStateStore()
     decoder = CountingDecoder()
     pipelines = DagPipelineService(
-        DictCatalog(one_node("cap", "cap", "capture"), one_node("off", "off", "noop")),
-        {"cap": plugin, "off": OfflinePlugin()},
+        DictCatalog(one_node("cap", "cap", "capture"), one_node("off", "offline", "noop")),
+        {"cap": plugin, "offline": UnavailablePlugin()},
         decoder,
         store,
     )
@@ -170,7 +161,7 @@ def test_check_pipeline_explains_what_is_wrong(world: dict[str, Any]) -> None:
         service.check_pipeline("unknown")
     with pytest.raises(PipelineUnavailableError) as offline:
         service.check_pipeline("off")
-    assert "switched off for the test" in offline.value.detail
+    assert "the offline plugin is never available" in offline.value.detail
     service.check_pipeline("cap")
 
 
