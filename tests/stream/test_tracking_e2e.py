@@ -117,23 +117,21 @@ def test_one_face_keeps_one_id_and_crosses_once_with_and_without_drops(shipped_s
 def test_one_off_frames_over_http_run_the_tracked_pipelines(shipped_server: RunningServer) -> None:
     """Outside a stream each frame is a stream of one: the face gets id 1, nothing is counted, nothing is kept."""
     for _ in range(2):
-        response = httpx.post(
-            f"{shipped_server.http}/v1/pipelines/{PIPELINE}/frames",
-            content=CLIP[0],
-            headers={"Content-Type": "image/jpeg"},
-            timeout=30,
-            trust_env=False,
-        )
-        assert response.status_code == 200, response.text
-        result = response.json()["result"]
+        result = _one_off(shipped_server, PIPELINE)
         assert [face["tracker_id"] for face in result["faces"]] == [1]
         assert result["line_counts"] == {"centre": {"in": 0, "out": 0}}
+    assert _one_off(shipped_server, "people_counting") == {"people": [], "line_counts": {"door": {"in": 0, "out": 0}}}
+
+
+def _one_off(server: RunningServer, pipeline: str) -> dict[str, Any]:
+    """POST the clip's first frame to the HTTP endpoint; its result."""
     response = httpx.post(
-        f"{shipped_server.http}/v1/pipelines/people_counting/frames",
+        f"{server.http}/v1/pipelines/{pipeline}/frames",
         content=CLIP[0],
         headers={"Content-Type": "image/jpeg"},
         timeout=30,
         trust_env=False,
     )
     assert response.status_code == 200, response.text
-    assert response.json()["result"] == {"people": [], "line_counts": {"door": {"in": 0, "out": 0}}}
+    result: dict[str, Any] = response.json()["result"]
+    return result
