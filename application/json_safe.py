@@ -35,15 +35,12 @@ class _Unsafe(Exception):
         self.where: list[str] = []
 
 
-_PLAIN = (str, bool, type(None))
 _FLAT = frozenset((str, int, bool, type(None)))  # exactly these types pass unchanged (floats need a finiteness check)
 
 
 def _convert(value: Any) -> Any:
     kind = type(value)
-    if kind in _PLAIN:
-        return value
-    if kind is int:
+    if kind in _FLAT:
         return value
     if kind is float:
         if not math.isfinite(value):
