@@ -170,12 +170,12 @@ class StreamProtocol:
         data = inbound.data
         assert isinstance(data, bytes)
         observer = self._observer
-        self.report_received()  # arrivals are reported in order
         if self.ending is not None:
             if not self.ending.cut_off:
                 # Read just as the session began to end: it is answered, as dropped, and never started.
                 now = session.now_ms()
                 late = Frame(index=session.increment_frame(), data=data, received_ms=now)
+                self.report_received()  # arrivals are reported in order
                 observer.frame_received(session, late.index, len(data))
                 session.mark_drop(now)
                 cause = DropCause.SHUTDOWN if self.ending.ending is Ending.SHUTDOWN else DropCause.CLOSING
@@ -186,6 +186,7 @@ class StreamProtocol:
         except FrameValidationError as error:
             self._last_message_ms = session.now_ms()
             index = session.increment_frame()
+            self.report_received()  # arrivals are reported in order
             observer.frame_received(session, index, len(data))
             self._end(Close(Ending.CLIENT_ERROR, error, frame_index=index))
             return None
