@@ -123,6 +123,11 @@ class _ReceiveQueue:
     def empty(self) -> bool:
         return not self._items
 
+    def drop_messages(self) -> None:
+        """Drop the messages not yet taken, keeping disconnects: what a closed application will never read."""
+        self._items = deque(item for item in self._items if item[0].get("type") != "websocket.receive")
+        self.size = sum(size for _, size in self._items)
+
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
@@ -284,11 +289,17 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._request_fed = False
         self._frame_left = 0  # bytes of the current frame not yet fed to the parser; 0 at a boundary
         self._head = b""  # the current frame's header bytes fed so far, while too few to give its length
-        self.close_timeout = _CLOSE_GRACE_S * 2
+        # After our close frame: input is walked frame by frame and dropped, never parsed into messages.
+        self._discarding = False
+        self._peer_close_left = -1  # bytes of the peer's close frame still to come; -1 until its header is seen
+        self.close_timeout = _CLOSE_GRACE_S
 
     # Reading: slices, a time budget per turn, and the backlog kept in order --------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            self._discard(data)
+            return
         if self._backlog:
             # Read before the transport saw our pause; parsed, in order, after the backlog.
             self._backlog.append(data)
@@ -352,6 +363,66 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             if not self._frame_left:
                 frames_ending += 1
         return position, frames_ending
+
+    def _start_discarding(self) -> None:
+        """Our close frame is out: nothing the peer sends from now on is read into memory.
+
+        A connection refused after the upgrade (unauthorized, server_busy, the
+        key quota) is closed by the application at once, and a hostile client
+        sends its largest message anyway; parsing it would hold a whole message
+        per refused connection, however many there are. From here input is
+        walked by its frame headers and dropped as it arrives, messages
+        already read and not taken are dropped, and the connection is closed as
+        soon as the peer's close frame has arrived (or aborted after the grace).
+        Reading goes on rather than stopping, so that the peer's close frame is
+        seen and closing the socket does not meet unread data (a reset that
+        could destroy our close frame before the peer reads it).
+        """
+        self._discarding = True
+        self.frames = []
+        self.conn.reader.buffer.clear()  # a message the parser was part-way through
+        queue: _ReceiveQueue = self.queue  # type: ignore[assignment]
+        queue.drop_messages()
+        pending = b"".join(self._backlog)
+        self._backlog.clear()
+        if self.read_paused:
+            self.read_paused = False
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+        if pending:
+            self._discard(pending)
+
+    def _discard(self, data: bytes) -> None:
+        """Skip whole frames by their headers; close once the peer's close frame is complete."""
+        if self.transport.is_closing():
+            return
+        size = len(data)
+        position = 0
+        while position < size:
+            if not self._frame_left:
+                if not self._aligned:
+                    return  # no frame boundaries known: everything is dropped until the grace runs out
+                head = self._head + data[position : position + _MAX_HEADER_BYTES - len(self._head)]
+                frame_size = _frame_size(head)
+                if frame_size is None:  # the data ends inside the header
+                    self._head = head
+                    return
+                self._frame_left = frame_size - len(self._head)
+                self._head = b""
+                if head[0] & 0x0F == Opcode.CLOSE.value:
+                    self._peer_close_left = self._frame_left
+            take = min(self._frame_left, size - position)
+            position += take
+            self._frame_left -= take
+            if self._peer_close_left > 0:
+                self._peer_close_left = self._frame_left
+                if not self._peer_close_left:
+                    # The closing handshake is complete: RFC 6455 has the server close the TCP connection first.
+                    if self.close_timer is not None:
+                        self.close_timer.cancel()
+                        self.close_timer = None
+                    _close_then_abort(self.loop, self.transport)
+                    return
 
     def _schedule_drain(self) -> None:
         if not self._drain_scheduled:
@@ -522,6 +593,8 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             # uvicorn's close timer only closes, which waits for a flush the peer may never allow.
             self.close_timer.cancel()
             self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
+            if not self._discarding:
+                self._start_discarding()
 
     def keepalive_timeout(self) -> None:
         super().keepalive_timeout()

@@ -21,6 +21,10 @@ docs/security.md documents:
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import os
+import struct
 import time
 from collections.abc import Iterator
 from functools import cache
@@ -31,6 +35,8 @@ import numpy as np
 import pytest
 
 from contracts.client import StreamClient
+from contracts.raw_websocket import OP_BINARY, OP_CLOSE, OP_TEXT, frame
+from tests.hardening.test_connection_attacks import HealthProbe
 from tests.support.media import FACE_JPEG, jpeg_header
 from tests.support.server import ROOT, RunningServer, start_server
 
@@ -329,3 +335,137 @@ def test_a_decode_budget_too_small_for_one_frame_stops_start_up() -> None:
         start_server({"FORGESYTE_STREAM_DECODE_BUDGET_BYTES": "50000000"})
     assert "FORGESYTE_STREAM_DECODE_BUDGET_BYTES=50000000" in str(caught.value)
     assert "FORGESYTE_STREAM_MAX_FRAME_PIXELS=8294400" in str(caught.value)
+
+
+# Refused connections: a refusal reads no message body ----------------------------------------------------
+
+ALICE_KEY = "alice-5d0e3b1f7c9a2468ace0"
+BOB_KEY = "bob-9f8e7d6c5b4a39281706"
+CAROL_KEY = "carol-0f1e2d3c4b5a69788796"
+# A message just under the WebSocket layer's limit (ws_max_size, 6 553 600 bytes at the default frame limit).
+REFUSED_MESSAGE_BYTES = 6_000_000
+REFUSED_CLIENTS = 100
+# What refusing REFUSED_CLIENTS connections, each sending one such message, may add to the server's peak RSS
+# (docs/security.md): a socket read at a time per connection, discarded; no message of them is kept.
+REFUSED_PEAK_BOUND = 48 * MiB
+
+
+@cache
+def _large_masked_message() -> bytes:
+    return frame(OP_BINARY, b"\xff\xd8" + bytes(REFUSED_MESSAGE_BYTES - 2))
+
+
+async def _refused_attacker(port: int, headers: dict[str, str], timeout_s: float = 30.0) -> tuple[list[dict], int | None]:
+    """Upgrade, send one large message at once, never answer the close: what the server refused it with."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = [
+            "GET /ws/video/stream?pipeline_id=probe HTTP/1.1",
+            f"Host: 127.0.0.1:{port}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}",
+            "Sec-WebSocket-Version: 13",
+            *(f"{name}: {value}" for name, value in headers.items()),
+        ]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+        status = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout_s)
+        assert status.startswith(b"HTTP/1.1 101"), status[:80]
+        writer.write(_large_masked_message())
+        received = b""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), max(0.01, deadline - time.monotonic()))
+            except (ConnectionError, TimeoutError):
+                break
+            if not chunk:
+                break
+            received += chunk
+        messages: list[dict] = []
+        close_code: int | None = None
+        position = 0
+        while position + 2 <= len(received):
+            opcode, length = received[position] & 0x0F, received[position + 1] & 0x7F
+            position += 2
+            if length == 126:
+                length = struct.unpack("!H", received[position : position + 2])[0]
+                position += 2
+            payload = received[position : position + length]
+            position += length
+            if opcode == OP_TEXT:
+                messages.append(json.loads(payload))
+            elif opcode == OP_CLOSE and len(payload) >= 2:
+                close_code = struct.unpack("!H", payload[:2])[0]
+        return messages, close_code
+    finally:
+        writer.transport.abort()
+
+
+@pytest.fixture(scope="module")
+def keyed_two_slots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """Two session slots, one per key, three keys: so every refusal (busy, unauthorized, quota) can be provoked."""
+    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
+    keys.write_text(f"alice {ALICE_KEY}\nbob {BOB_KEY}\ncarol {CAROL_KEY}\n", encoding="utf-8")
+    server = start_server(
+        {
+            "FORGESYTE_STREAM_PIPELINES_DIR": str(ROOT / "adapters" / "pipelines"),
+            "FORGESYTE_STREAM_PLUGINS": "",
+            "FORGESYTE_STREAM_LOG_LEVEL": "info",
+            "FORGESYTE_STREAM_API_KEYS_FILE": str(keys),
+            "FORGESYTE_STREAM_MAX_SESSIONS": "2",
+            "FORGESYTE_STREAM_MAX_SESSIONS_PER_KEY": "1",
+        }
+    )
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    ("headers", "error", "close_code"),
+    [
+        pytest.param({"Authorization": f"Bearer {CAROL_KEY}"}, "server_busy", 1013, id="server_busy"),
+        pytest.param({}, "unauthorized", 3000, id="unauthorized"),
+        pytest.param({"Authorization": f"Bearer {ALICE_KEY}"}, "server_busy", 1013, id="key_quota"),
+    ],
+)
+def test_refused_connections_read_no_message_into_memory(
+    keyed_two_slots: RunningServer, headers: dict[str, str], error: str, close_code: int
+) -> None:
+    server = keyed_two_slots
+    pid = server.process.pid
+    small = jpeg_header(64, 48)
+
+    async def attack() -> tuple[list[tuple[list[dict], int | None]], float]:
+        # Both slots held, one per key: carol is then busy, alice at her quota, and a keyless client unauthorized.
+        holders = [
+            await StreamClient.connect(server.ws("probe"), headers={"Authorization": f"Bearer {key}"}) for key in (ALICE_KEY, BOB_KEY)
+        ]
+        for holder in holders:
+            await holder.send_raw(small)
+            await holder.recv_replies({0}, timeout=10)
+        started = time.monotonic()
+        outcomes = await asyncio.gather(*(_refused_attacker(server.port, headers) for _ in range(REFUSED_CLIENTS)))
+        elapsed = time.monotonic() - started
+        for holder in holders:
+            await holder.close()
+        return outcomes, elapsed
+
+    before = _reset_peak(pid)
+    with HealthProbe(server) as probe:
+        outcomes, elapsed = asyncio.run(attack())
+        peak = _status(pid)["VmHWM"]
+    server.wait_for(lambda h: h["sessions_active"] == 0)
+    time.sleep(1.0)
+    after = _status(pid)["VmRSS"]
+    for messages, code in outcomes:
+        assert [m["error"] for m in messages] == [error], messages
+        assert code == close_code
+    print(
+        f"{REFUSED_CLIENTS} refused ({error}) clients each sending {REFUSED_MESSAGE_BYTES / MB:.0f} MB, over {elapsed:.1f} s: "
+        f"peak RSS +{(peak - before) / MB:.1f} MB, after close {(after - before) / MB:+.1f} MB; /health p95 "
+        f"{probe.percentile(0.95) * 1000:.0f} ms, max {max(probe.latencies) * 1000:.0f} ms"
+    )
+    assert peak - before < REFUSED_PEAK_BOUND, f"refused connections raised peak RSS by {(peak - before) / MB:.0f} MB"
+    assert after - before < 16 * MiB, f"RSS stayed {(after - before) / MB:.0f} MB above its level before the refusals"
+    probe.check()
