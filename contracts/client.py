@@ -370,10 +370,13 @@ class StreamClient:
         return self
 
     async def __anext__(self) -> Reply:
+        return await self._next_reply(self.reply_timeout_s)
+
+    async def _next_reply(self, timeout_s: float) -> Reply:
         if self._finished:
             raise StopAsyncIteration
         try:
-            raw = await asyncio.wait_for(self.connection.recv(), self.reply_timeout_s)
+            raw = await asyncio.wait_for(self.connection.recv(), timeout_s)
         except ConnectionClosed:
             if self._finished:  # closed by this client meanwhile
                 raise StopAsyncIteration from None
@@ -392,9 +395,13 @@ class StreamClient:
         self._track_reply(name, model)
         return model  # type: ignore[return-value]
 
-    async def receive(self) -> Reply:
-        """The next reply, like `async for`; StopAsyncIteration after a normal close."""
-        return await self.__anext__()
+    async def receive(self, timeout_s: float | None = None) -> Reply:
+        """The next reply, like `async for`; StopAsyncIteration after a normal close.
+
+        `timeout_s` replaces `reply_timeout_s` for this one wait, for a reply
+        that only comes after a known server-side delay (the idle timeout).
+        """
+        return await self._next_reply(self.reply_timeout_s if timeout_s is None else timeout_s)
 
     # Receiving as dicts ------------------------------------------------------------
 
