@@ -46,6 +46,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"forgesyte-stream: configuration error: {error}", file=sys.stderr)
         return 2
 
+    # Before anything imports uvicorn's protocols or supervision's tracker, whose internals the server uses.
+    from adapters.compat import LibraryCompatibilityError, check_library_internals
+
+    try:
+        check_library_internals()
+    except LibraryCompatibilityError as error:
+        print(f"forgesyte-stream: unsupported library: {error}", file=sys.stderr)
+        return 2
+
     from adapters.startup import CONFIGURATION_ERRORS, CONFIGURATION_EXIT_STATUS, configuration_error_line
     from application.errors import VideoReadError
     from domain import StreamError

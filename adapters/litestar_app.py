@@ -314,7 +314,15 @@ async def post_frame(pipeline_id: str, request: Request[Any, Any, Any], single_f
 
 # The browser client and the OpenAPI viewer ------------------------------------------
 
-WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"
+
+def _web_client_dir() -> Path:
+    """The page's files: inside the package where it is installed (pyproject.toml ships clients/web as adapters/web), else the checkout's."""
+    here = Path(__file__).resolve().parent
+    installed = here / "web"
+    return installed if (installed / "index.html").is_file() else here.parent / "clients" / "web"
+
+
+WEB_CLIENT_DIR = _web_client_dir()
 OPENAPI_ASSETS_PATH = "/static/openapi"
 
 
