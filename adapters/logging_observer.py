@@ -37,19 +37,62 @@ _SHARED_PROCESSORS: list[Any] = [
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]
 
-_CREDENTIAL = re.compile(r"(?i)(authorization:\s*\S+\s+)\S+|(forgesyte\.bearer\.)[^\s,]+")
+# What a log line must never hold, whatever wrote it (uvicorn, websockets, the app, an exception's text):
+# - the value of a header that carries credentials (to the end of the line: a header record is one line);
+# - the key in a `forgesyte.bearer.<key>` subprotocol, in any case;
+# - the token after `Bearer`;
+# - every query value but pipeline_id's: a client may put a key in any parameter, under any name.
+_CREDENTIAL_HEADERS = r"(?:proxy-)?authorization|set-cookie|cookie|x-api-key|api-key|x-auth-token|x-access-token"
+_SECRET = re.compile(
+    rf"(?i)(?P<header>(?<![\w-])(?:{_CREDENTIAL_HEADERS})\s*:[ \t]*)[^\r\n]*"
+    r"|(?P<subprotocol>forgesyte\.bearer\.)[^\s,;\"'\\]+"
+    r"|(?P<bearer>\bbearer\s+)(?!realm=)[^\s,;\"'\\]+"
+    r"|\?(?P<query>[^\s\"'#]*=[^\s\"'#]*)"
+)
+REDACTED = "<redacted>"
+# Query parameters whose value is logged as sent: nothing secret is ever asked for in them.
+_PLAIN_QUERY_PARAMETERS = frozenset({"pipeline_id"})
+
+
+def _redact_query(query: str) -> str:
+    parts = []
+    for part in query.split("&"):
+        name, equals, _ = part.partition("=")
+        parts.append(part if not equals or name.lower() in _PLAIN_QUERY_PARAMETERS else f"{name}={REDACTED}")
+    return "?" + "&".join(parts)
+
+
+def _redaction(match: re.Match[str]) -> str:
+    for group in ("header", "subprotocol", "bearer"):
+        prefix = match.group(group)
+        if prefix is not None:
+            return prefix + REDACTED
+    return _redact_query(match.group("query"))
+
+
+def redact_secrets(text: str) -> str:
+    """Text as a log line may hold it: credentials replaced by <redacted> (the rules above).
+
+    Shared by every transport and applied to every record, because the
+    libraries that see handshakes (uvicorn, websockets) log query strings and,
+    at debug, every header, and neither knows which of them are secrets.
+    """
+    return _SECRET.sub(_redaction, text)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_secrets(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redacted(item) for item in value)
+    return value
 
 
 def _redact_credentials(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """API keys out of library records: at debug, the WebSocket libraries log every handshake header.
-
-    Only records from the standard library (uvicorn, websockets) pass here; the
-    app's own events name keys by their name and never hold one.
-    """
-    event = event_dict.get("event")
-    if isinstance(event, str) and ("uthorization" in event or "forgesyte.bearer." in event):
-        event_dict["event"] = _CREDENTIAL.sub(lambda m: (m.group(1) or m.group(2)) + "<redacted>", event)
-    return event_dict
+    """Every field of every record, the rendered traceback included, through redact_secrets."""
+    return {key: _redacted(value) for key, value in event_dict.items()}
 
 
 # Libraries that install handlers of their own; their records go to the root handler instead.
@@ -70,10 +113,11 @@ def logging_config(level: str = "info", stream: TextIO | None = None) -> dict[st
         "formatters": {
             "json": {
                 "()": structlog.stdlib.ProcessorFormatter,
-                "foreign_pre_chain": [*_SHARED_PROCESSORS, _redact_credentials],
+                "foreign_pre_chain": _SHARED_PROCESSORS,
                 "processors": [
                     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.format_exc_info,
+                    _redact_credentials,
                     structlog.processors.JSONRenderer(),
                 ],
             }
