@@ -12,6 +12,7 @@ application.protocol.
 
 Besides the WebSocket it answers GET /health and GET /metrics as the Litestar
 app does (adapters.serving); the rest of the HTTP API (/v1/pipelines) is not here.
+The connection limits of the main transport hold here too (adapters.websockets_limits).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from adapters.logging_observer import configure_logging
 from adapters.metrics import MetricsExporter
 from adapters.serving import HEALTH_PATH, METRICS_PATH, drain_sessions, health
 from adapters.settings import Settings, SettingsError
+from adapters.websockets_limits import CLOSE_TIMEOUT_S, LimitedServerConnection, StreamLimits, library_logger, limited_connection
 from application.access import AccessPolicy, Channel, StreamAccess
 from application.ports import ConnectionClosed, Inbound, InboundKind, SendTimedOut
 from application.pipeline import DagPipelineService
@@ -56,7 +58,7 @@ log = structlog.get_logger("forgesyte.websockets")
 class WebsocketsTransport:
     """Adapts one `websockets` server connection to the application's Transport port."""
 
-    def __init__(self, connection: ServerConnection, send_timeout_s: float) -> None:
+    def __init__(self, connection: LimitedServerConnection, send_timeout_s: float) -> None:
         self._connection = connection
         self._send_timeout_s = send_timeout_s
         self.session: Any = None
@@ -87,8 +89,9 @@ class WebsocketsTransport:
             raise SendTimedOut() from None
 
     async def close(self, code: int, reason: str = "") -> None:
-        # websockets completes or abandons the closing handshake itself; closing twice is a no-op.
-        await self._connection.close(code, reason)
+        # Nothing the client sends after our close is read into memory (a refused client's message
+        # included); closing twice is a no-op.
+        await self._connection.close_discarding(code, reason)
 
     def attach_session(self, session: Any) -> None:
         self.session = session
@@ -97,6 +100,12 @@ class WebsocketsTransport:
 def pipeline_id_of(path: str) -> str | None:
     """The pipeline_id query parameter of a request path, None when absent (the service rejects it)."""
     values = parse_qs(urlsplit(path).query, keep_blank_values=True).get("pipeline_id")
+    return values[0] if values else None
+
+
+def first_header(headers: Headers, name: str) -> str | None:
+    """The first value of a header, as Litestar's headers.get gives it; Headers.get raises on a repeated header."""
+    values = headers.get_all(name)
     return values[0] if values else None
 
 
@@ -117,7 +126,7 @@ def request_router(
             body = json.dumps(dataclasses.asdict(health(stream_service, pipelines)), separators=(",", ":")).encode()
             return _response(HTTPStatus.OK, body, "application/json")
         if path == METRICS_PATH:
-            exposition, content_type = metrics.render(request.headers.get("Accept"))
+            exposition, content_type = metrics.render(first_header(request.headers, "Accept"))
             return _response(HTTPStatus.OK, exposition, content_type)
         text = f"no endpoint at {path}; the stream is at {STREAM_PATH}, besides {HEALTH_PATH} and {METRICS_PATH}\n"
         return _response(HTTPStatus.NOT_FOUND, text.encode(), "text/plain; charset=utf-8")
@@ -143,7 +152,7 @@ def request_checks(
         channel = Channel.WEBSOCKET if path == STREAM_PATH else Channel.HTTP
         key = "-"
         if refusal is None and channel is Channel.HTTP and policy.keys_required and not policy.is_public(path):
-            credential = policy.authenticate(request.headers.get("Authorization"))
+            credential = policy.authenticate(first_header(request.headers, "Authorization"))
             key = credential.label
             if not credential.authorized:
                 refusal = unauthorized_refusal(credential)
@@ -182,9 +191,10 @@ def handler_for(
         path = request.path if request is not None else ""
         headers = request.headers if request is not None else Headers()
         offered = [p.strip() for value in headers.get_all("Sec-WebSocket-Protocol") for p in value.split(",")]
-        credential = policy.authenticate(headers.get("Authorization"), offered)
+        credential = policy.authenticate(first_header(headers, "Authorization"), offered)
         with structlog.contextvars.bound_contextvars(api_key=credential.label) if policy.keys_required else nullcontext():
-            await access.serve(WebsocketsTransport(connection, send_timeout_s), pipeline_id_of(path), credential, urlsplit(path).path)
+            transport = WebsocketsTransport(cast(LimitedServerConnection, connection), send_timeout_s)
+            await access.serve(transport, pipeline_id_of(path), credential, urlsplit(path).path)
 
     return handle
 
@@ -229,6 +239,12 @@ async def run(settings: Settings, container: Container | None = None, *, ready: 
             compression=None,
             max_size=settings.ws_max_size,
             ssl=_tls_context(settings),
+            create_connection=limited_connection(
+                StreamLimits(settings.ws_max_fragments, settings.ws_max_control_frames_per_s)
+            ),
+            open_timeout=settings.header_timeout_s,
+            close_timeout=CLOSE_TIMEOUT_S,
+            logger=library_logger(),
         ) as server:
             log.info("websockets_server_started", host=settings.host, port=settings.port, path=STREAM_PATH)
             if ready is not None:
