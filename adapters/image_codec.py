@@ -22,10 +22,13 @@ _REDUCED_FLAGS = {
 }
 # The decoded image is H x W x 3 uint8 (BGR).
 _OUTPUT_BYTES_PER_PIXEL = 3
-# A progressive (or multi-scan) JPEG keeps every DCT coefficient of the whole
-# frame until its last scan: 2 bytes per coefficient, per component, at full size
-# whatever the reduction. Charged for progressive frames, the ones that need it.
+# A JPEG of more than one scan (progressive, or sequential with one scan per
+# component) keeps every DCT coefficient of the whole frame until its last scan,
+# at full size whatever the reduction: JpegInfo.coefficient_blocks blocks of
+# 8 x 8 coefficients, 2 bytes each (libjpeg's JCOEF). A single-scan file needs
+# none of it. The largest per pixel: four components, none subsampled.
 _COEFFICIENT_BYTES = 2
+_BLOCK_BYTES = 64 * _COEFFICIENT_BYTES
 
 
 class OpenCvJpegDecoder:
@@ -46,15 +49,18 @@ class OpenCvJpegDecoder:
     def memory_needed(self, info: JpegInfo, reduction: int) -> int:
         width, height = info.reduced_size(reduction)
         needed = width * height * _OUTPUT_BYTES_PER_PIXEL
-        if info.progressive:
-            needed += info.pixels * info.components * _COEFFICIENT_BYTES
+        if info.multi_scan:
+            needed += info.coefficient_blocks * _BLOCK_BYTES
         return needed
 
     def largest_memory_needed(self) -> int:
-        """What the largest frame this decoder accepts can hold: a progressive four-component one at full size.
+        """What the largest frame this decoder accepts can hold: a multi-scan four-component one at full size.
 
         Settings.DECODE_BYTES_PER_PIXEL holds the same figure, so that a budget
-        too small for one such frame stops start-up.
+        too small for one such frame stops start-up. Sides that are not whole
+        MCUs add their padding to the coefficients (a strip 129 pixels wide
+        with every component sampled 4 x 4 is padded to 160): the budget charges
+        it, and refuses as frame_too_large a frame that could never fit.
         """
         return self.max_pixels * (_OUTPUT_BYTES_PER_PIXEL + 4 * _COEFFICIENT_BYTES)
 

@@ -19,7 +19,7 @@ DEFAULT_MAX_FRAME_PIXELS = 3840 * 2160
 # (it scales inside the inverse DCT), largest reduction first.
 JPEG_REDUCTIONS = (8, 4, 2, 1)
 # The header walk is bounded so that it costs the same for every frame: real
-# encoders write well under 30 segments before the start of frame (APPn, DQT,
+# encoders write well under 30 segments before the first scan (APPn, DQT, SOF,
 # DHT, DRI, COM; ICC profiles and extended XMP split into a few more), and
 # rarely more than one fill byte before a marker.
 MAX_SEGMENTS_BEFORE_FRAME = 256
@@ -33,8 +33,9 @@ _EOI = b"\xff\xd9"
 # lossless, arithmetic); DHT (C4), JPG (C8) and DAC (CC) share the range but do not.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _STANDALONE_MARKERS = frozenset(range(0xD0, 0xD8)) | {0x01}
-_NOT_SKIPPED = _STANDALONE_MARKERS | {0xD9, 0xDA}  # markers that are not a segment to step over
 _PROGRESSIVE_SOF = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+# A component's sampling factors as the start of frame writes them, (h << 4) | v, each 1 to 4.
+_SAMPLING_BYTES = frozenset(h << 4 | v for h in range(1, 5) for v in range(1, 5))
 
 
 class FrameValidationError(StreamError):
@@ -69,13 +70,38 @@ class JpegInfo(NamedTuple):
     height: int
     components: int
     progressive: bool
-    # Bytes from the start of the frame to the end of its start-of-frame segment: all the header walk read,
+    # Whether libjpeg keeps every coefficient of the frame while it decodes: it does for a file of more
+    # than one scan, which a progressive file is, and so is a sequential file whose first scan leaves
+    # components out (each component is in exactly one scan). True as well when the walk met no scan.
+    multi_scan: bool
+    # Each component's (h << 4) | v sampling factors, in start-of-frame order.
+    sampling: bytes
+    # Bytes from the start of the frame to the end of its first scan's header: all the header walk read,
     # so a frame whose first `header_bytes` bytes are the same has the same info.
     header_bytes: int = 0
 
     @property
     def pixels(self) -> int:
         return self.width * self.height
+
+    @property
+    def coefficient_blocks(self) -> int:
+        """8 x 8 blocks of coefficients the whole frame has: what a multi-scan decode holds, whatever its reduction.
+
+        Counted as libjpeg sizes its buffer, so that the decode budget charges
+        what is allocated: each component has its sampled share of the frame in
+        blocks, rounded up to whole blocks and then to its sampling factors
+        (whole MCUs), so a frame of awkward size or sampling is charged its padding.
+        """
+        h_max = max(factors >> 4 for factors in self.sampling)
+        v_max = max(factors & 0x0F for factors in self.sampling)
+        blocks = 0
+        for factors in self.sampling:
+            h, v = factors >> 4, factors & 0x0F
+            wide = -(-self.width * h // (8 * h_max))
+            high = -(-self.height * v // (8 * v_max))
+            blocks += -(-wide // h) * h * (-(-high // v) * v)
+        return blocks
 
     def reduced_size(self, reduction: int) -> tuple[int, int]:
         """(width, height) libjpeg produces at 1/reduction: each side rounded up."""
@@ -140,13 +166,18 @@ def validate_jpeg(frame_bytes: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) 
 
 
 def read_jpeg_info(frame_bytes: bytes) -> JpegInfo:
-    """Read width, height and component count from the JPEG header without decoding.
+    """Read size, components and scan layout from the JPEG header without decoding.
 
     Lets the server refuse a decompression bomb (a small file declaring a huge
-    image) and lets the cheap probe pipeline answer without a decoder. The walk
-    is bounded (segments before the start of frame, fill bytes before a marker)
-    because it runs on the event loop for header-only pipelines: a frame of a
-    million tiny comment segments must cost no more than a camera's frame.
+    image), charge a decode what libjpeg will hold (a file of several scans
+    holds all its coefficients, however small the file) and lets the cheap
+    probe pipeline answer without a decoder. The walk goes as far as the first
+    scan's header, whose component count tells a sequential file of one scan
+    per component from a single interleaved scan exactly, without reading the
+    entropy-coded data. It is bounded (segments before the first scan, fill
+    bytes before a marker) because it runs on the event loop for header-only
+    pipelines: a frame of a million tiny comment segments must cost no more
+    than a camera's frame.
     """
     data = frame_bytes if type(frame_bytes) is bytes else memoryview(frame_bytes)
     if data[:2] != _SOI:
@@ -154,6 +185,10 @@ def read_jpeg_info(frame_bytes: bytes) -> JpegInfo:
     pos = 2
     end = len(data)
     segments = 0
+    # The start of frame's reading, kept in locals until the first scan completes it.
+    width = height = components = 0
+    progressive = False
+    sampling = b""
     while pos < end:
         if data[pos] != 0xFF:
             raise FrameValidationError(
@@ -172,17 +207,17 @@ def read_jpeg_info(frame_bytes: bytes) -> JpegInfo:
             break
         marker = data[pos]
         pos += 1
-        segments += 1
-        if segments > MAX_SEGMENTS_BEFORE_FRAME:
-            raise FrameValidationError(
-                ErrorCode.INVALID_FRAME,
-                f"JPEG header has more than {MAX_SEGMENTS_BEFORE_FRAME} segments before its start of frame",
-            )
-        if marker in _NOT_SKIPPED:
+        if marker != 0xDA and marker != 0xD9:  # the walk ends at either: they are not counted
+            segments += 1
+            if segments > MAX_SEGMENTS_BEFORE_FRAME:
+                raise FrameValidationError(
+                    ErrorCode.INVALID_FRAME,
+                    f"JPEG header has more than {MAX_SEGMENTS_BEFORE_FRAME} segments before its image data",
+                )
             if marker in _STANDALONE_MARKERS:
                 continue
-            if marker in (0xD9, 0xDA):
-                break
+        elif marker == 0xD9 or not components:  # EOI, or a scan before any start of frame
+            break
         if pos + 2 > end:
             break
         length = (data[pos] << 8) | data[pos + 1]
@@ -190,7 +225,12 @@ def read_jpeg_info(frame_bytes: bytes) -> JpegInfo:
             raise FrameValidationError(
                 ErrorCode.INVALID_FRAME, f"JPEG header is corrupt: segment at byte {pos - 2} overruns the frame"
             )
-        if marker in _SOF_MARKERS:
+        if marker == 0xDA:  # the first scan (a scan before the start of frame broke out above)
+            if length < 3:
+                raise FrameValidationError(ErrorCode.INVALID_FRAME, "JPEG header is corrupt: start-of-scan segment too short")
+            multi_scan = progressive or data[pos + 2] < components
+            return JpegInfo(width, height, components, progressive, multi_scan, sampling, pos + length)
+        if marker in _SOF_MARKERS and not components:  # libjpeg refuses a second one; the first is the frame's
             if length < 8:
                 raise FrameValidationError(ErrorCode.INVALID_FRAME, "JPEG header is corrupt: start-of-frame segment too short")
             height = (data[pos + 3] << 8) | data[pos + 4]
@@ -204,6 +244,21 @@ def read_jpeg_info(frame_bytes: bytes) -> JpegInfo:
                 raise FrameValidationError(
                     ErrorCode.INVALID_FRAME, f"JPEG declares {components} colour components; expected 1, 3 or 4"
                 )
-            return JpegInfo(width=width, height=height, components=components, progressive=marker in _PROGRESSIVE_SOF, header_bytes=pos + length)
+            if length < 8 + 3 * components:
+                raise FrameValidationError(
+                    ErrorCode.INVALID_FRAME,
+                    f"JPEG header is corrupt: start-of-frame segment too short for its {components} components",
+                )
+            sampling = bytes(data[pos + 9 : pos + 8 + 3 * components : 3])
+            if not _SAMPLING_BYTES.issuperset(sampling):
+                raise FrameValidationError(
+                    ErrorCode.INVALID_FRAME,
+                    f"JPEG declares sampling factors {sampling.hex(' ').upper()}; expected each factor from 1 to 4",
+                )
+            progressive = marker in _PROGRESSIVE_SOF
         pos += length
-    raise FrameValidationError(ErrorCode.INVALID_FRAME, "JPEG has no start-of-frame segment before its image data")
+    if not components:
+        raise FrameValidationError(ErrorCode.INVALID_FRAME, "JPEG has no start-of-frame segment before its image data")
+    # No scan: nothing to decode (libjpeg stops at EOI), or the frame ends early. The scans are unknown, so
+    # the frame counts as multi-scan, and the reading covers every byte walked so that no longer frame reuses it.
+    return JpegInfo(width, height, components, progressive, True, sampling, pos)

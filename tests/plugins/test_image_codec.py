@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -9,6 +13,7 @@ import pytest
 from adapters.image_codec import OpenCvJpegDecoder, OpenCvVideoReader
 from application.errors import VideoReadError
 from domain import ErrorCode, FrameValidationError, read_jpeg_info
+from tests.hardening.test_decode_budget import multi_scan_baseline
 
 
 def _with_declared_size(data: bytes, width: int, height: int) -> bytes:
@@ -70,6 +75,91 @@ def test_decode_limit_is_inclusive(jpeg):
 def test_decoder_needs_a_positive_limit():
     with pytest.raises(ValueError):
         OpenCvJpegDecoder(max_pixels=0)
+
+
+def _planes(width: int, height: int) -> list[np.ndarray]:
+    """Y, Cb, Cr planes of a busy image (so that no coefficient block is trivially empty)."""
+    rng = np.random.default_rng(width + height)
+    return [rng.integers(0, 255, size=(height, width), dtype=np.uint8) for _ in range(3)]
+
+
+def _with_sampling(data: bytes, sampling: int) -> bytes:
+    """The same baseline file with every component's start-of-frame sampling factors set to `sampling`."""
+    patched = bytearray(data)
+    sof = patched.index(b"\xff\xc0")
+    for index in range(patched[sof + 9]):
+        patched[sof + 11 + 3 * index] = sampling
+    return bytes(patched)
+
+
+def _single_scan(planes: list[np.ndarray], **params: int) -> bytes:
+    flags = [value for name, number in params.items() for value in (int(getattr(cv2, name)), number)]
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(cv2.merge([planes[0], planes[2], planes[1]]), cv2.COLOR_YCrCb2BGR), flags)
+    assert ok
+    return data.tobytes()
+
+
+@pytest.mark.parametrize("reduction", [1, 2, 4, 8])
+def test_a_baseline_file_of_one_scan_per_component_is_charged_its_coefficients_as_a_progressive_one_is(reduction: int) -> None:
+    planes = _planes(1001, 599)
+    decoder = OpenCvJpegDecoder(max_pixels=1_000_000)
+    multi = multi_scan_baseline(planes)
+    single = _single_scan(planes, IMWRITE_JPEG_SAMPLING_FACTOR=cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444)
+    progressive = _single_scan(planes, IMWRITE_JPEG_SAMPLING_FACTOR=cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444, IMWRITE_JPEG_PROGRESSIVE=1)
+    output = decoder.decode(multi, reduction).nbytes
+    assert decoder.decode(single, reduction).nbytes == decoder.decode(progressive, reduction).nbytes == output
+    coefficients = 3 * 126 * 75 * 64 * 2  # 1001 x 599 in 8 x 8 blocks, rounded up, per component
+    assert decoder.memory_needed(read_jpeg_info(single), reduction) == output
+    assert decoder.memory_needed(read_jpeg_info(multi), reduction) == output + coefficients
+    assert decoder.memory_needed(read_jpeg_info(progressive), reduction) == output + coefficients
+
+
+_PEAK = """
+import sys, cv2, numpy as np
+def status(key):
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) * 1024 for line in handle if line.startswith(key))
+data = np.frombuffer(open(sys.argv[1], "rb").read(), np.uint8)
+cv2.imdecode(np.frombuffer(open(sys.argv[2], "rb").read(), np.uint8), cv2.IMREAD_COLOR)  # libjpeg's first use, not counted
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")
+before = status("VmRSS")
+cv2.imdecode(data, cv2.IMREAD_REDUCED_COLOR_4)
+print(status("VmHWM") - before)
+"""
+
+
+def _decode_peak(data: bytes, path: Path) -> int:
+    """Peak RSS growth of a fresh process decoding `data` at 1/4, the way the decoder does."""
+    path.write_bytes(data)
+    from tests.support.media import FACE_JPEG
+
+    done = subprocess.run([sys.executable, "-c", _PEAK, str(path), str(FACE_JPEG)], capture_output=True, text=True, timeout=60, check=True)
+    return int(done.stdout)
+
+
+@pytest.mark.parametrize(
+    ("name", "width", "height"),
+    [("progressive 4:2:0", 3840, 2160), ("one scan per component", 3840, 2160), ("one scan per component, 4x4 MCUs", 129, 64297)],
+)
+def test_the_coefficient_charge_covers_what_libjpeg_holds(name: str, width: int, height: int, tmp_path: Path) -> None:
+    # What libjpeg keeps for a multi-scan file is measured against the same image in one scan, which keeps
+    # none of it: the difference must be within the charge, and the charge must not be far above it.
+    planes = _planes(width, height)
+    if name.startswith("progressive"):
+        multi = _single_scan(planes, IMWRITE_JPEG_PROGRESSIVE=1)
+        single = _single_scan(planes)
+    else:
+        multi = multi_scan_baseline(planes)
+        single = _single_scan(planes, IMWRITE_JPEG_SAMPLING_FACTOR=cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444)
+        if "4x4" in name:
+            multi = _with_sampling(multi, 0x44)
+    decoder = OpenCvJpegDecoder(max_pixels=10_000_000)
+    charged = decoder.memory_needed(read_jpeg_info(multi), 4) - decoder.memory_needed(read_jpeg_info(single), 4)
+    held = _decode_peak(multi, tmp_path / "multi.jpg") - _decode_peak(single, tmp_path / "single.jpg")
+    print(f"{name} {width}x{height}: libjpeg holds {held / 1e6:.1f} MB more than in one scan; charged {charged / 1e6:.1f} MB")
+    assert held <= charged + 1024 * 1024, f"libjpeg holds {held} bytes, the charge is {charged}"
+    assert charged <= held * 1.1 + 1024 * 1024, f"the charge {charged} is far above what libjpeg holds ({held})"
 
 
 @pytest.fixture

@@ -199,7 +199,8 @@ def test_the_decoder_reduces_as_libjpeg_does_and_charges_what_it_holds(reduction
         decoded = decoder.decode(data.tobytes(), reduction)
         assert decoded.shape == (-(-1001 // reduction), -(-1499 // reduction), 3)
         output = decoded.nbytes
-        assert decoder.memory_needed(info, reduction) == output + (1001 * 1499 * 3 * 2 if progressive else 0)
+        # Progressive: every coefficient block, 2 bytes a coefficient; 4:2:0, so Y has 188 x 126 blocks, Cb and Cr 94 x 63.
+        assert decoder.memory_needed(info, reduction) == output + ((188 * 126 + 2 * 94 * 63) * 64 * 2 if progressive else 0)
 
 
 def test_the_decoder_refuses_an_unknown_reduction() -> None:

@@ -167,8 +167,145 @@ def test_the_reduction_is_the_largest_that_still_meets_the_need(
     "before",
     [b"", b"\xff\xe0\x00\x04ab", b"\xff\xfe\x00\x05xyz" * 3, b"\xff\xff\xff\xe0\x00\x04ab"],  # the last: fill bytes, the careful walk
 )
-def test_header_bytes_ends_at_the_start_of_frame_and_is_all_the_reading_depends_on(before: bytes) -> None:
-    data = jpeg_header(64, 48, before=before)
+def test_header_bytes_ends_at_the_first_scan_header_and_is_all_the_reading_depends_on(before: bytes) -> None:
+    data = _jpeg(3, (0x22, 0x11, 0x11), [3], before=before)
     info = read_jpeg_info(data)
-    assert info.header_bytes == len(data) - 2  # jpeg_header ends with the start of frame, then EOI
-    assert read_jpeg_info(data[: info.header_bytes] + b"anything after the start of frame") == info
+    assert info.header_bytes == data.index(b"\xff\xda") + 2 + 12  # the first scan's header: 12 bytes for 3 components
+    assert read_jpeg_info(data[: info.header_bytes] + b"any entropy-coded data\xff\xd9") == info
+
+
+def test_a_header_without_a_scan_counts_as_multi_scan_and_is_read_to_its_end() -> None:
+    data = jpeg_header(64, 48)  # SOI, SOF0, EOI
+    info = read_jpeg_info(data)
+    assert info.multi_scan and not info.progressive
+    assert info.header_bytes == len(data)
+    truncated = data[:-2]  # ends right after the start of frame: its scans are unknown
+    assert read_jpeg_info(truncated).multi_scan
+
+
+# Scans: libjpeg keeps the whole frame's coefficients when a file has more than one scan. The frames
+# below are built byte by byte: SOI, a start of frame, tables, then scans of the given component counts.
+
+_DHT = b"\xff\xc4\x00\x14\x00" + b"\x01" + b"\x00" * 15 + b"\x00"  # one DC table of one 1-bit code
+
+
+def _jpeg(
+    components: int,
+    sampling: tuple[int, ...],
+    scans: list[int],
+    *,
+    sof: int = 0xC0,
+    before: bytes = b"",
+    width: int = 64,
+    height: int = 48,
+    between: bytes = _DHT,
+) -> bytes:
+    """SOI, `before`, a start of frame, `between`, then one scan per entry of `scans` (its component count), EOI.
+
+    Each scan's entropy-coded data is a few bytes with a stuffed FF 00 and a
+    restart marker, as real data has.
+    """
+    body = bytes([8]) + height.to_bytes(2, "big") + width.to_bytes(2, "big") + bytes([components])
+    body += b"".join(bytes([index + 1, sampling[index], 0]) for index in range(components))
+    out = b"\xff\xd8" + before + bytes([0xFF, sof]) + (len(body) + 2).to_bytes(2, "big") + body + between
+    first = 1
+    for count in scans:
+        selectors = b"".join(bytes([first + index, 0]) for index in range(count))
+        sos = bytes([count]) + selectors + b"\x00\x3f\x00"
+        out += b"\xff\xda" + (len(sos) + 2).to_bytes(2, "big") + sos + b"\x12\xff\x00\x34\xff\xd0\x56"
+        first += count
+    return out + b"\xff\xd9"
+
+
+@pytest.mark.parametrize(
+    ("components", "scans", "sof", "multi_scan"),
+    [
+        (3, [3], 0xC0, False),  # baseline, one interleaved scan: what cameras and browsers send
+        (1, [1], 0xC0, False),  # greyscale: one component, one scan
+        (4, [4], 0xC1, False),  # extended sequential CMYK, interleaved
+        (3, [1, 1, 1], 0xC0, True),  # baseline, one scan per component: the whole frame's coefficients are kept
+        (3, [1, 2], 0xC0, True),
+        (3, [2, 1], 0xC1, True),
+        (4, [3, 1], 0xC0, True),
+        (3, [3], 0xC2, True),  # progressive, whatever its first scan
+        (1, [1], 0xC2, True),
+        (3, [3], 0xC9, False),  # arithmetic-coded sequential, interleaved
+        (3, [1, 1, 1], 0xC9, True),
+    ],
+)
+def test_the_header_walk_knows_whether_a_file_has_more_than_one_scan(components: int, scans: list[int], sof: int, multi_scan: bool) -> None:
+    sampling = (0x11,) * components
+    info = read_jpeg_info(_jpeg(components, sampling, scans, sof=sof))
+    assert info.multi_scan is multi_scan
+    assert info.progressive is (sof == 0xC2)
+    assert info.sampling == bytes(sampling)
+
+
+def test_only_the_first_scan_is_read_and_it_decides_exactly() -> None:
+    # A first scan of every component is the only scan of a sequential file (each component is in exactly
+    # one scan); libjpeg refuses a second one, so the walk needs no look past it.
+    single = _jpeg(3, (0x11,) * 3, [3])
+    multi = _jpeg(3, (0x11,) * 3, [1, 1, 1])
+    assert not read_jpeg_info(single).multi_scan and read_jpeg_info(multi).multi_scan
+    # The two differ inside the bytes the reading depends on, so a stream's remembered reading of one never
+    # stands for the other.
+    assert not multi.startswith(single[: read_jpeg_info(single).header_bytes])
+
+
+def test_a_scan_header_inside_a_table_does_not_hide_the_real_first_scan() -> None:
+    # The walk steps over segments by their length: FF DA inside a table's payload is not a marker.
+    decoy = b"\xff\xda\x00\x0c\x03\x01\x00\x02\x00\x03\x00\x00\x3f\x00"
+    table = b"\xff\xc4" + (len(decoy) + 2 + 17).to_bytes(2, "big") + b"\x00" + b"\x00" * 16 + decoy
+    info = read_jpeg_info(_jpeg(3, (0x11,) * 3, [1, 1, 1], between=table))
+    assert info.multi_scan
+
+
+def test_the_walk_reads_bytearray_and_memoryview_alike() -> None:
+    data = _jpeg(3, (0x11,) * 3, [1, 1, 1])
+    assert read_jpeg_info(bytearray(data)) == read_jpeg_info(memoryview(data)) == read_jpeg_info(data)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "components", "sampling", "blocks"),
+    [
+        (3840, 2160, 3, (0x11, 0x11, 0x11), 3 * 480 * 270),
+        (3840, 2160, 3, (0x22, 0x11, 0x11), 480 * 270 + 2 * 240 * 135),  # 4:2:0: chroma a quarter of luma
+        (3840, 2160, 3, (0x21, 0x11, 0x11), 480 * 270 + 2 * 240 * 270),  # 4:2:2
+        (1001, 1499, 3, (0x22, 0x11, 0x11), 126 * 188 + 2 * 63 * 94),  # luma rounded up to whole 2 x 2 MCUs
+        (3840, 2160, 4, (0x11,) * 4, 4 * 480 * 270),
+        (129, 64297, 3, (0x44,) * 3, 3 * 20 * 8040),  # 17 x 8038 blocks a component, padded to 4 x 4 MCUs
+        (1, 1, 1, (0x11,), 1),
+        (1, 4000, 3, (0x22, 0x11, 0x11), 2 * 500 + 2 * 1 * 250),  # a one-pixel strip still has whole MCUs
+    ],
+)
+def test_coefficient_blocks_are_counted_as_libjpeg_allocates_them(
+    width: int, height: int, components: int, sampling: tuple[int, ...], blocks: int
+) -> None:
+    info = read_jpeg_info(_jpeg(components, sampling, [1] * components, width=width, height=height))
+    assert info.coefficient_blocks == blocks
+
+
+@pytest.mark.parametrize(
+    ("sampling", "fragment"),
+    [((0x00, 0x11, 0x11), "00 11 11"), ((0x22, 0x51, 0x11), "22 51 11"), ((0x11, 0x11, 0x10), "11 11 10")],
+)
+def test_sampling_factors_outside_one_to_four_are_invalid(sampling: tuple[int, ...], fragment: str) -> None:
+    with pytest.raises(FrameValidationError) as caught:
+        read_jpeg_info(_jpeg(3, sampling, [3]))
+    assert caught.value.code is ErrorCode.INVALID_FRAME
+    assert f"sampling factors {fragment}" in caught.value.detail
+
+
+def test_a_start_of_frame_too_short_for_its_components_is_invalid() -> None:
+    data = _jpeg(3, (0x11,) * 3, [3])
+    sof = data.index(b"\xff\xc0")
+    short = data[: sof + 2] + (8 + 3 * 3 - 1).to_bytes(2, "big") + data[sof + 4 : sof + 2 + 8 + 3 * 3 - 1] + data[sof + 2 + 8 + 3 * 3 :]
+    with pytest.raises(FrameValidationError, match="start-of-frame segment too short for its 3 components"):
+        read_jpeg_info(short)
+
+
+def test_a_scan_header_too_short_to_name_its_components_is_invalid() -> None:
+    data = _jpeg(3, (0x11,) * 3, [3])
+    sos = data.index(b"\xff\xda")
+    with pytest.raises(FrameValidationError, match="start-of-scan segment too short"):
+        read_jpeg_info(data[:sos] + b"\xff\xda\x00\x02" + b"\xff\xd9")
