@@ -49,7 +49,8 @@ class DecodedBytesBudget:
     frame timeout: by then the client has its answer); a charge larger than the
     whole budget can never fit and is refused at once as frame_too_large. The
     settings refuse a budget smaller than one largest frame, so with the shipped
-    decoder that refusal is a guard, not something a valid frame meets.
+    decoder only a frame whose MCU padding takes it past a budget set near that
+    minimum meets that refusal.
     """
 
     def __init__(self, capacity_bytes: int, wait_s: float) -> None:
@@ -463,9 +464,10 @@ class DagPipelineService:
         """The frame's header reading; the previous frame's, when the stream's encoder repeated its header byte for byte.
 
         A camera or a browser encodes every frame of a stream with the same
-        tables and size, so the bytes up to the start of frame repeat; the
-        walk's result depends on those bytes only, so a frame that starts with
-        them has the same reading. One prefix of at most 8 KiB is kept per open
+        tables, size and scan layout, so the bytes up to the first scan's
+        header repeat; the walk's result (the scan layout, and so the decode
+        charge, included) depends on those bytes only, so a frame that starts
+        with them has the same reading. One prefix of at most 8 KiB is kept per open
         stream, in the state store, and dropped when the stream is released.
         """
         if stream_id is not None:
