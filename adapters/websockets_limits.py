@@ -44,11 +44,17 @@ from websockets.protocol import Event
 
 log = structlog.get_logger("forgesyte.connections")
 
-# Input is parsed in slices and checked between them: 8 KiB while the input holds many frames (a masked
-# frame takes at least 6 bytes, so at most ~1,400 frames, ~10-15 ms), 32 KiB while it holds few.
+# Input is parsed in slices, checked between them, as the main transport does (adapters/uvicorn_protocols.py):
+# slices end where frames end, whole frames up to 8 KiB (a masked frame takes at least 6 bytes, so at most
+# ~1,400 frames, ~10-15 ms) or one larger frame (up to 64 KiB of it). Boundaries are read from the frame
+# headers, from the end of the upgrade request on; should the parser ever disagree with them, the connection
+# falls back to plain byte slices, 32 KiB while the input holds few frames and 8 KiB as soon as it holds many.
 _DENSE_SLICE_BYTES = 8192
 _SPARSE_SLICE_BYTES = 32768
+_MAX_SLICE_BYTES = 65536
 _DENSE_FRAMES = 8
+_MAX_HEADER_BYTES = 14  # 2, then a 2- or 8-byte extended length, then a 4-byte mask
+_HEAD_END = b"\r\n\r\n"
 # Parsing time one connection may take in one turn of the event loop before it yields to the others.
 _TURN_BUDGET_S = 0.005
 # A close that waits on the peer is turned into an abort after this long; a connection failed for abuse sooner.
@@ -57,6 +63,24 @@ _ABUSE_GRACE_S = 2.0
 # Frames the application has not taken yet may total this much before reading pauses (the main transport's bound).
 _READ_AHEAD_BYTES = 256 * 1024
 _PONG_START = bytes([0x80 | Opcode.PONG.value])  # FIN + PONG; server frames are unmasked
+
+
+def _frame_size(head: bytes) -> int | None:
+    """A WebSocket frame's whole size (header, mask and payload) from its first bytes; None if they are too few."""
+    if len(head) < 2:
+        return None
+    second = head[1]
+    length = second & 0x7F
+    size = 6 if second & 0x80 else 2
+    if length == 126:
+        if len(head) < 4:
+            return None
+        return size + 2 + ((head[2] << 8) | head[3])
+    if length == 127:
+        if len(head) < 10:
+            return None
+        return size + 8 + int.from_bytes(head[2:10], "big")
+    return size + length
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,11 +132,19 @@ class LimitedServerConnection(ServerConnection):
         self._eof_pending = False
         self._queue_paused = False
         self._sparse = False
+        # Frame-aligned slicing: off until the upgrade request has been fed, alone.
+        self._aligned = False
+        self._request_fed = False
+        self._head_seen = b""  # the request head's last bytes fed so far, to find its end across reads
+        self._frame_left = 0  # bytes of the current frame not yet fed to the parser; 0 at a boundary
+        self._frame_head = b""  # the current frame's header bytes fed so far, while too few to give its length
         self._fragments = 0
         self._control_tokens = float(self.limits.max_control_frames_per_s)
         self._control_checked = time.monotonic()
         self._pong_owed: bytes | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
+        self._discarding = False  # after we failed or closed the connection: input is dropped, not parsed
+        self._abused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -149,9 +181,19 @@ class LimitedServerConnection(ServerConnection):
         while position < size:
             if self.transport.is_closing():
                 return
-            end = min(size, position + (_SPARSE_SLICE_BYTES if self._sparse else _DENSE_SLICE_BYTES))
+            frames_ending = -1
+            if self._discarding:
+                end = size  # the parser drops it all in one call
+            elif not self._request_fed:
+                end = self._request_end(data, position, size)
+            elif self._aligned:
+                end, frames_ending = self._aligned_slice(data, position, size)
+            else:
+                end = min(size, position + (_SPARSE_SLICE_BYTES if self._sparse else _DENSE_SLICE_BYTES))
             parsed = self._receive(data if position == 0 and end == size else data[position:end])
             self._sparse = parsed < _DENSE_FRAMES
+            if frames_ending >= 0 and parsed != frames_ending:
+                self._aligned = False  # the boundaries read here are not the parser's: plain slices from now on
             position = end
             if position < size and (self._queue_paused or time.perf_counter() > deadline):
                 self._backlog.append(data[position:])
@@ -160,22 +202,68 @@ class LimitedServerConnection(ServerConnection):
                     self._schedule_drain()
                 return
 
+    def _request_end(self, data: bytes, start: int, size: int) -> int:
+        """Where the upgrade request ends in `data` (frames begin there); `size` while the request goes on."""
+        carried = len(self._head_seen)
+        found = (self._head_seen + data[start : start + len(_HEAD_END) - 1]).find(_HEAD_END) if carried else -1
+        if found >= 0:
+            end = start + found + len(_HEAD_END) - carried
+        else:
+            found = data.find(_HEAD_END, start)
+            if found < 0:
+                # The end may straddle two reads: keep the last bytes to look across.
+                self._head_seen = (self._head_seen + data[max(start, size - len(_HEAD_END) + 1) :])[1 - len(_HEAD_END) :]
+                return size
+            end = found + len(_HEAD_END)
+        self._request_fed = self._aligned = True
+        self._head_seen = b""
+        return end
+
+    def _aligned_slice(self, data: bytes, start: int, size: int) -> tuple[int, int]:
+        """The end of the next slice, at a frame boundary where the data allows, and how many frames end in it."""
+        position = start
+        frames_ending = 0
+        while position < size and position - start < _DENSE_SLICE_BYTES:
+            left = self._frame_left
+            if not left:
+                head = self._frame_head + data[position : position + _MAX_HEADER_BYTES - len(self._frame_head)]
+                frame_size = _frame_size(head)
+                if frame_size is None:  # the data ends inside the header: it is fed, and kept to finish the header
+                    self._frame_head = head
+                    return size, frames_ending
+                left = frame_size - len(self._frame_head)
+                self._frame_head = b""
+            take = min(left, size - position, _MAX_SLICE_BYTES - (position - start))
+            position += take
+            self._frame_left = left - take
+            if not self._frame_left:
+                frames_ending += 1
+        return position, frames_ending
+
     def _receive(self, data: bytes) -> int:
-        """Connection.data_received for one slice, with the limits applied before any event is acted on."""
+        """Connection.data_received for one slice, with the limits applied before any event is acted on.
+
+        Returns how many frames the slice completed, whether or not a limit let them through.
+        """
         protocol = self.protocol
         protocol.receive_data(data)
-        events = self._within_limits(protocol.events_received())
+        received = protocol.events_received()
+        events = self._within_limits(received)
         if self.paused:
             self._coalesce_pongs()
         try:
             self.send_data()
         except Exception as exc:  # as Connection.data_received: the error ends the connection, reported on close
             self.set_connection_exc(exc)
+        if self._abused:
+            # Reading stops now (the abuser would be read at full speed until its end otherwise); the close
+            # frame goes out first, and the abort of _abuse follows if the client does not read it.
+            self.transport.close()
         if protocol.close_expected() and self.close_deadline is None and self.close_timeout is not None:
             self.close_deadline = self.loop.time() + self.close_timeout
         for event in events:
             self.process_event(event)
-        return len(events)
+        return sum(1 for event in received if isinstance(event, Frame))
 
     def _schedule_drain(self) -> None:
         if not self._drain_scheduled:
@@ -250,6 +338,7 @@ class LimitedServerConnection(ServerConnection):
         self._pong_owed = None
         log.info("websocket_abuse", client=_client(self.remote_address), reason=reason)
         protocol.fail(1008, reason)
+        self._discarding = self._abused = True
         self._backlog.clear()
         self._abort_later(_ABUSE_GRACE_S)
 
@@ -281,6 +370,7 @@ class LimitedServerConnection(ServerConnection):
         try:
             async with self.send_context():
                 self.protocol.fail(code, reason)
+                self._discarding = True
         except ConnectionClosed:
             pass  # closed, which was the goal
 

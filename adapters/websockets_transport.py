@@ -109,8 +109,10 @@ def first_header(headers: Headers, name: str) -> str | None:
     return values[0] if values else None
 
 
-def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
-    return Response(status.value, status.phrase, Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))]), body)
+def _response(status: HTTPStatus, body: bytes, content_type: str, extra: Sequence[tuple[str, str]] = ()) -> Response:
+    # The library closes the connection after any answer but the upgrade; saying so keeps clients from reusing it.
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))), ("Connection", "close"), *extra])
+    return Response(status.value, status.phrase, headers, body)
 
 
 def request_router(
@@ -166,14 +168,7 @@ def request_checks(
             client=f"{address[0]}:{address[1]}" if address else "unknown",
             path=path,
         )
-        body = refusal.encoded()
-        status = HTTPStatus(refusal.status)
-        return Response(
-            status.value,
-            status.phrase,
-            Headers([("Content-Type", "application/json"), ("Content-Length", str(len(body))), *refusal.headers]),
-            body,
-        )
+        return _response(HTTPStatus(refusal.status), refusal.encoded(), "application/json", refusal.headers)
 
     return check
 
