@@ -26,7 +26,7 @@ from adapters.thread_executor import ThreadFrameExecutor
 from application.access import AccessPolicy, StreamAccess
 from application.observers import FanOutStreamObserver
 from application.pipeline import DagPipelineService, DecodedBytesBudget, StreamStateStore
-from application.sessions import SessionManager
+from application.sessions import InProcessSlots, SessionManager, SessionSlots
 from application.single_frame import SingleFrameService
 from application.stream import StreamService, StreamSettings
 from application.video_service import VideoFilePipelineService
@@ -151,7 +151,11 @@ class Container(containers.DeclarativeContainer):
         max_frame_bytes=settings.provided.max_frame_bytes,
     )
     frame_executor = providers.Singleton(_frame_executor, settings, video_service, pipeline_observer, analytics)
-    session_manager = providers.Singleton(SessionManager, max_sessions=settings.provided.max_sessions)
+    # Counted in this process; adapters.server hands the workers of `serve --workers N` a shared table instead.
+    session_slots = providers.Singleton(
+        InProcessSlots, max_sessions=settings.provided.max_sessions, max_per_key=settings.provided.max_sessions_per_key
+    )
+    session_manager = providers.Singleton(SessionManager, max_sessions=settings.provided.max_sessions, slots=session_slots)
     log_observer = providers.Singleton(LoggingStreamObserver)
     stream_observer = providers.Singleton(FanOutStreamObserver, log_observer, metrics)
     stream_settings = providers.Singleton(_stream_settings, settings)
@@ -178,7 +182,7 @@ class Container(containers.DeclarativeContainer):
         service=stream_service,
         observer=access_events,
         stream_observer=stream_observer,
-        max_sessions_per_key=settings.provided.max_sessions_per_key,
+        slots=session_slots,
     )
 
 
@@ -195,12 +199,16 @@ def worker_pipeline_service(settings: Settings, observer: Any, analytics: Any) -
     return container.video_service()
 
 
-def build_container(settings: Settings) -> Container:
+def build_container(settings: Settings, session_slots: SessionSlots | None = None) -> Container:
     """A container for these settings; building the pipelines provider validates every pipeline.
 
     The tracking nodes' lines and zones are checked too, and their metric series declared.
+    `session_slots`: where the session limits are counted when this process is one
+    worker of several (adapters.session_slots); None counts in this process.
     """
     container = Container(settings=settings)
+    if session_slots is not None:
+        container.session_slots.override(providers.Object(session_slots))
     container.pipelines()
     container.tracking_plugin().check_pipelines(container.catalog())
     return container

@@ -24,10 +24,12 @@ METRICS_PATH = "/metrics"
 @dataclass(frozen=True)
 class Health:
     status: str
-    sessions_active: int
+    sessions_active: int  # in the process that answered
     pipelines: int
     busy_workers: int
     executor: dict[str, Any]
+    # In every worker of the server, what FORGESYTE_STREAM_MAX_SESSIONS bounds; sessions_active with one worker.
+    sessions_active_server: int
 
 
 def health(stream_service: StreamService, pipelines: DagPipelineService) -> Health:
@@ -37,6 +39,7 @@ def health(stream_service: StreamService, pipelines: DagPipelineService) -> Heal
         len(pipelines.pipeline_ids()),
         stream_service.busy_workers(),
         stream_service.executor_health(),
+        stream_service.sessions.server_active_count(),
     )
 
 

@@ -27,6 +27,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from application.ports import ConnectionClosed, StreamObserver, Transport
+from application.sessions import SessionSlots
 from application.stream import StreamService
 from domain import CLOSE_CODE_FOR_ERROR, ErrorCode, StreamError
 
@@ -304,7 +305,9 @@ class StreamAccess:
     """The stream entry point behind the keys: refuses without a session slot, counts sessions per key.
 
     Both checks come before StreamService.serve, so a refused connection never
-    holds one of the server's MAX_SESSIONS slots, however many arrive.
+    holds one of the server's MAX_SESSIONS slots, however many arrive. The
+    key's slots come from the same SessionSlots as the server's, so the quota
+    holds for the whole server however many processes serve it.
     """
 
     def __init__(
@@ -313,16 +316,17 @@ class StreamAccess:
         observer: AccessObserver,
         stream_observer: StreamObserver,
         *,
-        max_sessions_per_key: int = 0,
+        slots: SessionSlots,
     ) -> None:
         self._service = service
         self._observer = observer
         self._stream_observer = stream_observer
-        self._per_key_limit = max_sessions_per_key
-        self._sessions_per_key: dict[str, int] = {}
+        self._slots = slots
+        self._per_key_limit = slots.max_per_key
 
     def sessions_of(self, key_name: str) -> int:
-        return self._sessions_per_key.get(key_name, 0)
+        """Sessions the key holds across the server; 0 where keys have no quota (they are not counted then)."""
+        return self._slots.in_use(key_name) if self._per_key_limit > 0 else 0
 
     async def serve(self, transport: Transport, pipeline_id: str | None, credential: Credential, path: str = "") -> None:
         """Serve one accepted connection, or refuse it with a JSON error and a close code."""
@@ -334,7 +338,8 @@ class StreamAccess:
             return
         name = credential.label
         limited = credential is not ANONYMOUS and self._per_key_limit > 0
-        if limited and self.sessions_of(name) >= self._per_key_limit:
+        slot = self._slots.acquire(name) if limited else None
+        if limited and slot is None:
             self._observer.access_refused(Refusal.KEY_QUOTA, channel=Channel.WEBSOCKET, key=name, client=transport.client, path=path)
             await self._refuse(
                 transport,
@@ -344,18 +349,11 @@ class StreamAccess:
                 ),
             )
             return
-        if not limited:
-            await self._service.serve(transport, pipeline_id)
-            return
-        self._sessions_per_key[name] = self.sessions_of(name) + 1
         try:
             await self._service.serve(transport, pipeline_id)
         finally:
-            remaining = self._sessions_per_key[name] - 1
-            if remaining:
-                self._sessions_per_key[name] = remaining
-            else:
-                del self._sessions_per_key[name]
+            if slot is not None:
+                self._slots.release(slot)
 
     async def _refuse(self, transport: Transport, error: StreamError) -> None:
         try:

@@ -1,11 +1,19 @@
-"""Knows every live session, bounds how many there are, and drains them at shutdown."""
+"""Knows every live session, bounds how many there are, and drains them at shutdown.
+
+The bounds (FORGESYTE_STREAM_MAX_SESSIONS, _PER_KEY) are promised for a server,
+and a server may be several worker processes: so the slots are counted behind
+a port, SessionSlots, in memory for one process (InProcessSlots) or in a table
+the workers share (adapters.session_slots).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from domain import Session
 
@@ -13,6 +21,90 @@ logger = logging.getLogger(__name__)
 
 # After the shutdown deadline, how long sessions get to send their last messages before they are cancelled.
 FINAL_MESSAGES_GRACE_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class SlotToken:
+    """One slot taken; handed back once, with SessionSlots.release."""
+
+    key: str | None  # None: one of the server's MAX_SESSIONS; a name: one of that API key's slots
+    index: int
+
+
+class SessionSlots(Protocol):
+    """The admission port: slots counted over every process serving as one server.
+
+    acquire runs on the event loop once per connection, so an implementation
+    must answer at once, never wait for another process.
+    """
+
+    @property
+    def max_sessions(self) -> int: ...
+
+    @property
+    def max_per_key(self) -> int:
+        """Slots per API key; 0 when keys have no quota of their own (acquire(key) is then an error)."""
+        ...
+
+    def acquire(self, key: str | None = None) -> SlotToken | None:
+        """A slot of the server's sessions (key None) or of that key's; None when all are taken."""
+        ...
+
+    def release(self, token: SlotToken) -> None: ...
+
+    def in_use(self, key: str | None = None) -> int:
+        """Slots taken across the server, by every process; what /health reports as the server's sessions."""
+        ...
+
+
+class InProcessSlots:
+    """SessionSlots for a server that is one process: counts in memory, on the event loop."""
+
+    def __init__(self, max_sessions: int, max_per_key: int = 0) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
+        if max_per_key < 0:
+            raise ValueError(f"max_per_key must be 0 (no quota) or more, got {max_per_key}")
+        self._max_sessions = max_sessions
+        self._max_per_key = max_per_key
+        self._held: dict[str | None, set[int]] = {}
+        self._numbers = itertools.count()
+
+    @property
+    def max_sessions(self) -> int:
+        return self._max_sessions
+
+    @property
+    def max_per_key(self) -> int:
+        return self._max_per_key
+
+    def acquire(self, key: str | None = None) -> SlotToken | None:
+        held = self._held.setdefault(key, set())
+        if len(held) >= pool_limit(self, key):
+            return None
+        token = SlotToken(key, next(self._numbers))
+        held.add(token.index)
+        return token
+
+    def release(self, token: SlotToken) -> None:
+        held = self._held.get(token.key, set())
+        if token.index not in held:
+            raise ValueError(f"slot {token} is not held")
+        held.discard(token.index)
+        if not held and token.key is not None:
+            del self._held[token.key]  # a key's entry lives while it holds a slot, so unknown names cannot pile up
+
+    def in_use(self, key: str | None = None) -> int:
+        return len(self._held.get(key, ()))
+
+
+def pool_limit(slots: SessionSlots, key: str | None) -> int:
+    """The size of the pool acquire(key) draws from; a key pool where keys have no quota is a caller's bug."""
+    if key is None:
+        return slots.max_sessions
+    if slots.max_per_key == 0:
+        raise ValueError("keys have no session quota of their own (max_per_key is 0)")
+    return slots.max_per_key
 
 
 class Admission(StrEnum):
@@ -32,18 +124,24 @@ class SessionHandle:
     deadline_passed: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    slot: SlotToken | None = None
 
 
 class SessionManager:
-    """The registry of active sessions, created on connect and removed on disconnect.
+    """The registry of this process's sessions, created on connect and removed on disconnect.
 
+    Admission draws a slot from `slots`, which counts the whole server's
+    sessions; the registry itself, and so active_count, is this process's.
     All methods run on the event loop; no lock is needed.
     """
 
-    def __init__(self, max_sessions: int) -> None:
+    def __init__(self, max_sessions: int, slots: SessionSlots | None = None) -> None:
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
         self.max_sessions = max_sessions
+        self._slots: SessionSlots = slots if slots is not None else InProcessSlots(max_sessions)
+        if self._slots.max_sessions != max_sessions:
+            raise ValueError(f"the slots count to {self._slots.max_sessions} sessions, not max_sessions={max_sessions}")
         self._handles: dict[str, SessionHandle] = {}
         self._shutting_down = False
 
@@ -54,15 +152,18 @@ class SessionManager:
     def register(self, session: Session) -> tuple[Admission, SessionHandle | None]:
         if self._shutting_down:
             return Admission.SHUTTING_DOWN, None
-        if len(self._handles) >= self.max_sessions:
+        slot = self._slots.acquire()
+        if slot is None:
             return Admission.FULL, None
-        handle = SessionHandle(session=session, task=asyncio.current_task())
+        handle = SessionHandle(session=session, task=asyncio.current_task(), slot=slot)
         self._handles[session.session_id] = handle
         return Admission.ACCEPTED, handle
 
     def unregister(self, session_id: str) -> None:
         handle = self._handles.pop(session_id, None)
         if handle is not None:
+            if handle.slot is not None:
+                self._slots.release(handle.slot)
             handle.finished.set()
 
     def get(self, session_id: str) -> Session | None:
@@ -71,6 +172,10 @@ class SessionManager:
 
     def active_count(self) -> int:
         return len(self._handles)
+
+    def server_active_count(self) -> int:
+        """Sessions open in every process of the server, this one included."""
+        return self._slots.in_use()
 
     def sessions(self) -> list[Session]:
         return [handle.session for handle in self._handles.values()]

@@ -102,9 +102,9 @@ def test_health(shipped_client: httpx.Client) -> None:
     response = shipped_client.get("/health")
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"status", "sessions_active", "pipelines", "busy_workers", "executor"}
+    assert set(body) == {"status", "sessions_active", "sessions_active_server", "pipelines", "busy_workers", "executor"}
     assert body["status"] == "ok"
-    assert body["sessions_active"] == 0
+    assert body["sessions_active"] == 0 and body["sessions_active_server"] == 0
     assert body["pipelines"] == len(list(SHIPPED_PIPELINES.glob("*.json")))
     assert isinstance(body["busy_workers"], int) and body["busy_workers"] >= 0
     assert body["executor"]["kind"] == "threads" and body["executor"]["workers"] >= 1

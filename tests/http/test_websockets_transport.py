@@ -23,7 +23,7 @@ def server():
 def test_health_counts_the_open_sessions(server: RunningServer) -> None:
     idle = server.health()
     assert idle["status"] == "ok" and idle["sessions_active"] == 0 and idle["pipelines"] > 0
-    assert set(idle) == {"status", "sessions_active", "pipelines", "busy_workers", "executor"}
+    assert set(idle) == {"status", "sessions_active", "sessions_active_server", "pipelines", "busy_workers", "executor"}
 
     async def while_open() -> dict:
         async with connect(server.ws("probe"), proxy=None) as ws:
@@ -31,7 +31,8 @@ def test_health_counts_the_open_sessions(server: RunningServer) -> None:
             await ws.recv()
             return await asyncio.to_thread(server.health)
 
-    assert asyncio.run(while_open())["sessions_active"] == 1
+    during = asyncio.run(while_open())
+    assert during["sessions_active"] == during["sessions_active_server"] == 1
     server.wait_for(lambda health: health["sessions_active"] == 0)
 
 

@@ -337,7 +337,7 @@ def test_max_sessions_per_key_holds_for_the_whole_server_across_workers(tmp_path
 
         run(scenario())
         refusals = [r for r in records(server) if r["event"] == "access_refused"]
-        assert refusals and {r["reason"] for r in refusals} == {"key_quota"} and {r["key"] for r in refusals} == {"alice"}
+        assert refusals and {r["reason"] for r in refusals} == {"key_quota"} and {r["key"] for r in refusals} == {"alice", "bob"}
         assert ALICE_KEY not in server.log_text() and BOB_KEY not in server.log_text()
     finally:
         server.stop()
