@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -33,9 +34,11 @@ from adapters.container import build_app, build_container
 from adapters.logging_observer import configure_logging, logging_config
 from adapters.metrics import shared_metrics_directory, worker_exited
 from adapters.serving import drain_sessions
+from adapters.session_slots import SharedSlotTable, slot_directory
 from adapters.settings import Settings
 from adapters.uvicorn_protocols import ConnectionLimits, guarded_protocols
 from adapters.startup import CONFIGURATION_ERRORS, CONFIGURATION_EXIT_STATUS, configuration_error_line
+from application.sessions import SessionSlots
 
 log = structlog.get_logger("forgesyte.server")
 
@@ -106,8 +109,8 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     return uvicorn.Config(app, **options)
 
 
-def build_server(settings: Settings, **config_overrides: Any) -> GracefulServer:
-    container = build_container(settings)
+def build_server(settings: Settings, session_slots: SessionSlots | None = None, **config_overrides: Any) -> GracefulServer:
+    container = build_container(settings, session_slots)
     app = build_app(container)
     sessions = container.session_manager()
     return GracefulServer(uvicorn_config(app, settings, **config_overrides), partial(drain_sessions, sessions), settings.shutdown_timeout_s)
@@ -126,10 +129,11 @@ def serve(settings: Settings, workers: int = 1) -> int:
 MAX_RESTARTS_PER_MINUTE = 5
 
 
-def _worker_main(settings: Settings, sock: socket.socket) -> None:
+def _worker_main(settings: Settings, sock: socket.socket, slots_dir: Path) -> None:
     configure_logging(settings.log_level)
     try:
-        server = build_server(settings)
+        slots = SharedSlotTable(slots_dir, settings.max_sessions, settings.max_sessions_per_key)
+        server = build_server(settings, slots)
     except CONFIGURATION_ERRORS as error:
         print(configuration_error_line(error), file=sys.stderr, flush=True)
         sys.exit(CONFIGURATION_EXIT_STATUS)
@@ -153,8 +157,11 @@ def _serve_workers(settings: Settings, workers: int) -> int:
     MAX_RESTARTS_PER_MINUTE replacements within a minute (status 1, a crash loop).
 
     Their metrics are summed through a shared prometheus-client multiprocess
-    directory (see adapters.metrics), created before the first worker starts
-    and removed once the last one has exited.
+    directory (see adapters.metrics), and their sessions counted against
+    FORGESYTE_STREAM_MAX_SESSIONS and _PER_KEY in a shared slot table
+    (adapters.session_slots), so the limits hold for the server as a whole; a
+    worker's slots are freed by the kernel when it dies. Both directories are
+    created before the first worker starts and removed once the last one has exited.
 
     Each worker listens on a socket of its own (listening_sockets), which the
     supervisor keeps open, so connections queued for a crashed worker wait for
@@ -162,9 +169,9 @@ def _serve_workers(settings: Settings, workers: int) -> int:
     """
     socks = listening_sockets(settings.host, settings.port, workers)
     context = multiprocessing.get_context("spawn")
-    with shared_metrics_directory() as metrics_dir:
+    with shared_metrics_directory() as metrics_dir, slot_directory() as slots_dir:
         def spawn(name: str, sock: socket.socket) -> multiprocessing.process.BaseProcess:
-            process = context.Process(target=_worker_main, args=(settings, sock), name=name)
+            process = context.Process(target=_worker_main, args=(settings, sock, slots_dir), name=name)
             sockets_of[name] = sock
             return process
 
