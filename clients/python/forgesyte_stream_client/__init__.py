@@ -17,12 +17,14 @@ from forgesyte_stream_client.errors import (
     ConnectError,
     ConnectionLost,
     InvalidPipelineError,
+    ProtocolError,
+    ReplyTimeout,
     ServerBusyError,
     ShuttingDownError,
     StreamError,
     UnauthorizedError,
 )
-from forgesyte_stream_client.replies import Detection, Dropped, FrameFailed, FrameInfo, ProtocolError, Result, SlowDown
+from forgesyte_stream_client.replies import Detection, Dropped, FrameFailed, FrameInfo, Result, SlowDown
 from forgesyte_stream_client.sources import Frame, Source, SourceError, encode_jpeg, open_source
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "Pacing",
     "ProtocolError",
     "Reconnect",
+    "ReplyTimeout",
     "Result",
     "ServerBusyError",
     "ShuttingDownError",

@@ -1,8 +1,9 @@
 """forgesyte-stream-client: stream a video, camera, stream URL or images to a ForgeSyte Stream server.
 
 Exit status: 0 when every frame was answered; 1 when the source or the
-server failed (one line on stderr says why); 2 for a bad command line; 3 when
-the stream completed but the pipeline failed on some frames.
+server failed (one line on stderr says why, of bounded length, however much
+the server said); 2 for a bad command line; 3 when the stream completed but
+the pipeline failed on some frames.
 """
 
 from __future__ import annotations
@@ -17,14 +18,49 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from forgesyte_stream_client.client import Outcome, Pacing, Reconnect, Skipped, stream
-from forgesyte_stream_client.errors import ClientError, StreamError
+from forgesyte_stream_client.client import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_PAUSE_S,
+    DEFAULT_REPLY_TIMEOUT_S,
+    Outcome,
+    Pacing,
+    Reconnect,
+    Skipped,
+    stream,
+)
+from forgesyte_stream_client.errors import ClientError, StreamError, shorten
 from forgesyte_stream_client.replies import Dropped, FrameFailed, Result, SlowDown
 from forgesyte_stream_client.sources import Realtime, Source, SourceError, open_source
 from forgesyte_stream_client.stats import Stats
 
 API_KEY_VARIABLE = "FORGESYTE_STREAM_API_KEY"
 _PLAIN_PROGRESS_EVERY_S = 2.0
+_ERROR_LINE_CHARS = 400
+
+
+def _seconds(minimum: float, above: bool) -> Any:
+    """An argparse type: a finite number of seconds, above (or at least) `minimum`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (value > minimum if above else value >= minimum) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a number of seconds {'above' if above else 'from'} {minimum:g}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1, got {text!r}")
+    return value
 
 
 def _reply_json(outcome: Outcome) -> dict[str, Any]:
@@ -101,7 +137,34 @@ def build_parser() -> argparse.ArgumentParser:
     pace.add_argument("--fps", type=float, help="send exactly this many frames per second, whatever the server says")
     run.add_argument("--quality", type=int, help="re-encode every frame as JPEG at this quality, 1-100 (default: JPEG inputs as they are, others at 80)")
     run.add_argument("--api-key", default=None, help=f"credential sent as 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE})")
-    run.add_argument("--reconnect-attempts", type=int, default=5, help="reconnects on 1012 (restart) and 1013 (busy); 0 to fail at once")
+    run.add_argument(
+        "--reconnect-attempts",
+        type=int,
+        default=5,
+        help="connection attempts after the first, in the whole run, on 1012 (restart) and 1013 (busy): at most 1 + N connections; "
+        "a connection that stayed open 5 minutes gives them back; 0 to fail at once (default: 5)",
+    )
+    run.add_argument(
+        "--reply-timeout",
+        type=_seconds(0, above=True),
+        default=DEFAULT_REPLY_TIMEOUT_S,
+        metavar="S",
+        help=f"end with an error when the server answers no frame (or takes none) for S seconds while one waits (default: {DEFAULT_REPLY_TIMEOUT_S:g})",
+    )
+    run.add_argument(
+        "--max-pause",
+        type=_seconds(0, above=False),
+        default=DEFAULT_MAX_PAUSE_S,
+        metavar="S",
+        help=f"the longest pause between two frames that the server's slow_down can cause (default: {DEFAULT_MAX_PAUSE_S:g})",
+    )
+    run.add_argument(
+        "--max-reply-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        metavar="N",
+        help=f"end with an error when a reply is larger than N bytes (default: {DEFAULT_MAX_MESSAGE_BYTES})",
+    )
     run.add_argument("--max-frames", type=int, help="stop after this many source frames")
     run.add_argument("--quiet", action="store_true", help="no progress, only the summary line")
     return parser
@@ -167,6 +230,9 @@ async def run_stream(args: argparse.Namespace, err: IO[str]) -> int:
         reconnect=Reconnect(attempts=max(0, args.reconnect_attempts)),
         on_warning=on_warning,
         on_reconnect=on_reconnect,
+        reply_timeout=args.reply_timeout,
+        max_pause_s=args.max_pause,
+        max_message_bytes=args.max_reply_bytes,
     )
     try:
         async for outcome in outcomes:
@@ -200,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(run_stream(args, sys.stderr))
     except (ClientError, ValueError, OSError) as error:
-        print(f"forgesyte-stream-client: error: {error}", file=sys.stderr)
+        print(f"forgesyte-stream-client: error: {shorten(str(error), _ERROR_LINE_CHARS)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("forgesyte-stream-client: interrupted", file=sys.stderr)

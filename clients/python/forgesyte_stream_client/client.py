@@ -5,13 +5,17 @@ or a BGR image), receive typed replies, and turn the server's session-ending
 error and close into one exception. `stream()` adds what every real client
 needs on top: sending and receiving overlapped, pacing from what the server
 says, exactly one outcome per source frame, and reconnecting on 1012/1013.
+
+Every wait is bounded: a reply (reply_timeout), the pause a slow_down asks
+for (max_pause_s), a reply's size (max_message_bytes), and the reconnects of
+a run (Reconnect.attempts).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import json
+import math
 import queue
 import random
 import threading
@@ -31,16 +35,29 @@ from forgesyte_stream_client.errors import (
     ClientError,
     ConnectError,
     ConnectionLost,
+    ProtocolError,
+    ReplyTimeout,
     StreamError,
     UnauthorizedError,
     error_from_close,
     error_from_message,
 )
-from forgesyte_stream_client.replies import Dropped, FrameFailed, Result, ServerMessage, SlowDown, parse_message
+from forgesyte_stream_client.replies import Dropped, FrameFailed, Result, ServerMessage, SlowDown, decode_message, parse_message
 from forgesyte_stream_client.sources import Frame, Source, encode_jpeg
 
 STREAM_PATH = "/ws/video/stream"
 SUBPROTOCOL_PREFIX = "forgesyte.bearer."
+
+DEFAULT_REPLY_TIMEOUT_S = 30.0
+DEFAULT_MAX_PAUSE_S = 10.0
+DEFAULT_MAX_MESSAGE_BYTES = 2**22
+
+# The close codes this client sends when the server's message breaks the WebSocket rules, and what each means.
+_REFUSED_BY_US = {
+    1002: "the server broke the WebSocket protocol",
+    1007: "the server sent a text message that is not UTF-8",
+}
+MESSAGE_TOO_BIG_CLOSE = 1009
 
 
 def stream_url(url: str, pipeline: str) -> str:
@@ -56,8 +73,19 @@ def stream_url(url: str, pipeline: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
 
 
+def _check_timeout(name: str, value: float | None) -> None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a number of seconds above 0 (or None for no limit), got {value}")
+
+
 class AsyncStreamClient:
-    """One stream session: `async with AsyncStreamClient(url, "faces") as client: ...`."""
+    """One stream session: `async with AsyncStreamClient(url, "faces") as client: ...`.
+
+    `reply_timeout` bounds each receive() and each send(): a server that sends
+    nothing, or takes no frame, for that long ends the session with
+    ReplyTimeout (None waits for ever). A reply over `max_message_bytes` ends
+    it with ProtocolError.
+    """
 
     def __init__(
         self,
@@ -67,11 +95,16 @@ class AsyncStreamClient:
         api_key: str | None = None,
         quality: int = 80,
         open_timeout: float = 10.0,
-        max_message_bytes: int = 2**22,
+        reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT_S,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
+        _check_timeout("reply_timeout", reply_timeout)
+        if max_message_bytes < 1:
+            raise ValueError(f"max_message_bytes must be at least 1, got {max_message_bytes}")
         self.url = stream_url(url, pipeline)
         self.pipeline = pipeline
         self.quality = quality
+        self.reply_timeout = reply_timeout
         self._api_key = api_key
         self._open_timeout = open_timeout
         self._max_message_bytes = max_message_bytes
@@ -139,11 +172,15 @@ class AsyncStreamClient:
             data = bytes(frame)
             if data[:2] != b"\xff\xd8":
                 raise ValueError("a frame must be one complete JPEG image (it starts with FF D8)")
+        ws = self._socket()
         try:
-            await self._socket().send(data)
+            async with asyncio.timeout(self.reply_timeout):
+                await ws.send(data)
         except ConnectionClosed as closed:
             await self._read_to_close()
             raise self._closed_error(closed) from closed
+        except TimeoutError:
+            raise self._time_out(f"the server took no frame for {self.reply_timeout:g} s (reply timeout)") from None
         index = self._sent
         self._sent += 1
         return index
@@ -151,45 +188,84 @@ class AsyncStreamClient:
     def _closed_error(self, closed: ConnectionClosed) -> StreamError:
         if self._error is not None:
             return self._error
+        sent = closed.sent
+        if sent is not None and closed.rcvd_then_sent is not True:
+            # This client closed first: the server's message broke a rule the WebSocket layer enforces.
+            if sent.code == MESSAGE_TOO_BIG_CLOSE:
+                return ProtocolError(
+                    f"the server sent a message over the client's limit of {self._max_message_bytes} bytes (max_message_bytes)", close_code=sent.code
+                )
+            if sent.code in _REFUSED_BY_US:
+                return ProtocolError(_REFUSED_BY_US[sent.code], close_code=sent.code)
         received = closed.rcvd
         return error_from_close(received.code if received else None, received.reason if received else "")
+
+    def _time_out(self, detail: str) -> ReplyTimeout:
+        """End a session whose server stopped answering: drop the connection at once, no closing handshake to wait for."""
+        self._error = ReplyTimeout(detail)
+        if self._ws is not None:
+            self._ws.transport.abort()
+        return self._error
+
+    async def _refuse(self, error: ProtocolError) -> ProtocolError:
+        """End the session over a message the contract does not allow."""
+        self._error = error
+        await self._socket().close()
+        return error
 
     async def _read_to_close(self) -> None:
         """After a failed send: read what the server sent before closing, so the error it sent is the one raised."""
         ws = self._socket()
         while self._error is None:
             try:
-                message = json.loads(await ws.recv())
+                data = await ws.recv()
             except ConnectionClosed:
                 return
-            reply = parse_message(message)
+            try:
+                reply = parse_message(decode_message(data))
+            except ProtocolError as error:
+                self._error = error
+                return
             if isinstance(reply, dict):
                 self._error = error_from_message(reply, ws.close_code)
             else:
                 self._pending.append(reply)
 
     async def receive(self) -> ServerMessage:
-        """The next reply or warning. Raises the StreamError that ends the session; StopAsyncIteration after a normal close."""
+        """The next reply or warning. Raises the StreamError that ends the session; StopAsyncIteration after a normal close.
+
+        Nothing from the server for `reply_timeout` seconds raises ReplyTimeout;
+        a message outside the contract raises ProtocolError. Either ends the session.
+        """
+        try:
+            return await self._receive(self.reply_timeout)
+        except TimeoutError:
+            raise self._time_out(f"the server sent nothing for {self.reply_timeout:g} s (reply timeout)") from None
+
+    async def _receive(self, timeout: float | None) -> ServerMessage:
+        """receive(), except that nothing within `timeout` seconds raises TimeoutError and leaves the session open."""
         if self._pending:
             return self._pending.pop(0)
         ws = self._socket()
         if self._error is not None:
             raise self._error
-        while True:
-            try:
-                text = await ws.recv()
-            except ConnectionClosed as closed:
-                received = closed.rcvd
-                if self._error is None and received is not None and received.code == 1000:
-                    raise StopAsyncIteration from closed
-                raise self._closed_error(closed) from closed
-            message = json.loads(text)
-            reply = parse_message(message)
-            if isinstance(reply, dict):
-                # A session-ending error: the close follows; its code completes the exception.
-                await self._await_close(ws, reply)
-                raise self._error  # type: ignore[misc]
-            return reply
+        try:
+            async with asyncio.timeout(timeout):
+                data = await ws.recv()  # cancelling recv() loses nothing: the next call returns the message
+        except ConnectionClosed as closed:
+            received = closed.rcvd
+            if self._error is None and received is not None and received.code == 1000:
+                raise StopAsyncIteration from closed
+            raise self._closed_error(closed) from closed
+        try:
+            reply = parse_message(decode_message(data))
+        except ProtocolError as error:
+            raise await self._refuse(error) from None
+        if isinstance(reply, dict):
+            # A session-ending error: the close follows; its code completes the exception.
+            await self._await_close(ws, reply)
+            raise self._error  # type: ignore[misc]
+        return reply
 
     async def _await_close(self, ws: ClientConnection, message: dict[str, Any]) -> None:
         try:
@@ -262,19 +338,116 @@ class Pacing:
 
 @dataclass(frozen=True)
 class Reconnect:
-    """Reconnect with exponential backoff and jitter when the server restarts (1012) or is busy (1013)."""
+    """Reconnect with exponential backoff and jitter when the server restarts (1012) or is busy (1013).
+
+    `attempts` is the budget of a whole run: at most that many connection
+    attempts after the first one (refused attempts while a server restarts
+    count too), so a run opens at most 1 + attempts connections. The budget
+    is refilled only by a connection that stayed open for `reset_after_s`
+    seconds (None: never), so that a stream that runs for days rides out
+    each restart, while a server that closes after every frame is not
+    reconnected to for ever.
+    """
 
     close_codes: frozenset[int] = frozenset({RESTART_CLOSE, BUSY_CLOSE})
     attempts: int = 5
     initial_delay_s: float = 0.5
     max_delay_s: float = 30.0
+    reset_after_s: float | None = 300.0
 
     def delay(self, attempt: int) -> float:
         return min(self.max_delay_s, self.initial_delay_s * 2**attempt) * (0.5 + random.random() / 2)
 
     def retries(self, error: StreamError, attempt: int) -> bool:
-        """Whether a session that ended with `error` is followed by another, after `attempt` failed attempts."""
+        """Whether a session that ended with `error` is followed by another, with `attempt` attempts of the budget spent."""
         return error.close_code in self.close_codes and attempt < self.attempts
+
+
+class _Budget:
+    """The reconnects a run has spent, and the backoff before the next one."""
+
+    def __init__(self, policy: Reconnect, on_reconnect: Callable[[ClientError, float], None] | None) -> None:
+        self.policy = policy
+        self.spent = 0
+        self._on_reconnect = on_reconnect
+        self._connected_at: float | None = None
+
+    def connected(self) -> None:
+        self._connected_at = time.monotonic()
+
+    def _session_ended(self) -> None:
+        if self._connected_at is None:
+            return
+        lasted = time.monotonic() - self._connected_at
+        self._connected_at = None
+        if self.policy.reset_after_s is not None and lasted >= self.policy.reset_after_s:
+            self.spent = 0
+
+    def retries(self, error: StreamError) -> bool:
+        """Whether the session that ended with `error` is followed by another."""
+        self._session_ended()
+        return self.policy.retries(error, self.spent)
+
+    def left(self) -> bool:
+        return self.spent < self.policy.attempts
+
+    async def wait(self, error: ClientError) -> None:
+        """Spend one attempt: wait out its backoff, telling on_reconnect first."""
+        delay = self.policy.delay(self.spent)
+        self.spent += 1
+        if self._on_reconnect is not None:
+            self._on_reconnect(error, delay)
+        await asyncio.sleep(delay)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every session of one stream() call is opened and paced with."""
+
+    url: str
+    pipeline: str
+    quality: int | None
+    api_key: str | None
+    reply_timeout: float | None
+    max_pause_s: float
+    max_message_bytes: int
+    on_warning: Callable[[SlowDown], None] | None
+
+    def client(self) -> AsyncStreamClient:
+        return AsyncStreamClient(
+            self.url,
+            self.pipeline,
+            api_key=self.api_key,
+            quality=self.quality or 80,
+            reply_timeout=self.reply_timeout,
+            max_message_bytes=self.max_message_bytes,
+        )
+
+    def slowed(self, warning: SlowDown, interval_s: float) -> float:
+        """The least time between sends after `warning`: 1 / suggested_fps (twice the last when it has none), at most max_pause_s."""
+        fps = warning.suggested_fps
+        wanted = 1.0 / fps if fps else max(0.1, interval_s * 2)
+        if self.on_warning is not None:
+            self.on_warning(warning)
+        return min(wanted, self.max_pause_s)
+
+
+class _Deadline:
+    """The reply timeout of a stream: the server must answer some frame within it while any is unanswered."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self._since = time.monotonic()
+
+    def progress(self) -> None:
+        """A frame was answered, or one was sent while none waited: the wait starts again."""
+        self._since = time.monotonic()
+
+    def left(self) -> float | None:
+        return None if self.timeout is None else self._since + self.timeout - time.monotonic()
+
+    def error(self, client: AsyncStreamClient) -> ReplyTimeout:
+        return client._time_out(f"the server answered no frame for {self.timeout:g} s (reply timeout)")
 
 
 NO_RECONNECT = Reconnect(attempts=0)
@@ -425,7 +598,7 @@ class _Sent:
 class _State:
     min_interval_s: float = 0.0
     connection: int = 0
-    will_retry: Callable[[StreamError], bool] = lambda _: False
+    will_retry: Callable[[StreamError], bool] = lambda _: False  # the run's reconnect budget decides
     resend: list[Frame] = field(default_factory=list)  # frames the server never read before a retried close
     outcomes: asyncio.Queue[Outcome | BaseException | None] = field(default_factory=asyncio.Queue)
 
@@ -443,28 +616,45 @@ async def stream(
     on_reconnect: Callable[[ClientError, float], None] | None = None,
     live: bool | None = None,
     prefetch: bool | None = None,
+    reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT_S,
+    max_pause_s: float = DEFAULT_MAX_PAUSE_S,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> AsyncIterator[Outcome]:
     """Run every frame through the server and yield one Outcome per source frame, in source order.
 
     Sending and receiving overlap. A session-ending error answers every frame
     still waiting for a reply and is then raised, unless its close code is one
-    `reconnect` retries (1012, 1013), in which case the stream goes on over a
-    new connection after a backoff; frames are numbered from 0 again there.
+    `reconnect` retries (1012, 1013) and its budget has attempts left, in which
+    case the stream goes on over a new connection after a backoff; frames are
+    numbered from 0 again there.
+
+    `reply_timeout`: while a frame is unanswered, the server must answer some
+    frame within this many seconds (or take a frame it is sent), else the
+    session ends with ReplyTimeout (None: wait for ever). `max_pause_s`: the
+    longest pause between two sends that a slow_down can cause, whatever
+    suggested_fps says. `max_message_bytes`: the largest reply accepted.
 
     `live` (default: the Source's own flag) reads the source in a thread and
     sends only the newest frame; `prefetch` (default: the Source's flag, else
     False) reads a costly non-live source in a thread ahead of the sender.
     """
+    _check_timeout("reply_timeout", reply_timeout)
+    if not (max_pause_s >= 0 and math.isfinite(max_pause_s)):
+        raise ValueError(f"max_pause_s must be a number of seconds, 0 or more, got {max_pause_s}")
+    if max_message_bytes < 1:
+        raise ValueError(f"max_message_bytes must be at least 1, got {max_message_bytes}")
     is_live = live if live is not None else bool(getattr(frames, "live", False))
     reads_ahead = prefetch if prefetch is not None else bool(getattr(frames, "prefetch", False))
     if pacing is None:
         pacing = Pacing("live", 1) if is_live else Pacing("window", 2)
     source_frames = frames.frames() if isinstance(frames, Source) else frames
     feed = _Feed(source_frames, is_live, reads_ahead, quality, asyncio.get_running_loop())
+    run = _Run(url, pipeline, quality, api_key, reply_timeout, max_pause_s, max_message_bytes, on_warning)
+    budget = _Budget(reconnect, on_reconnect)
     if pacing.mode == "window" and not is_live:
-        outcomes = _window_outcomes(url, pipeline, feed, pacing, quality, api_key, reconnect, on_warning, on_reconnect)
+        outcomes = _window_outcomes(run, feed, pacing, budget)
     else:
-        outcomes = _paced_outcomes(url, pipeline, feed, pacing, quality, api_key, reconnect, on_warning, on_reconnect)
+        outcomes = _paced_outcomes(run, feed, pacing, budget)
     reorder: dict[int, Outcome] = {}
     next_index = 0
     try:
@@ -491,73 +681,46 @@ async def stream(
         yield reorder.pop(index)
 
 
-async def _connect_or_wait(
-    client: AsyncStreamClient,
-    reconnecting: bool,
-    attempt: int,
-    reconnect: Reconnect,
-    on_reconnect: Callable[[ClientError, float], None] | None,
-) -> int | None:
-    """Connect; None once connected, else the next attempt's number after waiting out its backoff.
+async def _connected(client: AsyncStreamClient, reconnecting: bool, budget: _Budget) -> bool:
+    """Connect; False when the attempt was refused and its backoff waited out (the caller tries again).
 
     While the server restarts after a 1012 it refuses connections: that is part
-    of the wait, not a failure, as long as attempts are left.
+    of the wait, not a failure, as long as the budget has attempts left.
     """
     try:
         await client.connect()
     except ConnectError as refused:
-        if not (reconnecting and attempt < reconnect.attempts):
+        if not (reconnecting and budget.left()):
             raise
-        return await _wait_before_reconnecting(refused, attempt, reconnect, on_reconnect)
-    return None
+        await budget.wait(refused)
+        return False
+    budget.connected()
+    return True
 
 
-async def _wait_before_reconnecting(
-    error: ClientError, attempt: int, reconnect: Reconnect, on_reconnect: Callable[[ClientError, float], None] | None
-) -> int:
-    """Wait out the backoff of failed attempt number `attempt` (telling on_reconnect first); the next attempt's number."""
-    delay = reconnect.delay(attempt)
-    if on_reconnect is not None:
-        on_reconnect(error, delay)
-    await asyncio.sleep(delay)
-    return attempt + 1
-
-
-async def _window_outcomes(
-    url: str,
-    pipeline: str,
-    feed: _Feed,
-    pacing: Pacing,
-    quality: int | None,
-    api_key: str | None,
-    reconnect: Reconnect,
-    on_warning: Callable[[SlowDown], None] | None,
-    on_reconnect: Callable[[ClientError, float], None] | None,
-) -> AsyncIterator[Outcome]:
+async def _window_outcomes(run: _Run, feed: _Feed, pacing: Pacing, budget: _Budget) -> AsyncIterator[Outcome]:
     """A file at the rate the server keeps up with: at most `pacing.window` frames unanswered.
 
     One task does both: it tops the window up, then reads one reply. With no
     hand-off between a sending and a receiving task per frame, the client
     costs little more than a bare send-and-receive loop.
     """
-    attempt = 0
     connection = 0
     resend: list[Frame] = []
     reconnecting = False
     while True:
-        client = AsyncStreamClient(url, pipeline, api_key=api_key, quality=quality or 80)
+        client = run.client()
         in_flight: dict[int, _Sent] = {}
         # Frames dropped because the server is shutting down: sent again on the next connection when
         # there is one (a file loses no frame to a restart), else answered with that drop.
         held: dict[int, tuple[_Sent, Dropped]] = {}
         try:
-            waited = await _connect_or_wait(client, reconnecting, attempt, reconnect, on_reconnect)
-            if waited is not None:
-                attempt = waited
+            if not await _connected(client, reconnecting, budget):
                 continue
             source_done = False
             min_interval_s = 0.0
             last_send = 0.0
+            deadline = _Deadline(run.reply_timeout)
             while True:
                 while not source_done and len(in_flight) < pacing.window:
                     frame = resend.pop(0) if resend else await feed.next()
@@ -569,23 +732,26 @@ async def _window_outcomes(
                         if wait > 0:
                             await asyncio.sleep(wait)
                     last_send = time.perf_counter()
+                    if not in_flight:
+                        deadline.progress()
                     in_flight[client.frames_sent] = _Sent(frame, time.time(), last_send)
-                    await client.send(frame.jpeg if frame.jpeg is not None else frame.to_jpeg(quality))
+                    await client.send(frame.jpeg if frame.jpeg is not None else frame.to_jpeg(run.quality))
                 if not in_flight:
                     break
                 try:
-                    reply = await client.receive()
+                    reply = await client._receive(deadline.left())
                 except StopAsyncIteration:
                     raise ConnectionLost("connection_lost", "the server closed the stream before answering every frame", close_code=1000) from None
+                except TimeoutError:
+                    raise deadline.error(client) from None
                 if isinstance(reply, SlowDown):
                     # Not expected while the window holds, but obeyed: no faster than the server keeps up.
-                    min_interval_s = 1.0 / reply.suggested_fps if reply.suggested_fps else max(0.1, min_interval_s * 2)
-                    if on_warning is not None:
-                        on_warning(reply)
+                    min_interval_s = run.slowed(reply, min_interval_s)
                     continue
                 sent = in_flight.pop(reply.frame_index, None)
                 if sent is None:
                     continue
+                deadline.progress()
                 if isinstance(reply, Dropped) and reply.cause == "shutdown":
                     held[reply.frame_index] = (sent, reply)
                     continue
@@ -595,7 +761,7 @@ async def _window_outcomes(
             await client.close()
             return
         except StreamError as error:
-            retry = reconnect.retries(error, attempt)
+            retry = budget.retries(error)
             now = time.perf_counter()
             if retry:
                 # 1012 and 1013 come after every frame the server read was answered: the rest were never
@@ -612,27 +778,16 @@ async def _window_outcomes(
             if not retry:
                 raise
             reconnecting = True
-            # A session that ran starts a fresh backoff.
-            attempt = await _wait_before_reconnecting(error, 0 if client.frames_sent else attempt, reconnect, on_reconnect)
+            await budget.wait(error)
             connection += 1
         finally:
             await client.close()
 
 
-async def _paced_outcomes(
-    url: str,
-    pipeline: str,
-    feed: _Feed,
-    pacing: Pacing,
-    quality: int | None,
-    api_key: str | None,
-    reconnect: Reconnect,
-    on_warning: Callable[[SlowDown], None] | None,
-    on_reconnect: Callable[[ClientError, float], None] | None,
-) -> AsyncIterator[Outcome]:
+async def _paced_outcomes(run: _Run, feed: _Feed, pacing: Pacing, budget: _Budget) -> AsyncIterator[Outcome]:
     """Live and fixed-rate streams: a sending task on its own clock, and a receiving one."""
     state = _State()
-    runner = asyncio.create_task(_run_sessions(url, pipeline, feed, pacing, quality, api_key, reconnect, on_warning, on_reconnect, state))
+    runner = asyncio.create_task(_run_sessions(run, feed, pacing, budget, state))
     try:
         while True:
             item = await state.outcomes.get()
@@ -647,43 +802,24 @@ async def _paced_outcomes(
         await asyncio.gather(runner, return_exceptions=True)
 
 
-async def _run_sessions(
-    url: str,
-    pipeline: str,
-    feed: _Feed,
-    pacing: Pacing,
-    quality: int | None,
-    api_key: str | None,
-    reconnect: Reconnect,
-    on_warning: Callable[[SlowDown], None] | None,
-    on_reconnect: Callable[[ClientError, float], None] | None,
-    state: _State,
-) -> None:
-    attempt = 0
-
-    def will_retry(error: StreamError) -> bool:
-        return reconnect.retries(error, attempt)
-
-    state.will_retry = will_retry
+async def _run_sessions(run: _Run, feed: _Feed, pacing: Pacing, budget: _Budget, state: _State) -> None:
+    state.will_retry = budget.retries
     reconnecting = False
     try:
         while True:
-            client = AsyncStreamClient(url, pipeline, api_key=api_key, quality=quality or 80)
+            client = run.client()
             try:
-                waited = await _connect_or_wait(client, reconnecting, attempt, reconnect, on_reconnect)
-                if waited is not None:
-                    attempt = waited
+                if not await _connected(client, reconnecting, budget):
                     continue
-                done = await _one_session(client, feed, pacing, quality, on_warning, state)
+                done = await _one_session(client, run, feed, pacing, state)
                 if done:
                     state.outcomes.put_nowait(None)
                     return
             except StreamError as error:
-                if not will_retry(error):
+                if not budget.retries(error):
                     raise
                 reconnecting = True
-                # A session that ran starts a fresh backoff.
-                attempt = await _wait_before_reconnecting(error, 0 if client.frames_sent else attempt, reconnect, on_reconnect)
+                await budget.wait(error)
                 state.connection += 1
             finally:
                 await client.close()
@@ -693,39 +829,40 @@ async def _run_sessions(
         state.outcomes.put_nowait(error)
 
 
-async def _one_session(
-    client: AsyncStreamClient,
-    feed: _Feed,
-    pacing: Pacing,
-    quality: int | None,
-    on_warning: Callable[[SlowDown], None] | None,
-    state: _State,
-) -> bool:
+async def _one_session(client: AsyncStreamClient, run: _Run, feed: _Feed, pacing: Pacing, state: _State) -> bool:
     """Send until the source ends and every frame is answered (True), or raise the session's StreamError."""
     in_flight: dict[int, _Sent] = {}
     changed = asyncio.Event()
     connection = state.connection
     emit = state.outcomes.put_nowait
+    deadline = _Deadline(run.reply_timeout)
+    # While no frame waits the receiver still wakes this often, so that the deadline of a frame sent
+    # meanwhile is kept.
+    idle_wait_s = None if run.reply_timeout is None else min(1.0, run.reply_timeout)
 
     def answer(index: int, reply: Reply) -> None:
         sent = in_flight.pop(index, None)
         if sent is None:
             return  # not ours (a server that answers twice is a contract breach the contract suite catches)
+        deadline.progress()
         emit(Outcome(sent.frame, reply, sent.sent_at, time.perf_counter() - sent.started, connection, index))
         changed.set()
 
     async def receive() -> None:
         while True:
             try:
-                reply = await client.receive()
+                reply = await client._receive(deadline.left() if in_flight else idle_wait_s)
             except StopAsyncIteration:
                 return
+            except TimeoutError:
+                left = deadline.left()
+                if in_flight and left is not None and left <= 0:
+                    raise deadline.error(client) from None
+                continue
             if isinstance(reply, SlowDown):
+                interval_s = run.slowed(reply, state.min_interval_s)
                 if pacing.mode != "fixed":
-                    fps = reply.suggested_fps
-                    state.min_interval_s = 1.0 / fps if fps else max(0.1, state.min_interval_s * 2)
-                if on_warning is not None:
-                    on_warning(reply)
+                    state.min_interval_s = interval_s
                 continue
             answer(reply.frame_index, reply)
 
@@ -760,10 +897,12 @@ async def _one_session(
                 raise ConnectionLost("connection_lost", "the server closed the stream", close_code=client_close_code(client))
             index = client.frames_sent
             now = time.perf_counter()
+            if not in_flight:
+                deadline.progress()
             in_flight[index] = _Sent(frame, time.time(), now)
             last_send = now
             sent_count += 1
-            await client.send(frame.jpeg if frame.jpeg is not None else frame.to_jpeg(quality))
+            await client.send(frame.jpeg if frame.jpeg is not None else frame.to_jpeg(run.quality))
         while in_flight:
             changed.clear()
             await _wait_or_fail(changed, receiver)

@@ -3,11 +3,14 @@
 A session-ending error from the server (`{"error": code, "detail": ...}`
 followed by a close) becomes one `StreamError`; a close without an error
 message becomes one too, named after its close code, so a caller never has
-to look at a bare close.
+to look at a bare close. What the server says is its own to choose: the
+exception keeps it whole, and its text (what a log or a terminal shows) is
+one line of bounded length.
 """
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +18,25 @@ from typing import Any
 UNAUTHORIZED_CLOSE = 3000
 RESTART_CLOSE = 1012
 BUSY_CLOSE = 1013
+
+# How much of a server-chosen text (detail, code, a bad message) an exception's text shows.
+SHOWN_CHARS = 200
+
+_message_repr = reprlib.Repr()  # bounded in depth and length, whatever the message
+_message_repr.maxlevel, _message_repr.maxdict, _message_repr.maxlist = 3, 6, 6
+_message_repr.maxstring = _message_repr.maxother = 80
+
+
+def shorten(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text` as one printable line of about `limit` characters, its original length said when cut.
+
+    A server can send megabytes of detail, newlines or terminal escapes; a
+    message made from it must still be one readable line.
+    """
+    head = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
+    if len(text) <= limit and len(head) <= limit:
+        return head
+    return f"{head[:limit]}… ({len(text)} chars)"
 
 
 class ClientError(Exception):
@@ -37,7 +59,7 @@ class StreamError(ClientError):
     def __init__(self, code: str, detail: str, *, close_code: int | None = None, frame_index: int | None = None) -> None:
         where = f" (frame {frame_index})" if frame_index is not None else ""
         close = f", close {close_code}" if close_code is not None else ""
-        super().__init__(f"{code}{where}: {detail}{close}")
+        super().__init__(f"{shorten(code, 60)}{where}: {shorten(detail)}{close}")
         self.code = code
         self.detail = detail
         self.close_code = close_code
@@ -67,6 +89,26 @@ class ShuttingDownError(StreamError):
 
 class ConnectionLost(StreamError):
     """The connection ended without the server's error message (network loss, a bare close)."""
+
+
+class ReplyTimeout(StreamError):
+    """The server answered nothing for the reply timeout (or took no frame for that long); the client closed the connection."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("reply_timeout", detail)
+
+
+class ProtocolError(StreamError):
+    """The server sent something the contract does not allow: not JSON text, too large, too deep, of no declared shape.
+
+    The client ends the session; `message` keeps what was received when it
+    could be read (None otherwise).
+    """
+
+    def __init__(self, reason: str, message: Any = None, *, close_code: int | None = None) -> None:
+        shown = reason if message is None else f"{reason}: {_message_repr.repr(message)}"
+        super().__init__("protocol_error", shown, close_code=close_code)
+        self.message = message
 
 
 _BY_CODE: dict[str, type[StreamError]] = {

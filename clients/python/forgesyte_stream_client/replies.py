@@ -7,6 +7,7 @@ frame info) read the shapes the shipped pipelines return.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -14,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from forgesyte_stream_client.errors import ClientError
+from forgesyte_stream_client.errors import ProtocolError
 from forgesyte_stream_client.generated.messages import (
     Detection,
     FrameDroppedPayload,
@@ -32,16 +33,14 @@ __all__ = [
     "Result",
     "ServerMessage",
     "SlowDown",
+    "decode_message",
     "parse_message",
 ]
 
-
-class ProtocolError(ClientError):
-    """The server sent something the contract does not allow; the message is kept in `message`."""
-
-    def __init__(self, reason: str, message: Any) -> None:
-        super().__init__(f"{reason}: {message!r}"[:500])
-        self.message = message
+# The deepest nesting of objects and arrays a reply may have. The contract's shapes are a few levels
+# deep; a deeper reply is refused here, before anything that walks it (detections, --jsonl) could
+# run out of stack.
+MAX_REPLY_DEPTH = 64
 
 
 class FrameInfo(BaseModel):
@@ -136,6 +135,41 @@ class SlowDown:
 
 
 ServerMessage = Result | Dropped | FrameFailed | SlowDown
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether objects and arrays nest more than `limit` deep (a walk without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def decode_message(data: str | bytes) -> Any:
+    """One server message as JSON, or ProtocolError: the server sends JSON text and nothing else.
+
+    The depth walk runs only when the text holds more brackets than the limit,
+    so a usual reply costs two counts of its characters.
+    """
+    if not isinstance(data, str):
+        raise ProtocolError(f"the server sent a binary message of {len(data)} bytes; replies are JSON text")
+    try:
+        message = json.loads(data, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ProtocolError(f"the server sent JSON nested too deeply to read ({len(data)} chars)") from None
+    except ValueError as bad:
+        raise ProtocolError(f"the server sent a message that is not JSON ({bad}; {len(data)} chars)") from None
+    if isinstance(message, (dict, list)) and data.count("{") + data.count("[") > MAX_REPLY_DEPTH and _deeper_than(message, MAX_REPLY_DEPTH):
+        raise ProtocolError(f"the server sent JSON nested more than {MAX_REPLY_DEPTH} levels deep ({len(data)} chars)")
+    return message
 
 
 # The keys of a result that the contract gives a shape (analytics counts); a result holding one goes through the model.
