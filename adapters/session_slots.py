@@ -16,11 +16,11 @@ descriptor it keeps per file. Why this rather than counters in shared memory:
 - A few system calls per connection, none per frame: F_OFD_GETLK reports a
   whole range another worker locks (its adjacent slots merge into one), so
   the search for a free byte skips taken ranges instead of trying each slot.
-  The cost grows with how scattered the locks are: refusing a connection at
-  a full pool took 0.07 ms at 32 slots in the worst scattering (every other
-  slot another worker's), 0.8 ms at 256 and 5 ms at 1000, but 0.015 ms at any
-  size with each worker's slots side by side (tests/unit/test_session_slots.py
-  prints these).
+  The cost grows with how scattered the locks are: with 4 workers, refusing a
+  connection at a full pool took 0.05 ms at 32 slots in the worst scattering
+  (no two of a worker's slots adjacent), 0.6 ms at 256 and 2.4 ms at 1000, but
+  0.015 ms at any size with each worker's slots side by side
+  (`.venv/bin/python bench/session_slots.py`).
 
 Open-file-description locks, unlike classic POSIX record locks, belong to the
 descriptor rather than the process: two descriptors of one process conflict
