@@ -269,7 +269,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("yolo_confidence", 0.25, "YOLO confidence threshold, 0-1", _float(0.0, 1.0)),
     _Spec("yolo_iou", 0.45, "YOLO NMS IoU threshold, 0-1", _float(0.0, 1.0)),
     _Spec("api_keys_file", None, "file of API keys, one per line (`[NAME ]KEY` or `[NAME ]sha256:<hex>`); set, every endpoint but /health and the page at / needs one", _api_keys_file),
-    _Spec("max_sessions_per_key", 0, "concurrent sessions one API key may hold per process, 0 (no limit besides MAX_SESSIONS)-10000", _int(0, 10_000)),
+    _Spec("max_sessions_per_key", 0, "concurrent sessions one API key may hold in the whole server, 0 (no limit besides MAX_SESSIONS)-10000", _int(0, 10_000)),
     _Spec("allowed_origins", (), "browser origins (scheme://host[:port], comma-separated) allowed besides no Origin, loopback origins and the server's own; `*` for any", _list_or_any(_is_origin, "scheme://host[:port] with http or https")),
     _Spec("allowed_hosts", (), "Host header names (comma-separated) accepted besides loopback names and the bind address; `*` for any", _list_or_any(_is_host, "a host name or IP address without port")),
     _Spec("tls_cert_file", None, "PEM certificate chain; with TLS_KEY_FILE the server speaks https/wss only", _optional_file),
