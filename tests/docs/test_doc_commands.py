@@ -41,7 +41,7 @@ import numpy as np
 import pytest
 
 from contracts.targets import free_port, wait_until_healthy
-from tests.docs.shell_blocks import ROOT, ShellBlock, all_shell_blocks, is_server, without_background
+from tests.docs.shell_blocks import ROOT, ShellBlock, all_shell_blocks, is_server, shell_blocks, strip_comment, without_background
 from tests.support.media import moving_face_clip
 
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -60,6 +60,8 @@ class Values:
     pid: int = 0  # of the server running now
 
     def fill(self, template: str) -> str:
+        # A pid of 0 would make `kill -TERM {pid}` signal the test's own process group.
+        assert self.pid > 0 or "{pid}" not in template, f"{template!r} names the server's pid, but no server was started before it"
         return template.format(port=self.port, tmp=self.tmp, pid=self.pid, venv_bin=VENV_BIN)
 
 
@@ -216,18 +218,64 @@ def test_every_shell_block_is_run_or_marked_illustrative_with_a_reason() -> None
     assert not stale, f"RUNS names blocks the docs no longer hold (or that are now illustrative): {stale}"
 
 
+def test_the_collector_reads_markers_continuations_prompts_and_backgrounds(tmp_path: Path) -> None:
+    document = tmp_path / "doc.md"
+    document.write_text(
+        textwrap.dedent(
+            """
+            <!-- illustrative: needs a camera -->
+
+            ```sh
+            camera 0
+            ```
+
+            ```bash
+            A=1 \\
+            B=2 serve --port 8000 &   # comment & more
+            # a comment line
+            echo 'a # b'  # trailing
+            ```
+
+            ```console
+            $ forgesyte-stream settings
+            FORGESYTE_STREAM_HOST=127.0.0.1
+            ```
+
+            ```python
+            print("not a shell block")
+            ```
+            """
+        ),
+        encoding="utf-8",
+    )
+    camera, server, console = shell_blocks(document, tmp_path)
+    assert (camera.illustrative, server.illustrative, console.illustrative) == ("needs a camera", None, None)
+    assert server.commands() == ["A=1 B=2 serve --port 8000 &   # comment & more", "echo 'a # b'  # trailing"]
+    assert server.key == ("doc.md", "A=1 B=2 serve --port 8000 &")
+    assert without_background(server.commands()[0]) == "A=1 B=2 serve --port 8000"
+    assert strip_comment(server.commands()[1]) == "echo 'a # b'"
+    assert console.commands() == ["forgesyte-stream settings"]
+    assert is_server("FOO=1 .venv/bin/forgesyte-stream serve --workers 2") and is_server("make serve")
+    assert not is_server("forgesyte-stream settings") and not is_server("make test")
+
+
 def _environment(run: Run, values: Values) -> dict[str, str]:
     environment = {key: value for key, value in os.environ.items() if not key.startswith("FORGESYTE_")}
     environment.update({key: values.fill(value) for key, value in run.env.items()})
     return environment
 
 
-def _substituted(block: ShellBlock, run: Run, values: Values) -> str:
-    text = block.text
+def _check_substitutions(block: ShellBlock, run: Run) -> None:
+    for written, _ in run.substitutions:
+        assert written in block.text, f"{block.where()}: the substitution {written!r} no longer matches the block:\n{block.text}"
+
+
+def _substituted(command: str, run: Run, values: Values) -> str:
+    """Filled in when the command is about to run, so that `{pid}` is the server started before it."""
     for written, instead in run.substitutions:
-        assert written in text, f"{block.where()}: the substitution {written!r} no longer matches the block:\n{block.text}"
-        text = text.replace(written, values.fill(instead))
-    return text
+        if written in command:
+            command = command.replace(written, values.fill(instead))
+    return command
 
 
 @dataclass
@@ -297,16 +345,21 @@ def test_the_documents_commands_run_as_written(document: str, values: Values) ->
     server: Background | None = None
     try:
         for block in (block for block in _blocks() if block.document == document and block.illustrative is None):
-            run = RUNS[block.key]
+            run = RUNS.get(block.key)
+            if run is None:
+                pytest.fail(f"{block.where()}: {block.key[1]!r} is not in RUNS (test_every_shell_block_is_run_or_marked_illustrative_with_a_reason says more)")
             if run.prepare is not None:
                 run.prepare(values)
             environment = _environment(run, values)
             checks = list(run.server_checks)
             output = ""
-            for command in block.commands(_substituted(block, run, values)):
+            _check_substitutions(block, run)
+            for written in block.commands():
+                command = _substituted(written, run, values)
                 if is_server(command):
                     if server is not None:
                         server.stop()
+                        values.pid = 0
                     server = _start(without_background(command), environment, values, block.where())
                     if checks:
                         checks.pop(0)(values)
