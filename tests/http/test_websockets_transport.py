@@ -55,6 +55,14 @@ def test_other_paths_are_404_naming_what_is_served(server: RunningServer) -> Non
     assert response.status_code == 404 and "/health" in response.text
 
 
+def test_http_answers_say_the_connection_closes_so_pooled_clients_never_reuse_it(server: RunningServer) -> None:
+    """The library closes the connection after any answer but the upgrade; a client that kept it got no answer."""
+    with httpx.Client(trust_env=False, timeout=5) as client:
+        responses = [client.get(f"{server.http}{path}") for path in ("/health", "/metrics", "/nowhere") * 20]
+    assert [r.status_code for r in responses] == [200, 200, 404] * 20
+    assert all(r.headers["connection"] == "close" for r in responses)
+
+
 def test_shutdown_drains_through_the_shared_routine() -> None:
     running = start_server(transport="websockets")
     assert running.stop(signal.SIGTERM) == 0
