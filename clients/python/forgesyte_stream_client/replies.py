@@ -141,28 +141,36 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+# One decoder for every message: json.loads with an argument would build a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether objects and arrays nest more than `limit` deep (a walk without recursion)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return False
+    """Whether objects and arrays nest more than `limit` deep: a walk level by level, without recursion."""
+    level = [value]
+    for _ in range(limit):
+        level = [
+            child
+            for item in level
+            for child in (item.values() if type(item) is dict else item)
+            if type(child) is dict or type(child) is list
+        ]
+        if not level:
+            return False
+    return True
 
 
 def decode_message(data: str | bytes) -> Any:
     """One server message as JSON, or ProtocolError: the server sends JSON text and nothing else.
 
-    The depth walk runs only when the text holds more brackets than the limit,
-    so a usual reply costs two counts of its characters.
+    The depth walk runs only when the text holds more brackets than the limit
+    (a result of some thirty detections or more), so a usual reply costs two
+    counts of its characters.
     """
     if not isinstance(data, str):
         raise ProtocolError(f"the server sent a binary message of {len(data)} bytes; replies are JSON text")
     try:
-        message = json.loads(data, parse_constant=_refuse_constant)
+        message = _DECODER.decode(data)
     except RecursionError:
         raise ProtocolError(f"the server sent JSON nested too deeply to read ({len(data)} chars)") from None
     except ValueError as bad:
