@@ -393,12 +393,15 @@ def _client(address: Any) -> str:
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
 _BEARER_TOKEN = re.compile(r"(?i)(forgesyte\.bearer\.)[^\s,;'\"]+")
 _SECRET_LINE = re.compile(r"(?im)^([<>]?\s*(?:proxy-authorization|authorization|set-cookie|cookie|x-api-key)\s*:\s*).*$")
+# The library's parse errors quote the offending header line or value, whichever header it was.
+_QUOTED_HEADER = re.compile(r"(?im)(invalid (?:HTTP header (?:line|name|value)|[A-Za-z0-9-]+ header)\s*:\s*).*$")
 _HEADER_FORMATS = frozenset({"< %s: %s", "> %s: %s"})
 
 
 def redact(text: str) -> str:
-    """`text` with bearer subprotocols and the values of credential headers replaced by <redacted>."""
+    """`text` with bearer subprotocols, credential header values and quoted header values replaced by <redacted>."""
     text = _BEARER_TOKEN.sub(r"\1<redacted>", text)
+    text = _QUOTED_HEADER.sub(r"\1<redacted>", text)
     return _SECRET_LINE.sub(r"\1<redacted>", text)
 
 
