@@ -117,8 +117,13 @@ async def video_stream(socket: WebSocket[Any, Any, Any], stream_access: StreamAc
     offered = socket.scope.get("subprotocols", [])
     credential = access_policy.authenticate(socket.headers.get("authorization"), offered)
     await socket.accept(subprotocols=bearer_subprotocol(offered))
-    with structlog.contextvars.bound_contextvars(api_key=credential.label) if access_policy.keys_required else nullcontext():
-        await stream_access.serve(LitestarWebSocketTransport(socket), socket.query_params.get("pipeline_id"), credential, socket.url.path)
+    try:
+        with structlog.contextvars.bound_contextvars(api_key=credential.label) if access_policy.keys_required else nullcontext():
+            await stream_access.serve(LitestarWebSocketTransport(socket), socket.query_params.get("pipeline_id"), credential, socket.url.path)
+    finally:
+        # The connection's scope sits in reference cycles that only the cyclic collector frees, which an idle
+        # server may not run for minutes; the ended session (and the frames it last held) must not wait with it.
+        socket.state.pop("session", None)
 
 
 # HTTP -----------------------------------------------------------------------

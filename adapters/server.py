@@ -30,6 +30,7 @@ from typing import Any
 import structlog
 import uvicorn
 
+from adapters.allocator import start_memory_return
 from adapters.container import build_app, build_container
 from adapters.logging_observer import configure_logging, logging_config
 from adapters.metrics import shared_metrics_directory, worker_exited
@@ -53,6 +54,7 @@ class GracefulServer(uvicorn.Server):
         loop = type(asyncio.get_running_loop())
         # Says which event loop actually runs (FORGESYTE_STREAM_EVENT_LOOP), for whoever reads a benchmark.
         log.info("event_loop", loop=f"{loop.__module__}.{loop.__qualname__}")
+        start_memory_return()  # each serving process: memory freed after a burst goes back to the system
         await super().startup(sockets)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

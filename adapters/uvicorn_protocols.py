@@ -379,8 +379,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         could destroy our close frame before the peer reads it).
         """
         self._discarding = True
-        self.frames = []
-        self.conn.reader.buffer.clear()  # a message the parser was part-way through
+        self._release_parser()
         queue: _ReceiveQueue = self.queue  # type: ignore[assignment]
         queue.drop_messages()
         pending = b"".join(self._backlog)
@@ -461,7 +460,24 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._backlog.clear()
+        self._release_parser()
         super().connection_lost(exc)
+        queue: _ReceiveQueue = self.queue  # type: ignore[assignment]
+        queue.drop_messages()
+
+    def _release_parser(self) -> None:
+        """Let go of what the parser holds: the message it was reading, and the last one it read.
+
+        websockets' parser keeps the last frame it parsed in a local of its
+        generator until the next one is complete, and a closed connection's
+        protocol sits in reference cycles (transport, timers) until the cyclic
+        collector runs, which an idle server may not do for minutes: 4 closed
+        sessions of 5 MiB frames kept 30-45 MB that way. Nothing is fed to the
+        parser after this.
+        """
+        self.frames = []
+        self.conn.reader.buffer.clear()
+        self.conn.parser.close()
 
     # Frames: fragments per message and control frames per second --------------------------------
 
