@@ -193,6 +193,7 @@ def check_library_internals(reliances: Iterable[Reliance] = RELIANCES) -> None:
         if missing:
             missing_by_library.setdefault(reliance.distribution, []).extend(missing)
     for distribution, missing in missing_by_library.items():
+        missing = list(dict.fromkeys(missing))  # a missing module is missed by every reliance on it
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise LibraryCompatibilityError(
             f"{distribution} {installed_version(distribution)} is not supported (supported: {distribution}"

@@ -83,3 +83,13 @@ def test_serve_exits_2_with_one_line_before_it_listens() -> None:
     assert "(supported: uvicorn>=0.54,<0.55)" in lines[0]
     assert "WebSocketsSansIOProtocol.send_receive_event_to_app" in lines[0]
     assert time.monotonic() - started < 30
+
+
+def test_a_module_missed_by_several_reliances_is_named_once() -> None:
+    reliances = [
+        Reliance("supervision", "supervision.tracker.no_such_tracker", "STrack", ("multi_predict",)),
+        Reliance("supervision", "supervision.tracker.no_such_tracker", "TrackState", ("Removed",)),
+    ]
+    with pytest.raises(LibraryCompatibilityError) as raised:
+        check_library_internals(reliances)
+    assert str(raised.value).count("no_such_tracker") == 1
