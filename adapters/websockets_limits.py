@@ -60,6 +60,8 @@ _TURN_BUDGET_S = 0.005
 # A close that waits on the peer is turned into an abort after this long; a connection failed for abuse sooner.
 CLOSE_TIMEOUT_S = 4.0
 _ABUSE_GRACE_S = 2.0
+# After our close, reading pauses this long after each read (at most 256 KiB each) until the client's end of stream.
+_DISCARD_PAUSE_S = 0.01
 # Frames the application has not taken yet may total this much before reading pauses (the main transport's bound).
 _READ_AHEAD_BYTES = 256 * 1024
 _PONG_START = bytes([0x80 | Opcode.PONG.value])  # FIN + PONG; server frames are unmasked
@@ -167,6 +169,11 @@ class LimitedServerConnection(ServerConnection):
             self._backlog.append(data)  # read before the transport saw our pause: parsed after the backlog
             return
         self._feed(data)
+        if self._discarding and not self.transport.is_closing():
+            # Past our close the input is only waited through, to the client's end of stream: one read per
+            # pause, so that a client that goes on sending does not keep a core busy until the close times out.
+            self.transport.pause_reading()
+            self.loop.call_later(_DISCARD_PAUSE_S, self._resume_discarding)
 
     def eof_received(self) -> None:
         if self._backlog:
@@ -286,6 +293,10 @@ class LimitedServerConnection(ServerConnection):
             self._eof_pending = False
             super().eof_received()
         elif not self._queue_paused:
+            self.transport.resume_reading()
+
+    def _resume_discarding(self) -> None:
+        if not self.transport.is_closing():
             self.transport.resume_reading()
 
     def _pause_for_queue(self) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.websockets_limits import CLOSE_TIMEOUT_S
 from contracts.raw_websocket import OP_BINARY, OP_CONT, OP_PING, OP_TEXT, RawWebSocket, frame
 from tests.hardening.test_connection_attacks import HealthProbe, error_records, rss_kib
 from tests.observability.support import settled
@@ -146,7 +147,10 @@ def test_ping_floods_from_clients_that_never_read_are_cut_without_growing_memory
     peak_mib = (_status_kib(pid, "VmHWM") - rss_before) / 1024
     print(f"4 non-reading ping floods for 3 s: {len(cut_after)} connections, each cut within {max(cut_after):.2f} s; "
           f"RSS growth {growth_mib:.1f} MiB, peak +{peak_mib:.1f} MiB; {summary}")
-    assert cut_after and max(cut_after) < 4.0, sorted(cut_after)[-3:]
+    # Cut at once when over the control-frame rate (the abort 2 s later if the close frame is not read); a
+    # connection refused server_busy while the slots were still held floods discarded input until its close
+    # times out: 4 s.
+    assert cut_after and max(cut_after) < CLOSE_TIMEOUT_S + 1.0, sorted(cut_after)[-3:]
     assert peak_mib < 20, f"the server's peak grew by {peak_mib:.1f} MiB under ping floods"
 
 
