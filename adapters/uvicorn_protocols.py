@@ -16,7 +16,9 @@ add, at the socket, where the abuse happens:
   fragments per message and control frames per second bounded (close 1008);
   pongs coalesced while the client does not read; parsing done in slices
   with a time budget per turn of the event loop, so one connection cannot
-  hold the loop; every close that waits on the peer falls back to an abort.
+  hold the loop; every close that waits on the peer falls back to an abort;
+  after a close of ours, input is skipped by its frame headers and dropped,
+  so a refused client's message is never read into memory.
 
 Everything else, the protocol decisions included, stays in the application.
 """

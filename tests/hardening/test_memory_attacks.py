@@ -15,7 +15,12 @@ docs/security.md documents:
 - the header walk is bounded: a frame of a million comment segments is refused
   after 256 of them;
 - frames of extreme aspect ratio (1 x 4000, 4000 x 1) get a result from every
-  shipped pipeline.
+  shipped pipeline;
+- a connection refused after the upgrade (server_busy, unauthorized, the key
+  quota) reads none of the large message its client sends anyway;
+- after a burst (stalled request bodies, sessions that do not read their
+  replies) RSS returns to within a documented margin of its level before, and
+  a session never holds more than the documented per-session worst case.
 """
 
 from __future__ import annotations
