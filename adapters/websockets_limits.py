@@ -175,11 +175,13 @@ class LimitedServerConnection(ServerConnection):
             self.transport.pause_reading()
             self.loop.call_later(_DISCARD_PAUSE_S, self._resume_discarding)
 
-    def eof_received(self) -> None:
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol allows True
         if self._backlog:
-            self._eof_pending = True  # the end of the stream comes after what is still to be parsed
-            return
+            # The end of the stream comes after what is still to be parsed: the transport stays open until then.
+            self._eof_pending = True
+            return True
         super().eof_received()
+        return None  # asyncio closes the transport, as for the library's own connection
 
     def _feed(self, data: bytes) -> None:
         deadline = time.perf_counter() + _TURN_BUDGET_S
@@ -292,6 +294,7 @@ class LimitedServerConnection(ServerConnection):
         if self._eof_pending:
             self._eof_pending = False
             super().eof_received()
+            self.transport.close()
         elif not self._queue_paused:
             self.transport.resume_reading()
 
