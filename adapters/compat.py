@@ -2,6 +2,8 @@
 
 adapters/uvicorn_protocols.py subclasses uvicorn's HTTP and WebSocket
 protocols and drives the websockets and h11 state machines underneath them;
+adapters/websockets_limits.py replaces the websockets connection's reading,
+its message queue and its pending writes;
 adapters/plugins/tracking.py advances supervision's ByteTrack by hand over
 dropped frames. None of that is those libraries' public API, so pyproject.toml
 pins them to the series it was written against. An environment assembled
@@ -27,7 +29,7 @@ from pathlib import Path
 # Supported ranges, as pyproject.toml declares them (tests/packaging/test_dependencies.py keeps the two equal).
 SUPPORTED_RANGES: dict[str, str] = {
     "uvicorn": ">=0.54,<0.55",
-    "websockets": ">=15,<18",
+    "websockets": ">=17.4,<17.5",
     "h11": ">=0.16",
     "supervision": ">=0.30.9,<0.31",
 }
@@ -98,7 +100,16 @@ RELIANCES: tuple[Reliance, ...] = (
     ),
     Reliance("websockets", "websockets.exceptions", "InvalidState"),
     Reliance("websockets", "websockets.frames", "Opcode", ("PONG",)),
-    Reliance("websockets", "websockets.asyncio.connection", "Connection", (), ("transport",)),
+    Reliance(
+        "websockets",
+        "websockets.asyncio.connection",
+        "Connection",
+        ("connection_made", "connection_lost", "data_received", "eof_received"),
+        ("transport", "protocol", "recv_messages"),
+    ),
+    Reliance("websockets", "websockets.asyncio.messages", "SimpleQueue", ("put", "get", "put_back")),
+    Reliance("websockets", "websockets.asyncio.messages", "Assembler", (), ("frames", "high", "low", "pause", "resume")),
+    Reliance("websockets", "websockets.protocol", "Protocol", ("fail",), ("writes",)),
     Reliance("h11", "h11", "Connection", ("trailing_data", "their_state")),
     Reliance("h11", "h11", "IDLE"),
     Reliance("h11", "h11", "SEND_BODY"),
