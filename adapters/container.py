@@ -11,18 +11,18 @@ from typing import Any
 
 from dependency_injector import containers, providers
 
-from adapters.access import AccessEvents
-from adapters.image_codec import OpenCvJpegDecoder, OpenCvVideoReader
-from adapters.logging_observer import LoggingStreamObserver
-from adapters.metrics import MetricsExporter, PrometheusAnalytics, PrometheusObserver, new_registry
-from adapters.pipeline_catalog import JsonPipelineCatalog
+from adapters.transports.shared.access import AccessEvents
+from adapters.media.codec import OpenCvJpegDecoder, OpenCvVideoReader
+from adapters.observability.logs import LoggingStreamObserver
+from adapters.observability.metrics import MetricsExporter, PrometheusAnalytics, PrometheusObserver, new_registry
+from adapters.pipelines.catalog import JsonPipelineCatalog
 from adapters.plugins.ocr import OcrPlugin
 from adapters.plugins.opencv_vision import OpenCvVisionPlugin
 from adapters.plugins.probe import ProbePlugin
 from adapters.plugins.tracking import TrackingPlugin
 from adapters.plugins.yolo import YoloPlugin
 from adapters.settings import Settings
-from adapters.thread_executor import ThreadFrameExecutor
+from adapters.executors.threads import ThreadFrameExecutor
 from application.access import AccessPolicy, StreamAccess
 from application.observers import FanOutStreamObserver
 from application.pipeline import DagPipelineService, DecodedBytesBudget, StreamStateStore
@@ -92,9 +92,9 @@ def _access_policy(settings: Settings) -> AccessPolicy:
 def _frame_executor(settings: Settings, video: VideoFilePipelineService, observer: Any, analytics: Any) -> Any:
     """Where frames' pipelines run (FORGESYTE_STREAM_EXECUTOR): threads of this process, or Ray actors."""
     if settings.executor == "ray":
-        from adapters.ray_executor import RayFrameExecutor  # Ray is imported only by a server that uses it
+        from adapters.executors.ray.executor import RayFrameExecutor  # Ray is imported only by a server that uses it
 
-        return RayFrameExecutor(settings, video, observer, analytics=analytics)
+        return RayFrameExecutor(settings, video, observer, analytics=analytics, worker_service=worker_pipeline_service)
     return ThreadFrameExecutor(video=video, workers=settings.inference_workers)
 
 
@@ -151,7 +151,7 @@ class Container(containers.DeclarativeContainer):
         max_frame_bytes=settings.provided.max_frame_bytes,
     )
     frame_executor = providers.Singleton(_frame_executor, settings, video_service, pipeline_observer, analytics)
-    # Counted in this process; adapters.server hands the workers of `serve --workers N` a shared table instead.
+    # Counted in this process; adapters.entrypoints.serve hands the workers of `serve --workers N` a shared table instead.
     session_slots = providers.Singleton(
         InProcessSlots, max_sessions=settings.provided.max_sessions, max_per_key=settings.provided.max_sessions_per_key
     )
@@ -204,7 +204,7 @@ def build_container(settings: Settings, session_slots: SessionSlots | None = Non
 
     The tracking nodes' lines and zones are checked too, and their metric series declared.
     `session_slots`: where the session limits are counted when this process is one
-    worker of several (adapters.session_slots); None counts in this process.
+    worker of several (adapters.transports.shared.session_slots); None counts in this process.
     """
     container = Container(settings=settings)
     if session_slots is not None:
@@ -215,7 +215,7 @@ def build_container(settings: Settings, session_slots: SessionSlots | None = Non
 
 
 def build_app(container: Container) -> Any:
-    from adapters.litestar_app import create_app
+    from adapters.transports.litestar.app import create_app
 
     settings: Settings = container.settings()
     executor = container.frame_executor()

@@ -32,7 +32,7 @@ DEFAULT_PIPELINES_DIR = Path(__file__).resolve().parent / "pipelines"
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # The most a frame's decode may hold per declared pixel: 3 bytes of BGR output and,
 # for a progressive four-component JPEG, 2 bytes per DCT coefficient of each component
-# (adapters/image_codec.py charges exactly this; a test keeps the two equal).
+# (adapters/media/codec.py charges exactly this; a test keeps the two equal).
 DECODE_BYTES_PER_PIXEL = 3 + 4 * 2
 # The domain owns the defaults; the table below only reads them.
 _POLICY = BackpressurePolicy()

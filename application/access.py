@@ -1,7 +1,7 @@
 """Who may talk to the server: the Host and Origin checks, API keys and the per-key session quota.
 
-One policy serves every transport. The adapters (adapters/access.py for the
-Litestar app, adapters/websockets_transport.py) only read headers off their
+One policy serves every transport. The adapters (adapters/transports/shared/access.py for the
+Litestar app, adapters/transports/websockets/server.py) only read headers off their
 library's request and turn the decisions made here into responses, so the
 rules cannot drift apart between transports.
 

@@ -3,7 +3,7 @@
 The bounds (FORGESYTE_STREAM_MAX_SESSIONS, _PER_KEY) are promised for a server,
 and a server may be several worker processes: so the slots are counted behind
 a port, SessionSlots, in memory for one process (InProcessSlots) or in a table
-the workers share (adapters.session_slots).
+the workers share (adapters.transports.shared.session_slots).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)
 
 from adapters.container import build_container  # noqa: E402
-from adapters.logging_observer import configure_logging  # noqa: E402
+from adapters.observability.logs import configure_logging  # noqa: E402
 from adapters.settings import Settings  # noqa: E402
 from application.ports import Inbound, InboundKind  # noqa: E402
 

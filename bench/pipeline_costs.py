@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adapters.image_codec import OpenCvJpegDecoder  # noqa: E402
+from adapters.media.codec import OpenCvJpegDecoder  # noqa: E402
 from adapters.plugins.ocr import OcrPlugin  # noqa: E402
 from adapters.plugins.opencv_vision import OpenCvVisionPlugin  # noqa: E402
 from adapters.plugins.probe import ProbePlugin  # noqa: E402

@@ -303,7 +303,7 @@ def _front_end(address: str, seconds: float) -> int:
     }
     import ray
 
-    from adapters.ray_executor import NAMESPACE
+    from adapters.executors.ray.executor import NAMESPACE
 
     frame = _face_frame()
     executor = _ray(env)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.session_slots import SharedSlotTable, slot_directory  # noqa: E402
+from adapters.transports.shared.session_slots import SharedSlotTable, slot_directory  # noqa: E402
 from application.sessions import SlotToken  # noqa: E402
 
 

@@ -683,7 +683,7 @@ async def run_benchmark(
         echo_uvloop_median = statistics.median(echo_uvloop_fps)
         print(f"  the server runs on uvloop (FORGESYTE_STREAM_EVENT_LOOP); the same echo server on uvloop: "
               f"{echo_uvloop_median:,.0f} fps, server / that = {server_median / echo_uvloop_median:.2f} (like for like)")
-        print("  ws-adapter: the same application service and `probe` pipeline on adapters.websockets_transport "
+        print("  ws-adapter: the same application service and `probe` pipeline on adapters.transports.websockets.server "
               "(no Litestar, no uvicorn): the gap to `server` is the HTTP framework's share")
         print("  server: `probe` (header-only, runs on the event loop); pooled: `fault.count` through the worker pool "
               f"(thread hand-off: {(1 / pooled_median - 1 / server_median) * 1e6:,.0f} us per frame)")

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 import supervision as sv  # noqa: E402
 
-from adapters.image_codec import OpenCvJpegDecoder  # noqa: E402
+from adapters.media.codec import OpenCvJpegDecoder  # noqa: E402
 from adapters.plugins.opencv_vision import OpenCvVisionPlugin  # noqa: E402
 from adapters.plugins.tracking import TrackingPlugin  # noqa: E402
 from tests.support.media import moving_face_clip  # noqa: E402

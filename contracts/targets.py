@@ -2,10 +2,10 @@
 
 `--target` (or FORGESYTE_CONTRACT_TARGET, comma-separated) names them:
 
-- `litestar`: the project's server (`python -m adapters.cli serve`, Litestar
+- `litestar`: the project's server (`python -m adapters.entrypoints.cli serve`, Litestar
   on uvicorn), started on 127.0.0.1 with the suite's pipelines;
 - `websockets`: the same application behind the alternate adapter
-  (`python -m adapters.websockets_transport`), which has no HTTP API;
+  (`forgesyte-stream serve --transport websockets`), which has no HTTP API;
 - `ws://HOST:PORT`: a server that is already running. It must serve the
   pipelines of contracts/pipelines/ under their ids (or others named with
   `--pipeline ROLE=ID`) and be started with the document's default frame limit
@@ -52,8 +52,8 @@ ROLES: dict[str, str] = {
 }
 
 SELF_STARTED: dict[str, list[str]] = {
-    "litestar": ["-m", "adapters.cli", "serve"],
-    "websockets": ["-m", "adapters.websockets_transport"],
+    "litestar": ["-m", "adapters.entrypoints.cli", "serve"],
+    "websockets": ["-m", "adapters.entrypoints.cli", "serve", "--transport", "websockets"],
 }
 HAS_HTTP = {"litestar": True, "websockets": False}
 # The idle timeout of the servers the suite starts: short, so the idle_timeout case takes seconds.

@@ -68,7 +68,7 @@ _MAX_SHAPES = 32
 
 
 class AnalyticsSink(Protocol):
-    """Where counts go besides the result: Prometheus in the server (adapters.metrics.PrometheusAnalytics)."""
+    """Where counts go besides the result: Prometheus in the server (adapters.observability.metrics.PrometheusAnalytics)."""
 
     def declare(self, pipeline_id: str, lines: Sequence[str], zones: Sequence[str]) -> None: ...
 

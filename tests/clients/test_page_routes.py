@@ -7,7 +7,7 @@ from pathlib import Path
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from adapters.litestar_app import WEB_CLIENT_DIR, browser_routes
+from adapters.transports.litestar.app import WEB_CLIENT_DIR, browser_routes
 
 
 def _client(web_dir: Path) -> TestClient:

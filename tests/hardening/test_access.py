@@ -376,7 +376,7 @@ def test_a_bad_key_file_stops_start_up_naming_the_variable(tmp_path: Path) -> No
     keys = tmp_path / "keys.txt"
     keys.write_text("tooshort\n", encoding="utf-8")
     result = subprocess.run(
-        [sys.executable, "-m", "adapters.cli", "serve", "--port", "1"],
+        [sys.executable, "-m", "adapters.entrypoints.cli", "serve", "--port", "1"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "FORGESYTE_STREAM_API_KEYS_FILE": str(keys)},
         capture_output=True,
@@ -453,7 +453,7 @@ def test_bad_tls_files_stop_start_up_naming_the_variable(
         "mismatch": {"FORGESYTE_STREAM_TLS_CERT_FILE": str(cert_path), "FORGESYTE_STREAM_TLS_KEY_FILE": str(other_key)},
     }[which]
     result = subprocess.run(
-        [sys.executable, "-m", "adapters.cli", "serve", "--port", "1"],
+        [sys.executable, "-m", "adapters.entrypoints.cli", "serve", "--port", "1"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         capture_output=True,
@@ -478,7 +478,7 @@ def test_the_websockets_adapter_serves_wss_behind_the_same_keys(certificates: tu
         FORGESYTE_STREAM_API_KEYS_FILE=str(keys),
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "adapters.websockets_transport", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "adapters.entrypoints.cli", "serve", "--transport", "websockets", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     context = ssl.create_default_context()

@@ -94,7 +94,7 @@ def test_no_key_reaches_the_logs_at_debug(debug_server: RunningServer) -> None:
 
 
 def test_the_redaction_rule_names_what_it_hides() -> None:
-    from adapters.logging_observer import redact_secrets
+    from adapters.observability.logs import redact_secrets
 
     assert redact_secrets('1.2.3.4:5 - "WebSocket /ws/video/stream?pipeline_id=probe&api_key=abc&x=1" [accepted]') == (
         '1.2.3.4:5 - "WebSocket /ws/video/stream?pipeline_id=probe&api_key=<redacted>&x=<redacted>" [accepted]'

@@ -1,6 +1,6 @@
 """The attacks of test_connection_attacks.py and the access attacks, against the alternate transport.
 
-`python -m adapters.websockets_transport` serves the same stream on the
+`forgesyte-stream serve --transport websockets` serves the same stream on the
 `websockets` library's own server; docs/security.md promises the same limits
 on it. Every test starts that server in a subprocess (start_server with
 transport="websockets") and attacks it over real sockets: floods of pings and
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.websockets_limits import CLOSE_TIMEOUT_S
+from adapters.transports.websockets.connection_limits import CLOSE_TIMEOUT_S
 from contracts.raw_websocket import OP_BINARY, OP_CONT, OP_PING, OP_TEXT, RawWebSocket, frame
 from tests.hardening.test_connection_attacks import HealthProbe, error_records, rss_kib
 from tests.observability.support import settled

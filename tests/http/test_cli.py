@@ -29,7 +29,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "adapters.cli", *args],
+        [sys.executable, "-m", "adapters.entrypoints.cli", *args],
         cwd=ROOT,
         env=clean_env() if env is None else env,
         capture_output=True,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from litestar.connection import WebSocket
 
-from adapters.litestar_app import LitestarWebSocketTransport
+from adapters.transports.litestar.app import LitestarWebSocketTransport
 from application.ports import ConnectionClosed, InboundKind
 from domain import Session
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from adapters.logging_observer import LoggingStreamObserver
-from adapters.metrics import (
+from adapters.observability.logs import LoggingStreamObserver
+from adapters.observability.metrics import (
     DURATION_BUCKETS_S,
     MULTIPROC_DIR_VARIABLE,
     MetricsExporter,

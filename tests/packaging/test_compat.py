@@ -1,4 +1,4 @@
-"""The start-up check of the library internals the server uses (adapters/compat.py).
+"""The start-up check of the library internals the server uses (adapters/entrypoints/compat.py).
 
 The check runs against the libraries installed here; a missing name is made by
 deleting it from the real class (monkeypatch in-process, `del` in a real
@@ -18,7 +18,7 @@ import pytest
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from adapters.compat import RELIANCES, SUPPORTED_RANGES, LibraryCompatibilityError, Reliance, check_library_internals, missing_names
+from adapters.entrypoints.compat import RELIANCES, SUPPORTED_RANGES, LibraryCompatibilityError, Reliance, check_library_internals, missing_names
 from contracts.targets import free_port
 from tests.support.server import ROOT
 
@@ -65,7 +65,7 @@ def test_serve_exits_2_with_one_line_before_it_listens() -> None:
         import sys
         import uvicorn.protocols.websockets.websockets_sansio_impl as impl
         del impl.WebSocketsSansIOProtocol.send_receive_event_to_app
-        from adapters.cli import main
+        from adapters.entrypoints.cli import main
         sys.exit(main(["serve", "--host", "127.0.0.1", "--port", sys.argv[1]]))
         """
     )

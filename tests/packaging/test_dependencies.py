@@ -24,12 +24,12 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from setuptools import find_packages
 
-from adapters.compat import SUPPORTED_RANGES
+from adapters.entrypoints.compat import SUPPORTED_RANGES
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYERS = ("domain", "application", "adapters")
 # Ray is heavy and optional: only the executor that uses it may import it, and only the [ray] extra declares it.
-RAY_MODULES = {"adapters/ray_executor.py"}
+RAY_MODULES = {"adapters/executors/ray/executor.py", "adapters/executors/ray/actor.py"}
 RAY_EXTRA = "ray"
 
 
@@ -125,7 +125,7 @@ def test_declared_versions_hold_the_locked_ones() -> None:
 
 
 def test_startup_check_names_the_declared_ranges() -> None:
-    """adapters/compat.py reports the supported range; it must be the one pip enforces."""
+    """adapters/entrypoints/compat.py reports the supported range; it must be the one pip enforces."""
     base = _requirements(_pyproject()["project"]["dependencies"])
     for distribution, supported in SUPPORTED_RANGES.items():
         assert SpecifierSet(supported) == base[canonicalize_name(distribution)].specifier, distribution
@@ -141,4 +141,4 @@ def test_every_package_and_the_page_ship() -> None:
     patterns = setuptools_table["package-data"]["adapters.web"]
     shipped = {path.name for pattern in patterns for path in web.glob(pattern)}
     assert shipped == {path.name for path in web.iterdir() if path.is_file()}, "every file of the page matches package-data"
-    assert setuptools_table["package-data"]["adapters"] == ["pipelines/*.json"]
+    assert setuptools_table["package-data"]["adapters.pipelines"] == ["*.json"]

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from adapters.image_codec import OpenCvJpegDecoder
+from adapters.media.codec import OpenCvJpegDecoder
 from adapters.plugins.ocr import OcrPlugin
 from adapters.plugins.opencv_vision import OpenCvVisionPlugin
 from domain import read_jpeg_info

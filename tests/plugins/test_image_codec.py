@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from adapters.image_codec import OpenCvJpegDecoder, OpenCvVideoReader
+from adapters.media.codec import OpenCvJpegDecoder, OpenCvVideoReader
 from application.errors import VideoReadError
 from domain import ErrorCode, FrameValidationError, read_jpeg_info
 from tests.hardening.test_decode_budget import multi_scan_baseline

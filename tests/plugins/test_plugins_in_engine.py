@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from adapters.image_codec import OpenCvJpegDecoder
+from adapters.media.codec import OpenCvJpegDecoder
 from adapters.plugins.probe import ProbePlugin
 from adapters.plugins.yolo import YoloPlugin
 from application.pipeline import DagPipelineService, StreamStateStore

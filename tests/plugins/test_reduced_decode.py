@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from adapters.image_codec import OpenCvJpegDecoder
+from adapters.media.codec import OpenCvJpegDecoder
 from adapters.plugins.common import frame_geometry
 from domain import jpeg_reduction, read_jpeg_info
 from tests.plugins.test_opencv_vision import _draw_person, _scene

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from adapters.image_codec import OpenCvJpegDecoder
-from adapters.metrics import PrometheusAnalytics
+from adapters.media.codec import OpenCvJpegDecoder
+from adapters.observability.metrics import PrometheusAnalytics
 from adapters.plugins.tracking import GapAwareTracker, TrackerSettings, TrackingPlugin
 from application.pipeline import DagPipelineService, StreamStateStore
 from domain import PipelineDefinition, PipelineEdge, PipelineNode, PipelineValidationError

@@ -27,14 +27,14 @@ from tests.support.server import ROOT, free_port
 DRIVER = textwrap.dedent(
     """
     import asyncio, json, sys, time
-    from adapters.container import Container
-    from adapters.ray_executor import FrameJob, RayFrameExecutor
+    from adapters.container import Container, worker_pipeline_service
+    from application.ports import FrameJob, RayFrameExecutor
     from adapters.settings import Settings
     from tests.support.media import jpeg
 
     settings = Settings.from_env()
     container = Container(settings=settings)
-    executor = RayFrameExecutor(settings, container.video_service(), container.metrics())
+    executor = RayFrameExecutor(settings, container.video_service(), container.metrics(), worker_service=worker_pipeline_service)
     executor.open_stream("s")
 
     async def frame(index):

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from adapters.container import Container
+from adapters.container import Container, worker_pipeline_service
 from adapters.settings import Settings
 from application.errors import JobGivenUp, JobStillRunning, PipelineExecutionError
 from domain import ErrorCode, FrameValidationError
@@ -30,12 +30,12 @@ class _Front:
     """What a front end holds: its container (in-process service, metrics) and the Ray executor."""
 
     def __init__(self, settings: Settings) -> None:
-        from adapters.ray_executor import RayFrameExecutor
+        from adapters.executors.ray.executor import RayFrameExecutor
 
         self.container = Container(settings=settings)
         self.video = self.container.video_service()
         self.registry = self.container.metrics_registry()
-        self.executor = RayFrameExecutor(settings, self.video, self.container.metrics())
+        self.executor = RayFrameExecutor(settings, self.video, self.container.metrics(), worker_service=worker_pipeline_service)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def front(ray_cluster: str) -> Iterator[_Front]:
 
 
 def _run(front: _Front, pipeline_id: str, index: int, data: bytes, stream_id: str | None = None, *, timeout_s: float = 20.0) -> Any:
-    from adapters.ray_executor import FrameJob
+    from application.ports import FrameJob
 
     return asyncio.run(front.executor.run(FrameJob(pipeline_id, index, data, stream_id), timeout_s=timeout_s))
 
@@ -127,7 +127,7 @@ def test_a_streams_state_stays_on_one_actor_and_is_released_with_the_stream(fron
 
 def test_stateless_frames_go_to_the_least_busy_actor(front: _Front) -> None:
     async def two_at_once() -> list[Any]:
-        from adapters.ray_executor import FrameJob
+        from application.ports import FrameJob
 
         tasks = [
             asyncio.ensure_future(front.executor.run(FrameJob("slow", i, jpeg(seed=i), None), timeout_s=20))
@@ -145,7 +145,7 @@ def test_stateless_frames_go_to_the_least_busy_actor(front: _Front) -> None:
 
 
 def test_a_slow_tool_costs_its_frame_the_deadline_and_the_stream_waits_for_the_actor(front: _Front) -> None:
-    from adapters.ray_executor import FrameJob
+    from application.ports import FrameJob
 
     async def scenario() -> tuple[float, float]:
         started = time.monotonic()
@@ -167,7 +167,7 @@ def test_a_slow_tool_costs_its_frame_the_deadline_and_the_stream_waits_for_the_a
 
 
 def test_an_actor_stuck_in_a_tool_is_replaced_and_its_stream_goes_on(front: _Front) -> None:
-    from adapters.ray_executor import FrameJob
+    from application.ports import FrameJob
 
     async def scenario() -> float:
         started = time.monotonic()
@@ -195,7 +195,7 @@ def test_an_actor_stuck_in_a_tool_is_replaced_and_its_stream_goes_on(front: _Fro
 
 
 def test_giving_up_answers_at_once(front: _Front) -> None:
-    from adapters.ray_executor import FrameJob
+    from application.ports import FrameJob
 
     async def scenario() -> float:
         give_up = asyncio.get_running_loop().create_future()
@@ -211,7 +211,8 @@ def test_giving_up_answers_at_once(front: _Front) -> None:
 def test_an_actor_killed_mid_stream_costs_its_frame_and_the_stream_goes_on_elsewhere(ray_cluster: str) -> None:
     import ray
 
-    from adapters.ray_executor import ExecutorLostError, FrameJob
+    from adapters.executors.ray.wire import ExecutorLostError
+    from application.ports import FrameJob
 
     victim_front = _Front(_settings())
     executor = victim_front.executor
@@ -273,7 +274,8 @@ def test_an_actor_killed_while_idle_is_replaced_without_failing_a_frame(ray_clus
 
 
 def test_an_unreachable_cluster_address_is_a_configuration_error_naming_the_variable(ray_cluster: str) -> None:
-    from adapters.ray_executor import RayClusterUnreachable, connect
+    from adapters.executors.ray.executor import connect
+    from adapters.executors.ray.wire import RayClusterUnreachable
     from adapters.settings import SettingsError
     from tests.support.server import free_port
 
@@ -284,9 +286,10 @@ def test_an_unreachable_cluster_address_is_a_configuration_error_naming_the_vari
 
 
 def test_actors_the_cluster_cannot_place_stop_start_up_naming_the_variable(ray_cluster: str) -> None:
-    from adapters.ray_executor import RayClusterUnreachable, RayFrameExecutor
+    from adapters.executors.ray.executor import RayFrameExecutor
+    from adapters.executors.ray.wire import RayClusterUnreachable
 
     settings = _settings(FORGESYTE_STREAM_RAY_ACTOR_CPUS="64")
     container = Container(settings=settings)
     with pytest.raises(RayClusterUnreachable, match="FORGESYTE_STREAM_RAY_ACTORS=2: 2 of the actors were not placed"):
-        RayFrameExecutor(settings, container.video_service(), start_timeout_s=2.0)
+        RayFrameExecutor(settings, container.video_service(), start_timeout_s=2.0, worker_service=worker_pipeline_service)

@@ -46,7 +46,7 @@ def test_several_workers_on_ray_need_a_shared_cluster_address() -> None:
 
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "FORGESYTE_STREAM_EXECUTOR": "ray"}
     completed = subprocess.run(
-        [sys.executable, "-m", "adapters.cli", "serve", "--workers", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "adapters.entrypoints.cli", "serve", "--workers", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert completed.returncode == 2, completed.stderr
     assert "--workers=2 with FORGESYTE_STREAM_EXECUTOR=ray needs FORGESYTE_STREAM_RAY_ADDRESS" in completed.stderr
@@ -62,7 +62,7 @@ def test_serve_refuses_to_start_when_the_cluster_does_not_answer() -> None:
     address = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FORGESYTE_STREAM_EXECUTOR": "ray", "FORGESYTE_STREAM_RAY_ADDRESS": address}
     completed = subprocess.run(
-        [sys.executable, "-m", "adapters.cli", "serve", "--port", str(free_port())],
+        [sys.executable, "-m", "adapters.entrypoints.cli", "serve", "--port", str(free_port())],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from adapters.metrics import DURATION_BUCKETS_S, _LocalFamily, new_registry
+from adapters.observability.metrics import DURATION_BUCKETS_S, _LocalFamily, new_registry
 
 VALUES = [0.0, 0.0005, 0.001, 0.0011, 0.0025, 0.007, 0.05, 0.3, 2.5, 9.99, 10.0, 11.0, 250.0]
 

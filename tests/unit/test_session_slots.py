@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.session_slots import SharedSlotTable, slot_directory
+from adapters.transports.shared.session_slots import SharedSlotTable, slot_directory
 from application.sessions import Admission, InProcessSlots, SessionManager, SessionSlots, SlotToken
 from domain import Session
 

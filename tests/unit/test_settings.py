@@ -216,7 +216,7 @@ def test_a_decode_budget_below_one_largest_frame_is_refused_naming_both_variable
 
 
 def test_the_budget_rule_matches_what_the_decoder_charges_for_its_largest_frame() -> None:
-    from adapters.image_codec import OpenCvJpegDecoder
+    from adapters.media.codec import OpenCvJpegDecoder
     from adapters.settings import DECODE_BYTES_PER_PIXEL
 
     assert OpenCvJpegDecoder(max_pixels=1000).largest_memory_needed() == 1000 * DECODE_BYTES_PER_PIXEL

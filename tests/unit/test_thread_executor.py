@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from adapters.thread_executor import ThreadFrameExecutor
+from adapters.executors.threads import ThreadFrameExecutor
 from application.errors import JobGivenUp, JobStillRunning, JobTimedOut
 
 REQUEST = contextvars.ContextVar("REQUEST", default="none")
@@ -103,7 +103,7 @@ def test_a_failure_after_the_deadline_is_logged_not_lost(caplog: pytest.LogCaptu
         await asyncio.sleep(0)  # the done-callback runs on the loop
 
     try:
-        with caplog.at_level(logging.WARNING, logger="adapters.thread_executor"):
+        with caplog.at_level(logging.WARNING, logger="adapters.executors.threads"):
             asyncio.run(scenario())
     finally:
         pool.shutdown()
@@ -123,7 +123,7 @@ def test_a_failure_the_caller_receives_is_not_logged_again(caplog: pytest.LogCap
             await pool.run_blocking(fail, timeout_s=5)
 
     try:
-        with caplog.at_level(logging.WARNING, logger="adapters.thread_executor"):
+        with caplog.at_level(logging.WARNING, logger="adapters.executors.threads"):
             asyncio.run(scenario())
     finally:
         pool.shutdown()

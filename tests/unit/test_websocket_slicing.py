@@ -20,8 +20,9 @@ from uvicorn.server import ServerState
 from websockets.client import ClientProtocol
 from websockets.uri import parse_uri
 
-from adapters.uvicorn_protocols import _READ_AHEAD_BYTES as READ_AHEAD_BYTES
-from adapters.uvicorn_protocols import ConnectionLimits, _frame_size, guarded_protocols
+from adapters.transports.litestar.websocket_limits import _READ_AHEAD_BYTES as READ_AHEAD_BYTES
+from adapters.transports.litestar.http_limits import ConnectionLimits
+from adapters.transports.litestar.websocket_limits import _frame_size, limited_connection_classes
 
 LIMITS = ConnectionLimits(
     header_timeout_s=5, body_timeout_s=30, max_header_line_bytes=8192, max_head_bytes=16384,
@@ -71,7 +72,7 @@ async def _open(received: list[bytes], *, reads: bool = True) -> tuple[Any, Memo
 
     config = Config(app=app, ws="websockets-sansio", lifespan="off", log_level="warning", ws_max_size=1 << 20)
     config.load()
-    protocol = guarded_protocols(LIMITS)[1](config=config, server_state=ServerState(), app_state={})
+    protocol = limited_connection_classes(LIMITS)[1](config=config, server_state=ServerState(), app_state={})
     transport = MemoryTransport()
     protocol.connection_made(transport)
     client = ClientProtocol(parse_uri("ws://127.0.0.1:8000/ws"))

@@ -37,14 +37,14 @@ from litestar.status_codes import (
     HTTP_504_GATEWAY_TIMEOUT,
 )
 
-from adapters import serving
-from adapters.access import RAW_CHANNEL, AccessEvents, AccessGuard, bearer_subprotocol, declare_security
-from adapters.metrics import MetricsExporter
-from adapters.serving import Health
+from adapters.transports.shared import endpoints as serving
+from adapters.transports.shared.access import RAW_CHANNEL, AccessEvents, AccessGuard, bearer_subprotocol, declare_security
+from adapters.observability.metrics import MetricsExporter
+from adapters.transports.shared.endpoints import Health
 from application.access import AccessPolicy, StreamAccess
 from application.errors import FrameTimeoutError, PipelineUnavailableError
 from application.pipeline import DagPipelineService
-from adapters.uvicorn_protocols import ReplyTimeout
+from adapters.transports.litestar.websocket_limits import ReplyTimeout
 from application.ports import ConnectionClosed, Inbound, InboundKind, SendTimedOut
 from application.single_frame import SingleFrameService
 from application.stream import StreamService
@@ -322,9 +322,9 @@ async def post_frame(pipeline_id: str, request: Request[Any, Any, Any], single_f
 
 def _web_client_dir() -> Path:
     """The page's files: inside the package where it is installed (pyproject.toml ships clients/web as adapters/web), else the checkout's."""
-    here = Path(__file__).resolve().parent
-    installed = here / "web"
-    return installed if (installed / "index.html").is_file() else here.parent / "clients" / "web"
+    adapters_dir = Path(__file__).resolve().parents[2]
+    installed = adapters_dir / "web"
+    return installed if (installed / "index.html").is_file() else adapters_dir.parent / "clients" / "web"
 
 
 WEB_CLIENT_DIR = _web_client_dir()

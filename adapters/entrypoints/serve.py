@@ -8,7 +8,7 @@ those still open 2 s after the deadline are cancelled. uvicorn's own shutdown
 follows.
 
 Every line on stdout is JSON: uvicorn is handed the same logging configuration
-the app uses (adapters.logging_observer), not its own text format.
+the app uses (adapters.observability.logs), not its own text format.
 """
 
 from __future__ import annotations
@@ -30,15 +30,16 @@ from typing import Any
 import structlog
 import uvicorn
 
-from adapters.allocator import start_memory_return
+from adapters.entrypoints.allocator import start_memory_return
 from adapters.container import build_app, build_container
-from adapters.logging_observer import configure_logging, logging_config
-from adapters.metrics import shared_metrics_directory, worker_exited
-from adapters.serving import drain_sessions
-from adapters.session_slots import SharedSlotTable, slot_directory
+from adapters.observability.logs import configure_logging, logging_config
+from adapters.observability.metrics import shared_metrics_directory, worker_exited
+from adapters.transports.shared.endpoints import drain_sessions
+from adapters.transports.shared.session_slots import SharedSlotTable, slot_directory
 from adapters.settings import Settings
-from adapters.uvicorn_protocols import ConnectionLimits, guarded_protocols
-from adapters.startup import CONFIGURATION_ERRORS, CONFIGURATION_EXIT_STATUS, configuration_error_line
+from adapters.transports.litestar.http_limits import ConnectionLimits
+from adapters.transports.litestar.websocket_limits import limited_connection_classes
+from adapters.entrypoints.startup import CONFIGURATION_ERRORS, CONFIGURATION_EXIT_STATUS, configuration_error_line
 from application.sessions import SessionSlots
 
 log = structlog.get_logger("forgesyte.server")
@@ -86,9 +87,9 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
 def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
     """uvicorn settings for JPEG streams: no per-message deflate, a message limit above the frame limit.
 
-    The protocols are uvicorn's own with the connection limits added (adapters.uvicorn_protocols).
+    The protocols are uvicorn's own with the connection limits added (adapters.transports.litestar.websocket_limits and http_limits).
     """
-    http_protocol, ws_protocol = guarded_protocols(connection_limits(settings))
+    http_protocol, ws_protocol = limited_connection_classes(connection_limits(settings))
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -159,9 +160,9 @@ def _serve_workers(settings: Settings, workers: int) -> int:
     MAX_RESTARTS_PER_MINUTE replacements within a minute (status 1, a crash loop).
 
     Their metrics are summed through a shared prometheus-client multiprocess
-    directory (see adapters.metrics), and their sessions counted against
+    directory (see adapters.observability.metrics), and their sessions counted against
     FORGESYTE_STREAM_MAX_SESSIONS and _PER_KEY in a shared slot table
-    (adapters.session_slots), so the limits hold for the server as a whole; a
+    (adapters.transports.shared.session_slots), so the limits hold for the server as a whole; a
     worker's slots are freed by the kernel when it dies. Both directories are
     created before the first worker starts and removed once the last one has exited.
 
@@ -273,3 +274,18 @@ def listening_sockets(host: str, port: int, workers: int) -> list[socket.socket]
             sock.close()
         raise
     return socks * (workers // count) if count == 1 else socks
+
+
+def serve_websockets(settings: Settings) -> int:
+    """`serve --transport websockets`: the stream, /health and /metrics on the websockets library, until SIGTERM or SIGINT."""
+    from adapters.transports.websockets.server import run
+
+    configure_logging(settings.log_level)
+    container = build_container(settings)
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(run(settings, container))
+    else:
+        asyncio.run(run(settings, container))
+    return 0

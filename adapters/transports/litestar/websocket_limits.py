@@ -1,4 +1,4 @@
-"""uvicorn's HTTP and WebSocket protocols with the limits a server exposed to hostile clients needs.
+"""uvicorn's WebSocket connection with the limits a server exposed to hostile clients needs.
 
 uvicorn bounds message sizes but not time or work: a client can hold a
 connection open by sending its headers or its body a byte at a time, keep a
@@ -26,21 +26,25 @@ Everything else, the protocol decisions included, stays in the application.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections import deque
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import h11
 import structlog
 from uvicorn.config import Config
-from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 from websockets.exceptions import InvalidState
 from websockets.frames import Opcode
+
+from adapters.transports.litestar.receive_queue import ReceiveQueue
+from adapters.transports.litestar.http_limits import (
+    CLOSE_GRACE_S,
+    ConnectionLimits,
+    LimitedHttpConnection,
+    client_of,
+    close_then_abort,
+)
 
 log = structlog.get_logger("forgesyte.connections")
 
@@ -57,9 +61,6 @@ _DENSE_FRAMES = 8
 _MAX_HEADER_BYTES = 14  # 2, then a 2- or 8-byte extended length, then a 4-byte mask
 # Parsing time one connection may take in one turn of the event loop before it yields to the others.
 _TURN_BUDGET_S = 0.005
-# A close that waits on the peer (our close frame behind a full buffer, a 408 to a client that does
-# not read) is turned into an abort after this long.
-_CLOSE_GRACE_S = 2.0
 # Complete messages the application has not taken yet may total this much before reading pauses.
 _READ_AHEAD_BYTES = 256 * 1024
 _PONG_START = bytes([0x80 | Opcode.PONG.value])  # FIN + PONG; server frames are unmasked
@@ -83,188 +84,11 @@ def _frame_size(head: bytes) -> int | None:
     return size + length
 
 
-class _ReceiveQueue:
-    """What uvicorn uses of asyncio.Queue for a connection's incoming messages, bound to its loop at creation.
-
-    asyncio.Queue finds its loop again on every wait, which costs a getpid
-    system call per message; one reader at a time, as ASGI's receive has.
-    `size` is what the messages waiting hold (their payloads' lengths), for
-    the read-ahead bound.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._items: deque[tuple[Any, int]] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self.size = 0
-
-    def put_nowait(self, item: Any, size: int = 0) -> None:
-        self._items.append((item, size))
-        self.size += size
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def waiter(self) -> asyncio.Future[None] | None:
-        """None when a message is ready; otherwise a future done when one is put (await it, then call waited)."""
-        if self._items:
-            return None
-        if self._waiter is not None:
-            raise RuntimeError("receive() is already being awaited on this connection")
-        self._waiter = waiter = self._loop.create_future()
-        return waiter
-
-    def waited(self) -> None:
-        self._waiter = None
-
-    def get_nowait(self) -> Any:
-        item, size = self._items.popleft()
-        self.size -= size
-        return item
-
-    def empty(self) -> bool:
-        return not self._items
-
-    def drop_messages(self) -> None:
-        """Drop the messages not yet taken, keeping disconnects: what a closed application will never read."""
-        self._items = deque(item for item in self._items if item[0].get("type") != "websocket.receive")
-        self.size = sum(size for _, size in self._items)
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionLimits:
-    """Per-connection bounds, from the settings (see docs/security.md)."""
-
-    header_timeout_s: float
-    body_timeout_s: float
-    max_header_line_bytes: int
-    max_head_bytes: int
-    send_timeout_s: float
-    max_fragments: int
-    max_control_frames_per_s: int
-
-
 class ReplyTimeout(ClientDisconnected):
     """A message to the client waited longer than the send timeout: the client stopped reading."""
 
 
-def _raw_response(status: int, phrase: str, error: str, detail: str) -> bytes:
-    body = json.dumps({"error": error, "detail": detail}).encode()
-    head = (
-        f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\nconnection: close\r\n"
-        f"content-length: {len(body)}\r\n\r\n"
-    ).encode("ascii")
-    return head + body
-
-
-def _close_then_abort(loop: asyncio.AbstractEventLoop, transport: asyncio.Transport) -> None:
-    """Close after the buffer is flushed, or abort when the peer does not read it within the grace."""
-    transport.close()
-    loop.call_later(_CLOSE_GRACE_S, transport.abort)
-
-
-def _client(address: tuple[str, int] | None) -> str:
-    return f"{address[0]}:{address[1]}" if address else "unknown"
-
-
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with head and body deadlines and a prompt 431 for oversized heads."""
-
-    limits: ClassVar[ConnectionLimits]
-    _head_timer: asyncio.TimerHandle | None = None
-    _body_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm_head_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timers()
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if self.conn.their_state is h11.IDLE and self._head_too_large(data):
-            self._refuse(431, "Request Header Fields Too Large", "request_header_too_large",
-                         f"a request header line is limited to {self.limits.max_header_line_bytes} bytes and "
-                         f"the request head to {self.limits.max_head_bytes} bytes")
-            return
-        scope_before = self.scope
-        super().data_received(data)
-        if self.transport.get_protocol() is not self:  # upgraded to WebSocket: that protocol takes over
-            self._cancel_timers()
-            return
-        if self.scope is not scope_before:  # a request head arrived
-            self._cancel(self._head_timer)
-            self._head_timer = None
-            if self.conn.their_state is h11.SEND_BODY and self._body_timer is None:
-                self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timed_out)
-        if self._body_timer is not None and self.conn.their_state is not h11.SEND_BODY:
-            self._cancel(self._body_timer)
-            self._body_timer = None
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm_head_timer()
-
-    def _head_too_large(self, data: bytes) -> bool:
-        buffered = self.conn.trailing_data[0] + data
-        end = buffered.find(b"\r\n\r\n")
-        head = buffered if end < 0 else buffered[:end]
-        if len(head) > self.limits.max_head_bytes:
-            return True
-        return any(len(line) > self.limits.max_header_line_bytes for line in head.split(b"\n"))
-
-    def _arm_head_timer(self) -> None:
-        self._cancel(self._head_timer)
-        self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
-            return
-        if not self.conn.trailing_data[0]:
-            # An idle keep-alive connection: nothing was started, so nothing is owed a response.
-            self.transport.close()
-            return
-        log.info("request_head_timeout", client=_client(self.client))
-        self._refuse(408, "Request Timeout", "request_timeout",
-                     f"the request head was not complete within {self.limits.header_timeout_s:g} s")
-
-    def _body_timed_out(self) -> None:
-        self._body_timer = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
-            return
-        log.info("request_body_timeout", client=_client(self.client))
-        cycle = self.cycle
-        response_started = cycle is not None and cycle.response_started
-        if cycle is not None:
-            # The application's receive() now returns http.disconnect; it stops waiting for the body.
-            cycle.disconnected = True
-            cycle.message_event.set()
-        if response_started:
-            _close_then_abort(self.loop, self.transport)
-        else:
-            self._refuse(408, "Request Timeout", "request_timeout",
-                         f"the request body was not complete within {self.limits.body_timeout_s:g} s")
-
-    def _refuse(self, status: int, phrase: str, error: str, detail: str) -> None:
-        self._cancel_timers()
-        self.transport.write(_raw_response(status, phrase, error, detail))
-        _close_then_abort(self.loop, self.transport)
-
-    def _cancel_timers(self) -> None:
-        for timer in (self._head_timer, self._body_timer):
-            self._cancel(timer)
-        self._head_timer = self._body_timer = None
-
-    @staticmethod
-    def _cancel(timer: asyncio.TimerHandle | None) -> None:
-        if timer is not None:
-            timer.cancel()
-
-
-class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+class LimitedWebSocketConnection(WebSocketsSansIOProtocol):
     """uvicorn's websockets (sans-I/O) protocol with bounded work, bounded buffers and bounded waits."""
 
     limits: ClassVar[ConnectionLimits]
@@ -277,7 +101,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self.queue = _ReceiveQueue(self.loop)  # type: ignore[assignment]
+        self.queue = ReceiveQueue(self.loop)  # type: ignore[assignment]
         self._backlog: list[bytes] = []
         self._drain_scheduled = False
         self._fragments = 0
@@ -294,7 +118,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         # After our close frame: input is walked frame by frame and dropped, never parsed into messages.
         self._discarding = False
         self._peer_close_left = -1  # bytes of the peer's close frame still to come; -1 until its header is seen
-        self.close_timeout = _CLOSE_GRACE_S
+        self.close_timeout = CLOSE_GRACE_S
 
     # Reading: slices, a time budget per turn, and the backlog kept in order --------------------
 
@@ -382,7 +206,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         """
         self._discarding = True
         self._release_parser()
-        queue: _ReceiveQueue = self.queue  # type: ignore[assignment]
+        queue: ReceiveQueue = self.queue  # type: ignore[assignment]
         queue.drop_messages()
         pending = b"".join(self._backlog)
         self._backlog.clear()
@@ -422,7 +246,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
                     if self.close_timer is not None:
                         self.close_timer.cancel()
                         self.close_timer = None
-                    _close_then_abort(self.loop, self.transport)
+                    close_then_abort(self.loop, self.transport)
                     return
 
     def _schedule_drain(self) -> None:
@@ -444,7 +268,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.resume_reading()
 
     async def receive(self) -> Any:
-        queue: _ReceiveQueue = self.queue  # type: ignore[assignment]
+        queue: ReceiveQueue = self.queue  # type: ignore[assignment]
         # The queue's wait inline rather than in a coroutine of its own: one frame fewer to resume per message.
         while (waiter := queue.waiter()) is not None:
             try:
@@ -464,7 +288,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._backlog.clear()
         self._release_parser()
         super().connection_lost(exc)
-        queue: _ReceiveQueue = self.queue  # type: ignore[assignment]
+        queue: ReceiveQueue = self.queue  # type: ignore[assignment]
         queue.drop_messages()
 
     def _release_parser(self) -> None:
@@ -538,13 +362,13 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         """Fail the connection with 1008: the application hears a disconnect, the client a close frame."""
         if self.close_sent or self.transport.is_closing():
             return
-        log.info("websocket_abuse", client=_client(self.client), reason=reason)
+        log.info("websocket_abuse", client=client_of(self.client), reason=reason)
         self.conn.fail(1008, reason)
         self.queue.put_nowait({"type": "websocket.disconnect", "code": 1008, "reason": reason})
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
         self._backlog.clear()
-        _close_then_abort(self.loop, self.transport)
+        close_then_abort(self.loop, self.transport)
 
     def send_receive_event_to_app(self) -> None:
         """Queue a complete message for the application; reading pauses only once enough waits unread.
@@ -560,7 +384,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.close_sent:
             # Past our close: discard, so that reading goes on until the peer's close arrives.
             return
-        queue: _ReceiveQueue = self.queue  # type: ignore[assignment]
+        queue: ReceiveQueue = self.queue  # type: ignore[assignment]
         if self.curr_msg_data_type == "text":
             # Not an error of the server: the application answers any text message with
             # invalid_message (close 1003), so it gets the text, undecodable bytes replaced.
@@ -584,7 +408,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             try:
                 await asyncio.wait_for(self.writable.wait(), self.limits.send_timeout_s)
             except TimeoutError:
-                log.info("websocket_send_timeout", client=_client(self.client))
+                log.info("websocket_send_timeout", client=client_of(self.client))
                 self.transport.abort()
                 raise ReplyTimeout() from None
         if (
@@ -616,25 +440,25 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def keepalive_timeout(self) -> None:
         super().keepalive_timeout()
-        self.loop.call_later(_CLOSE_GRACE_S, self.transport.abort)
+        self.loop.call_later(CLOSE_GRACE_S, self.transport.abort)
 
     def shutdown(self) -> None:
         super().shutdown()
-        self.loop.call_later(_CLOSE_GRACE_S, self.transport.abort)
+        self.loop.call_later(CLOSE_GRACE_S, self.transport.abort)
 
     def handle_parser_exception(self) -> None:
         super().handle_parser_exception()
-        self.loop.call_later(_CLOSE_GRACE_S, self.transport.abort)
+        self.loop.call_later(CLOSE_GRACE_S, self.transport.abort)
 
     def _refuse_handshake(self) -> None:
         """The upgrade request did not parse: send the 400 websockets prepared, then close."""
         self.handshake_initiated = self.handshake_complete = self.close_sent = True
         self.transport.write(b"".join(self.conn.data_to_send()))
-        _close_then_abort(self.loop, self.transport)
+        close_then_abort(self.loop, self.transport)
 
 
-def guarded_protocols(limits: ConnectionLimits) -> tuple[type[GuardedH11Protocol], type[GuardedWebSocketProtocol]]:
+def limited_connection_classes(limits: ConnectionLimits) -> tuple[type[LimitedHttpConnection], type[LimitedWebSocketConnection]]:
     """Protocol classes bound to these limits, for uvicorn's `http` and `ws` options."""
-    http = type("BoundGuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits})
-    ws = type("BoundGuardedWebSocketProtocol", (GuardedWebSocketProtocol,), {"limits": limits})
+    http = type("BoundLimitedHttpConnection", (LimitedHttpConnection,), {"limits": limits})
+    ws = type("BoundLimitedWebSocketConnection", (LimitedWebSocketConnection,), {"limits": limits})
     return http, ws

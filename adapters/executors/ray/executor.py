@@ -33,28 +33,30 @@ import os
 import signal
 import socket
 import threading
-import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from adapters.settings import PREFIX, Settings, SettingsError
-from application.errors import JobGivenUp, JobStillRunning, PipelineExecutionError
+from adapters.executors.ray.actor import LocalFrameRunner, PipelineActor, WorkerServiceFactory
+from adapters.executors.ray.wire import (
+    ANALYTICS_EVENTS,
+    Event,
+    ExecutorLostError,
+    Outcome,
+    RayClusterUnreachable,
+    raise_failure,
+)
+from adapters.settings import PREFIX, Settings
+from application.errors import JobGivenUp, JobStillRunning
 from application.ports import FrameJob, PipelineObserver
-from domain import ErrorCode, FrameValidationError, StreamError
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "forgesyte-stream"
 # How long start-up waits for the cluster to place and build every actor before refusing to start.
 ACTOR_START_TIMEOUT_S = 120.0
-# Stream ids an actor remembers as released, so that a frame arriving after its stream's release
-# (its call was queued behind the release) runs on throw-away state instead of re-creating state
-# nobody would release. Stream ids are never reused; a frame that late is rare.
-RELEASED_MEMORY = 65_536
 # Replacements of one actor that may die before they are ready before its slot is left empty:
 # an actor that cannot start (a model missing on a node) would otherwise be re-created forever.
 MAX_FAILED_STARTS = 3
@@ -64,239 +66,6 @@ MAX_FAILED_STARTS = 3
 HUNG_AFTER_TIMEOUTS = 3
 # How long a front end keeps running without its cluster's GCS (Ray's default: 60 s, then exit).
 DRIVER_OUTLIVES_CLUSTER_S = 365 * 24 * 3600
-
-
-class LocalFrameRunner(Protocol):
-    """The in-process service the front end already has: runs header-only pipelines and tells which they are."""
-
-    def runs_inline(self, pipeline_id: str) -> bool: ...
-
-    def run_on_frame(
-        self, pipeline_id: str, frame_index: int, frame_bytes: bytes, *, stream_id: str | None = None, markers_checked: bool = False
-    ) -> dict[str, Any]: ...
-
-    def open_stream(self, stream_id: str) -> None: ...
-
-    def release_stream(self, stream_id: str) -> None: ...
-
-
-# What crosses between front end and actor ----------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Timing:
-    """One observation for the PipelineObserver port: node_id None is the whole pipeline."""
-
-    pipeline_id: str
-    node_id: str | None
-    duration_ms: float
-    failed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """A failure in the actor, as data: exception objects with their causes do not pickle reliably."""
-
-    kind: str  # "execution" | "frame" | "stream" | "internal"
-    code: str
-    detail: str
-    log_message: str
-    where: tuple[str, str, str, str] | None = None  # pipeline, node, plugin, tool of an execution error
-
-
-# What tools report besides their result (the tracking plugin's AnalyticsSink): recorded in the
-# actor, replayed on the front end's sink, so the counters and gauges live where /metrics is.
-ANALYTICS_EVENTS = frozenset({"line_crossed", "zone_entered", "zone_occupancy_changed"})
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    method: str  # one of ANALYTICS_EVENTS
-    args: tuple[Any, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    result: dict[str, Any] | None
-    failure: Failure | None
-    timings: tuple[Timing, ...]
-    actor: str
-    run_ms: float
-    events: tuple[Event, ...] = ()
-
-
-class _RemoteToolError(Exception):
-    """Stands for the exception a tool raised in an actor: its type name and message, for the log."""
-
-
-def _failure(error: BaseException) -> Failure:
-    if isinstance(error, PipelineExecutionError):
-        return Failure(
-            "execution",
-            error.code.value,
-            error.detail,
-            error.log_message,
-            (error.pipeline_id, error.node_id, error.plugin_id, error.tool_id),
-        )
-    if isinstance(error, FrameValidationError):
-        return Failure("frame", error.code.value, error.detail, error.log_message)
-    if isinstance(error, StreamError):
-        return Failure("stream", error.code.value, error.detail, error.log_message)
-    return Failure("internal", ErrorCode.INTERNAL_ERROR.value, f"{type(error).__name__}: {error}", repr(error))
-
-
-def _raise(failure: Failure) -> None:
-    """Raise in the front end what the same failure raises on the thread executor."""
-    if failure.kind == "execution":
-        assert failure.where is not None
-        pipeline_id, node_id, plugin_id, tool_id = failure.where
-        error = PipelineExecutionError(pipeline_id, node_id, plugin_id, tool_id, _RemoteToolError(failure.log_message))
-        error.log_message = failure.log_message
-        raise error
-    if failure.kind == "frame":
-        raise FrameValidationError(failure.code, failure.detail)
-    if failure.kind == "stream":
-        raise StreamError(failure.code, failure.detail, log_message=failure.log_message)
-    # A bug in a tool's plumbing rather than a tool failure: the thread executor lets it propagate too.
-    raise RuntimeError(f"pipeline actor failed: {failure.detail}")
-
-
-class ExecutorLostError(StreamError):
-    """The actor or the cluster running a frame is gone: that frame is a pipeline_failure, the stream goes on."""
-
-    def __init__(self, detail: str, *, log_message: str) -> None:
-        super().__init__(ErrorCode.PIPELINE_FAILURE, detail, log_message=log_message)
-
-
-class RayClusterUnreachable(SettingsError):
-    """The configured cluster cannot be reached or cannot host the actors: a configuration error at start-up."""
-
-
-# The actor -------------------------------------------------------------------------
-
-
-class _TimingRecorder:
-    """The actor's PipelineObserver: collects each run's timings on the thread running it."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def start(self) -> list[Timing]:
-        timings: list[Timing] = []
-        self._local.timings = timings
-        return timings
-
-    def node_finished(self, pipeline_id: str, node_id: str, duration_ms: float, *, failed: bool) -> None:
-        timings = getattr(self._local, "timings", None)
-        if timings is not None:
-            timings.append(Timing(pipeline_id, node_id, duration_ms, failed))
-
-    def pipeline_finished(self, pipeline_id: str, duration_ms: float, *, failed: bool) -> None:
-        timings = getattr(self._local, "timings", None)
-        if timings is not None:
-            timings.append(Timing(pipeline_id, None, duration_ms, failed))
-
-
-class _EventRecorder:
-    """The actor's AnalyticsSink: collects the events of the work on the thread running it."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def start(self) -> list[Event]:
-        events: list[Event] = []
-        self._local.events = events
-        return events
-
-    def _record(self, method: str, *args: Any) -> None:
-        events = getattr(self._local, "events", None)
-        if events is not None:
-            events.append(Event(method, args))
-
-    def declare(self, pipeline_id: str, lines: Any, zones: Any) -> None:
-        return None  # the front end declares its series from its own catalogue at start-up
-
-    def line_crossed(self, pipeline_id: str, line: str, direction: str) -> None:
-        self._record("line_crossed", pipeline_id, line, direction)
-
-    def zone_entered(self, pipeline_id: str, zone: str) -> None:
-        self._record("zone_entered", pipeline_id, zone)
-
-    def zone_occupancy_changed(self, pipeline_id: str, zone: str, delta: int) -> None:
-        self._record("zone_occupancy_changed", pipeline_id, zone, delta)
-
-
-class PipelineActor:
-    """The body of one Ray actor (wrapped with ray.remote when the executor starts).
-
-    Runs on `max_concurrency` threads: frames of different streams run in
-    parallel; one stream never has two frames in flight (the front end waits
-    for the previous one, even past its deadline).
-    """
-
-    def __init__(self, settings: Settings, name: str) -> None:
-        from adapters.container import worker_pipeline_service
-
-        self._name = name
-        self._recorder = _TimingRecorder()
-        self._events = _EventRecorder()
-        self._service = worker_pipeline_service(settings, self._recorder, self._events)
-        self._lock = threading.Lock()
-        self._opened: set[str] = set()
-        self._released: OrderedDict[str, None] = OrderedDict()
-
-    def ready(self) -> dict[str, Any]:
-        import ray
-
-        context = ray.get_runtime_context()
-        return {"name": self._name, "node_id": context.get_node_id(), "pid": os.getpid()}
-
-    def run(self, job: FrameJob) -> Outcome:
-        stream_id = job.stream_id
-        if stream_id is not None:
-            with self._lock:
-                if stream_id in self._released:
-                    stream_id = None  # released before this frame got here: throw-away state
-                elif stream_id not in self._opened:
-                    self._opened.add(stream_id)
-                    self._service.open_stream(stream_id)
-        timings = self._recorder.start()
-        events = self._events.start()
-        started = time.perf_counter()
-        try:
-            result = self._service.run_on_frame(
-                job.pipeline_id, job.frame_index, job.image, stream_id=stream_id, markers_checked=job.markers_checked
-            )
-            failure = None
-        except Exception as error:  # every failure goes back as data, see Failure
-            result, failure = None, _failure(error)
-        elapsed_ms = (time.perf_counter() - started) * 1000.0
-        return Outcome(result, failure, tuple(timings), self._name, elapsed_ms, tuple(events))
-
-    def release_stream(self, stream_id: str) -> tuple[Event, ...]:
-        """Release the stream's state; the events its closing reports (a zone's occupancy back to 0)."""
-        with self._lock:
-            self._released[stream_id] = None
-            if len(self._released) > RELEASED_MEMORY:
-                self._released.popitem(last=False)
-            opened = stream_id in self._opened
-            self._opened.discard(stream_id)
-        events = self._events.start()
-        if opened:
-            self._service.release_stream(stream_id)
-        return tuple(events)
-
-    def streams(self) -> int:
-        with self._lock:
-            return len(self._opened)
-
-    def cpu_seconds(self) -> float:
-        """CPU time this actor's process has used, all threads: what a benchmark divides its frames by."""
-        return time.process_time()
-
-    def watch(self) -> None:
-        """Never returns while the actor lives: its failure is how the front end learns the actor died."""
-        threading.Event().wait()
 
 
 # The front end's side ------------------------------------------------------------------
@@ -394,10 +163,12 @@ class RayFrameExecutor:
         *,
         analytics: Any | None = None,
         start_timeout_s: float = ACTOR_START_TIMEOUT_S,
+        worker_service: WorkerServiceFactory,
     ) -> None:
         self._ray, self._owns_connection = connect(settings)
         self._settings = settings
         self._local = local
+        self._worker_service = worker_service
         self._observer = observer
         self._analytics = analytics
         # Each stream's net zone occupancy as replayed here: taken back if its actor dies, since
@@ -427,7 +198,7 @@ class RayFrameExecutor:
             num_cpus=self._settings.ray_actor_cpus,
             max_concurrency=self._settings.inference_workers + 1,  # + the watch call
             max_restarts=0,
-        ).remote(self._settings, name)
+        ).remote(self._settings, name, self._worker_service)
         return _Slot(index, name, handle, generation)
 
     def _await_ready(self, timeout_s: float) -> None:
@@ -671,7 +442,7 @@ class RayFrameExecutor:
                 self._moved.discard(job.stream_id)
         self._record(outcome, job.stream_id)
         if outcome.failure is not None:
-            _raise(outcome.failure)
+            raise_failure(outcome.failure)
         assert outcome.result is not None
         return outcome.result
 

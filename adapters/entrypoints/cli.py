@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from adapters.settings import Settings, SettingsError
 
+TRANSPORTS = ("litestar", "websockets")
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forgesyte-stream", description="Real-time computer-vision inference over WebSocket.")
@@ -16,7 +18,14 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP and WebSocket server")
     serve.add_argument("--host", help="bind address (default: FORGESYTE_STREAM_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: FORGESYTE_STREAM_PORT or 8000)")
-    serve.add_argument("--workers", type=int, default=1, help="server processes sharing the port (default 1)")
+    serve.add_argument("--workers", type=int, default=1, help="server processes sharing the port (default 1; litestar only)")
+    serve.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default="litestar",
+        help="litestar: Litestar on uvicorn, the whole HTTP API (default); websockets: the stream, /health and /metrics "
+        "on the websockets library, no Litestar or uvicorn",
+    )
     run_file = commands.add_parser("run-file", help="run a pipeline over a video file, one JSON line per processed frame")
     run_file.add_argument("video", help="path of a video file OpenCV can read")
     run_file.add_argument("--pipeline", required=True, help="pipeline id, see GET /v1/pipelines")
@@ -47,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     # Before anything imports uvicorn's protocols or supervision's tracker, whose internals the server uses.
-    from adapters.compat import LibraryCompatibilityError, check_library_internals
+    from adapters.entrypoints.compat import LibraryCompatibilityError, check_library_internals
 
     try:
         check_library_internals()
@@ -55,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"forgesyte-stream: unsupported library: {error}", file=sys.stderr)
         return 2
 
-    from adapters.startup import CONFIGURATION_ERRORS, CONFIGURATION_EXIT_STATUS, configuration_error_line
+    from adapters.entrypoints.startup import CONFIGURATION_ERRORS, CONFIGURATION_EXIT_STATUS, configuration_error_line
     from application.errors import VideoReadError
     from domain import StreamError
 
@@ -72,9 +81,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 2
-            from adapters.server import serve
-
+            if args.workers > 1 and args.transport != "litestar":
+                # Worker supervision (one SO_REUSEPORT socket per process, shared slot table) is built on uvicorn's server.
+                print(f"forgesyte-stream: --workers={args.workers} needs --transport litestar", file=sys.stderr)
+                return 2
             try:
+                if args.transport == "websockets":
+                    from adapters.entrypoints.serve import serve_websockets
+
+                    return serve_websockets(settings)
+                from adapters.entrypoints.serve import serve
+
                 return serve(settings, workers=args.workers)
             except KeyboardInterrupt:
                 # uvicorn re-raises Ctrl-C once shutdown is complete; the logs already say so.
@@ -99,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_file(settings: Settings, video: str, pipeline_id: str, stride: int, max_frames: int | None) -> int:
     from adapters.container import build_container
-    from adapters.logging_observer import configure_logging
+    from adapters.observability.logs import configure_logging
 
     # stdout carries the results, one JSON line per frame; the logs go to stderr beside them.
     configure_logging("warning" if settings.log_level == "info" else settings.log_level, stream=sys.stderr)

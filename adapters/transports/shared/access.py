@@ -5,7 +5,7 @@ every WebSocket handshake, matched route or not, passes the Host and Origin
 checks before Litestar sees it, and every HTTP request but the public ones
 needs a key. The WebSocket key check is in the stream route itself, because
 its refusal is a message on an accepted connection (close 3000), not an HTTP
-status. adapters/websockets_transport.py applies the same policy through
+status. adapters/transports/websockets/server.py applies the same policy through
 `handshake_refusal` and `bearer_subprotocol`.
 """
 

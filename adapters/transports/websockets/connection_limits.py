@@ -1,4 +1,4 @@
-"""The connection limits of adapters/uvicorn_protocols.py, on the `websockets` library's asyncio server.
+"""The connection limits of adapters/transports/litestar/websocket_limits.py and http_limits.py, on the `websockets` library's asyncio server.
 
 The library bounds message sizes but not work or memory per connection: it
 parses every byte of a socket read at once (a read of tiny frames holds the
@@ -44,7 +44,7 @@ from websockets.protocol import Event
 
 log = structlog.get_logger("forgesyte.connections")
 
-# Input is parsed in slices, checked between them, as the main transport does (adapters/uvicorn_protocols.py):
+# Input is parsed in slices, checked between them, as the main transport does (adapters/transports/litestar/websocket_limits.py and http_limits.py):
 # slices end where frames end, whole frames up to 8 KiB (a masked frame takes at least 6 bytes, so at most
 # ~1,400 frames, ~10-15 ms) or one larger frame (up to 64 KiB of it). Boundaries are read from the frame
 # headers, from the end of the upgrade request on; should the parser ever disagree with them, the connection

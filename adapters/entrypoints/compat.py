@@ -1,8 +1,8 @@
 """The library internals this server builds on, checked once at start-up before anything imports them.
 
-adapters/uvicorn_protocols.py subclasses uvicorn's HTTP and WebSocket
+adapters/transports/litestar/websocket_limits.py and http_limits.py subclasses uvicorn's HTTP and WebSocket
 protocols and drives the websockets and h11 state machines underneath them;
-adapters/websockets_limits.py replaces the websockets connection's reading,
+adapters/transports/websockets/connection_limits.py replaces the websockets connection's reading,
 its message queue and its pending writes;
 adapters/plugins/tracking.py advances supervision's ByteTrack by hand over
 dropped frames. None of that is those libraries' public API, so pyproject.toml

@@ -8,26 +8,24 @@ values and JSON replies into text messages, routing its paths, and
 starting and draining the server. Every protocol decision stays in
 application.protocol.
 
-    python -m adapters.websockets_transport --host 127.0.0.1 --port 8001
+    forgesyte-stream serve --transport websockets --host 127.0.0.1 --port 8001
 
 Besides the WebSocket it answers GET /health and GET /metrics as the Litestar
-app does (adapters.serving); the rest of the HTTP API (/v1/pipelines) is not here.
-The connection limits of the main transport hold here too (adapters.websockets_limits).
+app does (adapters.transports.shared.endpoints); the rest of the HTTP API (/v1/pipelines) is not here.
+The connection limits of the main transport hold here too (adapters.transports.websockets.connection_limits).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import json
 import signal
 import ssl
-import sys
 from contextlib import nullcontext
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -37,18 +35,19 @@ from websockets.exceptions import ConnectionClosed as WebsocketsConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from adapters.access import AccessEvents, bearer_subprotocol, handshake_refusal, unauthorized_refusal
-from adapters.container import Container, build_container
-from adapters.logging_observer import configure_logging
-from adapters.metrics import MetricsExporter
-from adapters.serving import HEALTH_PATH, METRICS_PATH, drain_sessions, health
-from adapters.settings import Settings, SettingsError
-from adapters.websockets_limits import CLOSE_TIMEOUT_S, LimitedServerConnection, StreamLimits, library_logger, limited_connection
+from adapters.transports.shared.access import AccessEvents, bearer_subprotocol, handshake_refusal, unauthorized_refusal
+from adapters.observability.metrics import MetricsExporter
+from adapters.transports.shared.endpoints import HEALTH_PATH, METRICS_PATH, drain_sessions, health
+from adapters.settings import Settings
+from adapters.transports.websockets.connection_limits import CLOSE_TIMEOUT_S, LimitedServerConnection, StreamLimits, library_logger, limited_connection
 from application.access import AccessPolicy, Channel, StreamAccess
 from application.ports import ConnectionClosed, Inbound, InboundKind, SendTimedOut
 from application.pipeline import DagPipelineService
 from application.stream import StreamService
 from domain import CloseCode
+
+if TYPE_CHECKING:
+    from adapters.container import Container
 
 STREAM_PATH = "/ws/video/stream"
 
@@ -202,8 +201,8 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-async def run(settings: Settings, container: Container | None = None, *, ready: asyncio.Event | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then drain sessions the way adapters.server does for uvicorn.
+async def run(settings: Settings, container: Container, *, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then drain sessions the way adapters.entrypoints.serve does for uvicorn.
 
     Listening stops first, so no new session starts; every open session is
     asked to answer its frames and close with 1012 (SessionManager.shutdown:
@@ -211,7 +210,6 @@ async def run(settings: Settings, container: Container | None = None, *, ready: 
     as failed); what is still open 2 s after that is cancelled and closed with
     1012 too (the library's default would be 1001).
     """
-    container = container or build_container(settings)
     policy = container.access_policy()
     sessions = container.session_manager()
     executor = container.frame_executor()
@@ -256,35 +254,3 @@ async def run(settings: Settings, container: Container | None = None, *, ready: 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         executor.shutdown()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m adapters.websockets_transport",
-        description=f"Serve {STREAM_PATH}, {HEALTH_PATH} and {METRICS_PATH} on the websockets library.",
-    )
-    parser.add_argument("--host", help="bind address (default: FORGESYTE_STREAM_HOST or 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port (default: FORGESYTE_STREAM_PORT or 8000)")
-    args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {}
-    if args.host:
-        overrides["host"] = args.host
-    if args.port is not None:
-        overrides["port"] = args.port
-    try:
-        settings = Settings.from_env(**overrides)
-    except SettingsError as error:
-        print(f"websockets_transport: configuration error: {error}", file=sys.stderr)
-        return 2
-    configure_logging(settings.log_level)
-    if settings.event_loop == "uvloop":
-        import uvloop
-
-        uvloop.run(run(settings))
-    else:
-        asyncio.run(run(settings))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

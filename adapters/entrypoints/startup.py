@@ -8,7 +8,7 @@ one line naming the fault on stderr and exit status 2, not a traceback.
 from __future__ import annotations
 
 from adapters.container import PluginLoadError
-from adapters.pipeline_catalog import PipelineLoadError
+from adapters.pipelines.catalog import PipelineLoadError
 from adapters.plugins.yolo import ModelLoadError
 from adapters.settings import SettingsError
 from domain import PipelineValidationError
