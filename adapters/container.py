@@ -29,6 +29,7 @@ from application.pipeline import DagPipelineService, DecodedBytesBudget, StreamS
 from application.sessions import InProcessSlots, SessionManager, SessionSlots
 from application.single_frame import SingleFrameService
 from application.stream import StreamService, StreamSettings
+from application.frame_service import FramePipelineService
 from application.video_service import VideoFilePipelineService
 from domain import BackpressurePolicy
 from domain.sampling import KeepEveryNthPolicy
@@ -89,13 +90,13 @@ def _access_policy(settings: Settings) -> AccessPolicy:
     return settings.access_policy()
 
 
-def _frame_executor(settings: Settings, video: VideoFilePipelineService, observer: Any, analytics: Any) -> Any:
+def _frame_executor(settings: Settings, frames: FramePipelineService, observer: Any, analytics: Any) -> Any:
     """Where frames' pipelines run (FORGESYTE_STREAM_EXECUTOR): threads of this process, or Ray actors."""
     if settings.executor == "ray":
         from adapters.executors.ray.executor import RayFrameExecutor  # Ray is imported only by a server that uses it
 
-        return RayFrameExecutor(settings, video, observer, analytics=analytics, worker_service=worker_pipeline_service)
-    return ThreadFrameExecutor(video=video, workers=settings.inference_workers)
+        return RayFrameExecutor(settings, frames, observer, analytics=analytics, worker_service=worker_pipeline_service)
+    return ThreadFrameExecutor(frames=frames, workers=settings.inference_workers)
 
 
 class Container(containers.DeclarativeContainer):
@@ -144,13 +145,14 @@ class Container(containers.DeclarativeContainer):
         max_frame_pixels=settings.provided.max_frame_pixels,
         decode_budget=decode_budget,
     )
+    frame_service = providers.Singleton(FramePipelineService, pipelines=pipelines, max_frame_bytes=settings.provided.max_frame_bytes)
     video_service = providers.Singleton(
         VideoFilePipelineService,
         pipelines=pipelines,
         video_reader=video_reader,
         max_frame_bytes=settings.provided.max_frame_bytes,
     )
-    frame_executor = providers.Singleton(_frame_executor, settings, video_service, pipeline_observer, analytics)
+    frame_executor = providers.Singleton(_frame_executor, settings, frame_service, pipeline_observer, analytics)
     # Counted in this process; adapters.entrypoints.serve hands the workers of `serve --workers N` a shared table instead.
     session_slots = providers.Singleton(
         InProcessSlots, max_sessions=settings.provided.max_sessions, max_per_key=settings.provided.max_sessions_per_key
@@ -161,7 +163,7 @@ class Container(containers.DeclarativeContainer):
     stream_settings = providers.Singleton(_stream_settings, settings)
     stream_service = providers.Singleton(
         StreamService,
-        video=video_service,
+        frames=frame_service,
         executor=frame_executor,
         sessions=session_manager,
         observer=stream_observer,
@@ -169,7 +171,7 @@ class Container(containers.DeclarativeContainer):
     )
     single_frames = providers.Singleton(
         SingleFrameService,
-        video=video_service,
+        frames=frame_service,
         executor=frame_executor,
         observer=stream_observer,
         frame_timeout_s=stream_settings.provided.frame_timeout_s,
@@ -186,7 +188,7 @@ class Container(containers.DeclarativeContainer):
     )
 
 
-def worker_pipeline_service(settings: Settings, observer: Any, analytics: Any) -> VideoFilePipelineService:
+def worker_pipeline_service(settings: Settings, observer: Any, analytics: Any) -> FramePipelineService:
     """The pipeline service of a process that runs frames for a front end (a Ray actor).
 
     The same wiring as the front end's, from the same settings, except where
@@ -196,7 +198,7 @@ def worker_pipeline_service(settings: Settings, observer: Any, analytics: Any) -
     container = Container(settings=settings)
     container.pipeline_observer.override(providers.Object(observer))
     container.analytics.override(providers.Object(analytics))
-    return container.video_service()
+    return container.frame_service()
 
 
 def build_container(settings: Settings, session_slots: SessionSlots | None = None) -> Container:

@@ -196,7 +196,7 @@ class FrameJob(NamedTuple):
 
     pipeline_id: str
     frame_index: int
-    image: bytes
+    jpeg: bytes
     stream_id: str | None = None
     markers_checked: bool = False
 

@@ -107,7 +107,7 @@ def pool_limit(slots: SessionSlots, key: str | None) -> int:
     return slots.max_per_key
 
 
-class Admission(StrEnum):
+class Registration(StrEnum):
     ACCEPTED = "accepted"
     FULL = "full"
     SHUTTING_DOWN = "shutting_down"
@@ -130,7 +130,7 @@ class SessionHandle:
 class SessionManager:
     """The registry of this process's sessions, created on connect and removed on disconnect.
 
-    Admission draws a slot from `slots`, which counts the whole server's
+    Registration draws a slot from `slots`, which counts the whole server's
     sessions; the registry itself, and so active_count, is this process's.
     All methods run on the event loop; no lock is needed.
     """
@@ -149,15 +149,15 @@ class SessionManager:
     def shutting_down(self) -> bool:
         return self._shutting_down
 
-    def register(self, session: Session) -> tuple[Admission, SessionHandle | None]:
+    def register(self, session: Session) -> tuple[Registration, SessionHandle | None]:
         if self._shutting_down:
-            return Admission.SHUTTING_DOWN, None
+            return Registration.SHUTTING_DOWN, None
         slot = self._slots.acquire()
         if slot is None:
-            return Admission.FULL, None
+            return Registration.FULL, None
         handle = SessionHandle(session=session, task=asyncio.current_task(), slot=slot)
         self._handles[session.session_id] = handle
-        return Admission.ACCEPTED, handle
+        return Registration.ACCEPTED, handle
 
     def unregister(self, session_id: str) -> None:
         handle = self._handles.pop(session_id, None)

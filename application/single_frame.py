@@ -6,7 +6,7 @@ from typing import Any
 
 from application.errors import JobTimedOut, FrameTimeoutError, PipelineExecutionError
 from application.ports import FrameExecutor, FrameJob, StreamObserver
-from application.video_service import VideoFilePipelineService
+from application.frame_service import FramePipelineService
 from domain import validate_jpeg
 
 
@@ -15,21 +15,21 @@ class SingleFrameService:
 
     def __init__(
         self,
-        video: VideoFilePipelineService,
+        frames: FramePipelineService,
         executor: FrameExecutor,
         observer: StreamObserver,
         *,
         frame_timeout_s: float,
         max_frame_bytes: int,
     ) -> None:
-        self._video = video
+        self._frames = frames
         self._executor = executor
         self._observer = observer
         self._frame_timeout_s = frame_timeout_s
         self._max_frame_bytes = max_frame_bytes
 
     def check_pipeline(self, pipeline_id: str) -> None:
-        self._video.check_pipeline(pipeline_id)
+        self._frames.check_pipeline(pipeline_id)
 
     async def run(self, pipeline_id: str, frame_bytes: bytes, frame_index: int = 0) -> dict[str, Any]:
         """The frame's reply `{"frame_index", "result"}`; raises the StreamError the client is told."""

@@ -18,8 +18,8 @@ from typing import Any
 from application.errors import JobStillRunning
 from application.ports import ConnectionClosed, FrameExecutor, FrameJob, StreamObserver, Transport
 from application.protocol import SHUTTING_DOWN_DETAIL, StreamProtocol, error_message
-from application.sessions import Admission, SessionManager
-from application.video_service import VideoFilePipelineService
+from application.sessions import Registration, SessionManager
+from application.frame_service import FramePipelineService
 from domain import (
     CLOSE_CODE_FOR_ERROR,
     DEFAULT_MAX_FRAME_BYTES,
@@ -51,13 +51,13 @@ class StreamService:
 
     def __init__(
         self,
-        video: VideoFilePipelineService,
+        frames: FramePipelineService,
         executor: FrameExecutor,
         sessions: SessionManager,
         observer: StreamObserver,
         settings: StreamSettings,
     ) -> None:
-        self._video = video
+        self._frames = frames
         self._executor = executor
         self._sessions = sessions
         self._observer = observer
@@ -75,16 +75,16 @@ class StreamService:
 
     async def serve(self, transport: Transport, pipeline_id: str | None) -> None:
         """Serve one accepted connection until it closes, whoever closes it."""
-        if not self._video.is_valid_pipeline(pipeline_id):
-            error = self._video.pipeline_error(pipeline_id)
+        if not self._frames.is_valid_pipeline(pipeline_id):
+            error = self._frames.pipeline_error(pipeline_id)
             if error is not None:  # None: it became available in between, so it is served
                 await self._reject(transport, pipeline_id, error)
                 return
         assert pipeline_id is not None  # a missing id is never valid
 
         session = Session(pipeline_id=pipeline_id, policy=self._settings.policy)
-        admission, handle = self._sessions.register(session)
-        if admission is Admission.FULL:
+        registration, handle = self._sessions.register(session)
+        if registration is Registration.FULL:
             await self._reject(
                 transport,
                 pipeline_id,
@@ -94,7 +94,7 @@ class StreamService:
                 ),
             )
             return
-        if admission is Admission.SHUTTING_DOWN:
+        if registration is Registration.SHUTTING_DOWN:
             await self._reject(transport, pipeline_id, StreamError(ErrorCode.SHUTTING_DOWN, SHUTTING_DOWN_DETAIL))
             return
         assert handle is not None

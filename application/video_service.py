@@ -1,4 +1,4 @@
-"""The video use cases: check a pipeline id, run one frame, run a video file."""
+"""The video-file use case: a file's frames through a pipeline as one stream."""
 
 from __future__ import annotations
 
@@ -6,18 +6,14 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from application.errors import PipelineUnavailableError
+from application.frame_service import FramePipelineService
 from application.pipeline import DagPipelineService
-from application.ports import Availability, VideoReader
-from domain import DEFAULT_MAX_FRAME_BYTES, ErrorCode, StreamError, validate_jpeg
+from application.ports import VideoReader
+from domain import DEFAULT_MAX_FRAME_BYTES
 
 
-class VideoFilePipelineService:
-    """The pipelines as the stream, the HTTP endpoint and the run-file command use them.
-
-    The name and the methods `is_valid_pipeline` and `run_on_frame` are the
-    ones the user stories give.
-    """
+class VideoFilePipelineService(FramePipelineService):
+    """The user stories' service: the frame use cases plus `run_on_file` (the run-file command)."""
 
     def __init__(
         self,
@@ -26,67 +22,8 @@ class VideoFilePipelineService:
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
-        self._pipelines = pipelines
+        super().__init__(pipelines, max_frame_bytes=max_frame_bytes)
         self._video_reader = video_reader
-        self.max_frame_bytes = max_frame_bytes
-
-    def is_valid_pipeline(self, pipeline_id: str | None) -> bool:
-        """True when the id names a known pipeline whose plugins can run now (`pipeline_error` says why not)."""
-        return self.pipeline_error(pipeline_id) is None
-
-    def pipeline_error(self, pipeline_id: str | None) -> StreamError | None:
-        """The one pipeline check the stream and the HTTP API use: the error that tells the client what is wrong, if anything."""
-        if not pipeline_id:
-            return StreamError(
-                ErrorCode.INVALID_PIPELINE,
-                f"query parameter pipeline_id is required; expected one of {sorted(self._pipelines.pipeline_ids())}",
-            )
-        try:
-            status = self.pipeline_availability(pipeline_id)
-        except StreamError as unknown:
-            return unknown
-        if not status.available:
-            return PipelineUnavailableError(pipeline_id, status.reason or "unavailable")
-        return None
-
-    def check_pipeline(self, pipeline_id: str | None) -> None:
-        """Raise `pipeline_error`'s error, if any."""
-        error = self.pipeline_error(pipeline_id)
-        if error is not None:
-            raise error
-
-    def runs_inline(self, pipeline_id: str) -> bool:
-        return self._pipelines.runs_inline(pipeline_id)
-
-    def pipeline_availability(self, pipeline_id: str) -> Availability:
-        return self._pipelines.availability(pipeline_id)
-
-    def run_on_frame(
-        self,
-        pipeline_id: str,
-        frame_index: int,
-        frame_bytes: bytes,
-        *,
-        stream_id: str | None = None,
-        markers_checked: bool = False,
-    ) -> dict[str, Any]:
-        """Run one JPEG through the pipeline, in the payload format pipelines expect: `{"frame_index", "result"}`.
-
-        The markers are validated here unless the caller already did (a
-        stream validates each frame as it arrives). Blocking unless the
-        pipeline runs inline: call it from a worker thread.
-        """
-        if not markers_checked:
-            validate_jpeg(frame_bytes, self.max_frame_bytes)
-        payload = {"frame_index": frame_index, "image_bytes": bytes(frame_bytes)}
-        result = self._pipelines.run_pipeline(pipeline_id, payload, stream_id=stream_id)
-        return {"frame_index": frame_index, "result": result}
-
-    def open_stream(self, stream_id: str) -> None:
-        self._pipelines.open_stream(stream_id)
-
-    def release_stream(self, stream_id: str) -> None:
-        self._pipelines.release_stream(stream_id)
 
     def run_on_file(
         self, path: str, pipeline_id: str, frame_stride: int = 1, max_frames: int | None = None

@@ -47,7 +47,7 @@ class Drop:
     cause: DropCause
 
 
-class Admission(NamedTuple):
+class FrameAdmission(NamedTuple):
     """What the application must do after a frame arrived (a named tuple: one is made for every frame)."""
 
     frame: Frame
@@ -185,7 +185,7 @@ class Session:
 
     # Frame flow ------------------------------------------------------------
 
-    def receive_frame(self, data: bytes) -> Admission:
+    def receive_frame(self, data: bytes) -> FrameAdmission:
         """Admit a validated frame: start it, keep it waiting, and drop what it displaces."""
         now = self.now_ms()
         frame = Frame(index=self.increment_frame(), data=data, received_ms=now)
@@ -197,7 +197,7 @@ class Session:
         if self.in_flight is None and not self._waiting:
             self.in_flight = frame
             self._refresh_state(now)
-            return Admission(frame=frame, start=frame, dropped=())
+            return FrameAdmission(frame=frame, start=frame, dropped=())
 
         waiting = self._waiting
         must_drop = self.should_drop_frame(self.processing_ms, now)  # expires the windows at `now`
@@ -218,7 +218,7 @@ class Session:
         if self.in_flight is None and self._waiting:
             start = self.in_flight = self._waiting.popleft()
         self._refresh_state(now)
-        return Admission(frame=frame, start=start, dropped=dropped)
+        return FrameAdmission(frame=frame, start=start, dropped=dropped)
 
     def complete_frame(self, frame: Frame, *, processing_ms: float, succeeded: bool = True, now: float | None = None) -> None:
         """Record a finished frame; the pipeline is idle until `start_next` is called. `now`: the caller's clock reading, if it has one."""

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from application.errors import JobGivenUp, JobStillRunning, JobTimedOut
 from application.ports import FrameJob
-from application.video_service import VideoFilePipelineService
+from application.frame_service import FramePipelineService
 
 T = TypeVar("T")
 
@@ -30,33 +30,33 @@ log = logging.getLogger(__name__)
 
 
 class ThreadFrameExecutor:
-    """The FrameExecutor port on threads of this process, running `VideoFilePipelineService.run_on_frame`."""
+    """The FrameExecutor port on threads of this process, running `FramePipelineService.run_on_frame`."""
 
-    def __init__(self, video: VideoFilePipelineService, workers: int) -> None:
+    def __init__(self, frames: FramePipelineService, workers: int) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
-        self._video = video
+        self._frames = frames
         self.workers = workers
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forgesyte-infer")
         self._busy = 0
         self._lock = threading.Lock()
 
     def runs_inline(self, pipeline_id: str) -> bool:
-        return self._video.runs_inline(pipeline_id)
+        return self._frames.runs_inline(pipeline_id)
 
     def run_inline(self, job: FrameJob) -> dict[str, Any]:
-        return self._video.run_on_frame(
-            job.pipeline_id, job.frame_index, job.image, stream_id=job.stream_id, markers_checked=job.markers_checked
+        return self._frames.run_on_frame(
+            job.pipeline_id, job.frame_index, job.jpeg, stream_id=job.stream_id, markers_checked=job.markers_checked
         )
 
     async def run(self, job: FrameJob, *, timeout_s: float, give_up: Awaitable[object] | None = None) -> dict[str, Any]:
         return await self.run_blocking(lambda: self.run_inline(job), timeout_s=timeout_s, give_up=give_up)
 
     def open_stream(self, stream_id: str) -> None:
-        self._video.open_stream(stream_id)
+        self._frames.open_stream(stream_id)
 
     def release_stream(self, stream_id: str) -> None:
-        self._video.release_stream(stream_id)
+        self._frames.release_stream(stream_id)
 
     def _tracked(self, fn: Callable[[], T]) -> Callable[[], T]:
         def run() -> T:

@@ -34,7 +34,7 @@ DRIVER = textwrap.dedent(
 
     settings = Settings.from_env()
     container = Container(settings=settings)
-    executor = RayFrameExecutor(settings, container.video_service(), container.metrics(), worker_service=worker_pipeline_service)
+    executor = RayFrameExecutor(settings, container.frame_service(), container.metrics(), worker_service=worker_pipeline_service)
     executor.open_stream("s")
 
     async def frame(index):

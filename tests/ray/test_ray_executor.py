@@ -33,7 +33,7 @@ class _Front:
         from adapters.executors.ray.executor import RayFrameExecutor
 
         self.container = Container(settings=settings)
-        self.video = self.container.video_service()
+        self.video = self.container.frame_service()
         self.registry = self.container.metrics_registry()
         self.executor = RayFrameExecutor(settings, self.video, self.container.metrics(), worker_service=worker_pipeline_service)
 
@@ -292,4 +292,4 @@ def test_actors_the_cluster_cannot_place_stop_start_up_naming_the_variable(ray_c
     settings = _settings(FORGESYTE_STREAM_RAY_ACTOR_CPUS="64")
     container = Container(settings=settings)
     with pytest.raises(RayClusterUnreachable, match="FORGESYTE_STREAM_RAY_ACTORS=2: 2 of the actors were not placed"):
-        RayFrameExecutor(settings, container.video_service(), start_timeout_s=2.0, worker_service=worker_pipeline_service)
+        RayFrameExecutor(settings, container.frame_service(), start_timeout_s=2.0, worker_service=worker_pipeline_service)

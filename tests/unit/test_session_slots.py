@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from adapters.transports.shared.session_slots import SharedSlotTable, slot_directory
-from application.sessions import Admission, InProcessSlots, SessionManager, SessionSlots, SlotToken
+from application.sessions import Registration, InProcessSlots, SessionManager, SessionSlots, SlotToken
 from domain import Session
 
 
@@ -165,9 +165,9 @@ def test_session_manager_admits_against_the_server_wide_table(directory: Path) -
     assert other_worker.acquire() is not None
 
     async def on_the_loop() -> None:  # sessions register from their connection's task
-        admission, handle = manager.register(Session(pipeline_id="probe"))
-        assert admission is Admission.ACCEPTED and handle is not None
-        assert manager.register(Session(pipeline_id="probe"))[0] is Admission.FULL
+        registration, handle = manager.register(Session(pipeline_id="probe"))
+        assert registration is Registration.ACCEPTED and handle is not None
+        assert manager.register(Session(pipeline_id="probe"))[0] is Registration.FULL
         assert manager.active_count() == 1 and manager.server_active_count() == 2
         manager.unregister(handle.session.session_id)
 

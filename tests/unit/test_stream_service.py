@@ -60,7 +60,7 @@ class FakeFrames:
         self.released: list[str] = []
         self.pooled_calls = 0
 
-    # VideoFilePipelineService's pipeline checks
+    # FramePipelineService's pipeline checks
     def is_valid_pipeline(self, pipeline_id: str | None) -> bool:
         return True
 
@@ -72,7 +72,7 @@ class FakeFrames:
         return self._inline
 
     def run_inline(self, job: FrameJob) -> dict[str, Any]:
-        return self._run(job.pipeline_id, job.frame_index, job.image)
+        return self._run(job.pipeline_id, job.frame_index, job.jpeg)
 
     async def run(self, job: FrameJob, *, timeout_s: float, give_up: Any = None) -> dict[str, Any]:
         self.pooled_calls += 1
@@ -116,7 +116,7 @@ def service(
     frame_timeout_s: float = 2.0,
 ) -> StreamService:
     return StreamService(
-        video=video,  # type: ignore[arg-type]
+        frames=video,  # type: ignore[arg-type]
         executor=video,
         sessions=sessions or SessionManager(4),
         observer=observer or RecordingObserver(),
@@ -251,7 +251,7 @@ def test_shutdown_while_a_drop_notice_is_being_sent_still_answers_every_frame() 
         sessions = SessionManager(4)
         transport = SlowFirstDrop([binary(), binary(), binary()])
         stream = StreamService(
-            video=FakeFrames(slow),  # type: ignore[arg-type]
+            frames=FakeFrames(slow),  # type: ignore[arg-type]
             executor=FakeFrames(slow),
             sessions=sessions,
             observer=RecordingObserver(),

@@ -17,7 +17,7 @@ REQUEST = contextvars.ContextVar("REQUEST", default="none")
 
 def executor_without_pipelines(workers: int) -> ThreadFrameExecutor:
     """The executor without pipelines: these tests give it plain callables through run_blocking."""
-    return ThreadFrameExecutor(video=None, workers=workers)  # type: ignore[arg-type]
+    return ThreadFrameExecutor(frames=None, workers=workers)  # type: ignore[arg-type]
 
 
 def test_work_runs_on_a_pool_thread_and_returns_its_result() -> None:

@@ -128,7 +128,7 @@ class PipelineActor:
         started = time.perf_counter()
         try:
             result = self._service.run_on_frame(
-                job.pipeline_id, job.frame_index, job.image, stream_id=stream_id, markers_checked=job.markers_checked
+                job.pipeline_id, job.frame_index, job.jpeg, stream_id=stream_id, markers_checked=job.markers_checked
             )
             failure = None
         except Exception as error:  # every failure goes back as data, see Failure

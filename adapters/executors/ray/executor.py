@@ -364,7 +364,7 @@ class RayFrameExecutor:
     def run_inline(self, job: FrameJob) -> dict[str, Any]:
         """A header-only pipeline, here on the caller's thread (see runs_inline)."""
         return self._local.run_on_frame(
-            job.pipeline_id, job.frame_index, job.image, stream_id=job.stream_id, markers_checked=job.markers_checked
+            job.pipeline_id, job.frame_index, job.jpeg, stream_id=job.stream_id, markers_checked=job.markers_checked
         )
 
     async def run(self, job: FrameJob, *, timeout_s: float, give_up: Awaitable[object] | None = None) -> dict[str, Any]:
