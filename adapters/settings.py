@@ -255,6 +255,12 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("ray_address", None, "with EXECUTOR=ray: host:port of a running Ray cluster's head; unset starts a local Ray instance in-process", _ray_address),
     _Spec("ray_actors", 2, "with EXECUTOR=ray: pipeline actors this front end starts on the cluster, 1-1024", _int(1, 1024)),
     _Spec("ray_actor_cpus", 1.0, "with EXECUTOR=ray: CPUs each actor reserves in the cluster's scheduler, 0.01-256", _float(0.01, 256.0)),
+    _Spec(
+        "ray_reconnect_s",
+        5.0,
+        "with EXECUTOR=ray and RAY_ADDRESS: most seconds between attempts to rejoin a lost cluster (the first after 0.5 s, then doubling), 0.5-300",
+        _float(0.5, 300.0),
+    ),
     _Spec("event_loop", "uvloop", "event loop of the server: uvloop (libuv, faster) or asyncio (the standard library's)", _choice(("uvloop", "asyncio"))),
     _Spec("idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S, "seconds a session may go without a frame before it is closed with idle_timeout (3008), 1-86400", _float(1.0, 86_400.0)),
     _Spec("send_timeout_s", 5.0, "seconds a reply may wait for a client that does not read before its connection is cut, 0.1-600", _float(0.1, 600.0)),
@@ -306,6 +312,7 @@ class Settings:
     ray_address: str | None
     ray_actors: int
     ray_actor_cpus: float
+    ray_reconnect_s: float
     event_loop: str
     idle_timeout_s: float
     send_timeout_s: float

@@ -22,6 +22,19 @@ the caller is told JobStillRunning and its stream waits for the actor before
 it sends that stream's state another frame. Unlike a thread, an actor can be
 killed: one whose call is still running HUNG_AFTER_TIMEOUTS frame timeouts
 after it started is declared hung and replaced, which ends that wait.
+
+A cluster joined at an address can go away as a whole (`ray stop`, the head
+lost) and come back as a new cluster at the same address. A Ray driver cannot
+follow it there, so the front end probes the head's GCS port every
+PROBE_INTERVAL_S; when it stops answering, every actor is given up, the Ray
+connection is shut down, and the front end joins again, with new actors, as
+soon as the port answers, trying at most RAY_RECONNECT_S apart. Sessions stay
+open meanwhile; their frames fail with pipeline_failure.
+
+Joining authenticates the way Ray's CLI does: `ray start --head` turns token
+authentication on whenever it finds a token, but `ray.init(address=...)` sends
+none unless RAY_AUTH_MODE=token, so a token found by the CLI's rules turns
+that mode on for this process.
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from adapters.executors.ray.actor import LocalFrameRunner, PipelineActor, WorkerServiceFactory
@@ -66,6 +80,12 @@ MAX_FAILED_STARTS = 3
 HUNG_AFTER_TIMEOUTS = 3
 # How long a front end keeps running without its cluster's GCS (Ray's default: 60 s, then exit).
 DRIVER_OUTLIVES_CLUSTER_S = 365 * 24 * 3600
+# How often a front end checks that its cluster's head still answers: the time to notice a lost cluster.
+PROBE_INTERVAL_S = 1.0
+# The first wait before rejoining a lost cluster; it doubles up to FORGESYTE_STREAM_RAY_RECONNECT_S.
+FIRST_RECONNECT_S = 0.5
+# Where Ray's CLI and ray.init look for the cluster's token, in this order.
+TOKEN_SETTINGS = "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
 
 
 # The front end's side ------------------------------------------------------------------
@@ -91,17 +111,79 @@ def _loopback(host: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
-def _check_reachable(address: str) -> None:
-    """Fail fast and clearly: ray.init against a dead address retries for a minute before it gives up."""
+def _gcs_answers(address: str, timeout_s: float) -> OSError | None:
+    """None if the head's GCS port accepts a connection, else why not."""
     host, _, port = address.rpartition(":")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=3.0):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return None
     except OSError as error:
+        return error
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast and clearly: ray.init against a dead address retries for a minute before it gives up."""
+    error = _gcs_answers(address, 3.0)
+    if error is not None:
         raise RayClusterUnreachable(
             f"{PREFIX}RAY_ADDRESS={address!r}: no Ray cluster answers there ({error.strerror or error}); "
             "start one with `ray start --head --port PORT` or unset the variable for a local cluster"
-        ) from None
+        )
+
+
+def _readable_token(path: Path) -> bool:
+    try:
+        return bool(path.read_text(encoding="utf-8", errors="replace").strip())
+    except OSError:
+        return False
+
+
+def token_source() -> str | None:
+    """Where Ray will read this process's cluster token from, by the CLI's rules; None if nowhere.
+
+    Names the place only: the token itself is never read into a message or a log.
+    """
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "RAY_AUTH_TOKEN"
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH", "")
+    if named:
+        if not _readable_token(Path(named).expanduser()):
+            raise RayClusterUnreachable(
+                f"RAY_AUTH_TOKEN_PATH={named!r}: the file cannot be read or is empty; "
+                "it must hold the cluster's token (`ray get-auth-token` on the head prints it)"
+            )
+        return f"RAY_AUTH_TOKEN_PATH ({named})"
+    if _readable_token(Path.home() / ".ray" / "auth_token"):
+        return "~/.ray/auth_token"
+    return None
+
+
+def _use_token_if_present() -> str | None:
+    """Authenticate as `ray start` does: with token mode on whenever a token is found and no mode is set."""
+    source = token_source()
+    if source is not None and os.environ.get("RAY_AUTH_MODE") is None:
+        # Before Ray reads its configuration: set here, it reaches ray.init and every Ray thread of this process.
+        os.environ["RAY_AUTH_MODE"] = "token"
+    return source
+
+
+def _join_failure(address: str, error: BaseException, source: str | None) -> str:
+    """The operator's one line when a cluster that answers its port does not let this process join."""
+    cause = " ".join(f"{type(error).__name__}: {error}".split())
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None and mode.lower() != "token":
+        hint = f"RAY_AUTH_MODE={mode!r} sends no token; a cluster started with one refuses this process"
+    elif source is None:
+        hint = (
+            f"no Ray token was found ({TOKEN_SETTINGS}); a cluster started by `ray start` with a token "
+            "refuses a process without it: copy the head's token (`ray get-auth-token` there) to one of those"
+        )
+    else:
+        hint = (
+            f"if the cluster refused the token from {source}, give this process the cluster's own "
+            f"(`ray get-auth-token` on the head) in {TOKEN_SETTINGS}"
+        )
+    return f"{PREFIX}RAY_ADDRESS={address!r}: cannot join the Ray cluster ({cause}); {hint}"
 
 
 def connect(settings: Settings) -> tuple[Any, bool]:
@@ -110,8 +192,10 @@ def connect(settings: Settings) -> tuple[Any, bool]:
     A process already connected (a test session's cluster) is used as it is and left connected at shutdown.
     """
     address = settings.ray_address
+    source = None
     if address is not None:
         _check_reachable(address)
+        source = _use_token_if_present()
     host = address.rpartition(":")[0] if address is not None else "127.0.0.1"
     if _loopback(host.strip("[]")):
         # A cluster on this machine only: Ray otherwise advertises and binds the machine's
@@ -144,8 +228,11 @@ def connect(settings: Settings) -> tuple[Any, bool]:
         # "local" always starts a new instance; None would join whatever cluster /tmp/ray last recorded.
         ray.init(address=address or "local", **options)
     except Exception as error:
-        variable = f"{PREFIX}RAY_ADDRESS={address!r}" if address is not None else f"{PREFIX}EXECUTOR=ray (local cluster)"
-        raise RayClusterUnreachable(f"{variable}: cannot join the Ray cluster: {type(error).__name__}: {error}") from None
+        if address is not None:
+            raise RayClusterUnreachable(_join_failure(address, error, source)) from None
+        raise RayClusterUnreachable(
+            f"{PREFIX}EXECUTOR=ray (local cluster): cannot start a local Ray instance: {type(error).__name__}: {error}"
+        ) from None
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
@@ -180,6 +267,8 @@ class RayFrameExecutor:
         self._moved: set[str] = set()  # streams whose actor died: their state starts over on the next actor
         self._cluster_lost: str | None = None
         self._closed = False
+        self._rejoining = False  # the cluster is gone as a whole: no actor is replaced until it is joined again
+        self._stop = threading.Event()
         # Ray completes futures on its own I/O thread, where calling back into Ray deadlocks:
         # what an actor's death sets in motion (a replacement) runs on this thread instead.
         self._supervisor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forgesyte-ray-supervisor")
@@ -188,6 +277,12 @@ class RayFrameExecutor:
         self._await_ready(start_timeout_s)
         for slot in self._slots:
             self._watch(slot)
+        # Only a cluster of its own address can be rejoined: a local one lives and dies with this process,
+        # and a connection made by someone else (a test session's) is theirs to manage.
+        self._monitor: threading.Thread | None = None
+        if settings.ray_address is not None and self._owns_connection:
+            self._monitor = threading.Thread(target=self._follow_cluster, name="forgesyte-ray-monitor", daemon=True)
+            self._monitor.start()
 
     # Actors --------------------------------------------------------------------------
 
@@ -243,27 +338,37 @@ class RayFrameExecutor:
         except RuntimeError:  # shut down meanwhile
             return
 
-    def _actor_lost(self, slot: _Slot, generation: int, why: str) -> None:
-        with self._lock:
-            if self._closed or slot.generation != generation or slot.state == "dead":
-                return
-            slot.state = "dead"
-            slot.lost += 1
-            for stream_id in slot.streams:
-                self._stream_slot.pop(stream_id, None)
-                self._moved.add(stream_id)
-            moved = len(slot.streams)
-            orphaned = [self._occupancy.pop(stream_id, {}) for stream_id in slot.streams]
-            slot.streams = set()
+    def _mark_dead(self, slot: _Slot) -> tuple[int, list[dict[tuple[str, str], int]]]:
+        """Under the lock: no frame goes to the slot any more; its streams start over elsewhere."""
+        slot.state = "dead"
+        slot.lost += 1
+        for stream_id in slot.streams:
+            self._stream_slot.pop(stream_id, None)
+            self._moved.add(stream_id)
+        moved = len(slot.streams)
+        orphaned = [self._occupancy.pop(stream_id, {}) for stream_id in slot.streams]
+        slot.streams = set()
+        return moved, orphaned
+
+    def _take_back(self, orphaned: list[dict[tuple[str, str], int]]) -> None:
         for ledger in orphaned:
             for (pipeline_id, zone), net in ledger.items():
                 if net:
                     self._replay((Event("zone_occupancy_changed", (pipeline_id, zone, -net)),), None)
+
+    def _actor_lost(self, slot: _Slot, generation: int, why: str) -> None:
+        with self._lock:
+            if self._closed or self._rejoining or slot.generation != generation or slot.state == "dead":
+                return
+            moved, orphaned = self._mark_dead(slot)
+        self._take_back(orphaned)
         log.warning("ray actor %s lost (%s); %d stream(s) move to other actors; starting a replacement", slot.name, why, moved)
         # Marked dead at once, so no frame is routed to it; the replacement talks to Ray, so not from here.
         self._supervise(self._replace, slot)
 
     def _replace(self, slot: _Slot) -> None:
+        if self._rejoining:
+            return
         # An actor that is only unreachable (a network partition) may still be running: it is killed,
         # so that no orphan keeps a stream's state or the cluster's CPUs.
         try:
@@ -280,6 +385,8 @@ class RayFrameExecutor:
             log.error("cannot start a replacement for ray actor %s: %s", slot.name, error)
             return
         with self._lock:
+            if self._rejoining or self._closed:
+                return
             slot.name, slot.handle, slot.generation = fresh.name, fresh.handle, fresh.generation
             slot.state, slot.node_id, slot.in_flight = "starting", None, 0
         generation = slot.generation
@@ -300,6 +407,82 @@ class RayFrameExecutor:
 
         ready.add_done_callback(started)
         self._watch(slot)
+
+    # A lost cluster ------------------------------------------------------------------------
+
+    def _follow_cluster(self) -> None:
+        """The monitor thread: notices the head's GCS gone, then rejoins once it answers again."""
+        address = self._settings.ray_address
+        assert address is not None
+        while not self._stop.wait(PROBE_INTERVAL_S):
+            error = _gcs_answers(address, PROBE_INTERVAL_S)
+            if error is None:
+                continue
+            self._cluster_gone(f"{address} does not answer ({error.strerror or error})")
+            self._rejoin(address)
+
+    def _cluster_gone(self, why: str) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._rejoining = True
+            self._cluster_lost = why
+            moved, orphaned = 0, []
+            for slot in self._slots:
+                # A new generation: whatever the old actors' calls report later is ignored.
+                slot.generation += 1
+                slot.in_flight = 0
+                if slot.state != "dead":
+                    count, ledgers = self._mark_dead(slot)
+                    moved, orphaned = moved + count, orphaned + ledgers
+        self._take_back(orphaned)
+        log.error("ray cluster lost: %s; %d stream(s) wait for it; rejoining when it answers again", why, moved)
+        # The connection belongs to the cluster that is gone; a driver cannot move to its successor.
+        try:
+            self._ray.shutdown()
+        except Exception as error:
+            log.debug("ray.shutdown after losing the cluster failed: %s", error)
+
+    def _rejoin(self, address: str) -> None:
+        delay = FIRST_RECONNECT_S
+        attempts = 0
+        while not self._stop.wait(delay):
+            delay = min(delay * 2, self._settings.ray_reconnect_s)
+            if _gcs_answers(address, PROBE_INTERVAL_S) is not None:
+                continue
+            attempts += 1
+            try:
+                self._join_again()
+            except Exception as error:
+                log.warning("rejoining ray cluster at %s failed (attempt %d): %s", address, attempts, " ".join(str(error).split()))
+                try:
+                    self._ray.shutdown()
+                except Exception as shutdown_error:
+                    log.debug("ray.shutdown after a failed rejoin failed: %s", shutdown_error)
+                continue
+            log.warning("ray cluster at %s joined again after %d attempt(s); %d actor(s) ready", address, attempts, len(self._slots))
+            return
+
+    def _join_again(self) -> None:
+        """Connect, start a full set of actors and wait for them; only then do frames go to them."""
+        self._ray, _ = connect(self._settings)
+        self._remote_class = self._ray.remote(PipelineActor)
+        fresh = [self._start_actor(slot.index, slot.generation + 1) for slot in self._slots]
+        refs = [actor.handle.ready.remote() for actor in fresh]
+        ready, pending = self._ray.wait(refs, num_returns=len(refs), timeout=ACTOR_START_TIMEOUT_S)
+        if pending:
+            raise RayClusterUnreachable(f"{len(pending)} of {len(refs)} actors were not ready within {ACTOR_START_TIMEOUT_S:g} s")
+        infos = self._ray.get(ready)
+        with self._lock:
+            if self._closed:
+                return
+            for slot, actor, info in zip(self._slots, fresh, infos, strict=True):
+                slot.name, slot.handle, slot.generation = actor.name, actor.handle, actor.generation
+                slot.state, slot.node_id, slot.in_flight, slot.failed_starts = "ready", info["node_id"], 0, 0
+            self._cluster_lost = None
+            self._rejoining = False
+        for slot in self._slots:
+            self._watch(slot)
 
     # Routing -----------------------------------------------------------------------------
 
@@ -507,7 +690,9 @@ class RayFrameExecutor:
                 for slot in self._slots
             ]
         ready = sum(actor["state"] == "ready" for actor in actors)
-        if ready == len(actors):
+        if self._rejoining:
+            cluster = "unreachable"
+        elif ready == len(actors):
             cluster = "ok"
         elif ready:
             cluster = "degraded"
@@ -535,7 +720,11 @@ class RayFrameExecutor:
                 return
             self._closed = True
             slots = list(getattr(self, "_slots", []))
+            rejoining = self._rejoining
+        self._stop.set()
         self._supervisor.shutdown(wait=False, cancel_futures=True)
+        if rejoining:
+            return  # the actors went with the cluster, and the connection with them
         for slot in slots:
             try:
                 self._ray.kill(slot.handle)

@@ -33,12 +33,16 @@ class Health:
 
 
 def health(stream_service: StreamService, pipelines: DagPipelineService) -> Health:
+    executor = stream_service.executor_health()
+    # Still 200: the process serves sessions and header-only pipelines; "degraded" says its inference
+    # does not (a Ray cluster unreachable or short of actors), which executor.cluster details.
+    status = "ok" if executor.get("cluster", "ok") == "ok" else "degraded"
     return Health(
-        "ok",
+        status,
         stream_service.sessions.active_count(),
         len(pipelines.pipeline_ids()),
         stream_service.busy_workers(),
-        stream_service.executor_health(),
+        executor,
         stream_service.sessions.server_active_count(),
     )
 
