@@ -28,7 +28,8 @@ DRIVER = textwrap.dedent(
     """
     import asyncio, json, sys, time
     from adapters.container import Container, worker_pipeline_service
-    from application.ports import FrameJob, RayFrameExecutor
+    from adapters.executors.ray.executor import RayFrameExecutor
+    from application.ports import FrameJob
     from adapters.settings import Settings
     from tests.support.media import jpeg
 
