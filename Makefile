@@ -65,7 +65,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/client_bench.py
 
 # The Ray executor against threads, and a two-node Ray cluster on this machine (docs/performance.md).
+# The two-node part runs in network namespaces it creates: root, and `ip` from iproute2.
 bench-ray: $(STAMP)
+	command -v ip >/dev/null || (apt-get update && apt-get install -y iproute2)
 	$(BIN)/python bench/ray_bench.py
 
 # HTML documentation of the contract into docs/html/ (fetches @asyncapi/generator and its

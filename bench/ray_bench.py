@@ -11,9 +11,10 @@
     each with one frame in flight as a session has, give the throughput of each and their ratio
     (goal >= 0.85). Both run 4 pipeline threads: 4 worker threads, or 2 actors of 2 threads.
 
-[2] cluster: `ray start --head --num-cpus 1` pinned to core 0 (taskset) and, later, a second
-    node `ray start --address HEAD --num-cpus 1` pinned to core 1, so each node has one core as a
-    one-core machine would. A front end here is a separate process that joins the cluster as the
+[2] cluster: two network namespaces this benchmark creates (root only), joined by a veth pair:
+    `ray start --head --num-cpus 1` in the head's (10.203.0.1) pinned to core 0 (taskset) and, later,
+    a second node `ray start --address HEAD --num-cpus 1` in the other (10.203.0.2) pinned to core 1,
+    so each node has one core and an address of its own as a one-core machine would. A front end here is a separate process that joins the cluster as the
     server does (RayFrameExecutor, one actor of one thread) and feeds it two streams of `faces`
     frames. Baseline: one front end, head node only. Scaled: both nodes, two front ends at once.
     Rounds alternate the two (the second node is started and stopped each round). Reported:
@@ -23,8 +24,11 @@
     added capacity at the same cost per frame whatever the other load did.
 
 The front ends here are the executor without the WebSocket layer in front of it, which is the
-part that scales with the front end itself. Multi-node Ray refuses the loopback address, so the
-two-node cluster uses this machine's own address (Ray picks it) and a random token (RAY_AUTH_TOKEN).
+part that scales with the front end itself; they run in the head's namespace, next to its raylet,
+as a front end runs next to a node of its own. Multi-node Ray refuses the loopback address, and
+the machine's own address is not the benchmark's to use: the nodes talk over the veth pair only,
+with a random token (RAY_AUTH_TOKEN). The namespaces, and every process left in them, are removed
+on exit, on failure and on SIGTERM or SIGINT. Needs `ip` (iproute2) and taskset (util-linux).
 Shared machines are noisy: run it more than once, when the machine is quiet, and read the spread.
 """
 
@@ -35,8 +39,8 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -187,24 +191,71 @@ def _local(args: argparse.Namespace) -> dict[str, Any]:
 # The simulated two-node cluster ------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _ray_cli() -> str:
     return str(Path(sys.executable).with_name("ray"))
 
 
-class _Node:
-    """One `ray start --block` in its own process group, pinned to a core: stopped by its group id."""
+# The two-node cluster's network: a /24 that exists only inside the benchmark's namespaces.
+HEAD_IP = "10.203.0.1"
+NODE_IP = "10.203.0.2"
 
-    def __init__(self, arguments: list[str], core: int, env: dict[str, str], log: Path) -> None:
+
+class _Namespaces:
+    """Two network namespaces joined by a veth pair, removed with whatever still runs in them."""
+
+    def __init__(self) -> None:
+        self.head, self.node = f"fsr-head-{os.getpid()}", f"fsr-node-{os.getpid()}"
+        self._created: list[str] = []
+
+    def create(self) -> None:
+        tag = str(os.getpid())
+        for name in (self.head, self.node):
+            _ip("netns", "add", name)
+            self._created.append(name)
+            _ip("-n", name, "link", "set", "lo", "up")
+        # Interface names are at most 15 characters; each end lives in one namespace only.
+        head_end, node_end = f"fsrh{tag}"[:15], f"fsrn{tag}"[:15]
+        _ip("link", "add", head_end, "netns", self.head, "type", "veth", "peer", "name", node_end, "netns", self.node)
+        for name, end, address in ((self.head, head_end, HEAD_IP), (self.node, node_end, NODE_IP)):
+            _ip("-n", name, "addr", "add", f"{address}/24", "dev", end)
+            _ip("-n", name, "link", "set", end, "up")
+
+    def run_in(self, name: str) -> list[str]:
+        return ["ip", "netns", "exec", name]
+
+    def remove(self) -> None:
+        for name in reversed(self._created):
+            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True)  # the veth pair goes with it
+        self._created.clear()
+
+
+def _ip(*arguments: str) -> None:
+    completed = subprocess.run(["ip", *arguments], capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(arguments)}: {completed.stderr.strip()}")
+
+
+def _check_namespaces_possible() -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("bench/ray_bench.py: the two-node cluster creates network namespaces: run it as root (or --only local)")
+    if shutil.which("ip") is None:
+        raise SystemExit("bench/ray_bench.py: `ip` not found: install iproute2 (apt-get install -y iproute2), or --only local")
+
+
+class _Node:
+    """One `ray start --block` in its own process group, in a namespace, pinned to a core: stopped by its group id."""
+
+    def __init__(self, arguments: list[str], core: int, env: dict[str, str], log: Path, prefix: list[str]) -> None:
         pin = ["taskset", "-c", str(core)] if _has_taskset() else []
         self.log = log
         self.process = subprocess.Popen(
-            [*pin, _ray_cli(), "start", "--block", "--disable-usage-stats", "--num-cpus", "1", *arguments],
+            [*prefix, *pin, _ray_cli(), "start", "--block", "--disable-usage-stats", "--num-cpus", "1", *arguments],
             env=env,
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
@@ -239,7 +290,7 @@ def _has_taskset() -> bool:
     return subprocess.run(["which", "taskset"], capture_output=True).returncode == 0
 
 
-def _wait_nodes(env: dict[str, str], address: str, count: int, timeout_s: float) -> None:
+def _wait_nodes(env: dict[str, str], address: str, count: int, timeout_s: float, prefix: list[str]) -> None:
     """Until exactly `count` nodes are alive (a stopped node unregisters before the next phase places actors)."""
     code = (
         "import ray, sys, time\n"
@@ -249,18 +300,18 @@ def _wait_nodes(env: dict[str, str], address: str, count: int, timeout_s: float)
         f"while alive() != {count} and time.time() < deadline: time.sleep(0.2)\n"
         f"sys.exit(0 if alive() == {count} else 1)\n"
     )
-    if subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode != 0:
+    if subprocess.run([*prefix, sys.executable, "-c", code], env=env, capture_output=True).returncode != 0:
         raise RuntimeError(f"the cluster at {address} did not reach {count} live node(s) within {timeout_s:g} s")
 
 
-def _front_ends(count: int, address: str, env: dict[str, str], seconds: float) -> list[dict[str, Any]]:
+def _front_ends(count: int, address: str, env: dict[str, str], seconds: float, prefix: list[str]) -> list[dict[str, Any]]:
     """`count` front-end processes feeding the cluster at the same time; each prints its JSON report.
 
     Each joins the cluster, builds its actor and warms it up, says "ready" and waits; all start together.
     """
     processes = [
         subprocess.Popen(
-            [sys.executable, __file__, "--front-end", address, "--seconds", str(seconds)],
+            [*prefix, sys.executable, __file__, "--front-end", address, "--seconds", str(seconds)],
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -323,12 +374,9 @@ def _front_end(address: str, seconds: float) -> int:
 
 
 def _cluster(args: argparse.Namespace) -> dict[str, Any]:
-    import ray
-
-    port = _free_port()
-    # Not ray.util.get_node_ip_address(): after [1] this process is in single-machine mode (127.0.0.1).
-    node_ip = ray._private.services.node_ip_address_from_perspective()
-    address = f"{node_ip}:{port}"
+    _check_namespaces_possible()
+    port = 6379  # the namespace's own: no other process listens there
+    address = f"{HEAD_IP}:{port}"
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -342,17 +390,33 @@ def _cluster(args: argparse.Namespace) -> dict[str, Any]:
     head: _Node | None = None
     worker: _Node | None = None
     rounds: list[dict[str, Any]] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)  # through the finally below, which removes the namespaces
+
+    for sig in previous:
+        signal.signal(sig, interrupted)
+    namespaces = _Namespaces()
     try:
-        head = _Node(["--head", "--port", str(port), "--include-dashboard=false"], 0, env, logs / "head.log")
-        _wait_nodes(env, address, 1, 60)
+        namespaces.create()  # removed in the finally below even if it fails half-way
+        in_head, in_node = namespaces.run_in(namespaces.head), namespaces.run_in(namespaces.node)
+        head = _Node(
+            ["--head", "--port", str(port), "--node-ip-address", HEAD_IP, "--include-dashboard=false", "--temp-dir", str(logs / "ray")],
+            0,
+            env,
+            logs / "head.log",
+            in_head,
+        )
+        _wait_nodes(env, address, 1, 60, in_head)
         for round_number in range(args.rounds):
-            one = _front_ends(1, address, env, args.seconds)
-            worker = _Node(["--address", address], 1, env, logs / f"node-{round_number}.log")
-            _wait_nodes(env, address, 2, 60)
-            two = _front_ends(2, address, env, args.seconds)
+            one = _front_ends(1, address, env, args.seconds, in_head)
+            worker = _Node(["--address", address, "--node-ip-address", NODE_IP], 1, env, logs / f"node-{round_number}.log", in_node)
+            _wait_nodes(env, address, 2, 60, in_head)
+            two = _front_ends(2, address, env, args.seconds, in_head)
             worker.stop()
             worker = None
-            _wait_nodes(env, address, 1, 60)
+            _wait_nodes(env, address, 1, 60, in_head)
             total = sum(report["fps"] for report in two)
             used = sorted({report["node_id"][:12] for report in two})
             each = " + ".join(f"{report['fps']:.1f}" for report in two)
@@ -382,6 +446,9 @@ def _cluster(args: argparse.Namespace) -> dict[str, Any]:
         for node in (worker, head):
             if node is not None:
                 node.stop()
+        namespaces.remove()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     one_fps = statistics.median(r["one"] for r in rounds)
     two_fps = statistics.median(r["two"] for r in rounds)
     efficiency = statistics.median(r["per_cpu_second_ratio"] for r in rounds)
@@ -389,7 +456,7 @@ def _cluster(args: argparse.Namespace) -> dict[str, Any]:
         f"[2] cluster: one front end + one node {one_fps:.1f} frames/s; two front ends + two nodes {two_fps:.1f} frames/s; "
         f"ratio of medians {two_fps / one_fps:.2f} (goal >= 1.6); frames per actor CPU-second, two ÷ one, median "
         f"{efficiency:.2f}; actors ran on {min(r['nodes_used'] for r in rounds)} node(s) in every round; "
-        f"cores pinned: {_has_taskset()}",
+        f"cores pinned: {_has_taskset()}; nodes {HEAD_IP} and {NODE_IP} in network namespaces over a veth pair",
         flush=True,
     )
     return {
