@@ -427,7 +427,8 @@ class RayFrameExecutor:
                 return
             self._rejoining = True
             self._cluster_lost = why
-            moved, orphaned = 0, []
+            moved = 0
+            orphaned: list[dict[tuple[str, str], int]] = []
             for slot in self._slots:
                 # A new generation: whatever the old actors' calls report later is ignored.
                 slot.generation += 1
