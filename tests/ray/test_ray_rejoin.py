@@ -47,8 +47,8 @@ class NamespacedCluster:
     """
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
-        if shutil.which("unshare") is None:
-            pytest.skip("unshare (util-linux) is not installed")
+        if shutil.which("unshare") is None or os.geteuid() != 0:
+            pytest.skip("a PID namespace of the test's own needs unshare (util-linux) and root")
         loop = f'while IFS= read -r line; do bash -c "$line" >>{log} 2>&1; echo "rc=$?"; done'
         self.log = log
         self.shell = subprocess.Popen(
