@@ -22,7 +22,7 @@ zones, taken off the occupancy gauge) when the stream is released.
 
 from __future__ import annotations
 
-import math
+
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +30,20 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from adapters.plugins.common import float_param, int_param
+from adapters.plugins.common import int_param
+from adapters.plugins.tracking_params import (
+    ANCHORS,
+    DIRECTIONS,
+    LineSpec,
+    TrackerSettings,
+    ZoneSpec,
+    choice_param,
+    label_filter,
+    detections_source,
+    parse_lines,
+    parse_tracker_settings,
+    parse_zones,
+)
 from application.ports import Availability, Tool, ToolContext
 from domain import PipelineValidationError
 
@@ -51,21 +64,6 @@ PLUGIN_ID = "tracking"
 TRACK_TOOL = "track"
 LINE_TOOL = "line_count"
 ZONE_TOOL = "zone_count"
-
-_ANCHORS: dict[str, tuple[sv.Position, ...]] = {
-    "center": (sv.Position.CENTER,),
-    "bottom_center": (sv.Position.BOTTOM_CENTER,),
-    "top_center": (sv.Position.TOP_CENTER,),
-    "center_left": (sv.Position.CENTER_LEFT,),
-    "center_right": (sv.Position.CENTER_RIGHT,),
-    "corners": (sv.Position.TOP_LEFT, sv.Position.TOP_RIGHT, sv.Position.BOTTOM_LEFT, sv.Position.BOTTOM_RIGHT),
-}
-_COORDINATES = ("relative", "pixels")
-_DIRECTIONS = ("in", "out")
-# Names become Prometheus label values and JSON keys: short, printable, from the pipeline file.
-_MAX_NAME_LENGTH = 64
-_MAX_SHAPES = 32
-
 
 class AnalyticsSink(Protocol):
     """Where counts go besides the result: Prometheus in the server (adapters.observability.metrics.PrometheusAnalytics)."""
@@ -91,130 +89,6 @@ class _NoAnalytics:
 
     def zone_occupancy_changed(self, pipeline_id: str, zone: str, delta: int) -> None:
         pass
-
-
-# Parameters -------------------------------------------------------------------------
-
-
-def _source(inputs: Mapping[str, Any]) -> str:
-    source = inputs.get("source")
-    if not isinstance(source, str) or not source:
-        raise ValueError(
-            "parameter 'source' must name the detections list to use, the key a predecessor node outputs "
-            f"(faces, people, detections), got {source!r}"
-        )
-    return source
-
-
-def _choice(inputs: Mapping[str, Any], name: str, default: str, options: Sequence[str]) -> str:
-    value = inputs.get(name, default)
-    if value not in options:
-        raise ValueError(f"parameter {name!r} must be one of {', '.join(options)}, got {value!r}")
-    return str(value)
-
-
-def _labels(inputs: Mapping[str, Any]) -> frozenset[str] | None:
-    value = inputs.get("labels")
-    if value is None:
-        return None
-    if not isinstance(value, list) or not value or not all(isinstance(item, str) and item for item in value):
-        raise ValueError(f"parameter 'labels' must be a non-empty list of detection labels, got {value!r}")
-    return frozenset(value)
-
-
-def _name(value: Any, what: str) -> str:
-    if (
-        not isinstance(value, str)
-        or not value
-        or len(value) > _MAX_NAME_LENGTH
-        or not value.isprintable()
-        or value != value.strip()
-    ):
-        raise ValueError(f"{what} needs a 'name': 1-{_MAX_NAME_LENGTH} printable characters, got {value!r}")
-    return value
-
-
-def _point(value: Any, what: str, coordinates: str) -> tuple[float, float]:
-    if (
-        not isinstance(value, list)
-        or len(value) != 2
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-    ):
-        raise ValueError(f"{what} must be a point [x, y], got {value!r}")
-    x, y = float(value[0]), float(value[1])
-    if coordinates == "relative" and not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
-        raise ValueError(f"{what} {value!r} is outside 0..1 (coordinates are relative to the frame's width and height)")
-    if coordinates == "pixels" and (x < 0 or y < 0):
-        raise ValueError(f"{what} {value!r} has a negative pixel coordinate")
-    return x, y
-
-
-def _shapes(inputs: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
-    value = inputs.get(key)
-    if not isinstance(value, list) or not 1 <= len(value) <= _MAX_SHAPES or not all(isinstance(v, dict) for v in value):
-        raise ValueError(f"parameter {key!r} must be a list of 1-{_MAX_SHAPES} objects, got {value!r}")
-    names = [item.get("name") for item in value]
-    if len(set(map(str, names))) != len(names):
-        raise ValueError(f"parameter {key!r}: names must be unique, got {names!r}")
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class LineSpec:
-    name: str
-    start: tuple[float, float]
-    end: tuple[float, float]
-
-
-@dataclass(frozen=True, slots=True)
-class ZoneSpec:
-    name: str
-    polygon: tuple[tuple[float, float], ...]
-
-
-def parse_lines(inputs: Mapping[str, Any]) -> tuple[str, tuple[LineSpec, ...]]:
-    """The `coordinates` and `lines` of a line_count node; raises ValueError naming what is wrong."""
-    coordinates = _choice(inputs, "coordinates", "relative", _COORDINATES)
-    lines = []
-    for item in _shapes(inputs, "lines"):
-        name = _name(item.get("name"), "each line")
-        start = _point(item.get("start"), f"line {name!r}: 'start'", coordinates)
-        end = _point(item.get("end"), f"line {name!r}: 'end'", coordinates)
-        if start == end:
-            raise ValueError(f"line {name!r}: 'start' and 'end' are the same point")
-        lines.append(LineSpec(name, start, end))
-    return coordinates, tuple(lines)
-
-
-def parse_zones(inputs: Mapping[str, Any]) -> tuple[str, tuple[ZoneSpec, ...]]:
-    """The `coordinates` and `zones` of a zone_count node; raises ValueError naming what is wrong."""
-    coordinates = _choice(inputs, "coordinates", "relative", _COORDINATES)
-    zones = []
-    for item in _shapes(inputs, "zones"):
-        name = _name(item.get("name"), "each zone")
-        polygon = item.get("polygon")
-        if not isinstance(polygon, list) or len(polygon) < 3:
-            raise ValueError(f"zone {name!r}: 'polygon' must be a list of at least 3 points [x, y], got {polygon!r}")
-        points = tuple(_point(p, f"zone {name!r}: polygon point", coordinates) for p in polygon)
-        zones.append(ZoneSpec(name, points))
-    return coordinates, tuple(zones)
-
-
-@dataclass(frozen=True, slots=True)
-class TrackerSettings:
-    lost_track_buffer: int
-    activation_threshold: float
-    matching_threshold: float
-    min_consecutive_frames: int
-
-
-def parse_tracker_settings(inputs: Mapping[str, Any]) -> TrackerSettings:
-    return TrackerSettings(
-        lost_track_buffer=int_param(inputs, "lost_track_buffer", 30, low=1, high=100_000),
-        activation_threshold=float_param(inputs, "activation_threshold", 0.25, low=0.0, high=1.0),
-        matching_threshold=float_param(inputs, "matching_threshold", 0.8, low=0.0, high=1.0),
-        min_consecutive_frames=int_param(inputs, "min_consecutive_frames", 1, low=1, high=1000),
-    )
 
 
 # Detections in and out ---------------------------------------------------------------
@@ -353,11 +227,11 @@ class _LineCounter:
         self._zone = sv.LineZone(
             start=sv.Point(*spec.start),
             end=sv.Point(*spec.end),
-            triggering_anchors=_ANCHORS[anchor],
+            triggering_anchors=ANCHORS[anchor],
             minimum_crossing_threshold=min_crossing_frames,
         )
-        self._counted: dict[str, set[int]] = {direction: set() for direction in _DIRECTIONS}
-        self.counts = {direction: 0 for direction in _DIRECTIONS}
+        self._counted: dict[str, set[int]] = {direction: set() for direction in DIRECTIONS}
+        self.counts = {direction: 0 for direction in DIRECTIONS}
 
     def trigger(self, xyxy: np.ndarray, ids: list[int]) -> list[tuple[int, str]]:
         detections = sv.Detections(xyxy=xyxy.reshape(-1, 4), tracker_id=np.asarray(ids, dtype=int).reshape(-1))
@@ -374,7 +248,7 @@ class _LineCounter:
 
     def forget(self, alive: set[int]) -> None:
         """Keep only the ids of tracks still seen, so a long stream's memory stays bounded."""
-        for direction in _DIRECTIONS:
+        for direction in DIRECTIONS:
             self._counted[direction] &= alive
 
 
@@ -411,7 +285,7 @@ class _ZoneState:
             self.polygons = [
                 sv.PolygonZone(
                     polygon=np.rint(np.array(zone.polygon, dtype=np.float64) * np.array(scale)).astype(np.int64),
-                    triggering_anchors=_ANCHORS[anchor],
+                    triggering_anchors=ANCHORS[anchor],
                 )
                 for zone in self.zones
             ]
@@ -472,17 +346,17 @@ class TrackingPlugin:
                     continue
                 params = dict(node.params)
                 try:
-                    _source(params)
+                    detections_source(params)
                     if node.tool_id == TRACK_TOOL:
                         parse_tracker_settings(params)
                     elif node.tool_id == LINE_TOOL:
-                        _choice(params, "anchor", "center", tuple(_ANCHORS))
-                        _labels(params)
+                        choice_param(params, "anchor", "center", tuple(ANCHORS))
+                        label_filter(params)
                         int_param(params, "min_crossing_frames", 1, low=1, high=1000)
                         lines.extend(line.name for line in parse_lines(params)[1])
                     elif node.tool_id == ZONE_TOOL:
-                        _choice(params, "anchor", "bottom_center", tuple(_ANCHORS))
-                        _labels(params)
+                        choice_param(params, "anchor", "bottom_center", tuple(ANCHORS))
+                        label_filter(params)
                         zones.extend(zone.name for zone in parse_zones(params)[1])
                 except ValueError as error:
                     raise PipelineValidationError(
@@ -509,7 +383,7 @@ class TrackingPlugin:
         start a track), matching_threshold (0.8, the largest 1 - IoU a match may have),
         min_consecutive_frames (1, matches before a track gets its id).
         """
-        source = _source(inputs)
+        source = detections_source(inputs)
         settings = parse_tracker_settings(inputs)
         items = _detections(inputs, source)
         state = context.state()
@@ -533,11 +407,11 @@ class TrackingPlugin:
         min_crossing_frames (1, processed frames on the new side before a crossing counts),
         labels (optional: only detections with these labels count).
         """
-        source = _source(inputs)
+        source = detections_source(inputs)
         coordinates, lines = parse_lines(inputs)
-        anchor = _choice(inputs, "anchor", "center", tuple(_ANCHORS))
+        anchor = choice_param(inputs, "anchor", "center", tuple(ANCHORS))
         min_frames = int_param(inputs, "min_crossing_frames", 1, low=1, high=1000)
-        labels = _labels(inputs)
+        labels = label_filter(inputs)
         items = _detections(inputs, source)
         config = (coordinates, lines, anchor, min_frames)
         state = context.state()
@@ -570,10 +444,10 @@ class TrackingPlugin:
         (required), zones (required: [{"name", "polygon": [[x, y], ...]}], 3 points or more),
         coordinates ("relative" or "pixels"), anchor ("bottom_center"), labels (optional).
         """
-        source = _source(inputs)
+        source = detections_source(inputs)
         coordinates, zones = parse_zones(inputs)
-        anchor = _choice(inputs, "anchor", "bottom_center", tuple(_ANCHORS))
-        labels = _labels(inputs)
+        anchor = choice_param(inputs, "anchor", "bottom_center", tuple(ANCHORS))
+        labels = label_filter(inputs)
         items = _detections(inputs, source)
         config = (coordinates, zones, anchor)
         state = context.state()
