@@ -58,11 +58,12 @@ class Values:
     port: int
     tmp: Path
     pid: int = 0  # of the server running now
+    ray_port: int = 0  # a Ray head's port, for the Ray recipe
 
     def fill(self, template: str) -> str:
         # A pid of 0 would make `kill -TERM {pid}` signal the test's own process group.
         assert self.pid > 0 or "{pid}" not in template, f"{template!r} names the server's pid, but no server was started before it"
-        return template.format(port=self.port, tmp=self.tmp, pid=self.pid, venv_bin=VENV_BIN)
+        return template.format(port=self.port, tmp=self.tmp, pid=self.pid, venv_bin=VENV_BIN, ray_port=self.ray_port)
 
 
 @dataclass(frozen=True)
@@ -85,12 +86,30 @@ class Run:
     expect_output: tuple[str, ...] = ()
     expect_files: tuple[str, ...] = ()
     timeout_s: float = 120.0
+    # Run after the document's server has stopped, even on failure: what the block started outside
+    # the harness's process groups (a Ray head that `ray start` daemonised).
+    cleanup: tuple[str, ...] = ()
 
 
 # A port for a server command that names none (`make serve`, a bare `forgesyte-stream serve`).
 SERVER_PORT = {"FORGESYTE_STREAM_PORT": "{port}"}
 # Docs written for an installed package call it by name; in this checkout it is the virtualenv's.
 INSTALLED_SERVE = ("forgesyte-stream serve", "{venv_bin}/forgesyte-stream serve")
+
+
+def _executor_is_ray_and_ok(values: Values) -> None:
+    health = _get(values, "/health")
+    assert isinstance(health, dict) and health["executor"]["kind"] == "ray", health
+    deadline = time.monotonic() + 60
+    while health["status"] != "ok" and time.monotonic() < deadline:  # type: ignore[index]
+        time.sleep(0.5)
+        health = _get(values, "/health")
+    assert health["status"] == "ok", health  # type: ignore[index]
+
+
+def _ray_port(values: Values) -> None:
+    values.ray_port = free_port()
+    (values.tmp / "home").mkdir(exist_ok=True)
 
 
 def _get(values: Values, path: str) -> object:
@@ -187,6 +206,22 @@ RUNS: dict[tuple[str, str], Run] = {
     ),
     ("docs/deployment.md", "forgesyte-stream serve"): Run(
         substitutions=(INSTALLED_SERVE,), env=SERVER_PORT, server_checks=(_serves_defaults, _serves_defaults)
+    ),
+    # The Ray recipe as ray start sets it up, token authentication on: the token goes to a HOME of the
+    # test's own, the head gets a free port, and `ray stop` (which stops every Ray process it can see;
+    # nothing else runs Ray while this test does) ends it afterwards.
+    ("docs/deployment.md", "ray get-auth-token --generate >/dev/null"): Run(
+        substitutions=(
+            ("ray get-auth-token", "{venv_bin}/ray get-auth-token"),
+            ("=0 ray start", "=0 {venv_bin}/ray start"),
+            ("6379", "{ray_port}"),
+            INSTALLED_SERVE,
+        ),
+        env={**SERVER_PORT, "HOME": "{tmp}/home"},
+        prepare=_ray_port,
+        server_checks=(_executor_is_ray_and_ok,),
+        cleanup=("{venv_bin}/ray stop --force",),
+        timeout_s=180.0,
     ),
     ("contracts/README.md", "FORGESYTE_STREAM_PIPELINES_DIR=contracts/pipelines FORGESYTE_STREAM_PLUGINS=contracts.fault_plugin:ContractFaultPlugin PYTHONPATH=. .venv/bin/forgesyte-stream serve --host 0.0.0.0 --port 8000 &"): Run(
         substitutions=(("--host 0.0.0.0", "--host 127.0.0.1"), ("--port 8000", "--port {port}"), ("ws://HOST:8000", "ws://127.0.0.1:{port}"), ("<pid>", "{pid}")),
@@ -343,6 +378,7 @@ def values(tmp_path: Path) -> Iterator[Values]:
 @pytest.mark.parametrize("document", _runnable_documents())
 def test_the_documents_commands_run_as_written(document: str, values: Values) -> None:
     server: Background | None = None
+    cleanups: list[tuple[str, Mapping[str, str]]] = []
     try:
         for block in (block for block in _blocks() if block.document == document and block.illustrative is None):
             run = RUNS.get(block.key)
@@ -351,6 +387,7 @@ def test_the_documents_commands_run_as_written(document: str, values: Values) ->
             if run.prepare is not None:
                 run.prepare(values)
             environment = _environment(run, values)
+            cleanups.extend((values.fill(command), environment) for command in run.cleanup)
             checks = list(run.server_checks)
             output = ""
             _check_substitutions(block, run)
@@ -378,5 +415,9 @@ def test_the_documents_commands_run_as_written(document: str, values: Values) ->
             for path in run.expect_files:
                 assert Path(values.fill(path)).is_file(), f"{block.where()}: {values.fill(path)} was not written"
     finally:
-        if server is not None:
-            server.stop()
+        try:
+            if server is not None:
+                server.stop()
+        finally:
+            for command, environment in cleanups:
+                subprocess.run(["bash", "-c", command], cwd=ROOT, env=dict(environment), capture_output=True, timeout=120, check=False)
