@@ -41,10 +41,12 @@ test: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
 	$(BIN)/pytest
 	$(MAKE) --no-print-directory contracts
 
-# ruff over everything; mypy --strict over domain/ and application/ (pyproject.toml holds both configurations).
+# ruff over everything; mypy --strict over domain/, application/ and adapters/; lint-imports for the
+# hexagon's import contracts (pyproject.toml holds all three configurations).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 contracts: $(STAMP)
 	$(BIN)/pytest contracts

@@ -25,7 +25,7 @@ import ssl
 from contextlib import nullcontext
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -41,13 +41,23 @@ from adapters.transports.shared.endpoints import HEALTH_PATH, METRICS_PATH, drai
 from adapters.settings import Settings
 from adapters.transports.websockets.connection_limits import CLOSE_TIMEOUT_S, LimitedServerConnection, StreamLimits, library_logger, limited_connection
 from application.access import AccessPolicy, Channel, StreamAccess
-from application.ports import ConnectionClosed, Inbound, InboundKind, SendTimedOut
+from application.ports import ConnectionClosed, FrameExecutor, Inbound, InboundKind, SendTimedOut
 from application.pipeline import DagPipelineService
+from application.sessions import SessionManager
 from application.stream import StreamService
 from domain import CloseCode
 
-if TYPE_CHECKING:
-    from adapters.container import Container
+class Services(Protocol):
+    """What `run` takes from the container, named here so a transport never imports the container that wires it."""
+
+    def access_policy(self) -> AccessPolicy: ...
+    def access_events(self) -> AccessEvents: ...
+    def session_manager(self) -> SessionManager: ...
+    def frame_executor(self) -> FrameExecutor: ...
+    def stream_access(self) -> StreamAccess: ...
+    def stream_service(self) -> StreamService: ...
+    def pipelines(self) -> DagPipelineService: ...
+    def metrics_exporter(self) -> MetricsExporter: ...
 
 STREAM_PATH = "/ws/video/stream"
 
@@ -201,7 +211,7 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-async def run(settings: Settings, container: Container, *, ready: asyncio.Event | None = None) -> None:
+async def run(settings: Settings, container: Services, *, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain sessions the way adapters.entrypoints.serve does for uvicorn.
 
     Listening stops first, so no new session starts; every open session is
