@@ -150,7 +150,7 @@ class _LocalFamily(Collector):
         with self._lock:
             children = list(self._children.items())
         for key, child in children:
-            if isinstance(child, _LocalCounter):
+            if isinstance(family, CounterMetricFamily):
                 family.add_metric(list(key), child.value)
             else:
                 counts, total = child.snapshot()
@@ -161,7 +161,7 @@ class _LocalFamily(Collector):
                 family.add_metric(list(key), buckets, total)
         return [family]
 
-    def _family(self) -> Metric:
+    def _family(self) -> CounterMetricFamily | HistogramMetricFamily:
         if self._kind == "counter":
             return CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
         return HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import cv2
+import cv2.data
 import numpy as np
 
 from adapters.plugins.common import (
@@ -120,7 +121,7 @@ class OpenCvVisionPlugin:
     @staticmethod
     def _make_hog() -> Any:
         hog = cv2.HOGDescriptor()
-        hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+        hog.setSVMDetector(np.asarray(cv2.HOGDescriptor.getDefaultPeopleDetector(), dtype=np.float32))
         return hog
 
     # Faces --------------------------------------------------------------------
@@ -224,8 +225,9 @@ class OpenCvVisionPlugin:
 
         state = context.state()
         model = state.get("model")
-        warming_up = not (isinstance(model, _MotionModel) and model.shape == shape and model.settings == settings)
-        if warming_up:
+        warming_up = False
+        if not (isinstance(model, _MotionModel) and model.shape == shape and model.settings == settings):
+            warming_up = True
             model = _MotionModel(
                 cv2.createBackgroundSubtractorMOG2(history=history, varThreshold=var_threshold, detectShadows=detect_shadows),
                 shape,

@@ -191,7 +191,7 @@ class GapAwareTracker:
         tracked = self._tracker.update_with_detections(detections)
         ids: list[int | None] = [None] * len(xyxy)
         if len(tracked) and tracked.tracker_id is not None:
-            for index, tracker_id in zip(tracked.data["index"].tolist(), tracked.tracker_id.tolist()):
+            for index, tracker_id in zip(np.asarray(tracked.data["index"]).tolist(), tracked.tracker_id.tolist()):
                 ids[int(index)] = int(tracker_id)
         return ids
 

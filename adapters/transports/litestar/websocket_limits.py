@@ -149,7 +149,9 @@ class LimitedWebSocketConnection(WebSocketsSansIOProtocol):
                 end, frames_ending = self._aligned_slice(view, position, size)
             else:
                 end, frames_ending = min(size, position + (_SPARSE_SLICE_BYTES if self._sparse else _DENSE_SLICE_BYTES)), -1
-            self.conn.receive_data(data if position == 0 and end == size else view[position:end])
+            # websockets feeds this into a bytearray, which takes any buffer; its annotation names only bytes/bytearray,
+            # and a bytes() copy of every slice is what the memoryview is here to avoid.
+            self.conn.receive_data(data if position == 0 and end == size else view[position:end])  # type: ignore[arg-type]
             position = end
             if self.conn.parser_exc is not None:
                 self.handle_parser_exception()

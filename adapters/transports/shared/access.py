@@ -150,7 +150,7 @@ class AccessGuard:
                 refusal = unauthorized_refusal(credential)
         if refusal is None:
             if channel is Channel.WEBSOCKET:
-                scope[RAW_CHANNEL] = (receive, send)  # type: ignore[typeddict-unknown-key]
+                scope[RAW_CHANNEL] = (receive, send)
             if key == "-":
                 await self.app(scope, receive, send)
                 return
