@@ -3,14 +3,7 @@
 import pytest
 
 from domain import BackpressurePolicy, BackpressureState, DropCause, Session
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.fakes import Clock
 
 
 JPEG = b"\xff\xd8 frame \xff\xd9"

@@ -23,6 +23,7 @@ from domain import (
     StreamError,
 )
 from tests.support.catalog import DictCatalog
+from tests.support.fakes import CountingDecoder, RecordingPipelineObserver
 from tests.support.media import jpeg_header
 
 SECRET_TEXT = "tool-internal-secret-/var/lib/model.bin"
@@ -30,23 +31,6 @@ PAYLOAD = {"frame_index": 7, "image_bytes": jpeg_header(64, 48)}
 
 
 # Fakes ------------------------------------------------------------------------
-
-
-class CountingDecoder:
-    def __init__(self, error: Exception | None = None) -> None:
-        self.calls = 0
-        self.error = error
-        self.reductions: list[int] = []
-
-    def decode(self, image_bytes: bytes, reduction: int = 1) -> Any:
-        self.calls += 1
-        self.reductions.append(reduction)
-        if self.error is not None:
-            raise self.error
-        return {"decoded_from": len(image_bytes)}
-
-    def memory_needed(self, info: Any, reduction: int) -> int:
-        return 1000 // reduction
 
 
 class FakePlugin:
@@ -64,20 +48,6 @@ class FakePlugin:
 
     def availability(self) -> Availability:
         return self._availability
-
-
-class RecordingObserver:
-    def __init__(self) -> None:
-        self.nodes: list[tuple[str, str, bool]] = []
-        self.pipelines: list[tuple[str, bool]] = []
-
-    def node_finished(self, pipeline_id: str, node_id: str, duration_ms: float, *, failed: bool) -> None:
-        assert duration_ms >= 0.0
-        self.nodes.append((pipeline_id, node_id, failed))
-
-    def pipeline_finished(self, pipeline_id: str, duration_ms: float, *, failed: bool) -> None:
-        assert duration_ms >= 0.0
-        self.pipelines.append((pipeline_id, failed))
 
 
 class Closeable:
@@ -563,7 +533,7 @@ def test_release_of_unknown_stream_is_harmless() -> None:
 
 def test_observer_hears_every_node_and_the_pipeline() -> None:
     graph, _, plugin = diamond()
-    observer = RecordingObserver()
+    observer = RecordingPipelineObserver()
     assert isinstance(observer, PipelineObserver)
     service([graph], [plugin], observer=observer).run_pipeline("diamond", PAYLOAD)
     assert sorted(node for _, node, _ in observer.nodes) == ["a", "b", "c", "d"]
@@ -572,7 +542,7 @@ def test_observer_hears_every_node_and_the_pipeline() -> None:
 
 
 def test_observer_hears_the_failed_node_and_the_failed_pipeline() -> None:
-    observer = RecordingObserver()
+    observer = RecordingPipelineObserver()
     pipelines, _ = failing_setup(observer)
     with pytest.raises(PipelineExecutionError):
         pipelines.run_pipeline("fragile", PAYLOAD)

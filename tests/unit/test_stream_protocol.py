@@ -11,17 +11,10 @@ from application.ports import ConnectionClosed, Inbound, InboundKind, SendTimedO
 from application.protocol import ABNORMAL_CLOSURE, Ending, StreamProtocol
 from domain import BackpressurePolicy, ErrorCode, Frame, FrameValidationError, Session, SessionState
 from domain.errors import GENERIC_INTERNAL_DETAIL
+from tests.support.fakes import Clock
 from tests.support.media import jpeg
 
 FRAME = jpeg()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.ms = 1000.0
-
-    def __call__(self) -> float:
-        return self.ms
 
 
 class Observer:
@@ -78,7 +71,7 @@ def test_a_frame_that_finds_the_pipeline_idle_starts_and_its_result_is_reported_
     stream, clock, observer = protocol()
     start = stream.message_received(frame())
     assert start is not None and start.index == 0
-    clock.ms += 40
+    clock.now += 40
     assert stream.frame_finished(start, reply(start)) is None
     assert "frame_processed" not in observer.names(), "reported only once the reply has gone out"
     assert sent(stream) == [{"frame_index": 0, "result": {}}]
@@ -102,7 +95,7 @@ def test_a_frame_arriving_during_work_waits_and_starts_when_the_work_finishes() 
     first = stream.message_received(frame())
     assert first is not None
     assert stream.message_received(frame()) is None
-    clock.ms += 10
+    clock.now += 10
     following = stream.frame_finished(first, reply(first))
     assert following is not None and following.index == 1
 
@@ -112,7 +105,7 @@ def test_under_overload_the_displaced_frames_are_answered_as_dropped_with_a_slow
     first = stream.message_received(frame())
     assert first is not None
     for _ in range(6):
-        clock.ms += 5
+        clock.now += 5
         assert stream.message_received(frame()) is None
     messages = sent(stream)
     assert replies_per_frame(messages) == {index: ["buffer_full"] for index in range(1, 6)}
@@ -262,9 +255,9 @@ def test_a_lost_connection_overrides_a_graceful_close_and_drops_the_queue(gone: 
 
 def test_idle_timer_rearms_for_the_quiet_remainder_and_ends_after_the_timeout() -> None:
     stream, clock, _ = protocol(idle_timeout_s=10.0)
-    clock.ms += 4000
+    clock.now += 4000
     assert stream.idle_check() == pytest.approx(6.0)
-    clock.ms += 6000
+    clock.now += 6000
     assert stream.idle_check() is None
     assert stream.ending is not None and stream.ending.error is not None
     assert stream.ending.error.code is ErrorCode.IDLE_TIMEOUT
@@ -276,14 +269,14 @@ def test_a_frame_in_flight_keeps_the_session_from_idling_and_a_message_restarts_
     stream, clock, _ = protocol(idle_timeout_s=10.0)
     first = stream.message_received(frame())
     assert first is not None
-    clock.ms += 30_000
+    clock.now += 30_000
     assert stream.idle_check() == 10.0, "the client waits for its answer"
     stream.frame_finished(first, reply(first))
-    clock.ms += 3000
+    clock.now += 3000
     second = stream.message_received(frame())
     assert second is not None
     stream.frame_finished(second, reply(second))
-    clock.ms += 9000
+    clock.now += 9000
     assert stream.idle_check() == pytest.approx(1.0), "quiet since the second frame arrived"
     assert stream.ending is None
 

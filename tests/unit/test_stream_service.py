@@ -12,6 +12,7 @@ from application.sessions import SessionManager
 from application.stream import StreamService, StreamSettings
 from domain import BackpressurePolicy, DropCause, ErrorCode, Session
 from domain.errors import GENERIC_INTERNAL_DETAIL
+from tests.support.fakes import RecordingObserver
 from tests.support.media import jpeg
 
 FRAME = jpeg()
@@ -96,17 +97,6 @@ class FakeFrames:
 
     def shutdown(self) -> None:
         return None
-
-
-class RecordingObserver:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, tuple[Any, ...]]] = []
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        def record(*args: Any, **kwargs: Any) -> None:
-            self.events.append((name, args))
-
-        return record
 
 
 def service(

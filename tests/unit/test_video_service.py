@@ -14,19 +14,8 @@ from application.video_service import VideoFilePipelineService
 from domain import ErrorCode, FrameValidationError, PipelineDefinition, PipelineNode, StreamError
 from contracts.fault_plugin import UnavailablePlugin
 from tests.support.catalog import DictCatalog
+from tests.support.fakes import CountingDecoder
 from tests.support.media import jpeg
-
-
-class CountingDecoder:
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def decode(self, image_bytes: bytes, reduction: int = 1) -> Any:
-        self.calls += 1
-        return object()
-
-    def memory_needed(self, info: Any, reduction: int) -> int:
-        return 0
 
 
 class Closeable:
@@ -91,7 +80,7 @@ FRAMES = [(0, jpeg(seed=1)), (3, jpeg(seed=2)), (6, jpeg(seed=3))]
 def world() -> dict[str, Any]:
     plugin = CapturingPlugin()
     store = StreamStateStore()
-    decoder = CountingDecoder()
+    decoder = CountingDecoder(bytes_needed=0)
     pipelines = DagPipelineService(
         DictCatalog(one_node("cap", "cap", "capture"), one_node("off", "offline", "noop")),
         {"cap": plugin, "offline": UnavailablePlugin()},
