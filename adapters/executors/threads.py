@@ -78,7 +78,7 @@ class ThreadFrameExecutor:
         waiter = asyncio.wrap_future(future)
         abandoned = False
 
-        def settle(done: asyncio.Future[object]) -> None:
+        def settle(done: asyncio.Future[T]) -> None:
             # Retrieve the outcome even when nobody awaits it any more, so that a late
             # failure is logged here rather than reported as "exception never retrieved".
             if done.cancelled():

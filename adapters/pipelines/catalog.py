@@ -29,7 +29,7 @@ def parse_definition(document: Any, path: Path) -> PipelineDefinition:
     _require(not unknown, path, f"unknown keys {sorted(unknown)}; expected only {sorted(_TOP_KEYS)}")
     for key in ("id", "nodes", "entry_nodes", "output_nodes"):
         _require(key in document, path, f"missing required key {key!r}")
-    _require(isinstance(document["id"], str) and document["id"], path, "'id' must be a non-empty string")
+    _require(isinstance(document["id"], str) and bool(document["id"]), path, "'id' must be a non-empty string")
     _require(isinstance(document["nodes"], list), path, "'nodes' must be a list")
     nodes = []
     for position, raw in enumerate(document["nodes"]):

@@ -7,11 +7,11 @@ sessions or errors is made here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import structlog
@@ -22,6 +22,7 @@ from litestar.exceptions import HTTPException, WebSocketDisconnect
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.types import Send as AsgiSend
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_400_BAD_REQUEST,
@@ -58,6 +59,10 @@ log = structlog.get_logger("forgesyte.http")
 # WebSocket transport ----------------------------------------------------------
 
 
+# Messages read as plain mappings: the server's own receive and Litestar's give the same keys.
+_Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+
+
 class LitestarWebSocketTransport:
     """Adapts a Litestar WebSocket to the application's Transport port.
 
@@ -72,7 +77,9 @@ class LitestarWebSocketTransport:
         client = socket.client
         self.client = f"{client.host}:{client.port}" if client else "unknown"
         # Behind AccessGuard (as create_app serves it), the server's own channel; else Litestar's.
-        raw = socket.scope.get(RAW_CHANNEL)
+        raw = cast("tuple[_Receive, AsgiSend] | None", socket.scope.get(RAW_CHANNEL))
+        self._receive: _Receive
+        self._send: AsgiSend
         self._receive, self._send = raw if raw is not None else (socket.receive, socket.send)
 
     async def receive(self) -> Inbound:

@@ -33,6 +33,9 @@ log = structlog.get_logger("forgesyte.access")
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+# The app behind the guard may type the ASGI channel its own way (Litestar's scope and messages are TypedDicts);
+# the guard hands on exactly what the server gave it.
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 BEARER_SCHEME_NAME = "bearerAuth"
 WWW_AUTHENTICATE = 'Bearer realm="forgesyte-stream"'
@@ -123,7 +126,7 @@ RAW_CHANNEL = "forgesyte.raw_channel"
 class AccessGuard:
     """Pure ASGI middleware in front of the Litestar app: Host, Origin and, for HTTP, the API key."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], policy: AccessPolicy, events: AccessEvents) -> None:
+    def __init__(self, app: ASGIApp, policy: AccessPolicy, events: AccessEvents) -> None:
         self.app = app
         self._policy = policy
         self._events = events
