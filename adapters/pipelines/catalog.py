@@ -1,11 +1,18 @@
-"""Pipeline definitions from a folder of JSON files, loaded and validated at start-up."""
+"""Pipeline definitions from a folder of JSON files, loaded and validated at start-up.
+
+Each file is decoded into typed structs that refuse unknown keys and wrong
+types, then turned into the domain's PipelineDefinition (which checks the graph).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from domain import PipelineDefinition, PipelineEdge, PipelineNode, PipelineValidationError
 
@@ -14,58 +21,91 @@ class PipelineLoadError(ValueError):
     """A pipeline file that cannot be used; the message names the file and the fault."""
 
 
-_TOP_KEYS = {"id", "name", "description", "nodes", "edges", "entry_nodes", "output_nodes"}
-_NODE_KEYS = {"id", "plugin_id", "tool_id", "params"}
+_NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
 
-def _require(condition: bool, path: Path, message: str) -> None:
-    if not condition:
-        raise PipelineLoadError(f"{path}: {message}")
+class _NodeFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    id: _NonEmpty
+    plugin_id: _NonEmpty
+    tool_id: _NonEmpty
+    params: dict[str, Any] = {}
+
+
+class _EdgeFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    from_node: str
+    to_node: str
+
+
+class _PipelineFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    id: _NonEmpty
+    nodes: list[_NodeFile]
+    entry_nodes: list[str]
+    output_nodes: list[str]
+    name: str | None = None
+    description: str = ""
+    edges: list[_EdgeFile] = []
+
+
+_TOP_KEYS = sorted(_PipelineFile.__struct_fields__)
+_UNKNOWN = re.compile(r"unknown field `(?P<key>[^`]*)`")
+_MISSING = re.compile(r"missing required field `(?P<key>[^`]*)`")
+_WHERE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_ITEM = re.compile(r"^\.(?P<list>nodes|edges)\[(?P<index>\d+)\](?:\.(?P<field>\w+))?")
+
+
+def _explain(error: msgspec.ValidationError) -> str:
+    """The catalogue's own wording for a decode fault: the key path in the file and what it must be."""
+    text = str(error)
+    where = _WHERE.search(text)
+    path = where.group("path") if where else ""
+    unknown = _UNKNOWN.search(text)
+    missing = _MISSING.search(text)
+    item = _ITEM.match(path)
+    if item is not None:
+        position, field = item.group("index"), item.group("field")
+        if item.group("list") == "edges":
+            return f"edges[{position}] must be an object with string from_node and to_node"
+        if unknown is not None:
+            return f"nodes[{position}] has unknown keys {[unknown.group('key')]}"
+        if missing is not None:
+            field = missing.group("key")
+        if field == "params":
+            return f"nodes[{position}].params must be an object"
+        if field is None:
+            return f"nodes[{position}] must be an object"
+        return f"nodes[{position}].{field} must be a non-empty string"
+    if unknown is not None:
+        return f"unknown keys {[unknown.group('key')]}; expected only {_TOP_KEYS}"
+    if missing is not None:
+        return f"missing required key {missing.group('key')!r}"
+    key = path.lstrip(".").partition("[")[0]
+    if key == "id":
+        return "'id' must be a non-empty string"
+    if key in ("nodes", "edges"):
+        return f"{key!r} must be a list"
+    if key in ("entry_nodes", "output_nodes"):
+        return f"{key!r} must be a list of node ids"
+    if key in ("name", "description"):
+        return f"{key!r} must be a string"
+    return text
 
 
 def parse_definition(document: Any, path: Path) -> PipelineDefinition:
-    _require(isinstance(document, dict), path, f"expected a JSON object, got {type(document).__name__}")
-    unknown = set(document) - _TOP_KEYS
-    _require(not unknown, path, f"unknown keys {sorted(unknown)}; expected only {sorted(_TOP_KEYS)}")
-    for key in ("id", "nodes", "entry_nodes", "output_nodes"):
-        _require(key in document, path, f"missing required key {key!r}")
-    _require(isinstance(document["id"], str) and bool(document["id"]), path, "'id' must be a non-empty string")
-    _require(isinstance(document["nodes"], list), path, "'nodes' must be a list")
-    nodes = []
-    for position, raw in enumerate(document["nodes"]):
-        _require(isinstance(raw, dict), path, f"nodes[{position}] must be an object")
-        unknown = set(raw) - _NODE_KEYS
-        _require(not unknown, path, f"nodes[{position}] has unknown keys {sorted(unknown)}")
-        for key in ("id", "plugin_id", "tool_id"):
-            _require(isinstance(raw.get(key), str) and raw[key], path, f"nodes[{position}].{key} must be a non-empty string")
-        params = raw.get("params", {})
-        _require(isinstance(params, dict), path, f"nodes[{position}].params must be an object")
-        nodes.append(PipelineNode(raw["id"], raw["plugin_id"], raw["tool_id"], MappingProxyType(dict(params))))
-    edges = []
-    raw_edges = document.get("edges", [])
-    _require(isinstance(raw_edges, list), path, "'edges' must be a list")
-    for position, raw in enumerate(raw_edges):
-        _require(
-            isinstance(raw, dict) and isinstance(raw.get("from_node"), str) and isinstance(raw.get("to_node"), str),
-            path,
-            f"edges[{position}] must be an object with string from_node and to_node",
-        )
-        edges.append(PipelineEdge(raw["from_node"], raw["to_node"]))
-    for key in ("entry_nodes", "output_nodes"):
-        _require(
-            isinstance(document[key], list) and all(isinstance(item, str) for item in document[key]),
-            path,
-            f"{key!r} must be a list of node ids",
-        )
+    if not isinstance(document, dict):
+        raise PipelineLoadError(f"{path}: expected a JSON object, got {type(document).__name__}")
+    try:
+        decoded = msgspec.convert(document, _PipelineFile)
+    except msgspec.ValidationError as error:
+        raise PipelineLoadError(f"{path}: {_explain(error)}") from None
     try:
         return PipelineDefinition.build(
-            id=document["id"],
-            name=document.get("name", document["id"]),
-            description=document.get("description", ""),
-            nodes=nodes,
-            edges=edges,
-            entry_nodes=document["entry_nodes"],
-            output_nodes=document["output_nodes"],
+            id=decoded.id,
+            name=decoded.name if decoded.name is not None else decoded.id,
+            description=decoded.description,
+            nodes=[PipelineNode(n.id, n.plugin_id, n.tool_id, MappingProxyType(dict(n.params))) for n in decoded.nodes],
+            edges=[PipelineEdge(e.from_node, e.to_node) for e in decoded.edges],
+            entry_nodes=decoded.entry_nodes,
+            output_nodes=decoded.output_nodes,
         )
     except PipelineValidationError as error:
         raise PipelineLoadError(f"{path}: {error}") from None
