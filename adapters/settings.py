@@ -16,7 +16,10 @@ import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, get_type_hints
+
+import msgspec
+from msgspec import Meta
 
 from application.access import LOOPBACK_NAMES, AccessPolicy, ApiKey, KeyFileError, parse_api_keys
 from application.stream import DEFAULT_FRAME_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S
@@ -42,38 +45,18 @@ class SettingsError(ValueError):
     """A configuration value outside its accepted range; the message names the variable."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Spec:
-    name: str
-    default: Any
-    doc: str
-    parse: Callable[[str, str], Any]
-
-
-def _int(low: int, high: int) -> Callable[[str, str], int]:
-    def parse(variable: str, raw: str) -> int:
-        try:
-            value = int(raw.strip())
-        except ValueError:
-            raise SettingsError(f"{variable}={raw!r} is not an integer; expected an integer in [{low}, {high}]") from None
-        if not low <= value <= high:
-            raise SettingsError(f"{variable}={value} is out of range; expected an integer in [{low}, {high}]")
-        return value
-
-    return parse
-
-
-def _float(low: float, high: float) -> Callable[[str, str], float]:
-    def parse(variable: str, raw: str) -> float:
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise SettingsError(f"{variable}={raw!r} is not a number; expected a number in [{low}, {high}]") from None
-        if math.isnan(value) or not low <= value <= high:
-            raise SettingsError(f"{variable}={raw.strip()} is out of range; expected a number in [{low}, {high}]")
-        return value
-
-    return parse
+def _number(variable: str, raw: str, kind: type[int] | type[float], meta: Meta) -> int | float:
+    """Integers and numbers parsed from text and checked against the field's own ge/le."""
+    low, high = meta.ge, meta.le
+    noun = "an integer" if kind is int else "a number"
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{variable}={raw!r} is not {noun}; expected {noun} in [{low}, {high}]") from None
+    if math.isnan(value) or not low <= value <= high:  # type: ignore[operator]
+        shown = value if kind is int else raw.strip()
+        raise SettingsError(f"{variable}={shown} is out of range; expected {noun} in [{low}, {high}]")
+    return value
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[str, str], str]:
@@ -204,9 +187,7 @@ def _onnx_providers(variable: str, raw: str) -> tuple[str, ...]:
         full = name if name.lower().endswith("executionprovider") else name + "ExecutionProvider"
         provider = known.get(full.lower())
         if provider is None:
-            raise SettingsError(
-                f"{variable}: {name!r} is not an ONNX Runtime execution provider; known: {', '.join(sorted(known.values()))}"
-            )
+            raise SettingsError(f"{variable}: {name!r} is not an ONNX Runtime execution provider; known: {', '.join(sorted(known.values()))}")
         if provider not in available:
             raise SettingsError(
                 f"{variable}: provider {provider} is not available in this onnxruntime build "
@@ -224,116 +205,159 @@ def _text(variable: str, raw: str) -> str:
     return raw.strip()
 
 
-_SPECS: tuple[_Spec, ...] = (
-    _Spec("host", "127.0.0.1", "address `serve` binds to", _text),
-    _Spec("port", 8000, "TCP port `serve` listens on, 1-65535", _int(1, 65535)),
-    _Spec("pipelines_dir", DEFAULT_PIPELINES_DIR, "directory of pipeline definition JSON files", _existing_dir),
-    _Spec("max_frame_bytes", DEFAULT_MAX_FRAME_BYTES, "largest accepted JPEG frame in bytes, 1 KiB-64 MiB", _int(1024, 64 * 1024 * 1024)),
-    _Spec(
-        "max_frame_pixels",
-        DEFAULT_MAX_FRAME_PIXELS,
-        "largest image a frame may declare, width x height (the default is 4K UHD, 3840x2160), 1-400000000",
-        _int(1, 400_000_000),
-    ),
-    _Spec(
-        "decode_budget_bytes",
-        128 * 1024 * 1024,
-        "bytes all decoded frames may hold at once, across worker threads; a frame that does not fit waits, "
-        "1 MiB-64 GiB, at least MAX_FRAME_PIXELS x 11",
-        _int(1024 * 1024, 64 * 1024 * 1024 * 1024),
-    ),
-    _Spec("max_sessions", 32, "concurrent WebSocket sessions before server_busy, 1-10000", _int(1, 10_000)),
-    _Spec("buffer_frames", _POLICY.buffer_capacity, "frames a session keeps waiting behind the one in flight, 1-64", _int(1, 64)),
-    _Spec("drop_threshold", _POLICY.drop_threshold, "lag fraction above which waiting frames are dropped, 0-1", _float(0.0, 1.0)),
-    _Spec("slowdown_threshold", _POLICY.slowdown_threshold, "recent drop rate above which slow_down is sent, 0-1", _float(0.0, 1.0)),
-    _Spec("slowdown_repeat_ms", round(_POLICY.slowdown_repeat_ms), "repeat interval of slow_down while the rate stays high, 100-600000 ms", _int(100, 600_000)),
-    _Spec("drop_policy", "latest", "which waiting frames are dropped under overload: latest (the newest frame wins) or every_nth (frames whose index is a multiple of KEEP_EVERY are kept last, a steady sample)", _choice(("latest", "every_nth"))),
-    _Spec("keep_every", DEFAULT_KEEP_EVERY, "the sample interval N of drop_policy=every_nth, 2-1000", _int(2, 1000)),
-    _Spec("frame_timeout_ms", round(DEFAULT_FRAME_TIMEOUT_S * 1000), "per-frame pipeline deadline in ms, 10-600000", _int(10, 600_000)),
-    _Spec("inference_workers", 4, "worker threads running pipelines, 1-256", _int(1, 256)),
-    _Spec("executor", "threads", "where pipelines run: threads (worker threads in this process) or ray (actors on a Ray cluster, see docs/deployment.md)", _choice(("threads", "ray"))),
-    _Spec("ray_address", None, "with EXECUTOR=ray: host:port of a running Ray cluster's head; unset starts a local Ray instance in-process", _ray_address),
-    _Spec("ray_actors", 2, "with EXECUTOR=ray: pipeline actors this front end starts on the cluster, 1-1024", _int(1, 1024)),
-    _Spec("ray_actor_cpus", 1.0, "with EXECUTOR=ray: CPUs each actor reserves in the cluster's scheduler, 0.01-256", _float(0.01, 256.0)),
-    _Spec(
-        "ray_reconnect_s",
-        5.0,
-        "with EXECUTOR=ray and RAY_ADDRESS: most seconds between attempts to rejoin a lost cluster (the first after 0.5 s, then doubling), 0.5-300",
-        _float(0.5, 300.0),
-    ),
-    _Spec("event_loop", "uvloop", "event loop of the server: uvloop (libuv, faster) or asyncio (the standard library's)", _choice(("uvloop", "asyncio"))),
-    _Spec("idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S, "seconds a session may go without a frame before it is closed with idle_timeout (3008), 1-86400", _float(1.0, 86_400.0)),
-    _Spec("send_timeout_s", 5.0, "seconds a reply may wait for a client that does not read before its connection is cut, 0.1-600", _float(0.1, 600.0)),
-    _Spec("header_timeout_s", 5.0, "seconds an HTTP request head (an upgrade included) may take to arrive before 408, 0.1-300", _float(0.1, 300.0)),
-    _Spec("body_timeout_s", 30.0, "seconds an HTTP request body may take to arrive before 408, 0.1-3600", _float(0.1, 3600.0)),
-    _Spec("ws_max_fragments", 4096, "fragments one WebSocket message may arrive in before the connection is closed with 1008, 1-1000000", _int(1, 1_000_000)),
-    _Spec("ws_max_control_frames_per_s", 20, "pings and pongs a client may send per second (burst of the same size) before close 1008, 1-10000", _int(1, 10_000)),
-    _Spec("shutdown_timeout_s", 15.0, "seconds sessions get to finish at shutdown (keep above the frame timeout), 0-600", _float(0.0, 600.0)),
-    _Spec("plugins", (), "extra plugins, comma-separated module:factory references, each returning a plugin", _plugin_refs),
-    _Spec("yolo_model", None, "path of a YOLOv8-style ONNX model; unset leaves the yolo pipeline unavailable", _optional_file),
-    _Spec("yolo_labels", None, "optional labels file, one class name per line", _optional_file),
-    _Spec("yolo_confidence", 0.25, "YOLO confidence threshold, 0-1", _float(0.0, 1.0)),
-    _Spec("yolo_iou", 0.45, "YOLO NMS IoU threshold, 0-1", _float(0.0, 1.0)),
-    _Spec("api_keys_file", None, "file of API keys, one per line (`[NAME ]KEY` or `[NAME ]sha256:<hex>`); set, every endpoint but /health and the page at / needs one", _api_keys_file),
-    _Spec("max_sessions_per_key", 0, "concurrent sessions one API key may hold in the whole server, 0 (no limit besides MAX_SESSIONS)-10000", _int(0, 10_000)),
-    _Spec("allowed_origins", (), "browser origins (scheme://host[:port], comma-separated) allowed besides no Origin, loopback origins and the server's own; `*` for any", _list_or_any(_is_origin, "scheme://host[:port] with http or https")),
-    _Spec("allowed_hosts", (), "Host header names (comma-separated) accepted besides loopback names and the bind address; `*` for any", _list_or_any(_is_host, "a host name or IP address without port")),
-    _Spec("tls_cert_file", None, "PEM certificate chain; with TLS_KEY_FILE the server speaks https/wss only", _optional_file),
-    _Spec("tls_key_file", None, "PEM private key of TLS_CERT_FILE (unencrypted)", _optional_file),
-    _Spec(
-        "onnx_providers",
-        ("CPUExecutionProvider",),
-        "ONNX Runtime execution providers of the YOLO model, comma-separated in priority order "
-        "(CPU, CUDA, TensorRT, ...); each must be available in the installed onnxruntime",
-        _onnx_providers,
-    ),
-    _Spec("log_level", "info", "log level: debug, info, warning, error, critical", _choice(_LOG_LEVELS)),
-)
+class Settings(msgspec.Struct, frozen=True):
+    """The one declaration of every FORGESYTE_STREAM_* variable: type, default, range and meaning."""
 
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    host: str
-    port: int
-    pipelines_dir: Path
-    max_frame_bytes: int
-    max_frame_pixels: int
-    decode_budget_bytes: int
-    max_sessions: int
-    buffer_frames: int
-    drop_threshold: float
-    slowdown_threshold: float
-    slowdown_repeat_ms: int
-    drop_policy: str
-    keep_every: int
-    frame_timeout_ms: int
-    inference_workers: int
-    executor: str
-    ray_address: str | None
-    ray_actors: int
-    ray_actor_cpus: float
-    ray_reconnect_s: float
-    event_loop: str
-    idle_timeout_s: float
-    send_timeout_s: float
-    header_timeout_s: float
-    body_timeout_s: float
-    ws_max_fragments: int
-    ws_max_control_frames_per_s: int
-    shutdown_timeout_s: float
-    plugins: tuple[str, ...]
-    yolo_model: Path | None
-    yolo_labels: Path | None
-    yolo_confidence: float
-    yolo_iou: float
-    api_keys_file: KeyFile | None
-    max_sessions_per_key: int
-    allowed_origins: tuple[str, ...] | None
-    allowed_hosts: tuple[str, ...] | None
-    tls_cert_file: Path | None
-    tls_key_file: Path | None
-    onnx_providers: tuple[str, ...]
-    log_level: str
+    host: Annotated[str, Meta(description="address `serve` binds to", extra={"parse": _text})] = "127.0.0.1"
+    port: Annotated[int, Meta(ge=1, le=65535, description="TCP port `serve` listens on, 1-65535")] = 8000
+    pipelines_dir: Annotated[Path, Meta(description="directory of pipeline definition JSON files", extra={"parse": _existing_dir})] = (
+        DEFAULT_PIPELINES_DIR
+    )
+    max_frame_bytes: Annotated[int, Meta(ge=1024, le=64 * 1024 * 1024, description="largest accepted JPEG frame in bytes, 1 KiB-64 MiB")] = (
+        DEFAULT_MAX_FRAME_BYTES
+    )
+    max_frame_pixels: Annotated[
+        int,
+        Meta(ge=1, le=400_000_000, description="largest image a frame may declare, width x height (the default is 4K UHD, 3840x2160), 1-400000000"),
+    ] = DEFAULT_MAX_FRAME_PIXELS
+    decode_budget_bytes: Annotated[
+        int,
+        Meta(
+            ge=1024 * 1024,
+            le=64 * 1024 * 1024 * 1024,
+            description="bytes all decoded frames may hold at once, across worker threads; a frame that does not fit waits, "
+            "1 MiB-64 GiB, at least MAX_FRAME_PIXELS x 11",
+        ),
+    ] = 128 * 1024 * 1024
+    max_sessions: Annotated[int, Meta(ge=1, le=10_000, description="concurrent WebSocket sessions before server_busy, 1-10000")] = 32
+    buffer_frames: Annotated[int, Meta(ge=1, le=64, description="frames a session keeps waiting behind the one in flight, 1-64")] = (
+        _POLICY.buffer_capacity
+    )
+    drop_threshold: Annotated[float, Meta(ge=0.0, le=1.0, description="lag fraction above which waiting frames are dropped, 0-1")] = (
+        _POLICY.drop_threshold
+    )
+    slowdown_threshold: Annotated[float, Meta(ge=0.0, le=1.0, description="recent drop rate above which slow_down is sent, 0-1")] = (
+        _POLICY.slowdown_threshold
+    )
+    slowdown_repeat_ms: Annotated[
+        int, Meta(ge=100, le=600_000, description="repeat interval of slow_down while the rate stays high, 100-600000 ms")
+    ] = round(_POLICY.slowdown_repeat_ms)
+    drop_policy: Annotated[
+        str,
+        Meta(
+            description="which waiting frames are dropped under overload: latest (the newest frame wins) or every_nth (frames whose index is a multiple of KEEP_EVERY are kept last, a steady sample)",
+            extra={"parse": _choice(("latest", "every_nth"))},
+        ),
+    ] = "latest"
+    keep_every: Annotated[int, Meta(ge=2, le=1000, description="the sample interval N of drop_policy=every_nth, 2-1000")] = DEFAULT_KEEP_EVERY
+    frame_timeout_ms: Annotated[int, Meta(ge=10, le=600_000, description="per-frame pipeline deadline in ms, 10-600000")] = round(
+        DEFAULT_FRAME_TIMEOUT_S * 1000
+    )
+    inference_workers: Annotated[int, Meta(ge=1, le=256, description="worker threads running pipelines, 1-256")] = 4
+    executor: Annotated[
+        str,
+        Meta(
+            description="where pipelines run: threads (worker threads in this process) or ray (actors on a Ray cluster, see docs/deployment.md)",
+            extra={"parse": _choice(("threads", "ray"))},
+        ),
+    ] = "threads"
+    ray_address: Annotated[
+        str | None,
+        Meta(
+            description="with EXECUTOR=ray: host:port of a running Ray cluster's head; unset starts a local Ray instance in-process",
+            extra={"parse": _ray_address},
+        ),
+    ] = None
+    ray_actors: Annotated[int, Meta(ge=1, le=1024, description="with EXECUTOR=ray: pipeline actors this front end starts on the cluster, 1-1024")] = 2
+    ray_actor_cpus: Annotated[
+        float, Meta(ge=0.01, le=256.0, description="with EXECUTOR=ray: CPUs each actor reserves in the cluster's scheduler, 0.01-256")
+    ] = 1.0
+    ray_reconnect_s: Annotated[
+        float,
+        Meta(
+            ge=0.5,
+            le=300.0,
+            description="with EXECUTOR=ray and RAY_ADDRESS: most seconds between attempts to rejoin a lost cluster (the first after 0.5 s, then doubling), 0.5-300",
+        ),
+    ] = 5.0
+    event_loop: Annotated[
+        str,
+        Meta(
+            description="event loop of the server: uvloop (libuv, faster) or asyncio (the standard library's)",
+            extra={"parse": _choice(("uvloop", "asyncio"))},
+        ),
+    ] = "uvloop"
+    idle_timeout_s: Annotated[
+        float, Meta(ge=1.0, le=86_400.0, description="seconds a session may go without a frame before it is closed with idle_timeout (3008), 1-86400")
+    ] = DEFAULT_IDLE_TIMEOUT_S
+    send_timeout_s: Annotated[
+        float, Meta(ge=0.1, le=600.0, description="seconds a reply may wait for a client that does not read before its connection is cut, 0.1-600")
+    ] = 5.0
+    header_timeout_s: Annotated[
+        float, Meta(ge=0.1, le=300.0, description="seconds an HTTP request head (an upgrade included) may take to arrive before 408, 0.1-300")
+    ] = 5.0
+    body_timeout_s: Annotated[float, Meta(ge=0.1, le=3600.0, description="seconds an HTTP request body may take to arrive before 408, 0.1-3600")] = (
+        30.0
+    )
+    ws_max_fragments: Annotated[
+        int,
+        Meta(ge=1, le=1_000_000, description="fragments one WebSocket message may arrive in before the connection is closed with 1008, 1-1000000"),
+    ] = 4096
+    ws_max_control_frames_per_s: Annotated[
+        int, Meta(ge=1, le=10_000, description="pings and pongs a client may send per second (burst of the same size) before close 1008, 1-10000")
+    ] = 20
+    shutdown_timeout_s: Annotated[
+        float, Meta(ge=0.0, le=600.0, description="seconds sessions get to finish at shutdown (keep above the frame timeout), 0-600")
+    ] = 15.0
+    plugins: Annotated[
+        tuple[str, ...],
+        Meta(description="extra plugins, comma-separated module:factory references, each returning a plugin", extra={"parse": _plugin_refs}),
+    ] = ()
+    yolo_model: Annotated[
+        Path | None,
+        Meta(description="path of a YOLOv8-style ONNX model; unset leaves the yolo pipeline unavailable", extra={"parse": _optional_file}),
+    ] = None
+    yolo_labels: Annotated[Path | None, Meta(description="optional labels file, one class name per line", extra={"parse": _optional_file})] = None
+    yolo_confidence: Annotated[float, Meta(ge=0.0, le=1.0, description="YOLO confidence threshold, 0-1")] = 0.25
+    yolo_iou: Annotated[float, Meta(ge=0.0, le=1.0, description="YOLO NMS IoU threshold, 0-1")] = 0.45
+    api_keys_file: Annotated[
+        KeyFile | None,
+        Meta(
+            description="file of API keys, one per line (`[NAME ]KEY` or `[NAME ]sha256:<hex>`); set, every endpoint but /health and the page at / needs one",
+            extra={"parse": _api_keys_file},
+        ),
+    ] = None
+    max_sessions_per_key: Annotated[
+        int,
+        Meta(ge=0, le=10_000, description="concurrent sessions one API key may hold in the whole server, 0 (no limit besides MAX_SESSIONS)-10000"),
+    ] = 0
+    allowed_origins: Annotated[
+        tuple[str, ...] | None,
+        Meta(
+            description="browser origins (scheme://host[:port], comma-separated) allowed besides no Origin, loopback origins and the server's own; `*` for any",
+            extra={"parse": _list_or_any(_is_origin, "scheme://host[:port] with http or https")},
+        ),
+    ] = ()
+    allowed_hosts: Annotated[
+        tuple[str, ...] | None,
+        Meta(
+            description="Host header names (comma-separated) accepted besides loopback names and the bind address; `*` for any",
+            extra={"parse": _list_or_any(_is_host, "a host name or IP address without port")},
+        ),
+    ] = ()
+    tls_cert_file: Annotated[
+        Path | None, Meta(description="PEM certificate chain; with TLS_KEY_FILE the server speaks https/wss only", extra={"parse": _optional_file})
+    ] = None
+    tls_key_file: Annotated[Path | None, Meta(description="PEM private key of TLS_CERT_FILE (unencrypted)", extra={"parse": _optional_file})] = None
+    onnx_providers: Annotated[
+        tuple[str, ...],
+        Meta(
+            description="ONNX Runtime execution providers of the YOLO model, comma-separated in priority order "
+            "(CPU, CUDA, TensorRT, ...); each must be available in the installed onnxruntime",
+            extra={"parse": _onnx_providers},
+        ),
+    ] = ("CPUExecutionProvider",)
+    log_level: Annotated[str, Meta(description="log level: debug, info, warning, error, critical", extra={"parse": _choice(_LOG_LEVELS)})] = "info"
 
     @property
     def tls(self) -> bool:
@@ -368,12 +392,14 @@ class Settings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         given: set[str] = set()
-        for spec in _SPECS:
-            variable = PREFIX + spec.name.upper()
+        for name, kind, meta in _declared():
+            variable = PREFIX + name.upper()
             raw = env.get(variable)
-            values[spec.name] = spec.default if raw is None else spec.parse(variable, raw)
-            if raw is not None:
-                given.add(spec.name)
+            if raw is None:
+                continue
+            parse = (meta.extra or {}).get("parse")
+            values[name] = parse(variable, raw) if parse is not None else _number(variable, raw, kind, meta)
+            given.add(name)
         values.update(overrides)
         settings = cls(**values)
         settings._check_relations()
@@ -413,7 +439,14 @@ class Settings:
     @staticmethod
     def documentation() -> list[tuple[str, str, str]]:
         """(variable, default, meaning) for every setting: the README table is generated from this."""
-        return [(PREFIX + spec.name.upper(), _describe_default(spec.default), spec.doc) for spec in _SPECS]
+        defaults = {field.name: field.default for field in msgspec.structs.fields(Settings)}
+        return [(PREFIX + name.upper(), _describe_default(defaults[name]), meta.description or "") for name, _, meta in _declared()]
+
+
+def _declared() -> list[tuple[str, Any, Meta]]:
+    """(field, base type, Meta) of every setting, read from the Settings annotations."""
+    hints = get_type_hints(Settings, include_extras=True)
+    return [(name, hints[name].__origin__, hints[name].__metadata__[0]) for name in Settings.__struct_fields__]
 
 
 def _check_tls_files(cert: Path, key: Path) -> None:
