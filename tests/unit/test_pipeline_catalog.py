@@ -58,7 +58,10 @@ _DROP = object()
     ("document", "expected"),
     [
         ([1], "expected a JSON object, got list"),
-        (_with("colour", "red"), "unknown keys ['colour']; expected only ['description', 'edges', 'entry_nodes', 'id', 'name', 'nodes', 'output_nodes']"),
+        (
+            _with("colour", "red"),
+            "unknown keys ['colour']; expected only ['description', 'edges', 'entry_nodes', 'id', 'name', 'nodes', 'output_nodes']",
+        ),
         (_with("id", _DROP), "missing required key 'id'"),
         (_with("entry_nodes", _DROP), "missing required key 'entry_nodes'"),
         (_with("id", ""), "'id' must be a non-empty string"),

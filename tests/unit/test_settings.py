@@ -210,9 +210,10 @@ def test_a_decode_budget_below_one_largest_frame_is_refused_naming_both_variable
     assert "FORGESYTE_STREAM_DECODE_BUDGET_BYTES=100000000" in message
     assert "FORGESYTE_STREAM_MAX_FRAME_PIXELS=10000000" in message
     assert "110000000" in message
-    assert Settings.from_env(
-        {"FORGESYTE_STREAM_MAX_FRAME_PIXELS": "10000000", "FORGESYTE_STREAM_DECODE_BUDGET_BYTES": "110000000"}
-    ).decode_budget_bytes == 110_000_000
+    assert (
+        Settings.from_env({"FORGESYTE_STREAM_MAX_FRAME_PIXELS": "10000000", "FORGESYTE_STREAM_DECODE_BUDGET_BYTES": "110000000"}).decode_budget_bytes
+        == 110_000_000
+    )
 
 
 def test_the_budget_rule_matches_what_the_decoder_charges_for_its_largest_frame() -> None:
@@ -220,3 +221,32 @@ def test_the_budget_rule_matches_what_the_decoder_charges_for_its_largest_frame(
     from adapters.settings import DECODE_BYTES_PER_PIXEL
 
     assert OpenCvJpegDecoder(max_pixels=1000).largest_memory_needed() == 1000 * DECODE_BYTES_PER_PIXEL
+
+
+def _doc_table(path: Path) -> dict[str, str]:
+    """Variable -> default of a markdown table whose first column is a `FORGESYTE_STREAM_*` name."""
+    rows: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        cells[0] = cells[0].strip("`")
+        if len(cells) >= 3 and cells[0].startswith(PREFIX):
+            rows[cells[0]] = cells[1]
+    return rows
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/configuration.md"])
+def test_the_docs_tables_match_forgesyte_stream_settings(document: str) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    printed = subprocess.run(
+        [sys.executable, "-m", "adapters.entrypoints.cli", "settings"], cwd=root, capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    declared = {variable: default for variable, default, _ in (line.split("\t") for line in printed.splitlines() if line.startswith(PREFIX))}
+    assert declared == {variable: default for variable, default, _ in Settings.documentation()}
+    documented = _doc_table(root / document)
+    assert sorted(documented) == sorted(declared)
+    for variable, default in declared.items():
+        # The docs may add a gloss after the value, such as "(5 MiB)"; the value itself must be the declared one.
+        assert f"`{default.split()[0]}" in documented[variable] or documented[variable].startswith(default.split()[0]), (variable, default)
