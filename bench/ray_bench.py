@@ -354,7 +354,7 @@ def _front_end(address: str, seconds: float) -> int:
     }
     import ray
 
-    from adapters.executors.ray.executor import NAMESPACE
+    from adapters.executors.ray.cluster import NAMESPACE
 
     frame = _face_frame()
     executor = _ray(env)

@@ -40,7 +40,7 @@ def ray_cluster() -> Iterator[str]:
     """The GCS address (127.0.0.1:port) of the session's cluster."""
     import ray
 
-    from adapters.executors.ray.executor import NAMESPACE
+    from adapters.executors.ray.cluster import NAMESPACE
 
     context = ray.init(
         address="local",
@@ -78,7 +78,7 @@ def fault_env(**extra: str) -> dict[str, str]:
 def actor(name: str) -> Any:
     import ray
 
-    from adapters.executors.ray.executor import NAMESPACE
+    from adapters.executors.ray.cluster import NAMESPACE
 
     return ray.get_actor(name, namespace=NAMESPACE)
 

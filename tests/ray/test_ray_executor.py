@@ -274,7 +274,7 @@ def test_an_actor_killed_while_idle_is_replaced_without_failing_a_frame(ray_clus
 
 
 def test_an_unreachable_cluster_address_is_a_configuration_error_naming_the_variable(ray_cluster: str) -> None:
-    from adapters.executors.ray.executor import connect
+    from adapters.executors.ray.cluster import connect
     from adapters.executors.ray.wire import RayClusterUnreachable
     from adapters.settings import SettingsError
     from tests.support.server import free_port
