@@ -23,13 +23,6 @@ it sends that stream's state another frame. Unlike a thread, an actor can be
 killed: one whose call is still running HUNG_AFTER_TIMEOUTS frame timeouts
 after it started is declared hung and replaced, which ends that wait.
 
-A cluster joined at an address can go away as a whole (`ray stop`, the head
-lost) and come back as a new cluster at the same address. A Ray driver cannot
-follow it there, so the front end probes the head's GCS port every
-PROBE_INTERVAL_S; when it stops answering, every actor is given up, the Ray
-connection is shut down, and the front end joins again, with new actors, as
-soon as the port answers, trying at most RAY_RECONNECT_S apart. Sessions stay
-open meanwhile; their frames fail with pipeline_failure.
 """
 
 from __future__ import annotations
@@ -40,10 +33,10 @@ import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.executors.ray.cluster import connect, gcs_answers
+from adapters.executors.ray.cluster import connect
+from adapters.executors.ray.rejoin import ACTOR_START_TIMEOUT_S, ClusterFollower, Slot
 from adapters.executors.ray.actor import LocalFrameRunner, PipelineActor, WorkerServiceFactory
 from adapters.executors.ray.wire import (
     ANALYTICS_EVENTS,
@@ -59,8 +52,6 @@ from application.ports import FrameJob, PipelineObserver
 
 log = logging.getLogger(__name__)
 
-# How long start-up waits for the cluster to place and build every actor before refusing to start.
-ACTOR_START_TIMEOUT_S = 120.0
 # Replacements of one actor that may die before they are ready before its slot is left empty:
 # an actor that cannot start (a model missing on a node) would otherwise be re-created forever.
 MAX_FAILED_STARTS = 3
@@ -68,32 +59,12 @@ MAX_FAILED_STARTS = 3
 # killed and replaced (a thread cannot be interrupted, a process can), so the stream waiting for
 # it goes on elsewhere instead of waiting for ever. Frames the actor held for other streams fail.
 HUNG_AFTER_TIMEOUTS = 3
-# How often a front end checks that its cluster's head still answers: the time to notice a lost cluster.
-PROBE_INTERVAL_S = 1.0
-# The first wait before rejoining a lost cluster; it doubles up to FORGESYTE_STREAM_RAY_RECONNECT_S.
-FIRST_RECONNECT_S = 0.5
 
 
 # The front end's side ------------------------------------------------------------------
 
 
-@dataclass(eq=False)
-class _Slot:
-    """One actor position; a dead actor is replaced in its slot by a new generation."""
-
-    index: int
-    name: str
-    handle: Any
-    generation: int = 1
-    state: str = "starting"  # starting | ready | dead
-    node_id: str | None = None
-    in_flight: int = 0
-    streams: set[str] = field(default_factory=set)
-    lost: int = 0
-    failed_starts: int = 0  # replacements in a row that died before they were ready
-
-
-class RayFrameExecutor:
+class RayFrameExecutor(ClusterFollower):
     """The FrameExecutor port on Ray actors (see the module docstring)."""
 
     def __init__(
@@ -117,7 +88,7 @@ class RayFrameExecutor:
         self._occupancy: dict[str, dict[tuple[str, str], int]] = {}
         self._front = uuid.uuid4().hex[:8]
         self._lock = threading.Lock()
-        self._stream_slot: dict[str, _Slot] = {}
+        self._stream_slot: dict[str, Slot] = {}
         self._moved: set[str] = set()  # streams whose actor died: their state starts over on the next actor
         self._cluster_lost: str | None = None
         self._closed = False
@@ -140,7 +111,7 @@ class RayFrameExecutor:
 
     # Actors --------------------------------------------------------------------------
 
-    def _start_actor(self, index: int, generation: int) -> _Slot:
+    def _start_actor(self, index: int, generation: int) -> Slot:
         name = f"forgesyte-{self._front}-{index}-g{generation}"
         handle = self._remote_class.options(
             name=name,
@@ -148,7 +119,7 @@ class RayFrameExecutor:
             max_concurrency=self._settings.inference_workers + 1,  # + the watch call
             max_restarts=0,
         ).remote(self._settings, name, self._worker_service)
-        return _Slot(index, name, handle, generation)
+        return Slot(index, name, handle, generation)
 
     def _await_ready(self, timeout_s: float) -> None:
         ray = self._ray
@@ -173,12 +144,12 @@ class RayFrameExecutor:
                 f"the cluster offers {ray.cluster_resources().get('CPU', 0):g} CPUs"
             )
 
-    def _watch(self, slot: _Slot) -> None:
+    def _watch(self, slot: Slot) -> None:
         generation = slot.generation
         future = slot.handle.watch.remote().future()
         future.add_done_callback(lambda done: self._watch_ended(slot, generation, done))
 
-    def _watch_ended(self, slot: _Slot, generation: int, done: Any) -> None:
+    def _watch_ended(self, slot: Slot, generation: int, done: Any) -> None:
         # On a Ray thread. The watch call only ends when the actor is gone (or we shut down).
         if self._closed or slot.generation != generation:
             return
@@ -192,7 +163,7 @@ class RayFrameExecutor:
         except RuntimeError:  # shut down meanwhile
             return
 
-    def _mark_dead(self, slot: _Slot) -> tuple[int, list[dict[tuple[str, str], int]]]:
+    def _mark_dead(self, slot: Slot) -> tuple[int, list[dict[tuple[str, str], int]]]:
         """Under the lock: no frame goes to the slot any more; its streams start over elsewhere."""
         slot.state = "dead"
         slot.lost += 1
@@ -210,7 +181,7 @@ class RayFrameExecutor:
                 if net:
                     self._replay((Event("zone_occupancy_changed", (pipeline_id, zone, -net)),), None)
 
-    def _actor_lost(self, slot: _Slot, generation: int, why: str) -> None:
+    def _actor_lost(self, slot: Slot, generation: int, why: str) -> None:
         with self._lock:
             if self._closed or self._rejoining or slot.generation != generation or slot.state == "dead":
                 return
@@ -220,7 +191,7 @@ class RayFrameExecutor:
         # Marked dead at once, so no frame is routed to it; the replacement talks to Ray, so not from here.
         self._supervise(self._replace, slot)
 
-    def _replace(self, slot: _Slot) -> None:
+    def _replace(self, slot: Slot) -> None:
         if self._rejoining:
             return
         # An actor that is only unreachable (a network partition) may still be running: it is killed,
@@ -264,84 +235,9 @@ class RayFrameExecutor:
 
     # A lost cluster ------------------------------------------------------------------------
 
-    def _follow_cluster(self) -> None:
-        """The monitor thread: notices the head's GCS gone, then rejoins once it answers again."""
-        address = self._settings.ray_address
-        assert address is not None
-        while not self._stop.wait(PROBE_INTERVAL_S):
-            error = gcs_answers(address, PROBE_INTERVAL_S)
-            if error is None:
-                continue
-            self._cluster_gone(f"{address} does not answer ({error.strerror or error})")
-            self._rejoin(address)
-
-    def _cluster_gone(self, why: str) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._rejoining = True
-            self._cluster_lost = why
-            moved = 0
-            orphaned: list[dict[tuple[str, str], int]] = []
-            for slot in self._slots:
-                # A new generation: whatever the old actors' calls report later is ignored.
-                slot.generation += 1
-                slot.in_flight = 0
-                if slot.state != "dead":
-                    count, ledgers = self._mark_dead(slot)
-                    moved, orphaned = moved + count, orphaned + ledgers
-        self._take_back(orphaned)
-        log.error("ray cluster lost: %s; %d stream(s) wait for it; rejoining when it answers again", why, moved)
-        # The connection belongs to the cluster that is gone; a driver cannot move to its successor.
-        try:
-            self._ray.shutdown()
-        except Exception as error:
-            log.debug("ray.shutdown after losing the cluster failed: %s", error)
-
-    def _rejoin(self, address: str) -> None:
-        delay = FIRST_RECONNECT_S
-        attempts = 0
-        while not self._stop.wait(delay):
-            delay = min(delay * 2, self._settings.ray_reconnect_s)
-            if gcs_answers(address, PROBE_INTERVAL_S) is not None:
-                continue
-            attempts += 1
-            try:
-                self._join_again()
-            except Exception as error:
-                log.warning("rejoining ray cluster at %s failed (attempt %d): %s", address, attempts, " ".join(str(error).split()))
-                try:
-                    self._ray.shutdown()
-                except Exception as shutdown_error:
-                    log.debug("ray.shutdown after a failed rejoin failed: %s", shutdown_error)
-                continue
-            log.warning("ray cluster at %s joined again after %d attempt(s); %d actor(s) ready", address, attempts, len(self._slots))
-            return
-
-    def _join_again(self) -> None:
-        """Connect, start a full set of actors and wait for them; only then do frames go to them."""
-        self._ray, _ = connect(self._settings)
-        self._remote_class = self._ray.remote(PipelineActor)
-        fresh = [self._start_actor(slot.index, slot.generation + 1) for slot in self._slots]
-        refs = [actor.handle.ready.remote() for actor in fresh]
-        ready, pending = self._ray.wait(refs, num_returns=len(refs), timeout=ACTOR_START_TIMEOUT_S)
-        if pending:
-            raise RayClusterUnreachable(f"{len(pending)} of {len(refs)} actors were not ready within {ACTOR_START_TIMEOUT_S:g} s")
-        infos = self._ray.get(ready)
-        with self._lock:
-            if self._closed:
-                return
-            for slot, actor, info in zip(self._slots, fresh, infos, strict=True):
-                slot.name, slot.handle, slot.generation = actor.name, actor.handle, actor.generation
-                slot.state, slot.node_id, slot.in_flight, slot.failed_starts = "ready", info["node_id"], 0, 0
-            self._cluster_lost = None
-            self._rejoining = False
-        for slot in self._slots:
-            self._watch(slot)
-
     # Routing -----------------------------------------------------------------------------
 
-    def _least_busy(self) -> _Slot | None:
+    def _least_busy(self) -> Slot | None:
         live = [slot for slot in self._slots if slot.state == "ready"] or [
             slot for slot in self._slots if slot.state == "starting"
         ]
@@ -349,7 +245,7 @@ class RayFrameExecutor:
             return None
         return min(live, key=lambda slot: (slot.in_flight, len(slot.streams), slot.index))
 
-    def _route(self, stream_id: str | None) -> tuple[_Slot | None, bool]:
+    def _route(self, stream_id: str | None) -> tuple[Slot | None, bool]:
         """The actor for this frame, and whether the stream's state starts over there (its actor died)."""
         with self._lock:
             if stream_id is None:
@@ -484,7 +380,7 @@ class RayFrameExecutor:
         assert outcome.result is not None
         return outcome.result
 
-    def _watch_straggler(self, slot: _Slot, generation: int, waiter: asyncio.Future[Any], job: FrameJob, timeout_s: float) -> None:
+    def _watch_straggler(self, slot: Slot, generation: int, waiter: asyncio.Future[Any], job: FrameJob, timeout_s: float) -> None:
         def check() -> None:
             if waiter.done() or slot.generation != generation:
                 return
