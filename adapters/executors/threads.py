@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from application.errors import JobGivenUp, JobStillRunning, JobTimedOut
+from adapters.executors.deadline import race_deadline
 from application.ports import FrameJob
 from application.frame_service import FramePipelineService
 
@@ -88,25 +88,13 @@ class ThreadFrameExecutor:
                 log.warning("work that outlived its frame's deadline failed later", exc_info=error)
 
         waiter.add_done_callback(settle)
-        # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation
-        # that arrives as the work completes, leaving the caller's task uncancellable.
-        awaited: set[Awaitable[object]] = {waiter} if give_up is None else {waiter, give_up}
-        try:
-            done, _ = await asyncio.wait(awaited, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
-        except asyncio.CancelledError:
+
+        def abandon() -> bool:
+            nonlocal abandoned
             abandoned = True
-            future.cancel()  # work still queued never starts
-            raise
-        if waiter not in done and give_up is not None and give_up in done:
-            abandoned = True
-            future.cancel()  # work still queued never starts; running work finishes unobserved
-            raise JobGivenUp()
-        if not done:
-            abandoned = True
-            if future.cancel():
-                raise JobTimedOut(f"the work did not start within {timeout_s} s")
-            raise JobStillRunning(f"the work did not finish within {timeout_s} s", waiter)
-        return waiter.result()
+            return future.cancel()  # work still queued never starts; running work finishes unobserved
+
+        return await race_deadline(waiter, timeout_s=timeout_s, give_up=give_up, abandon=abandon)
 
     def busy_workers(self) -> int:
         with self._lock:
