@@ -47,7 +47,7 @@ from adapters.executors.ray.wire import (
     raise_failure,
 )
 from adapters.settings import PREFIX, Settings
-from application.errors import JobGivenUp, JobStillRunning
+from adapters.executors.deadline import race_deadline
 from application.ports import FrameJob, PipelineObserver
 
 log = logging.getLogger(__name__)
@@ -335,25 +335,22 @@ class RayFrameExecutor(ClusterFollower):
                 log.warning("ray work that outlived its frame's deadline failed later: %s", error)
 
         waiter.add_done_callback(settle)
-        stop = None if give_up is None else asyncio.ensure_future(give_up)  # a future stays itself
-        awaited: set[asyncio.Future[Any]] = {waiter} if stop is None else {waiter, stop}
-        try:
-            done, _ = await asyncio.wait(awaited, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            abandoned = True
-            self._cancel(ref)
-            raise
-        if waiter not in done:
+
+        def abandon() -> bool:
+            nonlocal abandoned
             abandoned = True
             self._cancel(ref)  # a call still queued in the actor never runs
-            if stop is not None and stop in done:
-                raise JobGivenUp()
-            self._watch_straggler(slot, generation, waiter, job, timeout_s)
-            # Cancelled or not, the call ends when the actor is done with it (or dies): the stream's
-            # next frame waits for that, so one stream's state never serves two frames at once.
-            raise JobStillRunning(f"the work did not finish within {timeout_s} s", waiter)
+            return False  # queued or not, the call ends only when the actor is done with it: the stream waits for that
+
         try:
-            outcome: Outcome = waiter.result()
+            # The deadline's own errors (JobGivenUp, JobStillRunning) are not Ray errors: they pass through.
+            outcome: Outcome = await race_deadline(
+                waiter,
+                timeout_s=timeout_s,
+                give_up=give_up,
+                abandon=abandon,
+                on_still_running=lambda: self._watch_straggler(slot, generation, waiter, job, timeout_s),
+            )
         except self._ray.exceptions.RayActorError as error:
             self._actor_lost(slot, generation, type(error).__name__)
             stream_note = (
