@@ -25,7 +25,9 @@ from adapters.settings import Settings
 from adapters.executors.threads import ThreadFrameExecutor
 from application.access import AccessPolicy, StreamAccess
 from application.observers import FanOutStreamObserver
-from application.pipeline import DagPipelineService, DecodedBytesBudget, StreamStateStore
+from application.decode_budget import DecodedBytesBudget
+from application.pipeline import DagPipelineService
+from application.stream_state import StreamStateStore
 from application.sessions import InProcessSlots, SessionManager, SessionSlots
 from application.single_frame import SingleFrameService
 from application.stream import StreamService, StreamSettings

@@ -11,7 +11,8 @@ import pytest
 from adapters.media.codec import OpenCvJpegDecoder
 from adapters.plugins.probe import ProbePlugin
 from adapters.plugins.yolo import YoloPlugin
-from application.pipeline import DagPipelineService, StreamStateStore
+from application.pipeline import DagPipelineService
+from application.stream_state import StreamStateStore
 from domain import PipelineDefinition, PipelineEdge, PipelineNode
 from tests.support.catalog import DictCatalog
 

@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry
 from adapters.media.codec import OpenCvJpegDecoder
 from adapters.observability.metrics import PrometheusAnalytics
 from adapters.plugins.tracking import GapAwareTracker, TrackerSettings, TrackingPlugin
-from application.pipeline import DagPipelineService, StreamStateStore
+from application.pipeline import DagPipelineService
+from application.stream_state import StreamStateStore
 from domain import PipelineDefinition, PipelineEdge, PipelineNode, PipelineValidationError
 from tests.support.catalog import DictCatalog
 

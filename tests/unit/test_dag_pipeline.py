@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from application.errors import DecodeBudgetExhausted, PipelineExecutionError, PipelineUnavailableError, UnknownPipelineError
-from application.pipeline import DagPipelineService, DecodedBytesBudget, StreamStateStore
+from application.decode_budget import DecodedBytesBudget
+from application.pipeline import DagPipelineService
+from application.stream_state import StreamStateStore
 from application.ports import Availability, PipelineObserver, ToolContext
 from domain import (
     ErrorCode,

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from application.errors import PipelineUnavailableError, UnknownPipelineError
-from application.pipeline import DagPipelineService, StreamStateStore
+from application.pipeline import DagPipelineService
+from application.stream_state import StreamStateStore
 from application.ports import Availability, ToolContext
 from application.video_service import VideoFilePipelineService
 from domain import ErrorCode, FrameValidationError, PipelineDefinition, PipelineNode, StreamError
