@@ -29,7 +29,7 @@ from adapters.entrypoints.compat import SUPPORTED_RANGES
 ROOT = Path(__file__).resolve().parents[2]
 LAYERS = ("domain", "application", "adapters")
 # Ray is heavy and optional: only the executor that uses it may import it, and only the [ray] extra declares it.
-RAY_MODULES = {"adapters/executors/ray/executor.py", "adapters/executors/ray/actor.py"}
+RAY_MODULES = {"adapters/executors/ray/cluster.py", "adapters/executors/ray/actor.py"}
 RAY_EXTRA = "ray"
 
 
