@@ -42,7 +42,10 @@ _SHARED_PROCESSORS: list[Any] = [
 # - the key in a `forgesyte.bearer.<key>` subprotocol, in any case;
 # - the token after `Bearer`;
 # - every query value but pipeline_id's: a client may put a key in any parameter, under any name.
-_CREDENTIAL_HEADERS = r"(?:proxy-)?authorization|set-cookie|cookie|x-api-key|api-key|x-auth-token|x-access-token"
+CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key", "x-auth-token", "x-access-token"}
+)
+_CREDENTIAL_HEADERS = "|".join(re.escape(name) for name in sorted(CREDENTIAL_HEADERS, key=len, reverse=True))
 _SECRET = re.compile(
     rf"(?i)(?P<header>(?<![\w-])(?:{_CREDENTIAL_HEADERS})\s*:[ \t]*)[^\r\n]*"
     r"|(?P<subprotocol>forgesyte\.bearer\.)[^\s,;\"'\\]+"

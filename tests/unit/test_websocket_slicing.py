@@ -20,9 +20,9 @@ from uvicorn.server import ServerState
 from websockets.client import ClientProtocol
 from websockets.uri import parse_uri
 
-from adapters.transports.litestar.websocket_limits import _READ_AHEAD_BYTES as READ_AHEAD_BYTES
+from adapters.transports.shared.websocket_frames import READ_AHEAD_BYTES, frame_size
 from adapters.transports.litestar.http_limits import ConnectionLimits
-from adapters.transports.litestar.websocket_limits import _frame_size, limited_connection_classes
+from adapters.transports.litestar.websocket_limits import limited_connection_classes
 
 LIMITS = ConnectionLimits(
     header_timeout_s=5, body_timeout_s=30, max_header_line_bytes=8192, max_head_bytes=16384,
@@ -152,8 +152,8 @@ def test_frame_size_reads_every_length_encoding(payload: int) -> None:
     client.send_binary(b"x" * payload)
     wire = b"".join(client.data_to_send())
     for cut in range(15):
-        assert _frame_size(wire[:cut]) in (None, len(wire))
-    assert _frame_size(wire[:14]) == len(wire)
+        assert frame_size(wire[:cut]) in (None, len(wire))
+    assert frame_size(wire[:14]) == len(wire)
 
 
 def test_reading_pauses_once_the_messages_not_taken_reach_the_read_ahead_bound() -> None:

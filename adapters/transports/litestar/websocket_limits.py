@@ -37,6 +37,17 @@ from uvicorn.server import ServerState
 from websockets.exceptions import InvalidState
 from websockets.frames import Opcode
 
+from adapters.transports.shared.websocket_frames import (
+    DENSE_SLICE_BYTES as _DENSE_SLICE_BYTES,
+    SPARSE_SLICE_BYTES as _SPARSE_SLICE_BYTES,
+    MAX_SLICE_BYTES as _MAX_SLICE_BYTES,
+    DENSE_FRAMES as _DENSE_FRAMES,
+    MAX_HEADER_BYTES as _MAX_HEADER_BYTES,
+    TURN_BUDGET_S as _TURN_BUDGET_S,
+    READ_AHEAD_BYTES as _READ_AHEAD_BYTES,
+    PONG_START as _PONG_START,
+    frame_size,
+)
 from adapters.transports.litestar.receive_queue import ReceiveQueue
 from adapters.transports.litestar.http_limits import (
     CLOSE_GRACE_S,
@@ -54,34 +65,10 @@ log = structlog.get_logger("forgesyte.connections")
 # one parser call and a copy, not a call per frame. Boundaries are known from the frame headers, read
 # here; should the parser ever disagree with them, the connection falls back to plain byte slices,
 # 32 KiB while the input holds few frames (at most ~55 ms) and 8 KiB as soon as it holds many.
-_DENSE_SLICE_BYTES = 8192
-_SPARSE_SLICE_BYTES = 32768
-_MAX_SLICE_BYTES = 65536
-_DENSE_FRAMES = 8
-_MAX_HEADER_BYTES = 14  # 2, then a 2- or 8-byte extended length, then a 4-byte mask
 # Parsing time one connection may take in one turn of the event loop before it yields to the others.
-_TURN_BUDGET_S = 0.005
 # Complete messages the application has not taken yet may total this much before reading pauses.
-_READ_AHEAD_BYTES = 256 * 1024
-_PONG_START = bytes([0x80 | Opcode.PONG.value])  # FIN + PONG; server frames are unmasked
 
 
-def _frame_size(head: bytes) -> int | None:
-    """A WebSocket frame's whole size (header, mask and payload) from its first bytes; None if they are too few."""
-    if len(head) < 2:
-        return None
-    second = head[1]
-    length = second & 0x7F
-    size = 6 if second & 0x80 else 2
-    if length == 126:
-        if len(head) < 4:
-            return None
-        return size + 2 + ((head[2] << 8) | head[3])
-    if length == 127:
-        if len(head) < 10:
-            return None
-        return size + 8 + int.from_bytes(head[2:10], "big")
-    return size + length
 
 
 class ReplyTimeout(ClientDisconnected):
@@ -179,11 +166,11 @@ class LimitedWebSocketConnection(WebSocketsSansIOProtocol):
             left = self._frame_left
             if not left:
                 head = self._head + bytes(view[position : position + _MAX_HEADER_BYTES - len(self._head)])
-                frame_size = _frame_size(head)
-                if frame_size is None:  # the data ends inside the header: it is fed, and kept to finish the header
+                whole = frame_size(head)
+                if whole is None:  # the data ends inside the header: it is fed, and kept to finish the header
                     self._head = head
                     return size, frames_ending
-                left = frame_size - len(self._head)
+                left = whole - len(self._head)
                 self._head = b""
             take = min(left, size - position, _MAX_SLICE_BYTES - (position - start))
             position += take
@@ -230,11 +217,11 @@ class LimitedWebSocketConnection(WebSocketsSansIOProtocol):
                 if not self._aligned:
                     return  # no frame boundaries known: everything is dropped until the grace runs out
                 head = self._head + data[position : position + _MAX_HEADER_BYTES - len(self._head)]
-                frame_size = _frame_size(head)
-                if frame_size is None:  # the data ends inside the header
+                whole = frame_size(head)
+                if whole is None:  # the data ends inside the header
                     self._head = head
                     return
-                self._frame_left = frame_size - len(self._head)
+                self._frame_left = whole - len(self._head)
                 self._head = b""
                 if head[0] & 0x0F == Opcode.CLOSE.value:
                     self._peer_close_left = self._frame_left

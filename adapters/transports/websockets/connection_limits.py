@@ -42,6 +42,18 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Event
 
+from adapters.observability.logs import CREDENTIAL_HEADERS, REDACTED, redact_secrets
+from adapters.transports.shared.websocket_frames import (
+    DENSE_SLICE_BYTES as _DENSE_SLICE_BYTES,
+    SPARSE_SLICE_BYTES as _SPARSE_SLICE_BYTES,
+    MAX_SLICE_BYTES as _MAX_SLICE_BYTES,
+    DENSE_FRAMES as _DENSE_FRAMES,
+    MAX_HEADER_BYTES as _MAX_HEADER_BYTES,
+    TURN_BUDGET_S as _TURN_BUDGET_S,
+    READ_AHEAD_BYTES as _READ_AHEAD_BYTES,
+    PONG_START as _PONG_START,
+    frame_size,
+)
 log = structlog.get_logger("forgesyte.connections")
 
 # Input is parsed in slices, checked between them, as the main transport does (adapters/transports/litestar/websocket_limits.py and http_limits.py):
@@ -49,40 +61,16 @@ log = structlog.get_logger("forgesyte.connections")
 # ~1,400 frames, ~10-15 ms) or one larger frame (up to 64 KiB of it). Boundaries are read from the frame
 # headers, from the end of the upgrade request on; should the parser ever disagree with them, the connection
 # falls back to plain byte slices, 32 KiB while the input holds few frames and 8 KiB as soon as it holds many.
-_DENSE_SLICE_BYTES = 8192
-_SPARSE_SLICE_BYTES = 32768
-_MAX_SLICE_BYTES = 65536
-_DENSE_FRAMES = 8
-_MAX_HEADER_BYTES = 14  # 2, then a 2- or 8-byte extended length, then a 4-byte mask
 _HEAD_END = b"\r\n\r\n"
 # Parsing time one connection may take in one turn of the event loop before it yields to the others.
-_TURN_BUDGET_S = 0.005
 # A close that waits on the peer is turned into an abort after this long; a connection failed for abuse sooner.
 CLOSE_TIMEOUT_S = 4.0
 _ABUSE_GRACE_S = 2.0
 # After our close, reading pauses this long after each read (at most 256 KiB each) until the client's end of stream.
 _DISCARD_PAUSE_S = 0.01
 # Frames the application has not taken yet may total this much before reading pauses (the main transport's bound).
-_READ_AHEAD_BYTES = 256 * 1024
-_PONG_START = bytes([0x80 | Opcode.PONG.value])  # FIN + PONG; server frames are unmasked
 
 
-def _frame_size(head: bytes) -> int | None:
-    """A WebSocket frame's whole size (header, mask and payload) from its first bytes; None if they are too few."""
-    if len(head) < 2:
-        return None
-    second = head[1]
-    length = second & 0x7F
-    size = 6 if second & 0x80 else 2
-    if length == 126:
-        if len(head) < 4:
-            return None
-        return size + 2 + ((head[2] << 8) | head[3])
-    if length == 127:
-        if len(head) < 10:
-            return None
-        return size + 8 + int.from_bytes(head[2:10], "big")
-    return size + length
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,11 +224,11 @@ class LimitedServerConnection(ServerConnection):
             left = self._frame_left
             if not left:
                 head = self._frame_head + data[position : position + _MAX_HEADER_BYTES - len(self._frame_head)]
-                frame_size = _frame_size(head)
-                if frame_size is None:  # the data ends inside the header: it is fed, and kept to finish the header
+                whole = frame_size(head)
+                if whole is None:  # the data ends inside the header: it is fed, and kept to finish the header
                     self._frame_head = head
                     return size, frames_ending
-                left = frame_size - len(self._frame_head)
+                left = whole - len(self._frame_head)
                 self._frame_head = b""
             take = min(left, size - position, _MAX_SLICE_BYTES - (position - start))
             position += take
@@ -404,25 +392,20 @@ def _client(address: Any) -> str:
 
 # Credentials out of the library's logs ------------------------------------------------------------
 
-_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
-_BEARER_TOKEN = re.compile(r"(?i)(forgesyte\.bearer\.)[^\s,;'\"]+")
-_SECRET_LINE = re.compile(r"(?im)^([<>]?\s*(?:proxy-authorization|authorization|set-cookie|cookie|x-api-key)\s*:\s*).*$")
 # The library's parse errors quote the offending header line or value, whichever header it was.
 _QUOTED_HEADER = re.compile(r"(?im)(invalid (?:HTTP header (?:line|name|value)|[A-Za-z0-9-]+ header)\s*:\s*).*$")
 _HEADER_FORMATS = frozenset({"< %s: %s", "> %s: %s"})
 
 
 def redact(text: str) -> str:
-    """`text` with bearer subprotocols, credential header values and quoted header values replaced by <redacted>."""
-    text = _BEARER_TOKEN.sub(r"\1<redacted>", text)
-    text = _QUOTED_HEADER.sub(r"\1<redacted>", text)
-    return _SECRET_LINE.sub(r"\1<redacted>", text)
+    """`text` under the server's credential rules (redact_secrets), and header values the library's errors quote."""
+    return redact_secrets(_QUOTED_HEADER.sub(rf"\1{REDACTED}", text))
 
 
 def redact_header(name: str, value: str) -> str:
-    if name.lower() in _SECRET_HEADERS:
-        return "<redacted>"
-    return _BEARER_TOKEN.sub(r"\1<redacted>", value)
+    if name.lower() in CREDENTIAL_HEADERS:
+        return REDACTED
+    return redact_secrets(value)
 
 
 class CredentialFilter(logging.Filter):
