@@ -57,8 +57,8 @@ class SessionSlots(Protocol):
         ...
 
 
-class InProcessSlots:
-    """SessionSlots for a server that is one process: counts in memory, on the event loop."""
+class SlotLimits:
+    """The two limits every SessionSlots implementation holds, checked once for all of them."""
 
     def __init__(self, max_sessions: int, max_per_key: int = 0) -> None:
         if max_sessions < 1:
@@ -67,8 +67,6 @@ class InProcessSlots:
             raise ValueError(f"max_per_key must be 0 (no quota) or more, got {max_per_key}")
         self._max_sessions = max_sessions
         self._max_per_key = max_per_key
-        self._held: dict[str | None, set[int]] = {}
-        self._numbers = itertools.count()
 
     @property
     def max_sessions(self) -> int:
@@ -77,6 +75,15 @@ class InProcessSlots:
     @property
     def max_per_key(self) -> int:
         return self._max_per_key
+
+
+class InProcessSlots(SlotLimits):
+    """SessionSlots for a server that is one process: counts in memory, on the event loop."""
+
+    def __init__(self, max_sessions: int, max_per_key: int = 0) -> None:
+        super().__init__(max_sessions, max_per_key)
+        self._held: dict[str | None, set[int]] = {}
+        self._numbers = itertools.count()
 
     def acquire(self, key: str | None = None) -> SlotToken | None:
         held = self._held.setdefault(key, set())

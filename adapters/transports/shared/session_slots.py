@@ -42,7 +42,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from application.sessions import SlotToken, pool_limit
+from application.sessions import SlotLimits, SlotToken, pool_limit
 
 SESSIONS_FILE = "sessions.slots"
 # struct flock on 64-bit Linux: short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid, padding.
@@ -77,7 +77,7 @@ def _flock(lock_type: int, start: int, length: int) -> bytes:
     return _FLOCK.pack(lock_type, os.SEEK_SET, start, length, 0)
 
 
-class SharedSlotTable:
+class SharedSlotTable(SlotLimits):
     """SessionSlots over the slot files in `directory`, one instance per worker process.
 
     Every call runs on the worker's event loop; the instance keeps which
@@ -87,25 +87,12 @@ class SharedSlotTable:
     def __init__(self, directory: Path, max_sessions: int, max_per_key: int = 0) -> None:
         if not shared_slot_table_supported():
             raise SlotTableUnavailable("open-file-description locks (F_OFD_SETLK) are not available on this platform")
-        if max_sessions < 1:
-            raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
-        if max_per_key < 0:
-            raise ValueError(f"max_per_key must be 0 (no quota) or more, got {max_per_key}")
+        super().__init__(max_sessions, max_per_key)
         self._directory = directory
-        self._max_sessions = max_sessions
-        self._max_per_key = max_per_key
         self._fds: dict[str | None, int] = {}
         self._held: dict[str | None, set[int]] = {}
         self._cursor: dict[str | None, int] = {}
         self._fd(None)  # a missing or unwritable directory fails at start-up, not at the first connection
-
-    @property
-    def max_sessions(self) -> int:
-        return self._max_sessions
-
-    @property
-    def max_per_key(self) -> int:
-        return self._max_per_key
 
     def acquire(self, key: str | None = None) -> SlotToken | None:
         """The first free slot from where this worker's last grant ended, found by skipping whole taken ranges."""
