@@ -24,6 +24,19 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq chromium
 
+# The WebRTC tests relay through Debian's coturn; the operator tests scrape with Debian's prometheus
+# (and check rules with its promtool). Installed like chromium, when missing.
+TURNSERVER := /usr/bin/turnserver
+PROMETHEUS := /usr/bin/prometheus
+
+$(TURNSERVER):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq coturn
+
+$(PROMETHEUS):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq prometheus
+
 $(NODE_STAMP): contracts/node/package-lock.json
 	cd contracts/node && npm ci --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
@@ -36,7 +49,7 @@ serve: $(STAMP)
 # The linters, the project's tests, then the contract suite (contracts/README.md) three ways: against the
 # self-started Litestar server and the alternate websockets adapter, and against a separately
 # started `forgesyte-stream serve` given to it with --target, as another team would run it.
-test: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
+test: $(STAMP) $(NODE_STAMP) $(CHROMIUM) $(TURNSERVER) $(PROMETHEUS)
 	$(MAKE) --no-print-directory lint
 	$(BIN)/pytest
 	$(MAKE) --no-print-directory contracts
