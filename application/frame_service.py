@@ -6,7 +6,7 @@ from typing import Any
 
 from application.errors import PipelineUnavailableError
 from application.pipeline import DagPipelineService
-from application.ports import Availability
+from application.ports import Availability, FrameJob, FrameReply
 from domain import DEFAULT_MAX_FRAME_BYTES, ErrorCode, StreamError, validate_jpeg
 
 
@@ -73,11 +73,14 @@ class FramePipelineService:
         stream validates each frame as it arrives). Blocking unless the
         pipeline runs inline: call it from a worker thread.
         """
-        if not markers_checked:
-            validate_jpeg(frame_bytes, self.max_frame_bytes)
-        payload = {"frame_index": frame_index, "image_bytes": bytes(frame_bytes)}
-        result = self._pipelines.run_pipeline(pipeline_id, payload, stream_id=stream_id)
-        return {"frame_index": frame_index, "result": result}
+        return self.run_job(FrameJob(pipeline_id, frame_index, frame_bytes, stream_id, markers_checked)).to_json()
+
+    def run_job(self, job: FrameJob) -> FrameReply:
+        """Run one frame's job as an executor received it: the job whole, its reply typed."""
+        if not job.markers_checked:
+            validate_jpeg(job.jpeg, self.max_frame_bytes)
+        result = self._pipelines.run_job(job)
+        return FrameReply(job.frame_index, result)
 
     def open_stream(self, stream_id: str) -> None:
         self._pipelines.open_stream(stream_id)

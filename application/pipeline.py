@@ -13,6 +13,7 @@ from application.json_safe import JsonSafetyError, to_json_safe
 from application.ports import (
     Availability,
     DecodeBudget,
+    FrameJob,
     ImageDecoder,
     PipelineCatalog,
     PipelineObserver,
@@ -341,6 +342,10 @@ class DagPipelineService:
         if stream_id is not None and info.header_bytes <= _MAX_REMEMBERED_HEADER_BYTES and type(image_bytes) is bytes:
             self._state_store.remember_header(stream_id, (image_bytes[: info.header_bytes], info))
         return info
+
+    def run_job(self, job: FrameJob) -> dict[str, Any]:
+        """Run a frame's job: its pipeline over its JPEG, with its stream's tool state; the pipeline's outputs."""
+        return self.run_pipeline(job.pipeline_id, {"frame_index": job.frame_index, "image_bytes": bytes(job.jpeg)}, stream_id=job.stream_id)
 
     def run_pipeline(self, pipeline_id: str, payload: Mapping[str, Any], *, stream_id: str | None = None) -> dict[str, Any]:
         plan = self._plans.get(pipeline_id)

@@ -201,6 +201,20 @@ class FrameJob(NamedTuple):
     markers_checked: bool = False
 
 
+class FrameReply(NamedTuple):
+    """What a frame's work returns, wherever it ran: the frame's index and the pipeline's JSON-ready outputs.
+
+    `to_json()` is the reply's wire form (`{"frame_index", "result"}`), the
+    payload format the user stories give `run_on_frame`.
+    """
+
+    frame_index: int
+    result: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"frame_index": self.frame_index, "result": self.result}
+
+
 class FrameExecutor(Protocol):
     """Runs frames' pipelines off the event loop and owns the per-stream tool state they use.
 
@@ -214,9 +228,9 @@ class FrameExecutor(Protocol):
         """Whether the pipeline's work is bounded by the JPEG header, so it runs on the caller's thread (`run_inline`)."""
         ...
 
-    def run_inline(self, job: FrameJob) -> dict[str, Any]: ...
+    def run_inline(self, job: FrameJob) -> FrameReply: ...
 
-    async def run(self, job: FrameJob, *, timeout_s: float, give_up: Awaitable[object] | None = None) -> dict[str, Any]: ...
+    async def run(self, job: FrameJob, *, timeout_s: float, give_up: Awaitable[object] | None = None) -> FrameReply: ...
 
     def open_stream(self, stream_id: str) -> None: ...
 

@@ -12,9 +12,12 @@ still running past its deadline (`frame_still_running`, then
 requested (`stop_requested`), the peer left or stopped reading
 (`connection_lost`), a bug in serving (`internal_failure`).
 
-Decisions: messages to send (`outbox`, reported to the observer once sent
-through `message_sent`), the frame to start (the return value of the events
-that can start one), and the ending (`ending`, then `closing_messages` and
+Decisions: what goes out (`outbox`: the typed messages of
+application.messages and the observer's reports, in one order; the pump
+sends each that has a wire form and hands every item back through
+`delivered`), the frame to start and where (`Start`, the return value of the
+events that can start one), whether the pump must stop waiting for a message
+(`interrupt_receive`), and the ending (`ending`, then `closing_messages` and
 `close_code`).
 """
 
@@ -23,14 +26,23 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
-from typing import Any
+from enum import StrEnum
+from typing import NamedTuple
 
 from application.errors import JobGivenUp, JobTimedOut, FrameTimeoutError, PipelineExecutionError
-from application.ports import ConnectionClosed, Inbound, InboundKind, SendTimedOut, StreamObserver
+from application.messages import (
+    ARRIVALS_DUE,
+    ArrivalsDue,
+    ErrorReply,
+    FrameDropped,
+    FrameFailure,
+    FrameResult,
+    Outgoing,
+    SlowDown,
+)
+from application.ports import ConnectionClosed, FrameReply, Inbound, InboundKind, SendTimedOut, StreamObserver
 from domain import CLOSE_CODE_FOR_ERROR, CloseCode, DropCause, ErrorCode, Frame, FrameValidationError, Session, SessionState, StreamError, validate_jpeg
 from domain.errors import GENERIC_INTERNAL_DETAIL
-from domain.session import Drop, SlowDownSignal
 
 logger = logging.getLogger(__name__)
 
@@ -63,43 +75,16 @@ class Close:
         return self.ending is Ending.PEER_GONE or self.ending is Ending.SEND_TIMEOUT
 
 
-class Report(IntEnum):
-    """What the observer hears once a message has been sent."""
+class Start(NamedTuple):
+    """A frame to start now, and whether its work is a header read the pump runs on the spot (`inline`).
 
-    PROCESSED = 1
-    DROPPED = 2
-    SLOWDOWN = 3
-    ERROR = 4
+    Inline work is bounded by the JPEG header, so running it where the
+    message was read saves a hand-off per frame and nothing else can arrive
+    meanwhile; any other work runs on the executor while receiving goes on.
+    """
 
-
-# One outgoing message: (message, report, frame, extra, queue_ms). `extra` is the processing time
-# of a result, the drop cause of a notice, the error code of an error, the signal of a slow-down;
-# `queue_ms` is a result's wait before it started.
-Outgoing = tuple[dict[str, Any], Report, Frame | None, Any, float]
-
-
-def dropped_message(drop: Drop) -> dict[str, Any]:
-    return {"frame_index": drop.frame.index, "dropped": True, "cause": drop.cause.value}
-
-
-def slowdown_message(signal: SlowDownSignal) -> dict[str, Any]:
-    def rounded(value: float | None) -> float | None:
-        return None if value is None else round(value, 3)
-
-    return {
-        "warning": "slow_down",
-        "drop_rate": round(signal.drop_rate, 4),
-        "suggested_fps": rounded(signal.suggested_fps),
-        "processing_ms": rounded(signal.processing_ms),
-        "interval_ms": rounded(signal.interval_ms),
-    }
-
-
-def error_message(error: StreamError, frame_index: int | None = None) -> dict[str, Any]:
-    message: dict[str, Any] = error.to_message()
-    if frame_index is not None:
-        message["frame_index"] = frame_index
-    return message
+    frame: Frame
+    inline: bool
 
 
 SHUTTING_DOWN_DETAIL = "the server is shutting down; reconnect later"
@@ -111,12 +96,14 @@ class StreamProtocol:
     __slots__ = (
         "_frame_timeout_s",
         "_idle_timeout_s",
+        "_inline",
         "_last_message_ms",
         "_max_frame_bytes",
         "_observer",
         "_started_ms",
         "_straggler",
         "_unreported",
+        "_waiting_for_message",
         "ending",
         "outbox",
         "session",
@@ -130,8 +117,10 @@ class StreamProtocol:
         frame_timeout_s: float,
         max_frame_bytes: int,
         idle_timeout_s: float,
+        runs_inline: bool = False,
     ) -> None:
         self.session = session
+        self._inline = runs_inline
         self._observer = observer
         self._frame_timeout_s = frame_timeout_s
         self._max_frame_bytes = max_frame_bytes
@@ -143,17 +132,24 @@ class StreamProtocol:
         self._started_ms = 0.0
         # The frame answered at its deadline whose work still runs: nothing starts until it returns.
         self._straggler: Frame | None = None
-        # Admitted frames not yet reported to the observer (index, bytes): see report_received.
+        # Admitted frames not yet reported to the observer (index, bytes): see _report_arrivals.
         self._unreported: list[tuple[int, int]] = []
+        # The pump is waiting for the client's next message, not taking one in.
+        self._waiting_for_message = False
 
     # Events -----------------------------------------------------------------
 
-    def message_received(self, inbound: Inbound) -> Frame | None:
+    def receive_started(self) -> None:
+        """The pump waits for the client's next message: a stop may interrupt it there (`interrupt_receive`)."""
+        self._waiting_for_message = True
+
+    def message_received(self, inbound: Inbound) -> Start | None:
         """A message from the client; returns the frame to start now, if any.
 
         The frame is admitted, and the frames it displaces answered as dropped,
         before anything else can happen: the event is one synchronous step.
         """
+        self._waiting_for_message = False
         session = self.session
         if inbound.kind is not InboundKind.BINARY:
             self._last_message_ms = session.now_ms()
@@ -169,25 +165,24 @@ class StreamProtocol:
             return None
         data = inbound.data
         assert isinstance(data, bytes)
-        observer = self._observer
+        outbox = self.outbox
         if self.ending is not None:
             if not self.ending.cut_off:
                 # Read just as the session began to end: it is answered, as dropped, and never started.
                 now = session.now_ms()
                 late = Frame(index=session.increment_frame(), data=data, received_ms=now)
-                self.report_received()  # arrivals are reported in order
-                observer.frame_received(session, late.index, len(data))
+                self._unreported.append((late.index, len(data)))
                 session.mark_drop(now)
                 cause = DropCause.SHUTDOWN if self.ending.ending is Ending.SHUTDOWN else DropCause.CLOSING
-                self.outbox.append((dropped_message(Drop(late, cause)), Report.DROPPED, late, cause, 0.0))
+                outbox.append(FrameDropped(late, cause))
             return None
         try:
             validate_jpeg(data, self._max_frame_bytes)
         except FrameValidationError as error:
             self._last_message_ms = session.now_ms()
             index = session.increment_frame()
-            self.report_received()  # arrivals are reported in order
-            observer.frame_received(session, index, len(data))
+            self._unreported.append((index, len(data)))
+            outbox.append(ARRIVALS_DUE)
             self._end(Close(Ending.CLIENT_ERROR, error, frame_index=index))
             return None
         admission = session.receive_frame(data)
@@ -196,59 +191,60 @@ class StreamProtocol:
         self._unreported.append((frame.index, len(data)))
         start = admission.start
         if admission.dropped:
-            outbox = self.outbox
             for drop in admission.dropped:
-                outbox.append((dropped_message(drop), Report.DROPPED, drop.frame, drop.cause, 0.0))
+                outbox.append(FrameDropped(drop.frame, drop.cause))
             signal = session.take_slowdown_signal()
             if signal is not None:
-                outbox.append((slowdown_message(signal), Report.SLOWDOWN, None, signal, 0.0))
-        if start is not None:
-            self._started_ms = frame.received_ms if start is frame else session.now_ms()
-        return start
+                outbox.append(SlowDown(signal))
+        if start is None:
+            outbox.append(ARRIVALS_DUE)
+            return None
+        self._started_ms = frame.received_ms if start is frame else session.now_ms()
+        if not self._inline:
+            # Reported once the drop notices are out; a frame answered at once is reported after its reply instead.
+            outbox.append(ARRIVALS_DUE)
+        return Start(start, self._inline)
 
-    def frame_finished(self, frame: Frame, reply: dict[str, Any]) -> Frame | None:
-        """The frame's work returned its reply (`{"frame_index", "result"}`); returns the next frame to start, if any."""
+    def frame_finished(self, frame: Frame, reply: FrameReply) -> Start | None:
+        """The frame's work returned its reply; returns the next frame to start, if any."""
         session = self.session
         started_ms = self._started_ms
         now = session.now_ms()
         processing_ms = now - started_ms
         session.complete_frame(frame, processing_ms=processing_ms, succeeded=True, now=now)
-        self.outbox.append((reply, Report.PROCESSED, frame, processing_ms, started_ms - frame.received_ms))
+        self.outbox.append(FrameResult(frame, reply.result, processing_ms, started_ms - frame.received_ms))
         return self._next()
 
-    def frame_failed(self, frame: Frame, error: BaseException) -> Frame | None:
+    def frame_failed(self, frame: Frame, error: BaseException) -> Start | None:
         """The frame's work failed; the kind of failure decides the reply. Returns the next frame to start."""
         session = self.session
-        observer = self._observer
-        self.report_received()  # the frame's arrival is reported before its failure
         session.complete_frame(frame, processing_ms=session.now_ms() - self._started_ms, succeeded=False)
         if isinstance(error, FrameValidationError):
             # Markers were fine but the image does not decode (or declares too many pixels): the client sent it.
+            self.outbox.append(ARRIVALS_DUE)
             self._end(Close(Ending.CLIENT_ERROR, error, frame_index=frame.index))
             return None
         failure: StreamError
+        cause: Exception
         if isinstance(error, JobGivenUp):
             # The shutdown deadline passed first: queued work never runs, running work finishes unobserved.
-            failure = StreamError(
+            failure = cause = StreamError(
                 ErrorCode.PIPELINE_FAILURE,
                 f"the server shut down before frame {frame.index} finished",
                 log_message=f"frame {frame.index} of pipeline {session.pipeline_id!r} cut off by the shutdown deadline",
             )
-            observer.frame_failed(session, frame.index, failure, code=failure.code)
         elif isinstance(error, PipelineExecutionError):
-            failure = error
-            observer.frame_failed(session, frame.index, error, code=error.code)
+            failure = cause = error
         elif isinstance(error, JobTimedOut):
-            failure = FrameTimeoutError(session.pipeline_id, frame.index, self._frame_timeout_s)
-            observer.frame_failed(session, frame.index, error, code=failure.code)
+            failure, cause = FrameTimeoutError(session.pipeline_id, frame.index, self._frame_timeout_s), error
         elif isinstance(error, StreamError):
             # The pipeline became unavailable or unknown mid-stream: this frame fails, the stream goes on.
-            failure = StreamError(ErrorCode.PIPELINE_FAILURE, error.detail, log_message=error.log_message)
-            observer.frame_failed(session, frame.index, error, code=failure.code)
+            failure, cause = StreamError(ErrorCode.PIPELINE_FAILURE, error.detail, log_message=error.log_message), error
         else:
+            self.outbox.append(ARRIVALS_DUE)
             self.internal_failure(f"frame {frame.index}", error, frame)
             return None
-        self.outbox.append((error_message(failure, frame.index), Report.ERROR, frame, ErrorCode.PIPELINE_FAILURE, 0.0))
+        self.outbox.append(ErrorReply(failure, frame.index, FrameFailure(frame.index, cause)))
         return self._next()
 
     def frame_still_running(self, frame: Frame, error: JobTimedOut) -> None:
@@ -258,14 +254,11 @@ class StreamProtocol:
         one worker, never the whole pool, and one stream's tool state is never
         used by two runs at once.
         """
-        session = self.session
-        self.report_received()
-        failure = FrameTimeoutError(session.pipeline_id, frame.index, self._frame_timeout_s)
-        self._observer.frame_failed(session, frame.index, error, code=failure.code)
+        failure = FrameTimeoutError(self.session.pipeline_id, frame.index, self._frame_timeout_s)
         self._straggler = frame
-        self.outbox.append((error_message(failure, frame.index), Report.ERROR, frame, ErrorCode.PIPELINE_FAILURE, 0.0))
+        self.outbox.append(ErrorReply(failure, frame.index, FrameFailure(frame.index, error)))
 
-    def straggler_returned(self, frame: Frame) -> Frame | None:
+    def straggler_returned(self, frame: Frame) -> Start | None:
         """The work answered at its deadline has returned; returns the next frame to start."""
         session = self.session
         self._straggler = None
@@ -295,10 +288,14 @@ class StreamProtocol:
         self._end(Close(Ending.SHUTDOWN, StreamError(ErrorCode.SHUTTING_DOWN, SHUTTING_DOWN_DETAIL)))
 
     def connection_lost(self, gone: ConnectionClosed) -> None:
-        """The peer left, or stopped reading and was cut off: nothing more goes out, a graceful close included."""
+        """The peer left, or stopped reading and was cut off: nothing more goes out, a graceful close included.
+
+        What was queued is still reported (the observer hears of arrivals and
+        failures), but not as sent.
+        """
         if self.ending is None or not self.ending.cut_off:
             self.ending = Close(Ending.SEND_TIMEOUT if isinstance(gone, SendTimedOut) else Ending.PEER_GONE)
-        self.outbox.clear()
+        self._report_unsent()
 
     def internal_failure(self, where: str, error: BaseException, frame: Frame | None) -> None:
         """A bug in serving this session: the log gets the traceback, the client a generic internal_error."""
@@ -311,47 +308,43 @@ class StreamProtocol:
             )
         )
 
-    def report_received(self) -> None:
-        """Tell the observer of the frames admitted since the last report.
+    def session_ended(self) -> None:
+        """The pump is done: whatever was never delivered (the connection was cut) is reported, arrivals included."""
+        self._report_unsent()
+        self._report_arrivals()
 
-        An admitted frame is reported here rather than as it arrives, so that
-        a frame answered at once (a header-only pipeline) has its reply
-        written before any bookkeeping runs; the pump calls this once it has
-        sent what a message made the protocol queue. Every report about a
-        frame's outcome comes after the report of its arrival: the events that
-        report outcomes call this first.
+    def delivered(self, outgoing: Outgoing) -> None:
+        """An item of the outbox has been dealt with (sent, where it has a wire form): tell the observer.
+
+        Every report about a frame's outcome comes after the report of its
+        arrival, so pending arrivals go first.
         """
-        unreported = self._unreported
-        if unreported:
-            session = self.session
-            observer = self._observer
-            for index, size in unreported:
-                observer.frame_received(session, index, size)
-            unreported.clear()
-
-    def message_sent(self, outgoing: Outgoing) -> None:
-        """Tell the observer what a message that has gone out said."""
-        self.report_received()
-        _, report, frame, extra, queue_ms = outgoing
+        self._report_arrivals()
+        kind = type(outgoing)
+        if kind is ArrivalsDue:
+            return
         session = self.session
         observer = self._observer
-        if report is Report.PROCESSED:
-            assert frame is not None
-            now = session.now_ms()
+        if kind is FrameResult:
+            assert isinstance(outgoing, FrameResult)
+            frame = outgoing.frame
             observer.frame_processed(
                 session,
                 frame.index,
-                queue_ms=queue_ms,
-                processing_ms=extra,
-                latency_ms=now - frame.received_ms,
+                queue_ms=outgoing.queue_ms,
+                processing_ms=outgoing.processing_ms,
+                latency_ms=session.now_ms() - frame.received_ms,
             )
-        elif report is Report.DROPPED:
-            assert frame is not None
-            observer.frame_dropped(session, frame.index, extra)
-        elif report is Report.ERROR:
-            observer.error_sent(session, extra)
-        elif report is Report.SLOWDOWN:
-            observer.slowdown_sent(session, extra.drop_rate, extra.suggested_fps)
+        elif kind is FrameDropped:
+            assert isinstance(outgoing, FrameDropped)
+            observer.frame_dropped(session, outgoing.frame.index, outgoing.cause)
+        elif kind is ErrorReply:
+            assert isinstance(outgoing, ErrorReply)
+            self._report_failure(outgoing)
+            observer.error_sent(session, outgoing.code)
+        else:
+            assert isinstance(outgoing, SlowDown)
+            observer.slowdown_sent(session, outgoing.signal.drop_rate, outgoing.signal.suggested_fps)
 
     # Queries ------------------------------------------------------------------
 
@@ -363,6 +356,13 @@ class StreamProtocol:
     @property
     def idle_timeout_s(self) -> float:
         return self._idle_timeout_s
+
+    @property
+    def interrupt_receive(self) -> bool:
+        """Once the session ends, a wait for the next message is cut short; a message being taken in is finished first
+        (admitted, displaced frames answered, handed on or answered inline), unless nothing more can be sent."""
+        close = self.ending
+        return close is not None and (close.cut_off or self._waiting_for_message)
 
     @property
     def busy(self) -> bool:
@@ -379,8 +379,8 @@ class StreamProtocol:
         cause = DropCause.SHUTDOWN if close.ending is Ending.SHUTDOWN else DropCause.CLOSING
         outbox = self.outbox
         for drop in session.drain_waiting(cause):
-            outbox.append((dropped_message(drop), Report.DROPPED, drop.frame, drop.cause, 0.0))
-        outbox.append((error_message(close.error, close.frame_index), Report.ERROR, None, close.error.code, 0.0))
+            outbox.append(FrameDropped(drop.frame, drop.cause))
+        outbox.append(ErrorReply(close.error, close.frame_index))
 
     def close_code(self) -> tuple[int, str]:
         """The close code and reason the session ends with, as decided."""
@@ -399,11 +399,36 @@ class StreamProtocol:
         if self.ending is None:
             self.ending = close
 
-    def _next(self) -> Frame | None:
+    def _next(self) -> Start | None:
         if self.ending is not None:
             return None
         start = self.session.start_next()
-        if start is not None:
-            self._started_ms = self.session.now_ms()
-        return start
+        if start is None:
+            return None
+        self._started_ms = self.session.now_ms()
+        return Start(start, self._inline)
+
+    def _report_arrivals(self) -> None:
+        unreported = self._unreported
+        if unreported:
+            session = self.session
+            observer = self._observer
+            for index, size in unreported:
+                observer.frame_received(session, index, size)
+            unreported.clear()
+
+    def _report_failure(self, reply: ErrorReply) -> None:
+        failure = reply.failure
+        if failure is not None:
+            self._observer.frame_failed(self.session, failure.frame_index, failure.cause, code=reply.code)
+
+    def _report_unsent(self) -> None:
+        """Items that will never go out: their arrivals and failures still count; nothing is reported as sent."""
+        outbox = self.outbox
+        while outbox:
+            outgoing = outbox.popleft()
+            self._report_arrivals()
+            if type(outgoing) is ErrorReply:
+                assert isinstance(outgoing, ErrorReply)
+                self._report_failure(outgoing)
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 from application.errors import JobTimedOut, FrameTimeoutError, PipelineExecutionError
-from application.ports import FrameExecutor, FrameJob, StreamObserver
+from application.ports import FrameExecutor, FrameJob, FrameReply, StreamObserver
 from application.frame_service import FramePipelineService
 from domain import validate_jpeg
 
@@ -31,8 +30,8 @@ class SingleFrameService:
     def check_pipeline(self, pipeline_id: str) -> None:
         self._frames.check_pipeline(pipeline_id)
 
-    async def run(self, pipeline_id: str, frame_bytes: bytes, frame_index: int = 0) -> dict[str, Any]:
-        """The frame's reply `{"frame_index", "result"}`; raises the StreamError the client is told."""
+    async def run(self, pipeline_id: str, frame_bytes: bytes, frame_index: int = 0) -> FrameReply:
+        """The frame's reply; raises the StreamError the client is told."""
         self.check_pipeline(pipeline_id)
         validate_jpeg(frame_bytes, self._max_frame_bytes)
         job = FrameJob(pipeline_id, frame_index, frame_bytes, None, True)

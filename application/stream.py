@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from application.errors import JobStillRunning
+from application.messages import ErrorReply
 from application.ports import ConnectionClosed, FrameExecutor, FrameJob, StreamObserver, Transport
-from application.protocol import SHUTTING_DOWN_DETAIL, StreamProtocol, error_message
+from application.protocol import SHUTTING_DOWN_DETAIL, Start, StreamProtocol
 from application.sessions import Registration, SessionManager
 from application.frame_service import FramePipelineService
 from domain import (
@@ -56,8 +58,12 @@ class StreamService:
         sessions: SessionManager,
         observer: StreamObserver,
         settings: StreamSettings,
+        *,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._frames = frames
+        # The sessions' clock (ms); the process's monotonic clock unless a test drives one by hand.
+        self._clock = clock
         self._executor = executor
         self._sessions = sessions
         self._observer = observer
@@ -82,7 +88,11 @@ class StreamService:
                 return
         assert pipeline_id is not None  # a missing id is never valid
 
-        session = Session(pipeline_id=pipeline_id, policy=self._settings.policy)
+        session = (
+            Session(pipeline_id=pipeline_id, policy=self._settings.policy)
+            if self._clock is None
+            else Session(pipeline_id=pipeline_id, policy=self._settings.policy, clock=self._clock)
+        )
         registration, handle = self._sessions.register(session)
         if registration is Registration.FULL:
             await self._reject(
@@ -110,6 +120,7 @@ class StreamService:
             frame_timeout_s=settings.frame_timeout_s,
             max_frame_bytes=settings.max_frame_bytes,
             idle_timeout_s=settings.idle_timeout_s,
+            runs_inline=self._executor.runs_inline(pipeline_id),
         )
         pump = _Pump(protocol, transport, self._executor, settings.frame_timeout_s)
         close_code, reason = int(CloseCode.INTERNAL_ERROR), "internal_error"
@@ -130,7 +141,7 @@ class StreamService:
     async def _reject(self, transport: Transport, pipeline_id: str | None, error: StreamError) -> None:
         self._observer.session_rejected(pipeline_id, transport.client, error.code, error.detail)
         try:
-            await transport.send_json(error_message(error))
+            await transport.send_json(ErrorReply(error).to_json())
             self._observer.error_sent(None, error.code)
             await transport.close(int(CLOSE_CODE_FOR_ERROR[error.code]), error.code.value)
         except ConnectionClosed:
@@ -145,9 +156,9 @@ class _Pump:
     """One session's I/O: a receiving task, a processing task, sends, timers; every decision is the protocol's.
 
     Sends go out in the order the protocol queued them, whichever task
-    performs them (`_flush`). The receiving task answers header-only frames
-    itself, saving a hand-off per frame; other frames go to the processing
-    task, so that receiving goes on while they run.
+    performs them (`_flush`). A frame the protocol starts inline is run by
+    the receiving task; other frames go to the processing task, so that
+    receiving goes on while they run.
     """
 
     def __init__(self, protocol: StreamProtocol, transport: Transport, executor: FrameExecutor, frame_timeout_s: float) -> None:
@@ -158,16 +169,13 @@ class _Pump:
         session = protocol.session
         self._pipeline_id = session.pipeline_id
         self._stream_id = session.session_id
-        self._inline = executor.runs_inline(session.pipeline_id)
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._ended: asyncio.Future[None] = loop.create_future()
         # True while a task sends the outbox; `_sent` completes when it is done, made only when another task waits.
         self._sending = False
         self._sent: asyncio.Future[None] | None = None
-        self._to_start: asyncio.Queue[Frame | None] = asyncio.Queue()
-        # True while the receiving task waits in transport.receive(), the one place it may be cancelled.
-        self._receiving = False
+        self._to_start: asyncio.Queue[Start | None] = asyncio.Queue()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._give_up: asyncio.Future[Any] | None = None
 
@@ -187,10 +195,8 @@ class _Pump:
                 self._fed()  # also releases a processing task waiting on work that outlived its timeout
             close = protocol.ending
             assert close is not None
-            if close.cut_off or self._receiving:
+            if protocol.interrupt_receive:
                 receiver.cancel()
-            # Otherwise the receiving task is taking a message all the way (admitted, displaced frames
-            # answered, handed on or answered inline); it stops once that is done.
             await asyncio.gather(receiver, return_exceptions=True)
             if close.cut_off:
                 return protocol.close_code()
@@ -207,7 +213,7 @@ class _Pump:
                     protocol.connection_lost(gone)
             return protocol.close_code()
         finally:
-            protocol.report_received()  # frames admitted and never answered (the connection was cut) still count
+            protocol.session_ended()
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
             for task in (receiver, processor, stop_waiter):
@@ -244,8 +250,10 @@ class _Pump:
         try:
             while outbox:
                 outgoing = outbox.popleft()
-                await send_json(outgoing[0])
-                protocol.message_sent(outgoing)
+                message = outgoing.to_json()
+                if message is not None:
+                    await send_json(message)
+                protocol.delivered(outgoing)
         except ConnectionClosed as gone:
             protocol.connection_lost(gone)
             self._fed()
@@ -263,32 +271,26 @@ class _Pump:
     async def _receive_loop(self) -> None:
         protocol = self._protocol
         transport = self._transport
-        inline = self._inline
         to_start = self._to_start
         executor = self._executor
-        pipeline_id = self._pipeline_id
-        stream_id = self._stream_id
         try:
             while protocol.ending is None:
-                self._receiving = True
+                protocol.receive_started()
                 inbound = await transport.receive()
-                self._receiving = False
                 start = protocol.message_received(inbound)
-                if start is not None and not inline:
+                if start is not None and not start.inline:
                     to_start.put_nowait(start)  # the pipeline starts before the drop notices go out
                 if protocol.outbox:
                     await self._flush()
-                while start is not None and inline:
-                    # A header-only frame is answered right here: the work is a header read, so nothing
-                    # else arrives meanwhile, and skipping the hand-off saves an event-loop round.
+                while start is not None and start.inline:
+                    frame = start.frame
                     try:
-                        reply = executor.run_inline(FrameJob(pipeline_id, start.index, start.data, stream_id, True))
+                        reply = executor.run_inline(self._job(frame))
                     except Exception as error:
-                        start = protocol.frame_failed(start, error)
+                        start = protocol.frame_failed(frame, error)
                     else:
-                        start = protocol.frame_finished(start, reply)
+                        start = protocol.frame_finished(frame, reply)
                     await self._flush()
-                protocol.report_received()  # after the replies: a frame answered at once is reported once its reply is out
                 self._fed()
         except ConnectionClosed as gone:
             protocol.connection_lost(gone)
@@ -305,9 +307,11 @@ class _Pump:
         protocol = self._protocol
         executor = self._executor
         frame: Frame | None = None
+        start: Start | None
         try:
-            while (frame := await self._to_start.get()) is not _NO_MORE_FRAMES:
-                while frame is not None:
+            while (start := await self._to_start.get()) is not _NO_MORE_FRAMES:
+                while start is not None:
+                    frame = start.frame
                     try:
                         reply = await executor.run(self._job(frame), timeout_s=self._frame_timeout_s, give_up=self._give_up)
                     except JobStillRunning as running:
@@ -317,11 +321,11 @@ class _Pump:
                         await asyncio.wait({running.finished, self._ended}, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
                         if self._ended.done():
                             return
-                        frame = protocol.straggler_returned(frame)
+                        start = protocol.straggler_returned(frame)
                     except Exception as error:
-                        frame = protocol.frame_failed(frame, error)
+                        start = protocol.frame_failed(frame, error)
                     else:
-                        frame = protocol.frame_finished(frame, reply)
+                        start = protocol.frame_finished(frame, reply)
                     await self._flush()
                     self._fed()
         except asyncio.CancelledError:

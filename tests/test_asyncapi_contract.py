@@ -349,25 +349,26 @@ def test_the_domains_error_messages_are_declared(contract: Contract) -> None:
     assert contract.validate_server_message(generic) == "InternalError"
 
 
-def test_the_stream_services_message_builders_are_declared(contract: Contract) -> None:
-    """The functions that build every stream message produce declared messages."""
+def test_every_kind_of_outgoing_message_renders_a_declared_message(contract: Contract) -> None:
+    """The typed messages the stream protocol queues (application.messages) render messages the document declares."""
     from domain import Frame, StreamError
-    from domain.session import Drop, SlowDownSignal
+    from domain.session import SlowDownSignal
 
-    from application import protocol as stream
+    from application.messages import ErrorReply, FrameDropped, FrameResult, SlowDown
 
     frame = Frame(index=7, data=b"\xff\xd8\xff\xd9", received_ms=0.0)
+    assert contract.validate_server_message(FrameResult(frame, {"faces": {"boxes": []}}, 4.0, 0.5).to_json()) == "FrameResult"
     for cause in DropCause:
-        assert contract.validate_server_message(stream.dropped_message(Drop(frame, cause))) == "FrameDropped"
+        assert contract.validate_server_message(FrameDropped(frame, cause).to_json()) == "FrameDropped"
     for signal in (
         SlowDownSignal(drop_rate=0.5, suggested_fps=11.3636, processing_ms=80.0, interval_ms=33.3333),
         SlowDownSignal(drop_rate=1.0, suggested_fps=None, processing_ms=None, interval_ms=None),
         SlowDownSignal(drop_rate=0.31, suggested_fps=0.0015, processing_ms=600000.0, interval_ms=0.0),
     ):
-        assert contract.validate_server_message(stream.slowdown_message(signal)) == "SlowDownWarning"
+        assert contract.validate_server_message(SlowDown(signal).to_json()) == "SlowDownWarning"
     for code in ErrorCode:
         error = StreamError(code, "detail for the client")
-        with_index = contract.validate_server_message(stream.error_message(error, 7))
+        with_index = contract.validate_server_message(ErrorReply(error, 7).to_json())
         assert contract.server_messages()[with_index]["properties"]["error"]["const"] == code.value
         if code is not ErrorCode.PIPELINE_FAILURE:
-            assert contract.validate_server_message(stream.error_message(error)) == with_index
+            assert contract.validate_server_message(ErrorReply(error).to_json()) == with_index

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from adapters.executors.deadline import race_deadline
-from application.ports import FrameJob
+from application.ports import FrameJob, FrameReply
 from application.frame_service import FramePipelineService
 
 T = TypeVar("T")
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 class ThreadFrameExecutor:
-    """The FrameExecutor port on threads of this process, running `FramePipelineService.run_on_frame`."""
+    """The FrameExecutor port on threads of this process, running `FramePipelineService.run_job`."""
 
     def __init__(self, frames: FramePipelineService, workers: int) -> None:
         if workers < 1:
@@ -44,12 +44,10 @@ class ThreadFrameExecutor:
     def runs_inline(self, pipeline_id: str) -> bool:
         return self._frames.runs_inline(pipeline_id)
 
-    def run_inline(self, job: FrameJob) -> dict[str, Any]:
-        return self._frames.run_on_frame(
-            job.pipeline_id, job.frame_index, job.jpeg, stream_id=job.stream_id, markers_checked=job.markers_checked
-        )
+    def run_inline(self, job: FrameJob) -> FrameReply:
+        return self._frames.run_job(job)
 
-    async def run(self, job: FrameJob, *, timeout_s: float, give_up: Awaitable[object] | None = None) -> dict[str, Any]:
+    async def run(self, job: FrameJob, *, timeout_s: float, give_up: Awaitable[object] | None = None) -> FrameReply:
         return await self.run_blocking(lambda: self.run_inline(job), timeout_s=timeout_s, give_up=give_up)
 
     def open_stream(self, stream_id: str) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from application.errors import JobGivenUp, JobStillRunning, JobTimedOut, PipelineExecutionError
-from application.ports import ConnectionClosed, Inbound, InboundKind, SendTimedOut
-from application.protocol import ABNORMAL_CLOSURE, Ending, StreamProtocol
+from application.ports import ConnectionClosed, FrameReply, Inbound, InboundKind, SendTimedOut
+from application.protocol import ABNORMAL_CLOSURE, Ending, Start, StreamProtocol
 from domain import BackpressurePolicy, ErrorCode, Frame, FrameValidationError, Session, SessionState
 from domain.errors import GENERIC_INTERNAL_DETAIL
 from tests.support.fakes import Clock
@@ -31,12 +31,14 @@ class Observer:
         return [event[0] for event in self.events]
 
 
-def protocol(policy: BackpressurePolicy | None = None, idle_timeout_s: float = 60.0) -> tuple[StreamProtocol, Clock, Observer]:
+def protocol(
+    policy: BackpressurePolicy | None = None, idle_timeout_s: float = 60.0, *, inline: bool = False
+) -> tuple[StreamProtocol, Clock, Observer]:
     clock = Clock()
     session = Session(pipeline_id="p", policy=policy or BackpressurePolicy(), clock=clock)
     session.transition(SessionState.OPEN)
     observer = Observer()
-    stream = StreamProtocol(session, observer, frame_timeout_s=2.0, max_frame_bytes=1_000_000, idle_timeout_s=idle_timeout_s)  # type: ignore[arg-type]
+    stream = StreamProtocol(session, observer, frame_timeout_s=2.0, max_frame_bytes=1_000_000, idle_timeout_s=idle_timeout_s, runs_inline=inline)  # type: ignore[arg-type]
     return stream, clock, observer
 
 
@@ -44,17 +46,25 @@ def frame() -> Inbound:
     return Inbound(InboundKind.BINARY, FRAME)
 
 
-def reply(frame: Frame) -> dict[str, Any]:
-    return {"frame_index": frame.index, "result": {}}
+def reply(frame: Frame) -> FrameReply:
+    return FrameReply(frame.index, {})
+
+
+def started(start: Start | None) -> Frame:
+    """The frame an event started (it must have started one)."""
+    assert start is not None
+    return start.frame
 
 
 def sent(stream: StreamProtocol) -> list[dict[str, Any]]:
-    """Send everything queued, as the pump does: each message, then its report to the observer."""
+    """Deal with everything queued, as the pump does: send what has a wire form, then hand each item back."""
     messages = []
     while stream.outbox:
         outgoing = stream.outbox.popleft()
-        messages.append(outgoing[0])
-        stream.message_sent(outgoing)
+        message = outgoing.to_json()
+        if message is not None:
+            messages.append(message)
+        stream.delivered(outgoing)
     return messages
 
 
@@ -69,8 +79,8 @@ def replies_per_frame(messages: list[dict[str, Any]]) -> dict[int, list[str]]:
 
 def test_a_frame_that_finds_the_pipeline_idle_starts_and_its_result_is_reported_once_sent() -> None:
     stream, clock, observer = protocol()
-    start = stream.message_received(frame())
-    assert start is not None and start.index == 0
+    start = started(stream.message_received(frame()))
+    assert start.index == 0
     clock.now += 40
     assert stream.frame_finished(start, reply(start)) is None
     assert "frame_processed" not in observer.names(), "reported only once the reply has gone out"
@@ -81,29 +91,26 @@ def test_a_frame_that_finds_the_pipeline_idle_starts_and_its_result_is_reported_
 
 def test_a_frame_admitted_while_a_reply_is_being_sent_starts_exactly_once() -> None:
     stream, clock, _ = protocol()
-    first = stream.message_received(frame())
-    assert first is not None
+    first = started(stream.message_received(frame()))
     assert stream.frame_finished(first, reply(first)) is None  # its reply is now being written
-    second = stream.message_received(frame())  # arrives meanwhile: the pipeline is idle, so it starts
-    assert second is not None and second.index == 1
+    second = started(stream.message_received(frame()))  # arrives meanwhile: the pipeline is idle, so it starts
+    assert second.index == 1
     assert stream.frame_finished(second, reply(second)) is None, "nothing else waits: no frame runs twice"
     assert replies_per_frame(sent(stream)) == {0: ["result"], 1: ["result"]}
 
 
 def test_a_frame_arriving_during_work_waits_and_starts_when_the_work_finishes() -> None:
     stream, clock, _ = protocol()
-    first = stream.message_received(frame())
-    assert first is not None
+    first = started(stream.message_received(frame()))
     assert stream.message_received(frame()) is None
     clock.now += 10
     following = stream.frame_finished(first, reply(first))
-    assert following is not None and following.index == 1
+    assert following is not None and following.frame.index == 1
 
 
 def test_under_overload_the_displaced_frames_are_answered_as_dropped_with_a_slow_down() -> None:
     stream, clock, observer = protocol(BackpressurePolicy(buffer_capacity=1))
-    first = stream.message_received(frame())
-    assert first is not None
+    started(stream.message_received(frame()))
     for _ in range(6):
         clock.now += 5
         assert stream.message_received(frame()) is None
@@ -115,8 +122,7 @@ def test_under_overload_the_displaced_frames_are_answered_as_dropped_with_a_slow
 
 def test_a_frame_read_just_as_the_session_ends_is_answered_as_dropped_and_never_started() -> None:
     stream, _, observer = protocol()
-    first = stream.message_received(frame())
-    assert first is not None
+    first = started(stream.message_received(frame()))
     stream.stop_requested()
     assert stream.message_received(frame()) is None
     assert stream.frame_finished(first, reply(first)) is None
@@ -129,8 +135,7 @@ def test_a_frame_read_just_as_the_session_ends_is_answered_as_dropped_and_never_
 
 def test_stop_while_drop_notices_are_queued_still_answers_every_frame_once() -> None:
     stream, clock, _ = protocol(BackpressurePolicy(buffer_capacity=1))
-    first = stream.message_received(frame())
-    assert first is not None
+    first = started(stream.message_received(frame()))
     stream.message_received(frame())
     stream.message_received(frame())  # displaces frame 1: its notice is queued, not yet sent
     stream.stop_requested()
@@ -144,8 +149,7 @@ def test_stop_while_drop_notices_are_queued_still_answers_every_frame_once() -> 
 
 def test_work_given_up_at_the_shutdown_deadline_is_answered_as_failed() -> None:
     stream, _, observer = protocol()
-    first = stream.message_received(frame())
-    assert first is not None
+    first = started(stream.message_received(frame()))
     stream.stop_requested()
     assert stream.frame_failed(first, JobGivenUp()) is None
     stream.closing_messages()
@@ -157,24 +161,22 @@ def test_work_given_up_at_the_shutdown_deadline_is_answered_as_failed() -> None:
 
 def test_after_a_timeout_the_next_frame_waits_for_the_work_still_running() -> None:
     stream, clock, _ = protocol()
-    first = stream.message_received(frame())
-    assert first is not None
+    first = started(stream.message_received(frame()))
     stream.frame_still_running(first, JobStillRunning("late", finished=None))  # type: ignore[arg-type]
     assert sent(stream)[0]["error"] == "pipeline_failure"
     assert not stream.busy, "the client has its answer: the session is not busy for the idle rule"
     assert stream.message_received(frame()) is None, "two runs of one stream never overlap"
     following = stream.straggler_returned(first)
-    assert following is not None and following.index == 1
+    assert following is not None and following.frame.index == 1
     assert stream.session.failed_frames == 1
 
 
 def test_a_timeout_before_the_work_started_is_a_pipeline_failure_and_the_stream_goes_on() -> None:
     stream, _, _ = protocol()
-    first = stream.message_received(frame())
-    assert first is not None
+    first = started(stream.message_received(frame()))
     stream.message_received(frame())
     following = stream.frame_failed(first, JobTimedOut("queued too long"))
-    assert following is not None and following.index == 1
+    assert following is not None and following.frame.index == 1
     (message,) = sent(stream)
     assert message["error"] == "pipeline_failure" and "2000 ms frame timeout" in message["detail"]
     assert stream.ending is None
@@ -182,8 +184,7 @@ def test_a_timeout_before_the_work_started_is_a_pipeline_failure_and_the_stream_
 
 def test_a_tool_failure_is_a_pipeline_failure_for_that_frame_only() -> None:
     stream, _, observer = protocol()
-    first = stream.message_received(frame())
-    assert first is not None
+    first = started(stream.message_received(frame()))
     error = PipelineExecutionError("p", "n", "plug", "tool", RuntimeError("secret"))
     assert stream.frame_failed(first, error) is None
     (message,) = sent(stream)
@@ -194,8 +195,7 @@ def test_a_tool_failure_is_a_pipeline_failure_for_that_frame_only() -> None:
 
 def test_a_frame_that_does_not_decode_ends_the_session_with_invalid_frame() -> None:
     stream, _, _ = protocol()
-    first = stream.message_received(frame())
-    assert first is not None
+    first = started(stream.message_received(frame()))
     stream.frame_failed(first, FrameValidationError(ErrorCode.INVALID_FRAME, "does not decode"))
     assert stream.ending is not None and stream.ending.ending is Ending.CLIENT_ERROR
     stream.closing_messages()
@@ -205,8 +205,7 @@ def test_a_frame_that_does_not_decode_ends_the_session_with_invalid_frame() -> N
 
 def test_a_bug_in_serving_is_internal_error_without_its_text() -> None:
     stream, _, _ = protocol()
-    first = stream.message_received(frame())
-    assert first is not None
+    first = started(stream.message_received(frame()))
     stream.frame_failed(first, ZeroDivisionError("secret /srv/models"))
     stream.closing_messages()
     assert sent(stream) == [{"error": "internal_error", "detail": GENERIC_INTERNAL_DETAIL, "frame_index": 0}]
@@ -215,8 +214,7 @@ def test_a_bug_in_serving_is_internal_error_without_its_text() -> None:
 
 def test_text_ends_the_session_and_waiting_frames_are_answered_as_closing() -> None:
     stream, _, _ = protocol()
-    first = stream.message_received(frame())
-    assert first is not None
+    first = started(stream.message_received(frame()))
     stream.message_received(frame())
     stream.message_received(Inbound(InboundKind.TEXT, "hello"))
     assert stream.frame_finished(first, reply(first)) is None
@@ -230,10 +228,10 @@ def test_text_ends_the_session_and_waiting_frames_are_answered_as_closing() -> N
 def test_a_bad_jpeg_is_counted_and_ends_the_session_naming_the_frame() -> None:
     stream, _, observer = protocol()
     assert stream.message_received(Inbound(InboundKind.BINARY, b"not a jpeg")) is None
-    assert observer.names() == ["frame_received"]
     stream.closing_messages()
     (message,) = sent(stream)
     assert message["error"] == "invalid_frame" and message["frame_index"] == 0
+    assert observer.names() == ["frame_received", "error_sent"]
 
 
 def test_the_peer_leaving_ends_with_its_close_code_and_nothing_more_is_sent() -> None:
@@ -267,40 +265,79 @@ def test_idle_timer_rearms_for_the_quiet_remainder_and_ends_after_the_timeout() 
 
 def test_a_frame_in_flight_keeps_the_session_from_idling_and_a_message_restarts_the_quiet_time() -> None:
     stream, clock, _ = protocol(idle_timeout_s=10.0)
-    first = stream.message_received(frame())
-    assert first is not None
+    first = started(stream.message_received(frame()))
     clock.now += 30_000
     assert stream.idle_check() == 10.0, "the client waits for its answer"
     stream.frame_finished(first, reply(first))
     clock.now += 3000
-    second = stream.message_received(frame())
-    assert second is not None
+    second = started(stream.message_received(frame()))
     stream.frame_finished(second, reply(second))
     clock.now += 9000
     assert stream.idle_check() == pytest.approx(1.0), "quiet since the second frame arrived"
     assert stream.ending is None
 
 
-def test_an_admitted_frame_is_reported_once_after_its_reply_is_written_and_before_the_reply_s_report() -> None:
-    stream, _, observer = protocol()
-    first = stream.message_received(frame())
-    assert first is not None
-    assert observer.names() == [], "nothing is reported before the reply of a frame answered at once"
-    assert stream.frame_finished(first, reply(first)) is None
-    sent(stream)
-    stream.report_received()  # what the pump calls after the reply went out: nothing left to report
+def test_a_frame_answered_at_once_is_reported_after_its_reply_and_before_the_reply_s_report() -> None:
+    stream, _, observer = protocol(inline=True)
+    start = stream.message_received(frame())
+    assert start is not None and start.inline, "a header-only pipeline's frame is run where it was read"
+    assert not stream.outbox and observer.names() == [], "nothing is reported before the reply of a frame answered at once"
+    assert stream.frame_finished(start.frame, reply(start.frame)) is None
+    assert sent(stream) == [{"frame_index": 0, "result": {}}]
     assert observer.names() == ["frame_received", "frame_processed"]
+
+
+def test_a_frame_handed_to_the_executor_is_reported_as_it_arrives() -> None:
+    stream, _, observer = protocol()
+    start = stream.message_received(frame())
+    assert start is not None and not start.inline
+    assert sent(stream) == [], "only the observer hears of it"
+    assert observer.names() == ["frame_received"]
 
 
 def test_arrivals_are_reported_in_order_and_before_a_failure() -> None:
     stream, _, observer = protocol()
-    first = stream.message_received(frame())
-    assert first is not None
-    stream.report_received()  # the pump reports a frame handed to the executor as it arrives
-    assert observer.names() == ["frame_received"]
+    first = started(stream.message_received(frame()))
+    sent(stream)
     second_started = stream.frame_failed(first, PipelineExecutionError("p", "n", "plugin", "tool", RuntimeError("boom")))
     assert second_started is None
-    third = stream.message_received(frame())
-    assert third is not None
+    sent(stream)
+    third = started(stream.message_received(frame()))
     assert stream.frame_failed(third, PipelineExecutionError("p", "n", "plugin", "tool", RuntimeError("boom"))) is None
-    assert observer.names() == ["frame_received", "frame_failed", "frame_received", "frame_failed"]
+    sent(stream)
+    assert observer.names() == ["frame_received", "frame_failed", "error_sent", "frame_received", "frame_failed", "error_sent"]
+
+
+def test_what_never_goes_out_is_still_reported_but_never_as_sent() -> None:
+    stream, _, observer = protocol()
+    first = started(stream.message_received(frame()))
+    stream.frame_failed(first, JobTimedOut("queued too long"))
+    stream.connection_lost(ConnectionClosed())
+    assert not stream.outbox
+    assert observer.names() == ["frame_received", "frame_failed"], "the failure counts; the error was never sent"
+    stream.session_ended()
+    assert observer.names() == ["frame_received", "frame_failed"]
+
+
+def test_frames_admitted_but_never_answered_are_reported_when_the_session_ends() -> None:
+    stream, _, observer = protocol(inline=True)
+    stream.message_received(frame())
+    stream.message_received(Inbound(InboundKind.DISCONNECT, close_code=1001))
+    stream.session_ended()
+    assert observer.names() == ["frame_received"]
+
+
+def test_a_stop_interrupts_a_wait_for_a_message_but_not_a_message_being_taken_in() -> None:
+    stream, _, _ = protocol()
+    stream.receive_started()
+    assert not stream.interrupt_receive, "nothing has ended"
+    stream.stop_requested()
+    assert stream.interrupt_receive, "waiting for the next message: the wait is cut short"
+
+    stream, _, _ = protocol()
+    stream.receive_started()
+    stream.message_received(frame())  # taken in; its displaced frames are being answered
+    stream.stop_requested()
+    assert not stream.interrupt_receive, "the message is finished first"
+    stream.connection_lost(ConnectionClosed())
+    assert stream.interrupt_receive, "nothing more can be sent: no reason to finish it"

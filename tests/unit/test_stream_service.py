@@ -1,4 +1,14 @@
-"""StreamService against fakes: the paths a real pipeline cannot be made to take on demand."""
+"""StreamService's pump against fakes at its ports, driven step by step.
+
+The fakes never sleep: a pooled frame's work waits until the test settles it
+(`work.finish`, `work.fail`), a send the test holds waits until it is let go
+(`transport.release`), and `turns()` lets the pump's tasks run until each
+waits on something the test controls. No time passes unless a test asks for
+a deadline, and then it is a deadline of 0: the order of events, not a
+machine's speed, decides every outcome.
+"""
+
+from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
@@ -7,30 +17,49 @@ from typing import Any
 import pytest
 
 from application.errors import JobGivenUp, JobStillRunning
-from application.ports import ConnectionClosed, FrameJob, Inbound, InboundKind
+from application.ports import ConnectionClosed, FrameJob, FrameReply, Inbound, InboundKind
 from application.sessions import SessionManager
 from application.stream import StreamService, StreamSettings
 from domain import BackpressurePolicy, DropCause, ErrorCode, Session
 from domain.errors import GENERIC_INTERNAL_DETAIL
-from tests.support.fakes import RecordingObserver
+from tests.support.fakes import Clock, RecordingObserver
 from tests.support.media import jpeg
 
 FRAME = jpeg()
+BINARY = Inbound(InboundKind.BINARY, FRAME)
+BYE = Inbound(InboundKind.DISCONNECT, close_code=1000)
+
+
+async def turns(count: int = 50) -> None:
+    """Let every other task run until it waits on the test again (each turn is one pass of the event loop)."""
+    for _ in range(count):
+        await asyncio.sleep(0)
 
 
 class FakeTransport:
-    """Delivers `inbound` in order; `then` arrives only once `replies` messages were sent."""
+    """Messages the test puts in are received in order; a send the test holds (`hold`) waits for `release`."""
 
-    def __init__(self, inbound: list[Inbound], then: list[Inbound] = (), replies: int = 0) -> None:  # type: ignore[assignment]
+    def __init__(self, *inbound: Inbound) -> None:
         self.inbound: asyncio.Queue[Inbound] = asyncio.Queue()
-        for item in inbound:
-            self.inbound.put_nowait(item)
-        self._then = list(then)
-        self._replies = replies
+        self.put(*inbound)
         self.sent: list[dict[str, Any]] = []
         self.closed: tuple[int, str] | None = None
         self.session: Session | None = None
         self.client = "fake:1"
+        self._hold: Callable[[dict[str, Any]], bool] | None = None
+        self._released = asyncio.Event()
+        self.holding: dict[str, Any] | None = None
+
+    def put(self, *inbound: Inbound) -> None:
+        for item in inbound:
+            self.inbound.put_nowait(item)
+
+    def hold(self, which: Callable[[dict[str, Any]], bool]) -> None:
+        """The first message `which` picks is not written until `release()`: a reader that is slow once."""
+        self._hold = which
+
+    def release(self) -> None:
+        self._released.set()
 
     async def receive(self) -> Inbound:
         return await self.inbound.get()
@@ -38,11 +67,12 @@ class FakeTransport:
     async def send_json(self, message: dict[str, Any]) -> None:
         if self.closed is not None:
             raise ConnectionClosed()
+        if self._hold is not None and self._hold(message):
+            self._hold = None
+            self.holding = dict(message)
+            await self._released.wait()
+            self.holding = None
         self.sent.append(dict(message))
-        if self._then and len(self.sent) >= self._replies:
-            for item in self._then:
-                self.inbound.put_nowait(item)
-            self._then = []
 
     async def close(self, code: int, reason: str = "") -> None:
         self.closed = (code, reason)
@@ -51,15 +81,28 @@ class FakeTransport:
         self.session = session
 
 
-class FakeFrames:
-    """The pipelines and the frame executor in one fake: `run` is what a frame's work does, in a thread unless inline."""
+class ScriptedWork:
+    """The pipeline checks and the frame executor in one fake.
 
-    def __init__(self, run: Callable[[str, int, bytes], dict[str, Any]], *, inline: bool = False) -> None:
-        self._run = run
+    A pooled frame's work runs until the test settles it, unless `answer` is
+    given: then every frame is answered by it as soon as it starts. Inline
+    (header-only) frames are answered by `answer` on the spot.
+    """
+
+    def __init__(self, answer: Callable[[FrameJob], FrameReply] | None = None, *, inline: bool = False) -> None:
+        self._answer = answer
         self._inline = inline
+        self.running: dict[int, asyncio.Future[FrameReply]] = {}
+        self.started: list[int] = []
+        self.inline_calls = 0
         self.opened: list[str] = []
         self.released: list[str] = []
-        self.pooled_calls = 0
+
+    def finish(self, index: int, result: dict[str, Any] | None = None) -> None:
+        self.running[index].set_result(FrameReply(index, result or {}))
+
+    def fail(self, index: int, error: BaseException) -> None:
+        self.running[index].set_exception(error)
 
     # FramePipelineService's pipeline checks
     def is_valid_pipeline(self, pipeline_id: str | None) -> bool:
@@ -72,18 +115,24 @@ class FakeFrames:
     def runs_inline(self, pipeline_id: str) -> bool:
         return self._inline
 
-    def run_inline(self, job: FrameJob) -> dict[str, Any]:
-        return self._run(job.pipeline_id, job.frame_index, job.jpeg)
+    def run_inline(self, job: FrameJob) -> FrameReply:
+        assert self._answer is not None, "inline work needs an answer"
+        self.inline_calls += 1
+        return self._answer(job)
 
-    async def run(self, job: FrameJob, *, timeout_s: float, give_up: Any = None) -> dict[str, Any]:
-        self.pooled_calls += 1
-        work = asyncio.ensure_future(asyncio.to_thread(self.run_inline, job))
-        awaited = {work} if give_up is None else {work, give_up}
-        done, _ = await asyncio.wait(awaited, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        if work not in done and give_up in done:
+    async def run(self, job: FrameJob, *, timeout_s: float, give_up: asyncio.Future[Any] | None = None) -> FrameReply:
+        work: asyncio.Future[FrameReply] = asyncio.get_running_loop().create_future()
+        self.running[job.frame_index] = work
+        self.started.append(job.frame_index)
+        if self._answer is not None:
+            try:
+                work.set_result(self._answer(job))
+            except Exception as error:
+                work.set_exception(error)
+        waited: set[asyncio.Future[Any]] = {work} if give_up is None else {work, give_up}
+        await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
             raise JobGivenUp()
-        if not done:
-            raise JobStillRunning(f"not within {timeout_s} s", work)
         return work.result()
 
     def open_stream(self, stream_id: str) -> None:
@@ -93,60 +142,70 @@ class FakeFrames:
         self.released.append(stream_id)
 
     def busy_workers(self) -> int:
-        return 0
+        return len([work for work in self.running.values() if not work.done()])
 
     def shutdown(self) -> None:
         return None
 
 
+def empty(job: FrameJob) -> FrameReply:
+    return FrameReply(job.frame_index, {})
+
+
 def service(
-    video: FakeFrames,
+    work: ScriptedWork,
     sessions: SessionManager | None = None,
     observer: Any = None,
-    frame_timeout_s: float = 2.0,
+    *,
+    policy: BackpressurePolicy | None = None,
 ) -> StreamService:
     return StreamService(
-        frames=video,  # type: ignore[arg-type]
-        executor=video,
+        frames=work,  # type: ignore[arg-type]
+        executor=work,
         sessions=sessions or SessionManager(4),
         observer=observer or RecordingObserver(),
-        settings=StreamSettings(policy=BackpressurePolicy(), frame_timeout_s=frame_timeout_s, max_frame_bytes=1_000_000),
+        settings=StreamSettings(policy=policy or BackpressurePolicy(), frame_timeout_s=2.0, max_frame_bytes=1_000_000),
+        clock=Clock(),
     )
 
 
-def binary() -> Inbound:
-    return Inbound(InboundKind.BINARY, FRAME)
+def replies(transport: FakeTransport) -> dict[int, list[str]]:
+    per_frame: dict[int, list[str]] = {}
+    for message in transport.sent:
+        if "frame_index" in message:
+            kind = "result" if "result" in message else message.get("cause") or message["error"]
+            per_frame.setdefault(message["frame_index"], []).append(kind)
+    return per_frame
 
 
 @pytest.mark.parametrize("inline", [False, True], ids=["in the pool", "on the receive loop"])
 def test_an_unexpected_failure_is_internal_error_1011_without_detail(inline: bool) -> None:
-    def explode(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
+    def explode(job: FrameJob) -> FrameReply:
         raise ZeroDivisionError("secret /srv/models/weights.onnx")
 
-    async def scenario():
-        transport = FakeTransport([binary()])
-        video = FakeFrames(explode, inline=inline)
+    async def scenario() -> tuple[FakeTransport, ScriptedWork, SessionManager]:
+        transport = FakeTransport(BINARY)
+        work = ScriptedWork(explode, inline=inline)
         sessions = SessionManager(4)
-        await service(video, sessions).serve(transport, "p")
-        return transport, video, sessions
+        await service(work, sessions).serve(transport, "p")
+        return transport, work, sessions
 
-    transport, video, sessions = asyncio.run(scenario())
+    transport, work, sessions = asyncio.run(scenario())
     assert transport.sent == [{"error": "internal_error", "detail": GENERIC_INTERNAL_DETAIL, "frame_index": 0}]
     assert transport.closed == (1011, "internal_error")
     assert sessions.active_count() == 0
-    assert transport.session is not None and video.released == [transport.session.session_id]
+    assert transport.session is not None and work.released == [transport.session.session_id]
 
 
 def test_frames_waiting_when_the_client_errs_are_answered_as_dropped_before_the_close() -> None:
-    def slow(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
-        import time
-
-        time.sleep(0.2)
-        return {"frame_index": index, "result": {}}
-
-    async def scenario():
-        transport = FakeTransport([binary(), binary(), Inbound(InboundKind.TEXT, "hello")])
-        await service(FakeFrames(slow)).serve(transport, "p")
+    async def scenario() -> FakeTransport:
+        transport = FakeTransport(BINARY, BINARY, Inbound(InboundKind.TEXT, "hello"))
+        work = ScriptedWork()
+        task = asyncio.create_task(service(work).serve(transport, "p"))
+        await turns()
+        assert work.started == [0] and not transport.sent, "frame 1 waits; the text has ended the session"
+        work.finish(0)
+        await task
         return transport
 
     transport = asyncio.run(scenario())
@@ -159,33 +218,35 @@ def test_frames_waiting_when_the_client_errs_are_answered_as_dropped_before_the_
 
 
 def test_peer_disconnect_ends_the_session_and_releases_state() -> None:
-    async def scenario():
-        transport = FakeTransport([binary(), Inbound(InboundKind.DISCONNECT, close_code=1001)])
-        video = FakeFrames(lambda p, i, d: {"frame_index": i, "result": {}})
+    async def scenario() -> tuple[FakeTransport, ScriptedWork, SessionManager, RecordingObserver]:
+        transport = FakeTransport(BINARY, Inbound(InboundKind.DISCONNECT, close_code=1001))
+        work = ScriptedWork()
         sessions = SessionManager(4)
         observer = RecordingObserver()
-        await service(video, sessions, observer).serve(transport, "p")
-        return transport, video, sessions, observer
+        await service(work, sessions, observer).serve(transport, "p")
+        return transport, work, sessions, observer
 
-    transport, video, sessions, observer = asyncio.run(scenario())
+    transport, work, sessions, observer = asyncio.run(scenario())
+    assert work.started == [0] and not work.running[0].done(), "the session did not wait for work nobody will read"
     assert sessions.active_count() == 0
-    assert len(video.released) == 1
+    assert len(work.released) == 1
     closed = [args for name, args in observer.events if name == "session_closed"]
     assert closed and closed[0][2] == 1001
     assert transport.closed is None, "nothing is sent to a peer that has gone"
+    assert [name for name, _ in observer.events if name.startswith("frame_")] == ["frame_received"], "its arrival still counts"
 
 
 def test_the_session_is_attached_to_the_transport_and_registered_while_open() -> None:
     seen: dict[str, Any] = {}
     sessions = SessionManager(4)
 
-    def record(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
+    def record(job: FrameJob) -> FrameReply:
         seen["active"] = sessions.active_count()
-        return {"frame_index": index, "result": {}}
+        return empty(job)
 
-    async def scenario():
-        transport = FakeTransport([binary()], then=[Inbound(InboundKind.DISCONNECT, close_code=1000)], replies=1)
-        await service(FakeFrames(record), sessions).serve(transport, "p")
+    async def scenario() -> FakeTransport:
+        transport = FakeTransport(BINARY, BYE)
+        await service(ScriptedWork(record), sessions).serve(transport, "p")
         return transport
 
     transport = asyncio.run(scenario())
@@ -194,93 +255,55 @@ def test_the_session_is_attached_to_the_transport_and_registered_while_open() ->
     assert transport.session.processed_frames == 1
 
 
-def test_shutdown_cancels_sessions_that_miss_the_deadline() -> None:
-    async def scenario():
+def test_shutdown_cancels_sessions_that_cannot_send_their_last_messages() -> None:
+    async def scenario() -> tuple[int, int]:
         sessions = SessionManager(4)
-        transport = FakeTransport([])
-
-        class Stuck(FakeTransport):
-            async def send_json(self, message: dict[str, Any]) -> None:
-                await asyncio.sleep(3600)
-
-        stuck = Stuck([])
-        task = asyncio.create_task(service(FakeFrames(lambda p, i, d: {}), sessions).serve(stuck, "p"))
-        await asyncio.sleep(0.05)
+        transport = FakeTransport()
+        transport.hold(lambda message: True)  # a peer that never reads again
+        task = asyncio.create_task(service(ScriptedWork(empty), sessions).serve(transport, "p"))
+        await turns()
         assert sessions.active_count() == 1
-        cancelled = await sessions.shutdown(0.2, final_grace_s=0.2)
+        cancelled = await sessions.shutdown(0.0, final_grace_s=0.0)
         await asyncio.gather(task, return_exceptions=True)
-        del transport
         return cancelled, sessions.active_count()
 
     assert asyncio.run(scenario()) == (1, 0)
 
 
-class SlowFirstDrop(FakeTransport):
-    """The first dropped notice takes a while to go out, as on a congested socket."""
-
-    def __init__(self, inbound: list[Inbound]) -> None:
-        super().__init__(inbound)
-        self._delayed = False
-
-    async def send_json(self, message: dict[str, Any]) -> None:
-        if message.get("dropped") and not self._delayed:
-            self._delayed = True
-            await asyncio.sleep(0.5)
-        await super().send_json(message)
-
-
 def test_shutdown_while_a_drop_notice_is_being_sent_still_answers_every_frame() -> None:
     """Stopping the receive loop while it sends a drop notice must not lose the frame it was admitting."""
-    import time
 
-    def slow(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
-        time.sleep(0.3)
-        return {"frame_index": index, "result": {}}
-
-    async def scenario():
+    async def scenario() -> FakeTransport:
         sessions = SessionManager(4)
-        transport = SlowFirstDrop([binary(), binary(), binary()])
-        stream = StreamService(
-            frames=FakeFrames(slow),  # type: ignore[arg-type]
-            executor=FakeFrames(slow),
-            sessions=sessions,
-            observer=RecordingObserver(),
-            settings=StreamSettings(policy=BackpressurePolicy(buffer_capacity=1), frame_timeout_s=5, max_frame_bytes=1_000_000),
-        )
-        task = asyncio.create_task(stream.serve(transport, "p"))
-        await asyncio.sleep(0.1)  # frame 0 runs, frame 1 waited, frame 2 displaced it: dropped{1} is on its way
-        await sessions.shutdown(5.0)
+        transport = FakeTransport(BINARY, BINARY, BINARY)
+        transport.hold(lambda message: bool(message.get("dropped")))
+        work = ScriptedWork()
+        task = asyncio.create_task(service(work, sessions, policy=BackpressurePolicy(buffer_capacity=1)).serve(transport, "p"))
+        await turns()
+        assert transport.holding == {"frame_index": 1, "dropped": True, "cause": "buffer_full"}, "frame 2 displaced frame 1"
+        shutdown = asyncio.create_task(sessions.shutdown(5.0))
+        await turns()
+        transport.release()
+        await turns()
+        work.finish(0)
         await task
+        await shutdown
         return transport
 
     transport = asyncio.run(scenario())
-    replies: dict[int, list[str]] = {}
-    for message in transport.sent:
-        if "frame_index" in message:
-            kind = "result" if "result" in message else f"dropped:{message.get('cause')}"
-            replies.setdefault(message["frame_index"], []).append(kind)
-    assert replies == {0: ["result"], 1: ["dropped:buffer_full"], 2: ["dropped:shutdown"]}
+    assert replies(transport) == {0: ["result"], 1: ["buffer_full"], 2: ["shutdown"]}
     assert transport.sent[-1]["error"] == "shutting_down" and transport.closed == (1012, "shutting_down")
 
 
 def test_at_the_shutdown_deadline_the_frame_in_flight_is_answered_as_failed() -> None:
-    import threading
-
-    release = threading.Event()
-
-    def hang(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
-        release.wait(5)
-        return {"frame_index": index, "result": {}}
-
-    async def scenario():
+    async def scenario() -> tuple[int, FakeTransport, RecordingObserver]:
         sessions = SessionManager(4)
-        transport = FakeTransport([binary()])
+        transport = FakeTransport(BINARY)
         observer = RecordingObserver()
-        task = asyncio.create_task(service(FakeFrames(hang), sessions, observer=observer, frame_timeout_s=30).serve(transport, "p"))
-        await asyncio.sleep(0.05)
-        cancelled = await sessions.shutdown(0.2, final_grace_s=2.0)
+        task = asyncio.create_task(service(ScriptedWork(), sessions, observer=observer).serve(transport, "p"))
+        await turns()
+        cancelled = await sessions.shutdown(0.0, final_grace_s=2.0)  # the deadline passes at once, frame 0 still running
         await task
-        release.set()
         return cancelled, transport, observer
 
     cancelled, transport, observer = asyncio.run(scenario())
@@ -293,11 +316,11 @@ def test_at_the_shutdown_deadline_the_frame_in_flight_is_answered_as_failed() ->
 
 
 def test_a_new_session_during_shutdown_is_refused_with_1012() -> None:
-    async def scenario():
+    async def scenario() -> FakeTransport:
         sessions = SessionManager(4)
         await sessions.shutdown(0.1)
-        transport = FakeTransport([])
-        await service(FakeFrames(lambda p, i, d: {}), sessions).serve(transport, "p")
+        transport = FakeTransport()
+        await service(ScriptedWork(empty), sessions).serve(transport, "p")
         return transport
 
     transport = asyncio.run(scenario())
@@ -305,173 +328,131 @@ def test_a_new_session_during_shutdown_is_refused_with_1012() -> None:
     assert transport.closed == (1012, "shutting_down")
 
 
-def test_header_only_pipelines_run_on_the_loop_and_others_in_the_pool() -> None:
-    import threading
+@pytest.mark.parametrize("inline", [True, False], ids=["header-only", "decoding"])
+def test_header_only_frames_are_answered_where_they_were_read_and_others_in_the_executor(inline: bool) -> None:
+    async def scenario() -> tuple[ScriptedWork, FakeTransport]:
+        work = ScriptedWork(empty, inline=inline)
+        transport = FakeTransport(BINARY, BINARY)
+        task = asyncio.create_task(service(work).serve(transport, "p"))
+        await turns()
+        transport.put(BYE)
+        await task
+        return work, transport
 
-    threads: dict[bool, set[str]] = {True: set(), False: set()}
-
-    def work_for(inline: bool) -> Callable[[str, int, bytes], dict[str, Any]]:
-        def work(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
-            threads[inline].add(threading.current_thread().name)
-            return {"frame_index": index, "result": {}}
-
-        return work
-
-    async def scenario(inline: bool) -> tuple[int, list[dict[str, Any]]]:
-        frames = FakeFrames(work_for(inline), inline=inline)
-        transport = FakeTransport([binary()], then=[Inbound(InboundKind.DISCONNECT, close_code=1000)], replies=1)
-        await service(frames).serve(transport, "p")
-        return frames.pooled_calls, transport.sent
-
-    assert asyncio.run(scenario(True)) == (0, [{"frame_index": 0, "result": {}}])
-    assert asyncio.run(scenario(False)) == (1, [{"frame_index": 0, "result": {}}])
-    assert threads[True] == {threading.main_thread().name}
-    assert threading.main_thread().name not in threads[False]
+    work, transport = asyncio.run(scenario())
+    assert (work.inline_calls, len(work.started)) == ((2, 0) if inline else (0, 2))
+    assert transport.sent == [{"frame_index": 0, "result": {}}, {"frame_index": 1, "result": {}}]
 
 
 def test_a_frame_admitted_while_a_reply_is_being_sent_runs_exactly_once() -> None:
     """The reply's send suspends (a slow reader); a frame arriving then starts at once and must not run twice."""
-    runs: list[int] = []
 
-    def record(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
-        runs.append(index)
-        return {"frame_index": index, "result": {}}
+    async def scenario() -> tuple[ScriptedWork, FakeTransport]:
+        work = ScriptedWork(empty)
+        transport = FakeTransport(BINARY)
+        transport.hold(lambda message: message.get("frame_index") == 0)
+        task = asyncio.create_task(service(work).serve(transport, "p"))
+        await turns()
+        assert transport.holding == {"frame_index": 0, "result": {}}
+        transport.put(BINARY)
+        await turns()
+        transport.release()
+        await turns()
+        transport.put(BYE)
+        await task
+        return work, transport
 
-    class SlowReader(FakeTransport):
-        async def send_json(self, message: dict[str, Any]) -> None:
-            await super().send_json(message)
-            if len(self.sent) == 1:
-                self.inbound.put_nowait(binary())
-                await asyncio.sleep(0.05)
-            elif len(self.sent) == 2:
-                self.inbound.put_nowait(Inbound(InboundKind.DISCONNECT, close_code=1000))
-
-    async def scenario() -> SlowReader:
-        transport = SlowReader([binary()])
-        await service(FakeFrames(record)).serve(transport, "p")
-        return transport
-
-    transport = asyncio.run(scenario())
-    assert runs == [0, 1]
+    work, transport = asyncio.run(scenario())
+    assert work.started == [0, 1]
     assert transport.sent == [{"frame_index": 0, "result": {}}, {"frame_index": 1, "result": {}}]
     assert transport.closed is None
 
 
-def test_after_a_timeout_the_next_frame_waits_for_the_stuck_thread() -> None:
+def test_after_a_timeout_the_next_frame_waits_for_the_work_still_running() -> None:
     """The late frame is answered at the deadline, but two runs of one stream never overlap."""
-    import threading
-    import time
 
-    spans: dict[int, tuple[float, float]] = {}
-    release = threading.Event()
+    async def scenario() -> tuple[ScriptedWork, FakeTransport]:
+        work = ScriptedWork()
+        transport = FakeTransport(BINARY)
+        task = asyncio.create_task(service(work).serve(transport, "p"))
+        await turns()
+        returned: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        work.fail(0, JobStillRunning("not within 2.0 s", returned))
+        await turns()
+        assert transport.sent[0]["error"] == "pipeline_failure" and transport.sent[0]["frame_index"] == 0
+        transport.put(BINARY)
+        await turns()
+        assert work.started == [0], "frame 1 waits while frame 0's work still runs"
+        returned.set_result(None)
+        await turns()
+        assert work.started == [0, 1]
+        work.finish(1)
+        transport.put(BYE)
+        await task
+        return work, transport
 
-    def stuck_then_quick(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
-        started = time.monotonic()
-        if index == 0:
-            release.wait(5)
-        spans[index] = (started, time.monotonic())
-        return {"frame_index": index, "result": {}}
-
-    class Client(FakeTransport):
-        async def send_json(self, message: dict[str, Any]) -> None:
-            await super().send_json(message)
-            if message.get("error") == "pipeline_failure":
-                # Frame 1 arrives while frame 0's thread is still stuck; then the tool comes back.
-                self.inbound.put_nowait(binary())
-                await asyncio.sleep(0.1)
-                release.set()
-            elif message.get("frame_index") == 1:
-                self.inbound.put_nowait(Inbound(InboundKind.DISCONNECT, close_code=1000))
-
-    async def scenario() -> Client:
-        transport = Client([binary()])
-        await service(FakeFrames(stuck_then_quick), frame_timeout_s=0.2).serve(transport, "p")
-        return transport
-
-    transport = asyncio.run(scenario())
-    assert [message.get("error") for message in transport.sent] == ["pipeline_failure", None]
-    assert transport.sent[0]["frame_index"] == 0 and transport.sent[1] == {"frame_index": 1, "result": {}}
-    assert spans[1][0] >= spans[0][1], "frame 1 started before frame 0's thread returned"
+    work, transport = asyncio.run(scenario())
+    assert transport.sent[1:] == [{"frame_index": 1, "result": {}}]
     assert transport.closed is None
 
 
 def test_a_frame_started_after_the_deadline_passed_is_answered_as_failed_at_once() -> None:
     """Frame 1 starts while reply 0 is still being written, after the deadline: it is cut off, not waited for."""
-    import threading
 
-    release = threading.Event()
-
-    def work(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
-        if index == 1:
-            release.wait(10)
-        return {"frame_index": index, "result": {}}
-
-    class SlowFirstReply(FakeTransport):
-        async def send_json(self, message: dict[str, Any]) -> None:
-            if message.get("frame_index") == 0 and "result" in message:
-                self.inbound.put_nowait(binary())  # frame 1 arrives while reply 0 is written
-                await asyncio.sleep(0.5)  # a slow reader, but a reader
-            await super().send_json(message)
-
-    async def scenario():
+    async def scenario() -> tuple[int, SessionManager, FakeTransport]:
         sessions = SessionManager(4)
-        transport = SlowFirstReply([binary()])
-        task = asyncio.create_task(service(FakeFrames(work), sessions, frame_timeout_s=30).serve(transport, "p"))
-        await asyncio.sleep(0.1)
-        cancelled = await sessions.shutdown(0.2, final_grace_s=2.0)
-        done, _ = await asyncio.wait({task}, timeout=5)
-        release.set()
-        return cancelled, bool(done), sessions.active_count(), transport
+        work = ScriptedWork()
+        transport = FakeTransport(BINARY)
+        transport.hold(lambda message: message.get("frame_index") == 0)
+        task = asyncio.create_task(service(work, sessions).serve(transport, "p"))
+        await turns()
+        work.finish(0)
+        transport.put(BINARY)  # frame 1 arrives while reply 0 is written
+        await turns()
+        shutdown = asyncio.create_task(sessions.shutdown(0.0, final_grace_s=2.0))
+        await turns()
+        transport.release()
+        await task
+        return await shutdown, sessions, transport
 
-    cancelled, finished, active, transport = asyncio.run(scenario())
-    assert (cancelled, finished, active) == (0, True, 0)
-    assert [m.get("error") or ("result" if "result" in m else m) for m in transport.sent] == [
-        "result",
-        "pipeline_failure",
-        "shutting_down",
-    ]
+    cancelled, sessions, transport = asyncio.run(scenario())
+    assert (cancelled, sessions.active_count()) == (0, 0)
+    assert [m.get("error") or ("result" if "result" in m else m) for m in transport.sent] == ["result", "pipeline_failure", "shutting_down"]
     assert transport.sent[1]["frame_index"] == 1 and "shut down before frame 1 finished" in transport.sent[1]["detail"]
     assert transport.closed == (1012, "shutting_down")
 
 
 def test_a_stream_is_opened_before_its_first_frame_and_released_after_its_last() -> None:
-    async def scenario():
-        transport = FakeTransport([binary()], then=[Inbound(InboundKind.DISCONNECT, close_code=1000)], replies=1)
-        video = FakeFrames(lambda p, i, d: {"frame_index": i, "result": {}})
-        await service(video).serve(transport, "p")
-        return transport, video
+    async def scenario() -> tuple[FakeTransport, ScriptedWork]:
+        transport = FakeTransport(BINARY, BYE)
+        work = ScriptedWork(empty)
+        await service(work).serve(transport, "p")
+        return transport, work
 
-    transport, video = asyncio.run(scenario())
+    transport, work = asyncio.run(scenario())
     assert transport.session is not None
-    assert video.opened == video.released == [transport.session.session_id]
+    assert work.opened == work.released == [transport.session.session_id]
 
 
 def test_shutdown_does_not_wait_for_work_that_outlived_its_timeout() -> None:
-    """The client has its answer; a thread that cannot be stopped must not hold the session open."""
-    import threading
-    import time
+    """The client has its answer; work that cannot be stopped must not hold the session open."""
 
-    release = threading.Event()
-
-    def stuck(pipeline_id: str, index: int, data: bytes) -> dict[str, Any]:
-        release.wait(10)
-        return {"frame_index": index, "result": {}}
-
-    async def scenario() -> tuple[float, FakeTransport]:
+    async def scenario() -> tuple[bool, FakeTransport]:
         sessions = SessionManager(4)
-        transport = FakeTransport([binary()])
-        task = asyncio.create_task(service(FakeFrames(stuck), sessions, frame_timeout_s=0.1).serve(transport, "p"))
-        while not transport.sent:
-            await asyncio.sleep(0.01)
-        started = time.monotonic()
-        try:
-            await sessions.shutdown(5.0)
-            await task
-            return time.monotonic() - started, transport
-        finally:
-            release.set()
+        work = ScriptedWork()
+        transport = FakeTransport(BINARY)
+        task = asyncio.create_task(service(work, sessions).serve(transport, "p"))
+        await turns()
+        never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        work.fail(0, JobStillRunning("not within 2.0 s", never))
+        await turns()
+        shutdown = asyncio.create_task(sessions.shutdown(3600.0))
+        await turns()
+        closed_by_itself = task.done() and shutdown.done()
+        await asyncio.gather(task, shutdown)
+        return closed_by_itself, transport
 
-    took_s, transport = asyncio.run(scenario())
+    closed_by_itself, transport = asyncio.run(scenario())
+    assert closed_by_itself, "the close waited for work that was already answered"
     assert transport.sent[0]["error"] == "pipeline_failure"
     assert transport.sent[-1]["error"] == "shutting_down" and transport.closed == (1012, "shutting_down")
-    assert took_s < 3.0, f"the close waited {took_s:.1f} s for a thread that was already answered"

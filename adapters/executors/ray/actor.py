@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from adapters.executors.ray.wire import Event, Outcome, Timing, failure_of
 from adapters.settings import Settings
-from application.ports import FrameJob
+from application.ports import FrameJob, FrameReply
 
 # Stream ids an actor remembers as released, so that a frame arriving after its stream's release
 # (its call was queued behind the release) runs on throw-away state instead of re-creating state
@@ -24,9 +24,7 @@ class LocalFrameRunner(Protocol):
 
     def runs_inline(self, pipeline_id: str) -> bool: ...
 
-    def run_on_frame(
-        self, pipeline_id: str, frame_index: int, frame_bytes: bytes, *, stream_id: str | None = None, markers_checked: bool = False
-    ) -> dict[str, Any]: ...
+    def run_job(self, job: FrameJob) -> FrameReply: ...
 
     def open_stream(self, stream_id: str) -> None: ...
 
@@ -127,9 +125,7 @@ class PipelineActor:
         events = self._events.start()
         started = time.perf_counter()
         try:
-            result = self._service.run_on_frame(
-                job.pipeline_id, job.frame_index, job.jpeg, stream_id=stream_id, markers_checked=job.markers_checked
-            )
+            result = self._service.run_job(job if stream_id == job.stream_id else job._replace(stream_id=stream_id))
             failure = None
         except Exception as error:  # every failure goes back as data, see Failure
             result, failure = None, failure_of(error)

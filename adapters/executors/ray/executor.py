@@ -48,7 +48,7 @@ from adapters.executors.ray.wire import (
 )
 from adapters.settings import PREFIX, Settings
 from adapters.executors.deadline import race_deadline
-from application.ports import FrameJob, PipelineObserver
+from application.ports import FrameJob, FrameReply, PipelineObserver
 
 log = logging.getLogger(__name__)
 
@@ -295,13 +295,11 @@ class RayFrameExecutor(ClusterFollower):
 
         released.add_done_callback(replay)
 
-    def run_inline(self, job: FrameJob) -> dict[str, Any]:
+    def run_inline(self, job: FrameJob) -> FrameReply:
         """A header-only pipeline, here on the caller's thread (see runs_inline)."""
-        return self._local.run_on_frame(
-            job.pipeline_id, job.frame_index, job.jpeg, stream_id=job.stream_id, markers_checked=job.markers_checked
-        )
+        return self._local.run_job(job)
 
-    async def run(self, job: FrameJob, *, timeout_s: float, give_up: Awaitable[object] | None = None) -> dict[str, Any]:
+    async def run(self, job: FrameJob, *, timeout_s: float, give_up: Awaitable[object] | None = None) -> FrameReply:
         if self._local.runs_inline(job.pipeline_id):
             return self.run_inline(job)
         slot, starts_over = self._route(job.stream_id)

@@ -7,6 +7,7 @@ from typing import Any
 
 from adapters.settings import SettingsError
 from application.errors import PipelineExecutionError
+from application.ports import FrameReply
 from domain import ErrorCode, FrameValidationError, StreamError
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,7 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    result: dict[str, Any] | None
+    result: FrameReply | None
     failure: Failure | None
     timings: tuple[Timing, ...]
     actor: str

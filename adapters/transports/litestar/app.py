@@ -321,7 +321,7 @@ async def post_frame(pipeline_id: str, request: Request[Any, Any, Any], single_f
     if content_type != "image/jpeg":
         raise StreamError(ErrorCode.INVALID_MESSAGE, f"expected Content-Type image/jpeg, got {content_type or 'none'!r}")
     reply = await single_frames.run(pipeline_id, await request.body())
-    return FrameResultBody(**reply)
+    return FrameResultBody(frame_index=reply.frame_index, result=reply.result)
 
 
 # The browser client and the OpenAPI viewer ------------------------------------------
