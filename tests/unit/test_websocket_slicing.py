@@ -130,7 +130,7 @@ def test_a_disagreement_with_the_parser_falls_back_to_plain_slices() -> None:
         for message in messages[:10]:
             client.send_binary(message)
         await _deliver(protocol, transport, b"".join(client.data_to_send()), random.Random(4))
-        protocol._frame_left = 3  # a wrong belief about where the current frame ends
+        protocol._frames.left = 3  # a wrong belief about where the current frame ends
         for message in messages[10:]:
             client.send_binary(message)
         await _deliver(protocol, transport, b"".join(client.data_to_send()), random.Random(5))

@@ -40,12 +40,12 @@ from websockets.frames import Opcode
 from adapters.transports.shared.websocket_frames import (
     DENSE_SLICE_BYTES as _DENSE_SLICE_BYTES,
     SPARSE_SLICE_BYTES as _SPARSE_SLICE_BYTES,
-    MAX_SLICE_BYTES as _MAX_SLICE_BYTES,
     DENSE_FRAMES as _DENSE_FRAMES,
     MAX_HEADER_BYTES as _MAX_HEADER_BYTES,
     TURN_BUDGET_S as _TURN_BUDGET_S,
     READ_AHEAD_BYTES as _READ_AHEAD_BYTES,
     PONG_START as _PONG_START,
+    FrameBoundaries,
     frame_size,
 )
 from adapters.transports.litestar.receive_queue import ReceiveQueue
@@ -100,8 +100,7 @@ class LimitedWebSocketConnection(WebSocketsSansIOProtocol):
         # Frame-aligned slicing: off until the upgrade request (the first data uvicorn hands over) is parsed.
         self._aligned = False
         self._request_fed = False
-        self._frame_left = 0  # bytes of the current frame not yet fed to the parser; 0 at a boundary
-        self._head = b""  # the current frame's header bytes fed so far, while too few to give its length
+        self._frames = FrameBoundaries()  # where the input's frames end, as fed to the parser
         # After our close frame: input is walked frame by frame and dropped, never parsed into messages.
         self._discarding = False
         self._peer_close_left = -1  # bytes of the peer's close frame still to come; -1 until its header is seen
@@ -133,7 +132,7 @@ class LimitedWebSocketConnection(WebSocketsSansIOProtocol):
                 return
             frames_before = self._frames_seen
             if self._aligned:
-                end, frames_ending = self._aligned_slice(view, position, size)
+                end, frames_ending = self._frames.aligned_slice(view, position, size)
             else:
                 end, frames_ending = min(size, position + (_SPARSE_SLICE_BYTES if self._sparse else _DENSE_SLICE_BYTES)), -1
             # websockets feeds this into a bytearray, which takes any buffer; its annotation names only bytes/bytearray,
@@ -157,27 +156,6 @@ class LimitedWebSocketConnection(WebSocketsSansIOProtocol):
                 if not self.read_paused:
                     self._schedule_drain()
                 return
-
-    def _aligned_slice(self, view: memoryview, start: int, size: int) -> tuple[int, int]:
-        """The end of the next slice, at a frame boundary where the data allows, and how many frames end in it."""
-        position = start
-        frames_ending = 0
-        while position < size and position - start < _DENSE_SLICE_BYTES:
-            left = self._frame_left
-            if not left:
-                head = self._head + bytes(view[position : position + _MAX_HEADER_BYTES - len(self._head)])
-                whole = frame_size(head)
-                if whole is None:  # the data ends inside the header: it is fed, and kept to finish the header
-                    self._head = head
-                    return size, frames_ending
-                left = whole - len(self._head)
-                self._head = b""
-            take = min(left, size - position, _MAX_SLICE_BYTES - (position - start))
-            position += take
-            self._frame_left = left - take
-            if not self._frame_left:
-                frames_ending += 1
-        return position, frames_ending
 
     def _start_discarding(self) -> None:
         """Our close frame is out: nothing the peer sends from now on is read into memory.
@@ -213,23 +191,23 @@ class LimitedWebSocketConnection(WebSocketsSansIOProtocol):
         size = len(data)
         position = 0
         while position < size:
-            if not self._frame_left:
+            if not self._frames.left:
                 if not self._aligned:
                     return  # no frame boundaries known: everything is dropped until the grace runs out
-                head = self._head + data[position : position + _MAX_HEADER_BYTES - len(self._head)]
+                head = self._frames.head + data[position : position + _MAX_HEADER_BYTES - len(self._frames.head)]
                 whole = frame_size(head)
                 if whole is None:  # the data ends inside the header
-                    self._head = head
+                    self._frames.head = head
                     return
-                self._frame_left = whole - len(self._head)
-                self._head = b""
+                self._frames.left = whole - len(self._frames.head)
+                self._frames.head = b""
                 if head[0] & 0x0F == Opcode.CLOSE.value:
-                    self._peer_close_left = self._frame_left
-            take = min(self._frame_left, size - position)
+                    self._peer_close_left = self._frames.left
+            take = min(self._frames.left, size - position)
             position += take
-            self._frame_left -= take
+            self._frames.left -= take
             if self._peer_close_left > 0:
-                self._peer_close_left = self._frame_left
+                self._peer_close_left = self._frames.left
                 if not self._peer_close_left:
                     # The closing handshake is complete: RFC 6455 has the server close the TCP connection first.
                     if self.close_timer is not None:

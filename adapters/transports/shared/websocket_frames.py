@@ -35,3 +35,45 @@ def frame_size(head: bytes) -> int | None:
             return None
         return size + 8 + int.from_bytes(head[2:10], "big")
     return size + length
+
+
+class FrameBoundaries:
+    """Where one connection's WebSocket frames end, followed from their headers as the bytes arrive.
+
+    Both transports slice input at frame boundaries so that limits are checked
+    between whole frames; this is the one reader of those boundaries. `left`
+    is what remains of the current frame (0 at a boundary), `head` the current
+    frame's header bytes seen so far while they are too few to give its size.
+    """
+
+    __slots__ = ("head", "left")
+
+    def __init__(self) -> None:
+        self.left = 0
+        self.head = b""
+
+    def aligned_slice(self, data: bytes | memoryview, start: int, size: int) -> tuple[int, int]:
+        """The end of the next slice from `start`, at a frame boundary where the data allows, and how many frames end in it.
+
+        Whole frames up to DENSE_SLICE_BYTES, or one larger frame up to
+        MAX_SLICE_BYTES of it; data ending inside a header is taken whole and
+        the header kept, to finish it with the next read.
+        """
+        position = start
+        frames_ending = 0
+        while position < size and position - start < DENSE_SLICE_BYTES:
+            left = self.left
+            if not left:
+                head = self.head + bytes(data[position : position + MAX_HEADER_BYTES - len(self.head)])
+                whole = frame_size(head)
+                if whole is None:
+                    self.head = head
+                    return size, frames_ending
+                left = whole - len(self.head)
+                self.head = b""
+            take = min(left, size - position, MAX_SLICE_BYTES - (position - start))
+            position += take
+            self.left = left - take
+            if not self.left:
+                frames_ending += 1
+        return position, frames_ending

@@ -46,13 +46,11 @@ from adapters.observability.logs import CREDENTIAL_HEADERS, REDACTED, redact_sec
 from adapters.transports.shared.websocket_frames import (
     DENSE_SLICE_BYTES as _DENSE_SLICE_BYTES,
     SPARSE_SLICE_BYTES as _SPARSE_SLICE_BYTES,
-    MAX_SLICE_BYTES as _MAX_SLICE_BYTES,
     DENSE_FRAMES as _DENSE_FRAMES,
-    MAX_HEADER_BYTES as _MAX_HEADER_BYTES,
     TURN_BUDGET_S as _TURN_BUDGET_S,
     READ_AHEAD_BYTES as _READ_AHEAD_BYTES,
     PONG_START as _PONG_START,
-    frame_size,
+    FrameBoundaries,
 )
 log = structlog.get_logger("forgesyte.connections")
 
@@ -126,8 +124,7 @@ class LimitedServerConnection(ServerConnection):
         self._aligned = False
         self._request_fed = False
         self._head_seen = b""  # the request head's last bytes fed so far, to find its end across reads
-        self._frame_left = 0  # bytes of the current frame not yet fed to the parser; 0 at a boundary
-        self._frame_head = b""  # the current frame's header bytes fed so far, while too few to give its length
+        self._frames = FrameBoundaries()  # where the input's frames end, as fed to the parser
         self._fragments = 0
         self._control_tokens = float(self.limits.max_control_frames_per_s)
         self._control_checked = time.monotonic()
@@ -184,7 +181,7 @@ class LimitedServerConnection(ServerConnection):
             elif not self._request_fed:
                 end = self._request_end(data, position, size)
             elif self._aligned:
-                end, frames_ending = self._aligned_slice(data, position, size)
+                end, frames_ending = self._frames.aligned_slice(data, position, size)
             else:
                 end = min(size, position + (_SPARSE_SLICE_BYTES if self._sparse else _DENSE_SLICE_BYTES))
             parsed = self._receive(data if position == 0 and end == size else data[position:end])
@@ -215,27 +212,6 @@ class LimitedServerConnection(ServerConnection):
         self._request_fed = self._aligned = True
         self._head_seen = b""
         return end
-
-    def _aligned_slice(self, data: bytes, start: int, size: int) -> tuple[int, int]:
-        """The end of the next slice, at a frame boundary where the data allows, and how many frames end in it."""
-        position = start
-        frames_ending = 0
-        while position < size and position - start < _DENSE_SLICE_BYTES:
-            left = self._frame_left
-            if not left:
-                head = self._frame_head + data[position : position + _MAX_HEADER_BYTES - len(self._frame_head)]
-                whole = frame_size(head)
-                if whole is None:  # the data ends inside the header: it is fed, and kept to finish the header
-                    self._frame_head = head
-                    return size, frames_ending
-                left = whole - len(self._frame_head)
-                self._frame_head = b""
-            take = min(left, size - position, _MAX_SLICE_BYTES - (position - start))
-            position += take
-            self._frame_left = left - take
-            if not self._frame_left:
-                frames_ending += 1
-        return position, frames_ending
 
     def _receive(self, data: bytes) -> int:
         """Connection.data_received for one slice, with the limits applied before any event is acted on.
