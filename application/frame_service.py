@@ -73,7 +73,7 @@ class FramePipelineService:
         stream validates each frame as it arrives). Blocking unless the
         pipeline runs inline: call it from a worker thread.
         """
-        return self.run_job(FrameJob(pipeline_id, frame_index, frame_bytes, stream_id, markers_checked)).to_json()
+        return self.run_job(FrameJob(pipeline_id, frame_index, bytes(frame_bytes), stream_id, markers_checked)).to_json()
 
     def run_job(self, job: FrameJob) -> FrameReply:
         """Run one frame's job as an executor received it: the job whole, its reply typed."""

@@ -1,6 +1,8 @@
 """What a session sends and reports, as typed values: the stream protocol's outbox.
 
-Each server message of `asyncapi.yaml` is one class here; `to_json()` renders
+Each server message of `asyncapi.yaml` is one class here (a named tuple:
+one or more is made for every frame, and a tuple is the cheapest value to
+make); `to_json()` renders
 it as the document declares (tests/test_asyncapi_contract.py validates every
 kind against the document's schemas). The outbox also carries reports that
 only the observer hears (`ArrivalsDue`), so that everything a session tells
@@ -11,8 +13,7 @@ protocol (`StreamProtocol.delivered`), which tells the observer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from domain import DropCause, ErrorCode, Frame, StreamError
 from domain.session import SlowDownSignal
@@ -22,8 +23,7 @@ def _rounded(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-@dataclass(frozen=True, slots=True)
-class FrameResult:
+class FrameResult(NamedTuple):
     """A frame's pipeline result (`FrameResult` in the document); the timings are for the observer only."""
 
     frame: Frame
@@ -35,8 +35,7 @@ class FrameResult:
         return {"frame_index": self.frame.index, "result": self.result}
 
 
-@dataclass(frozen=True, slots=True)
-class FrameDropped:
+class FrameDropped(NamedTuple):
     """A frame answered without being run, and why (`FrameDropped`)."""
 
     frame: Frame
@@ -46,8 +45,7 @@ class FrameDropped:
         return {"frame_index": self.frame.index, "dropped": True, "cause": self.cause.value}
 
 
-@dataclass(frozen=True, slots=True)
-class SlowDown:
+class SlowDown(NamedTuple):
     """The sender should slow down (`SlowDownWarning`)."""
 
     signal: SlowDownSignal
@@ -63,16 +61,14 @@ class SlowDown:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class FrameFailure:
+class FrameFailure(NamedTuple):
     """Why a frame failed, for the observer: the error as raised (the log keeps its cause), and the frame."""
 
     frame_index: int
     cause: Exception
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorReply:
+class ErrorReply(NamedTuple):
     """An error the client is told (one of the document's error messages), with the frame it concerns if any.
 
     `failure` is set when the error answers a frame whose work failed: the
@@ -94,8 +90,7 @@ class ErrorReply:
         return message
 
 
-@dataclass(frozen=True, slots=True)
-class ArrivalsDue:
+class ArrivalsDue(NamedTuple):
     """Observer only: report the frames admitted so far, now that what had to go out first has gone."""
 
     def to_json(self) -> None:

@@ -345,9 +345,7 @@ class DagPipelineService:
 
     def run_job(self, job: FrameJob) -> dict[str, Any]:
         """Run a frame's job: its pipeline over its JPEG, with its stream's tool state; the pipeline's outputs."""
-        return self.run_pipeline(job.pipeline_id, {"frame_index": job.frame_index, "image_bytes": bytes(job.jpeg)}, stream_id=job.stream_id)
-
-    def run_pipeline(self, pipeline_id: str, payload: Mapping[str, Any], *, stream_id: str | None = None) -> dict[str, Any]:
+        pipeline_id = job.pipeline_id
         plan = self._plans.get(pipeline_id)
         if plan is None:
             raise UnknownPipelineError(pipeline_id, self._catalog.ids())
@@ -358,11 +356,16 @@ class DagPipelineService:
                 if not status.available:
                     raise PipelineUnavailableError(pipeline_id, status.reason or "unavailable")
                 break
+        stream_id = job.stream_id
         run = _RunStates(self._state_store, stream_id)
         try:
-            return self._run_nodes(pipeline_id, plan, payload, run, stream_id)
+            return self._run_nodes(pipeline_id, plan, {"frame_index": job.frame_index, "image_bytes": job.jpeg}, run, stream_id)
         finally:
             run.end()
+
+    def run_pipeline(self, pipeline_id: str, payload: Mapping[str, Any], *, stream_id: str | None = None) -> dict[str, Any]:
+        """The user stories' entry: `payload` is `{"frame_index": N, "image_bytes": <JPEG bytes>}`."""
+        return self.run_job(FrameJob(pipeline_id, int(payload["frame_index"]), payload["image_bytes"], stream_id))
 
     def _run_nodes(
         self, pipeline_id: str, plan: _Plan, payload: Mapping[str, Any], run: _RunStates, stream_id: str | None

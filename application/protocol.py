@@ -15,9 +15,9 @@ requested (`stop_requested`), the peer left or stopped reading
 Decisions: what goes out (`outbox`: the typed messages of
 application.messages and the observer's reports, in one order; the pump
 sends each that has a wire form and hands every item back through
-`delivered`), the frame to start and where (`Start`, the return value of the
-events that can start one), whether the pump must stop waiting for a message
-(`interrupt_receive`), and the ending (`ending`, then `closing_messages` and
+`delivered`), the frame to start (the return value of the events that can start
+one) and where (`runs_inline`), whether a wait for the client's next message
+is cut short (`interrupt_receive`), and the ending (`ending`, then `closing_messages` and
 `close_code`).
 """
 
@@ -27,7 +27,6 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
 
 from application.errors import JobGivenUp, JobTimedOut, FrameTimeoutError, PipelineExecutionError
 from application.messages import (
@@ -75,18 +74,6 @@ class Close:
         return self.ending is Ending.PEER_GONE or self.ending is Ending.SEND_TIMEOUT
 
 
-class Start(NamedTuple):
-    """A frame to start now, and whether its work is a header read the pump runs on the spot (`inline`).
-
-    Inline work is bounded by the JPEG header, so running it where the
-    message was read saves a hand-off per frame and nothing else can arrive
-    meanwhile; any other work runs on the executor while receiving goes on.
-    """
-
-    frame: Frame
-    inline: bool
-
-
 SHUTTING_DOWN_DETAIL = "the server is shutting down; reconnect later"
 
 
@@ -103,7 +90,6 @@ class StreamProtocol:
         "_started_ms",
         "_straggler",
         "_unreported",
-        "_waiting_for_message",
         "ending",
         "outbox",
         "session",
@@ -134,22 +120,15 @@ class StreamProtocol:
         self._straggler: Frame | None = None
         # Admitted frames not yet reported to the observer (index, bytes): see _report_arrivals.
         self._unreported: list[tuple[int, int]] = []
-        # The pump is waiting for the client's next message, not taking one in.
-        self._waiting_for_message = False
 
     # Events -----------------------------------------------------------------
 
-    def receive_started(self) -> None:
-        """The pump waits for the client's next message: a stop may interrupt it there (`interrupt_receive`)."""
-        self._waiting_for_message = True
-
-    def message_received(self, inbound: Inbound) -> Start | None:
+    def message_received(self, inbound: Inbound) -> Frame | None:
         """A message from the client; returns the frame to start now, if any.
 
         The frame is admitted, and the frames it displaces answered as dropped,
         before anything else can happen: the event is one synchronous step.
         """
-        self._waiting_for_message = False
         session = self.session
         if inbound.kind is not InboundKind.BINARY:
             self._last_message_ms = session.now_ms()
@@ -203,9 +182,9 @@ class StreamProtocol:
         if not self._inline:
             # Reported once the drop notices are out; a frame answered at once is reported after its reply instead.
             outbox.append(ARRIVALS_DUE)
-        return Start(start, self._inline)
+        return start
 
-    def frame_finished(self, frame: Frame, reply: FrameReply) -> Start | None:
+    def frame_finished(self, frame: Frame, reply: FrameReply) -> Frame | None:
         """The frame's work returned its reply; returns the next frame to start, if any."""
         session = self.session
         started_ms = self._started_ms
@@ -215,7 +194,7 @@ class StreamProtocol:
         self.outbox.append(FrameResult(frame, reply.result, processing_ms, started_ms - frame.received_ms))
         return self._next()
 
-    def frame_failed(self, frame: Frame, error: BaseException) -> Start | None:
+    def frame_failed(self, frame: Frame, error: BaseException) -> Frame | None:
         """The frame's work failed; the kind of failure decides the reply. Returns the next frame to start."""
         session = self.session
         session.complete_frame(frame, processing_ms=session.now_ms() - self._started_ms, succeeded=False)
@@ -258,7 +237,7 @@ class StreamProtocol:
         self._straggler = frame
         self.outbox.append(ErrorReply(failure, frame.index, FrameFailure(frame.index, error)))
 
-    def straggler_returned(self, frame: Frame) -> Start | None:
+    def straggler_returned(self, frame: Frame) -> Frame | None:
         """The work answered at its deadline has returned; returns the next frame to start."""
         session = self.session
         self._straggler = None
@@ -319,14 +298,14 @@ class StreamProtocol:
         Every report about a frame's outcome comes after the report of its
         arrival, so pending arrivals go first.
         """
-        self._report_arrivals()
+        if self._unreported:
+            self._report_arrivals()
         kind = type(outgoing)
         if kind is ArrivalsDue:
             return
         session = self.session
         observer = self._observer
-        if kind is FrameResult:
-            assert isinstance(outgoing, FrameResult)
+        if type(outgoing) is FrameResult:
             frame = outgoing.frame
             observer.frame_processed(
                 session,
@@ -335,15 +314,12 @@ class StreamProtocol:
                 processing_ms=outgoing.processing_ms,
                 latency_ms=session.now_ms() - frame.received_ms,
             )
-        elif kind is FrameDropped:
-            assert isinstance(outgoing, FrameDropped)
+        elif type(outgoing) is FrameDropped:
             observer.frame_dropped(session, outgoing.frame.index, outgoing.cause)
-        elif kind is ErrorReply:
-            assert isinstance(outgoing, ErrorReply)
+        elif type(outgoing) is ErrorReply:
             self._report_failure(outgoing)
             observer.error_sent(session, outgoing.code)
-        else:
-            assert isinstance(outgoing, SlowDown)
+        elif type(outgoing) is SlowDown:
             observer.slowdown_sent(session, outgoing.signal.drop_rate, outgoing.signal.suggested_fps)
 
     # Queries ------------------------------------------------------------------
@@ -358,11 +334,24 @@ class StreamProtocol:
         return self._idle_timeout_s
 
     @property
-    def interrupt_receive(self) -> bool:
-        """Once the session ends, a wait for the next message is cut short; a message being taken in is finished first
-        (admitted, displaced frames answered, handed on or answered inline), unless nothing more can be sent."""
+    def runs_inline(self) -> bool:
+        """Whether the frames this protocol starts are run where they were read.
+
+        A header-only pipeline's work is bounded by the JPEG header, so running
+        it on the spot saves a hand-off per frame and nothing else can arrive
+        meanwhile; any other work runs on the executor while receiving goes on.
+        """
+        return self._inline
+
+    def interrupt_receive(self, waiting_for_message: bool) -> bool:
+        """Once the session has ended: whether the pump's receiving must be cancelled now.
+
+        A wait for the client's next message is cut short; a message being taken
+        in is finished first (admitted, displaced frames answered, handed on or
+        answered inline), unless nothing more can be sent.
+        """
         close = self.ending
-        return close is not None and (close.cut_off or self._waiting_for_message)
+        return close is not None and (close.cut_off or waiting_for_message)
 
     @property
     def busy(self) -> bool:
@@ -399,14 +388,14 @@ class StreamProtocol:
         if self.ending is None:
             self.ending = close
 
-    def _next(self) -> Start | None:
+    def _next(self) -> Frame | None:
         if self.ending is not None:
             return None
         start = self.session.start_next()
         if start is None:
             return None
         self._started_ms = self.session.now_ms()
-        return Start(start, self._inline)
+        return start
 
     def _report_arrivals(self) -> None:
         unreported = self._unreported
@@ -429,6 +418,5 @@ class StreamProtocol:
             outgoing = outbox.popleft()
             self._report_arrivals()
             if type(outgoing) is ErrorReply:
-                assert isinstance(outgoing, ErrorReply)
                 self._report_failure(outgoing)
 

@@ -19,7 +19,7 @@ from typing import Any
 from application.errors import JobStillRunning
 from application.messages import ErrorReply
 from application.ports import ConnectionClosed, FrameExecutor, FrameJob, StreamObserver, Transport
-from application.protocol import SHUTTING_DOWN_DETAIL, Start, StreamProtocol
+from application.protocol import SHUTTING_DOWN_DETAIL, StreamProtocol
 from application.sessions import Registration, SessionManager
 from application.frame_service import FramePipelineService
 from domain import (
@@ -175,7 +175,9 @@ class _Pump:
         # True while a task sends the outbox; `_sent` completes when it is done, made only when another task waits.
         self._sending = False
         self._sent: asyncio.Future[None] | None = None
-        self._to_start: asyncio.Queue[Start | None] = asyncio.Queue()
+        self._to_start: asyncio.Queue[Frame | None] = asyncio.Queue()
+        # True while the receiving task waits for the client's next message (see StreamProtocol.interrupt_receive).
+        self._receiving = False
         self._idle_timer: asyncio.TimerHandle | None = None
         self._give_up: asyncio.Future[Any] | None = None
 
@@ -195,7 +197,7 @@ class _Pump:
                 self._fed()  # also releases a processing task waiting on work that outlived its timeout
             close = protocol.ending
             assert close is not None
-            if protocol.interrupt_receive:
+            if protocol.interrupt_receive(self._receiving):
                 receiver.cancel()
             await asyncio.gather(receiver, return_exceptions=True)
             if close.cut_off:
@@ -273,23 +275,26 @@ class _Pump:
         transport = self._transport
         to_start = self._to_start
         executor = self._executor
+        pipeline_id = self._pipeline_id
+        stream_id = self._stream_id
+        inline = protocol.runs_inline
         try:
             while protocol.ending is None:
-                protocol.receive_started()
+                self._receiving = True
                 inbound = await transport.receive()
+                self._receiving = False
                 start = protocol.message_received(inbound)
-                if start is not None and not start.inline:
+                if start is not None and not inline:
                     to_start.put_nowait(start)  # the pipeline starts before the drop notices go out
                 if protocol.outbox:
                     await self._flush()
-                while start is not None and start.inline:
-                    frame = start.frame
+                while start is not None and inline:
                     try:
-                        reply = executor.run_inline(self._job(frame))
+                        reply = executor.run_inline(FrameJob(pipeline_id, start.index, start.data, stream_id, True))
                     except Exception as error:
-                        start = protocol.frame_failed(frame, error)
+                        start = protocol.frame_failed(start, error)
                     else:
-                        start = protocol.frame_finished(frame, reply)
+                        start = protocol.frame_finished(start, reply)
                     await self._flush()
                 self._fed()
         except ConnectionClosed as gone:
@@ -307,11 +312,11 @@ class _Pump:
         protocol = self._protocol
         executor = self._executor
         frame: Frame | None = None
-        start: Start | None
+        start: Frame | None
         try:
             while (start := await self._to_start.get()) is not _NO_MORE_FRAMES:
                 while start is not None:
-                    frame = start.frame
+                    frame = start
                     try:
                         reply = await executor.run(self._job(frame), timeout_s=self._frame_timeout_s, give_up=self._give_up)
                     except JobStillRunning as running:

@@ -15,22 +15,28 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import httpx
 import pytest
 
-from contracts.raw_websocket import OP_BINARY, OP_CONT, OP_PING, OP_TEXT, RawWebSocket, frame
+from contracts.raw_websocket import OP_BINARY, OP_PING, OP_TEXT, RawWebSocket, frame
 from tests.observability.support import scrape, settled
 from tests.support.media import jpeg
+from tests.hardening.attack_support import (
+    HealthProbe,
+    error_records,
+    flood_of_empty_continuations,
+    large_frame_then_empty_continuations,
+    megabyte_in_one_byte_fragments,
+    ping_flood,
+    rss_kib,
+)
 from tests.support.server import RunningServer, start_server
 
 SEND_TIMEOUT_S = 1.0
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 1.0
 MAX_SESSIONS = 4
-# The promise of docs/security.md: /health answers within this while any one connection misbehaves.
-HEALTH_BOUND_S = 0.100
 
 
 @pytest.fixture(scope="module")
@@ -46,67 +52,6 @@ def server() -> Iterator[RunningServer]:
     )
     yield running
     running.stop()
-
-
-def rss_kib(server: RunningServer) -> int:
-    with open(f"/proc/{server.process.pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS line")
-
-
-@dataclass
-class HealthProbe:
-    """Polls /health from its own thread and keeps every latency."""
-
-    server: RunningServer
-    latencies: list[float] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def __enter__(self) -> HealthProbe:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        with httpx.Client(trust_env=False, timeout=10) as client:
-            while not self._stop.is_set():
-                started = time.perf_counter()
-                try:
-                    status = client.get(f"{self.server.http}/health").status_code
-                except httpx.HTTPError as error:
-                    self.failures.append(repr(error))
-                    continue
-                self.latencies.append(time.perf_counter() - started)
-                if status != 200:
-                    self.failures.append(f"status {status}")
-                self._stop.wait(0.01)
-
-    def percentile(self, fraction: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-    def check(self) -> str:
-        assert not self.failures, self.failures[:3]
-        assert len(self.latencies) >= 20, f"only {len(self.latencies)} /health probes ran"
-        summary = (
-            f"/health over {len(self.latencies)} probes: median {self.percentile(0.5) * 1000:.1f} ms, "
-            f"p95 {self.percentile(0.95) * 1000:.1f} ms, max {max(self.latencies) * 1000:.1f} ms"
-        )
-        # p95 rather than the maximum: this machine's other load (two cores shared with the test
-        # runner) can delay any single probe; an event loop held by the attack delays all of them.
-        assert self.percentile(0.95) < HEALTH_BOUND_S, summary
-        return summary
-
-
-def error_records(server: RunningServer) -> list[str]:
-    return [line for line in server.lines if '"level": "error"' in line or '"level":"error"' in line or "Traceback" in line]
 
 
 def ws_url(server: RunningServer, pipeline_id: str) -> str:
@@ -186,30 +131,13 @@ def test_a_ping_flood_from_a_client_that_does_not_read_is_closed_without_growing
 # One connection must not hold the event loop ----------------------------------------------
 
 
-def _flood_of_empty_continuations() -> bytes:
-    return frame(OP_BINARY, b"\xff", fin=False) + frame(OP_CONT, b"", fin=False) * 40_000
-
-
-def _ping_flood() -> bytes:
-    return frame(OP_PING, b"abcd") * 40_000
-
-
-def _large_frame_then_empty_continuations() -> bytes:
-    # Slices follow frame boundaries: one large frame is parsed whole, the flood behind it still in small slices.
-    return frame(OP_BINARY, b"\xff" * 60_000, fin=False) + frame(OP_CONT, b"", fin=False) * 40_000
-
-
-def _megabyte_in_one_byte_fragments() -> bytes:
-    return frame(OP_BINARY, b"\xff", fin=False) + frame(OP_CONT, b"\x00", fin=False) * 150_000
-
-
 @pytest.mark.parametrize(
     "payload",
     [
-        pytest.param(_flood_of_empty_continuations, id="empty-continuation-flood"),
-        pytest.param(_ping_flood, id="ping-flood-pongs-read"),
-        pytest.param(_megabyte_in_one_byte_fragments, id="one-byte-fragments"),
-        pytest.param(_large_frame_then_empty_continuations, id="large-frame-then-flood"),
+        pytest.param(flood_of_empty_continuations, id="empty-continuation-flood"),
+        pytest.param(ping_flood, id="ping-flood-pongs-read"),
+        pytest.param(megabyte_in_one_byte_fragments, id="one-byte-fragments"),
+        pytest.param(large_frame_then_empty_continuations, id="large-frame-then-flood"),
     ],
 )
 def test_health_stays_fast_while_one_connection_floods(server: RunningServer, payload: object) -> None:

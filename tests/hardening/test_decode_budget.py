@@ -23,7 +23,7 @@ import numpy as np
 
 from contracts.client import StreamClient
 from domain import read_jpeg_info
-from tests.hardening.test_connection_attacks import HealthProbe
+from tests.hardening.attack_support import HealthProbe, process_status, reset_peak
 from tests.support.server import ROOT, start_server
 
 MB = 1_000_000
@@ -108,22 +108,6 @@ def uhd_multi_scan(seed: int = 0) -> bytes:
     return multi_scan_baseline([y, cb, cr])
 
 
-def _status(pid: int) -> dict[str, int]:
-    values: dict[str, int] = {}
-    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                name, value = line.split(":")
-                values[name] = int(value.split()[0]) * 1024
-    return values
-
-
-def _reset_peak(pid: int) -> int:
-    with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as handle:
-        handle.write("5")
-    return _status(pid)["VmRSS"]
-
-
 def test_the_generated_file_is_a_decodable_baseline_file_of_one_scan_per_component() -> None:
     data = uhd_multi_scan()
     assert data.count(b"\xff\xc0") == 1 and b"\xff\xc2" not in data
@@ -151,12 +135,12 @@ def test_multi_scan_baseline_frames_sent_at_once_stay_within_the_decode_budget()
         pid = server.process.pid
         # One frame first, so the HOG detector's lasting allocations are not counted as the attack's.
         asyncio.run(_send(server.ws("people"), [frames[0]]))
-        before = _reset_peak(pid)
+        before = reset_peak(pid)
         started = time.monotonic()
         with HealthProbe(server) as probe:
             replies = asyncio.run(_attack(server.ws("people"), frames))
         elapsed = time.monotonic() - started
-        peak = _status(pid)["VmHWM"] - before
+        peak = process_status(pid)["VmHWM"] - before
         health = probe.check()
     finally:
         server.stop()

@@ -42,7 +42,7 @@ import pytest
 
 from contracts.client import StreamClient
 from contracts.raw_websocket import OP_BINARY, OP_CLOSE, OP_TEXT, RawWebSocket, frame
-from tests.hardening.test_connection_attacks import HealthProbe
+from tests.hardening.attack_support import HealthProbe, process_status, reset_peak
 from tests.support.media import FACE_JPEG, jpeg_header, jpeg_of_size
 from tests.support.server import ROOT, RunningServer, start_server
 
@@ -68,23 +68,6 @@ PEAK_PER_PIPELINE = {
 
 # Every shipped pipeline; yolo runs the constant-output model the YOLO plugin tests build.
 SHIPPED_PIPELINES = ("faces", "motion", "ocr_only", "people", "probe", "qr", "text_detect_read", "yolo")
-
-
-def _status(pid: int) -> dict[str, int]:
-    values: dict[str, int] = {}
-    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                name, value = line.split(":")
-                values[name] = int(value.split()[0]) * 1024
-    return values
-
-
-def _reset_peak(pid: int) -> int:
-    """Reset the process's peak RSS to its current RSS; return that RSS."""
-    with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as handle:
-        handle.write("5")
-    return _status(pid)["VmRSS"]
 
 
 @cache
@@ -142,7 +125,7 @@ async def _one_frame(url: str, frame: bytes, timeout: float = 60.0) -> StreamCli
 
 def test_a_frame_declaring_8000x5000_is_refused_from_its_header_by_every_pipeline(shipped: RunningServer) -> None:
     pid = shipped.process.pid
-    before = _reset_peak(pid)
+    before = reset_peak(pid)
 
     async def attack() -> list[tuple[str, dict, int | None]]:
         async def one(pipeline_id: str) -> tuple[str, dict, int | None]:
@@ -159,7 +142,7 @@ def test_a_frame_declaring_8000x5000_is_refused_from_its_header_by_every_pipelin
         assert message["error"] == "frame_too_large", (pipeline_id, message)
         assert "8000x5000" in message["detail"] and "8294400" in message["detail"], message
         assert close_code == 1009, pipeline_id
-    growth = _status(pid)["VmHWM"] - before
+    growth = process_status(pid)["VmHWM"] - before
     print(f"8000x5000 frames, {len(outcomes)} sessions: peak RSS growth {growth / MB:.1f} MB")
     # The sessions' receive buffers of a 0.6 MB frame; nothing is decoded.
     assert growth < 48 * MiB, f"peak RSS grew {growth / MB:.0f} MB refusing frames from their header"
@@ -190,7 +173,7 @@ def test_probe_enforces_the_pixel_limit_over_websocket_and_http(shipped: Running
 def test_idle_motion_sessions_hold_a_model_of_their_working_size_not_of_the_frame(shipped: RunningServer) -> None:
     pid = shipped.process.pid
     sessions = 4
-    before = _reset_peak(pid)
+    before = reset_peak(pid)
 
     async def attack() -> list[StreamClient]:
         async def one() -> StreamClient:
@@ -211,8 +194,8 @@ def test_idle_motion_sessions_hold_a_model_of_their_working_size_not_of_the_fram
     async def scenario() -> tuple[int, int]:
         clients = await attack()
         await asyncio.sleep(0.5)
-        held = _status(pid)["VmRSS"] - before  # the sessions are open and idle
-        peak = _status(pid)["VmHWM"] - before
+        held = process_status(pid)["VmRSS"] - before  # the sessions are open and idle
+        peak = process_status(pid)["VmHWM"] - before
         for client in clients:
             await client.close()
         return held, peak
@@ -227,7 +210,7 @@ def test_idle_motion_sessions_hold_a_model_of_their_working_size_not_of_the_fram
 
 def test_uhd_frames_to_every_decoding_pipeline_at_once_stay_within_the_documented_bound(shipped: RunningServer) -> None:
     pid = shipped.process.pid
-    before = _reset_peak(pid)
+    before = reset_peak(pid)
     started = time.monotonic()
 
     async def attack() -> dict[str, dict]:
@@ -244,7 +227,7 @@ def test_uhd_frames_to_every_decoding_pipeline_at_once_stay_within_the_documente
     faces = replies["faces"]["result"]["faces"]
     assert faces and faces[0]["box"]["x1"] > 400, "the face is found and reported in the 4K frame's pixels"
     assert any("4K" in line["text"] for line in replies["ocr_only"]["result"]["text"]), replies["ocr_only"]
-    peak = _status(pid)["VmHWM"] - before
+    peak = process_status(pid)["VmHWM"] - before
     bound = sum(PEAK_PER_PIPELINE.values())
     print(f"one 4K frame to each of {sorted(PEAK_PER_PIPELINE)} at once: peak RSS growth {peak / MB:.1f} MB in {elapsed:.1f} s")
     assert peak < bound, f"one 4K frame per pipeline raised peak RSS by {peak / MB:.0f} MB; the bound is {bound / MB:.0f} MB"
@@ -457,13 +440,13 @@ def test_refused_connections_read_no_message_into_memory(
             await holder.close()
         return outcomes, elapsed
 
-    before = _reset_peak(pid)
+    before = reset_peak(pid)
     with HealthProbe(server) as probe:
         outcomes, elapsed = asyncio.run(attack())
-        peak = _status(pid)["VmHWM"]
+        peak = process_status(pid)["VmHWM"]
     server.wait_for(lambda h: h["sessions_active"] == 0)
     time.sleep(1.0)
-    after = _status(pid)["VmRSS"]
+    after = process_status(pid)["VmRSS"]
     for messages, code in outcomes:
         assert [m["error"] for m in messages] == [error], messages
         assert code == close_code
@@ -497,10 +480,10 @@ GIVE_BACK_S = 5.0
 def _settles_to(pid: int, target: int, within_s: float) -> int:
     """The RSS once it is at or under `target`, or the last reading when `within_s` passes first."""
     deadline = time.monotonic() + within_s
-    rss = _status(pid)["VmRSS"]
+    rss = process_status(pid)["VmRSS"]
     while rss > target and time.monotonic() < deadline:
         time.sleep(0.1)
-        rss = _status(pid)["VmRSS"]
+        rss = process_status(pid)["VmRSS"]
     return rss
 
 
@@ -536,7 +519,7 @@ def test_a_burst_of_stalled_bodies_gives_its_memory_back(bodies_server: RunningS
     pid = server.process.pid
     declared = 6_500_000  # under the request body limit (ws_max_size, 6 553 600 bytes)
     httpx.post(f"{server.http}/v1/pipelines/probe/frames", content=jpeg_header(64, 48), headers={"content-type": "image/jpeg"}, trust_env=False)
-    before = _reset_peak(pid)
+    before = reset_peak(pid)
 
     async def burst() -> list[bytes]:
         return await asyncio.gather(*(_stalled_body(server.port, declared, declared - 1000) for _ in range(100)))
@@ -544,7 +527,7 @@ def test_a_burst_of_stalled_bodies_gives_its_memory_back(bodies_server: RunningS
     started = time.monotonic()
     answers = asyncio.run(burst())
     elapsed = time.monotonic() - started
-    peak = _status(pid)["VmHWM"]
+    peak = process_status(pid)["VmHWM"]
     after = _settles_to(pid, before + AFTER_BURST_MARGIN, GIVE_BACK_S)
     assert all(answer.startswith(b"HTTP/1.1 408") or answer == b"reset" for answer in answers), {answer[:40] for answer in answers}
     print(
@@ -572,7 +555,7 @@ def test_sessions_that_do_not_read_hold_no_more_than_the_documented_worst_case(f
     # The 100 ms pipeline keeps a frame in flight while the buffer fills and overflows.
     attackers = [RawWebSocket.connect(server.ws(pipeline_id), receive_buffer=4096) for _ in range(sessions)]
     time.sleep(0.5)
-    before = _reset_peak(pid)
+    before = reset_peak(pid)
     sent = [0] * sessions
 
     def flood(number: int, attacker: RawWebSocket) -> None:
@@ -591,9 +574,9 @@ def test_sessions_that_do_not_read_hold_no_more_than_the_documented_worst_case(f
     held = 0
     for thread in threads:
         while thread.is_alive():
-            held = max(held, _status(pid)["VmRSS"] - before)
+            held = max(held, process_status(pid)["VmRSS"] - before)
             thread.join(timeout=0.1)
-    peak = _status(pid)["VmHWM"] - before
+    peak = process_status(pid)["VmHWM"] - before
     for attacker in attackers:
         attacker.close()
     server.wait_for(lambda health: health["sessions_active"] == 0)

@@ -22,8 +22,17 @@ from pathlib import Path
 import pytest
 
 from adapters.transports.websockets.connection_limits import CLOSE_TIMEOUT_S
-from contracts.raw_websocket import OP_BINARY, OP_CONT, OP_PING, OP_TEXT, RawWebSocket, frame
-from tests.hardening.test_connection_attacks import HealthProbe, error_records, rss_kib
+from contracts.raw_websocket import OP_BINARY, OP_PING, OP_TEXT, RawWebSocket, frame
+from tests.hardening.attack_support import (
+    HealthProbe,
+    error_records,
+    flood_of_empty_continuations,
+    megabyte_in_one_byte_fragments,
+    ping_flood,
+    process_status,
+    reset_peak,
+    rss_kib,
+)
 from tests.observability.support import settled
 from tests.support.media import jpeg
 from tests.support.server import RunningServer, start_server
@@ -49,40 +58,15 @@ def server() -> Iterator[RunningServer]:
     running.stop()
 
 
-def _status_kib(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no {field} line")
-
-
-def _reset_peak(pid: int) -> None:
-    with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as handle:
-        handle.write("5")
-
-
 # One connection must not hold the event loop ----------------------------------------------
-
-
-def _ping_flood() -> bytes:
-    return frame(OP_PING, b"abcd") * 40_000
-
-
-def _flood_of_empty_continuations() -> bytes:
-    return frame(OP_BINARY, b"\xff", fin=False) + frame(OP_CONT, b"", fin=False) * 40_000
-
-
-def _megabyte_in_one_byte_fragments() -> bytes:
-    return frame(OP_BINARY, b"\xff", fin=False) + frame(OP_CONT, b"\x00", fin=False) * 150_000
 
 
 @pytest.mark.parametrize(
     "payload",
     [
-        pytest.param(_ping_flood, id="ping-flood-pongs-read"),
-        pytest.param(_flood_of_empty_continuations, id="empty-continuation-flood"),
-        pytest.param(_megabyte_in_one_byte_fragments, id="one-byte-fragments"),
+        pytest.param(ping_flood, id="ping-flood-pongs-read"),
+        pytest.param(flood_of_empty_continuations, id="empty-continuation-flood"),
+        pytest.param(megabyte_in_one_byte_fragments, id="one-byte-fragments"),
     ],
 )
 def test_health_stays_fast_while_one_connection_floods(server: RunningServer, payload: object) -> None:
@@ -113,7 +97,7 @@ def test_ping_floods_from_clients_that_never_read_are_cut_without_growing_memory
     settled(server)
     pid = server.process.pid
     rss_before = rss_kib(server)
-    _reset_peak(pid)
+    reset_peak(pid)
     pings = frame(OP_PING, b"abcd") * 20_000
     cut_after: list[float] = []
     started = time.monotonic()
@@ -144,7 +128,7 @@ def test_ping_floods_from_clients_that_never_read_are_cut_without_growing_memory
         server.wait_for(lambda health: health["sessions_active"] == 0, timeout=10)
         summary = probe.check()
     growth_mib = (rss_kib(server) - rss_before) / 1024
-    peak_mib = (_status_kib(pid, "VmHWM") - rss_before) / 1024
+    peak_mib = (process_status(pid)["VmHWM"] // 1024 - rss_before) / 1024
     print(f"4 non-reading ping floods for 3 s: {len(cut_after)} connections, each cut within {max(cut_after):.2f} s; "
           f"RSS growth {growth_mib:.1f} MiB, peak +{peak_mib:.1f} MiB; {summary}")
     # Cut at once when over the control-frame rate (the abort 2 s later if the close frame is not read); a
@@ -207,8 +191,8 @@ def test_refused_clients_sending_6_mb_each_do_not_grow_memory(tmp_path: Path) ->
         holders = [RawWebSocket.connect(running.ws("probe"), headers=authorized) for _ in range(2)]
         running.wait_for(lambda health: health["sessions_active"] == 2)
         pid = running.process.pid
-        rss_before = _status_kib(pid, "VmRSS")
-        _reset_peak(pid)
+        rss_before = process_status(pid)["VmRSS"] // 1024
+        reset_peak(pid)
         outcomes: list[tuple[str, int | None]] = []
 
         def refused(headers: dict[str, str]) -> None:
@@ -229,9 +213,9 @@ def test_refused_clients_sending_6_mb_each_do_not_grow_memory(tmp_path: Path) ->
         for thread in threads:
             thread.join(timeout=60)
         elapsed = time.monotonic() - started
-        peak_mib = (_status_kib(pid, "VmHWM") - rss_before) / 1024
+        peak_mib = (process_status(pid)["VmHWM"] // 1024 - rss_before) / 1024
         time.sleep(1.0)
-        after_mib = (_status_kib(pid, "VmRSS") - rss_before) / 1024
+        after_mib = (process_status(pid)["VmRSS"] // 1024 - rss_before) / 1024
         for holder in holders:
             holder.close()
     finally:

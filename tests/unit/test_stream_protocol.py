@@ -8,7 +8,7 @@ import pytest
 
 from application.errors import JobGivenUp, JobStillRunning, JobTimedOut, PipelineExecutionError
 from application.ports import ConnectionClosed, FrameReply, Inbound, InboundKind, SendTimedOut
-from application.protocol import ABNORMAL_CLOSURE, Ending, Start, StreamProtocol
+from application.protocol import ABNORMAL_CLOSURE, Ending, StreamProtocol
 from domain import BackpressurePolicy, ErrorCode, Frame, FrameValidationError, Session, SessionState
 from domain.errors import GENERIC_INTERNAL_DETAIL
 from tests.support.fakes import Clock
@@ -50,10 +50,10 @@ def reply(frame: Frame) -> FrameReply:
     return FrameReply(frame.index, {})
 
 
-def started(start: Start | None) -> Frame:
+def started(start: Frame | None) -> Frame:
     """The frame an event started (it must have started one)."""
     assert start is not None
-    return start.frame
+    return start
 
 
 def sent(stream: StreamProtocol) -> list[dict[str, Any]]:
@@ -105,7 +105,7 @@ def test_a_frame_arriving_during_work_waits_and_starts_when_the_work_finishes() 
     assert stream.message_received(frame()) is None
     clock.now += 10
     following = stream.frame_finished(first, reply(first))
-    assert following is not None and following.frame.index == 1
+    assert following is not None and following.index == 1
 
 
 def test_under_overload_the_displaced_frames_are_answered_as_dropped_with_a_slow_down() -> None:
@@ -167,7 +167,7 @@ def test_after_a_timeout_the_next_frame_waits_for_the_work_still_running() -> No
     assert not stream.busy, "the client has its answer: the session is not busy for the idle rule"
     assert stream.message_received(frame()) is None, "two runs of one stream never overlap"
     following = stream.straggler_returned(first)
-    assert following is not None and following.frame.index == 1
+    assert following is not None and following.index == 1
     assert stream.session.failed_frames == 1
 
 
@@ -176,7 +176,7 @@ def test_a_timeout_before_the_work_started_is_a_pipeline_failure_and_the_stream_
     first = started(stream.message_received(frame()))
     stream.message_received(frame())
     following = stream.frame_failed(first, JobTimedOut("queued too long"))
-    assert following is not None and following.frame.index == 1
+    assert following is not None and following.index == 1
     (message,) = sent(stream)
     assert message["error"] == "pipeline_failure" and "2000 ms frame timeout" in message["detail"]
     assert stream.ending is None
@@ -279,18 +279,18 @@ def test_a_frame_in_flight_keeps_the_session_from_idling_and_a_message_restarts_
 
 def test_a_frame_answered_at_once_is_reported_after_its_reply_and_before_the_reply_s_report() -> None:
     stream, _, observer = protocol(inline=True)
-    start = stream.message_received(frame())
-    assert start is not None and start.inline, "a header-only pipeline's frame is run where it was read"
+    start = started(stream.message_received(frame()))
+    assert stream.runs_inline, "a header-only pipeline's frame is run where it was read"
     assert not stream.outbox and observer.names() == [], "nothing is reported before the reply of a frame answered at once"
-    assert stream.frame_finished(start.frame, reply(start.frame)) is None
+    assert stream.frame_finished(start, reply(start)) is None
     assert sent(stream) == [{"frame_index": 0, "result": {}}]
     assert observer.names() == ["frame_received", "frame_processed"]
 
 
 def test_a_frame_handed_to_the_executor_is_reported_as_it_arrives() -> None:
     stream, _, observer = protocol()
-    start = stream.message_received(frame())
-    assert start is not None and not start.inline
+    started(stream.message_received(frame()))
+    assert not stream.runs_inline
     assert sent(stream) == [], "only the observer hears of it"
     assert observer.names() == ["frame_received"]
 
@@ -329,15 +329,9 @@ def test_frames_admitted_but_never_answered_are_reported_when_the_session_ends()
 
 def test_a_stop_interrupts_a_wait_for_a_message_but_not_a_message_being_taken_in() -> None:
     stream, _, _ = protocol()
-    stream.receive_started()
-    assert not stream.interrupt_receive, "nothing has ended"
+    assert not stream.interrupt_receive(waiting_for_message=True), "nothing has ended"
     stream.stop_requested()
-    assert stream.interrupt_receive, "waiting for the next message: the wait is cut short"
-
-    stream, _, _ = protocol()
-    stream.receive_started()
-    stream.message_received(frame())  # taken in; its displaced frames are being answered
-    stream.stop_requested()
-    assert not stream.interrupt_receive, "the message is finished first"
+    assert stream.interrupt_receive(waiting_for_message=True), "waiting for the next message: the wait is cut short"
+    assert not stream.interrupt_receive(waiting_for_message=False), "a message being taken in is finished first"
     stream.connection_lost(ConnectionClosed())
-    assert stream.interrupt_receive, "nothing more can be sent: no reason to finish it"
+    assert stream.interrupt_receive(waiting_for_message=False), "nothing more can be sent: no reason to finish it"
