@@ -37,16 +37,26 @@ class CountingDecoder:
 
 
 class RecordingObserver:
-    """A StreamObserver that records every call as (method name, positional args), whatever the method."""
+    """A StreamObserver that records every call, whatever the method.
+
+    `events` holds (method name, positional args); `reports` holds each call
+    flat, without the session: (method name, *other positional args, *keyword
+    values), the form a test compares with a tuple literal.
+    """
 
     def __init__(self) -> None:
         self.events: list[tuple[str, tuple[Any, ...]]] = []
+        self.reports: list[tuple[Any, ...]] = []
 
     def __getattr__(self, name: str) -> Callable[..., None]:
         def record(*args: Any, **kwargs: Any) -> None:
             self.events.append((name, args))
+            self.reports.append((name, *args[1:], *kwargs.values()))
 
         return record
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.events]
 
 
 class RecordingPipelineObserver:

@@ -11,33 +11,19 @@ from application.ports import ConnectionClosed, FrameReply, Inbound, InboundKind
 from application.protocol import ABNORMAL_CLOSURE, Ending, StreamProtocol
 from domain import BackpressurePolicy, ErrorCode, Frame, FrameValidationError, Session, SessionState
 from domain.errors import GENERIC_INTERNAL_DETAIL
-from tests.support.fakes import Clock
+from tests.support.fakes import Clock, RecordingObserver
 from tests.support.media import jpeg
 
 FRAME = jpeg()
 
 
-class Observer:
-    def __init__(self) -> None:
-        self.events: list[tuple[Any, ...]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        def record(*args: Any, **kwargs: Any) -> None:
-            self.events.append((name, *args[1:], *kwargs.values()))
-
-        return record
-
-    def names(self) -> list[str]:
-        return [event[0] for event in self.events]
-
-
 def protocol(
     policy: BackpressurePolicy | None = None, idle_timeout_s: float = 60.0, *, inline: bool = False
-) -> tuple[StreamProtocol, Clock, Observer]:
+) -> tuple[StreamProtocol, Clock, RecordingObserver]:
     clock = Clock()
     session = Session(pipeline_id="p", policy=policy or BackpressurePolicy(), clock=clock)
     session.transition(SessionState.OPEN)
-    observer = Observer()
+    observer = RecordingObserver()
     stream = StreamProtocol(session, observer, frame_timeout_s=2.0, max_frame_bytes=1_000_000, idle_timeout_s=idle_timeout_s, runs_inline=inline)  # type: ignore[arg-type]
     return stream, clock, observer
 
@@ -85,7 +71,7 @@ def test_a_frame_that_finds_the_pipeline_idle_starts_and_its_result_is_reported_
     assert stream.frame_finished(start, reply(start)) is None
     assert "frame_processed" not in observer.names(), "reported only once the reply has gone out"
     assert sent(stream) == [{"frame_index": 0, "result": {}}]
-    (processed,) = [event for event in observer.events if event[0] == "frame_processed"]
+    (processed,) = [event for event in observer.reports if event[0] == "frame_processed"]
     assert processed[1:] == (0, 0.0, 40.0, 40.0)
 
 
