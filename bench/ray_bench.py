@@ -95,7 +95,7 @@ class _Executor:
     async def run(self, index: int, frame: bytes, stream_id: str) -> dict[str, Any]:
         from application.ports import FrameJob
 
-        return await self.executor.run(FrameJob(PIPELINE, index, frame, stream_id), timeout_s=30)
+        return (await self.executor.run(FrameJob(PIPELINE, index, frame, stream_id), timeout_s=30)).to_json()
 
     def close(self) -> None:
         self.executor.shutdown()

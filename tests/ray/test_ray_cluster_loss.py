@@ -41,7 +41,7 @@ DRIVER = textwrap.dedent(
     async def frame(index):
         try:
             result = await executor.run(FrameJob("counter", index, jpeg(), "s"), timeout_s=5)
-            return {"ok": result["result"]["count"]}
+            return {"ok": result.result["count"]}
         except Exception as error:
             return {"error": type(error).__name__, "code": getattr(error, "code", None), "detail": getattr(error, "detail", str(error))}
 

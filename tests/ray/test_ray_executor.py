@@ -48,7 +48,7 @@ def front(ray_cluster: str) -> Iterator[_Front]:
 def _run(front: _Front, pipeline_id: str, index: int, data: bytes, stream_id: str | None = None, *, timeout_s: float = 20.0) -> Any:
     from application.ports import FrameJob
 
-    return asyncio.run(front.executor.run(FrameJob(pipeline_id, index, data, stream_id), timeout_s=timeout_s))
+    return asyncio.run(front.executor.run(FrameJob(pipeline_id, index, data, stream_id), timeout_s=timeout_s)).to_json()
 
 
 def _actor_of(front: _Front, stream_id: str) -> str:
