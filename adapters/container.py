@@ -101,6 +101,11 @@ def _frame_executor(settings: Settings, frames: FramePipelineService, observer: 
     return ThreadFrameExecutor(frames=frames, workers=settings.inference_workers)
 
 
+def _pipeline_nodes(catalog: JsonPipelineCatalog) -> dict[str, list[str]]:
+    """Every node of every pipeline: their metric series are declared at 0 before the first frame."""
+    return {pipeline_id: [node.id for node in catalog.get(pipeline_id).nodes] for pipeline_id in catalog.ids()}
+
+
 class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
 
@@ -134,7 +139,12 @@ class Container(containers.DeclarativeContainer):
         capacity_bytes=settings.provided.decode_budget_bytes,
         wait_s=providers.Callable(_frame_timeout_s, settings),
     )
-    metrics = providers.Singleton(PrometheusObserver, registry=metrics_registry, pipeline_ids=catalog.provided.ids.call())
+    metrics = providers.Singleton(
+        PrometheusObserver,
+        registry=metrics_registry,
+        pipeline_ids=catalog.provided.ids.call(),
+        pipeline_nodes=providers.Callable(_pipeline_nodes, catalog),
+    )
     metrics_exporter = providers.Singleton(MetricsExporter, registry=metrics_registry)
     pipeline_observer = metrics
     pipelines = providers.Singleton(

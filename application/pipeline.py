@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from application.errors import DecodeBudgetExhausted, PipelineExecutionError, PipelineUnavailableError, UnknownPipelineError
+from application.gating import GatedNode, GateKeeper
 from application.stream_state import StreamStateStore
 from application.json_safe import JsonSafetyError, to_json_safe
 from application.ports import (
@@ -19,6 +20,7 @@ from application.ports import (
     PipelineObserver,
     Plugin,
     Tool,
+    declared_outputs,
     max_input_side,
     reads_image,
     returns_json,
@@ -183,6 +185,7 @@ class _Step:
     tool: Tool
     params: Mapping[str, Any]
     predecessors: tuple[str, ...]
+    gated: GatedNode | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +198,8 @@ class _Plan:
     input_side: int | None
     inline: bool
     json_ready: bool  # every output node's tool promises JSON-ready outputs (Tool.returns_json)
+    # The gated nodes by their gate (node, output): they decide together (application.gating).
+    gate_groups: Mapping[tuple[str, str], tuple[GatedNode, ...]]
 
 
 class DagPipelineService:
@@ -238,14 +243,30 @@ class DagPipelineService:
             }
             for pipeline_id in catalog.ids()
         }
+        for pipeline_id in catalog.ids():
+            self._check_gates(catalog.get(pipeline_id))
         self._plans = {pipeline_id: self._compile(catalog.get(pipeline_id)) for pipeline_id in catalog.ids()}
 
     def _compile(self, definition: PipelineDefinition) -> _Plan:
         tools = self._tools[definition.id]
         steps = tuple(
-            _Step(node.id, node.plugin_id, node.tool_id, tools[node.id], node.params, tuple(definition.predecessors(node.id)))
+            _Step(
+                node.id,
+                node.plugin_id,
+                node.tool_id,
+                tools[node.id],
+                node.params,
+                tuple(definition.predecessors(node.id)),
+                None
+                if node.gate is None
+                else GatedNode(node.id, node.gate, getattr(tools[node.id], "carry", None), getattr(tools[node.id], "refresh_due", None)),
+            )
             for node in (definition.node(node_id) for node_id in definition.order)
         )
+        groups: dict[tuple[str, str], list[GatedNode]] = {}
+        for step in steps:
+            if step.gated is not None:
+                groups.setdefault((step.gated.gate.node, step.gated.gate.output), []).append(step.gated)
         return _Plan(
             steps=steps,
             output_nodes=tuple(definition.output_nodes),
@@ -254,6 +275,7 @@ class DagPipelineService:
             input_side=self._pipeline_input_side(definition),
             inline=all(runs_inline(step.tool) for step in steps),
             json_ready=all(returns_json(tools[node_id]) for node_id in definition.output_nodes),
+            gate_groups={key: tuple(members) for key, members in groups.items()},
         )
 
     def input_side(self, pipeline_id: str) -> int | None:
@@ -297,6 +319,26 @@ class DagPipelineService:
                 raise PipelineValidationError(
                     f"{where}: node {node.id!r} names unknown tool {node.tool_id!r} "
                     f"of plugin {node.plugin_id!r}; its tools: {sorted(plugin.tools())}"
+                )
+
+    def _check_gates(self, definition: PipelineDefinition) -> None:
+        """A gate must name an output its node's tool declares: a misspelt one would never open and never say so."""
+        where = f"{self._catalog.source(definition.id)}: pipeline {definition.id!r}"
+        for node in definition.nodes:
+            gate = node.gate
+            if gate is None:
+                continue
+            gate_node = definition.node(gate.node)
+            declared = declared_outputs(self._tools[definition.id][gate.node])
+            tool_name = f"{gate_node.plugin_id}.{gate_node.tool_id}"
+            if declared is None:
+                raise PipelineValidationError(
+                    f"{where}: node {node.id!r}: gate node {gate.node!r} ({tool_name}) declares no outputs, so it cannot gate"
+                )
+            if gate.output not in declared:
+                raise PipelineValidationError(
+                    f"{where}: node {node.id!r}: gate names output {gate.output!r}, which node {gate.node!r} ({tool_name}) "
+                    f"does not produce; it outputs {list(declared)}"
                 )
 
     def pipeline_ids(self) -> list[str]:
@@ -345,7 +387,17 @@ class DagPipelineService:
 
     def run_job(self, job: FrameJob) -> dict[str, Any]:
         """Run a frame's job: its pipeline over its JPEG, with its stream's tool state; the pipeline's outputs."""
-        pipeline_id = job.pipeline_id
+        return self._run(job.pipeline_id, {"frame_index": job.frame_index, "image_bytes": job.jpeg}, job.stream_id)
+
+    def run_pipeline(self, pipeline_id: str, payload: Mapping[str, Any], *, stream_id: str | None = None) -> dict[str, Any]:
+        """The user stories' entry: `payload` is `{"frame_index": N, "image_bytes": <JPEG bytes>}`.
+
+        Any other keys reach the entry nodes as inputs, as the stories' payload
+        always did: a caller can hand a pipeline detections it made elsewhere.
+        """
+        return self._run(pipeline_id, payload, stream_id)
+
+    def _run(self, pipeline_id: str, payload: Mapping[str, Any], stream_id: str | None) -> dict[str, Any]:
         plan = self._plans.get(pipeline_id)
         if plan is None:
             raise UnknownPipelineError(pipeline_id, self._catalog.ids())
@@ -356,16 +408,11 @@ class DagPipelineService:
                 if not status.available:
                     raise PipelineUnavailableError(pipeline_id, status.reason or "unavailable")
                 break
-        stream_id = job.stream_id
         run = _RunStates(self._state_store, stream_id)
         try:
-            return self._run_nodes(pipeline_id, plan, {"frame_index": job.frame_index, "image_bytes": job.jpeg}, run, stream_id)
+            return self._run_nodes(pipeline_id, plan, payload, run, stream_id)
         finally:
             run.end()
-
-    def run_pipeline(self, pipeline_id: str, payload: Mapping[str, Any], *, stream_id: str | None = None) -> dict[str, Any]:
-        """The user stories' entry: `payload` is `{"frame_index": N, "image_bytes": <JPEG bytes>}`."""
-        return self.run_job(FrameJob(pipeline_id, int(payload["frame_index"]), payload["image_bytes"], stream_id))
 
     def _run_nodes(
         self, pipeline_id: str, plan: _Plan, payload: Mapping[str, Any], run: _RunStates, stream_id: str | None
@@ -381,11 +428,25 @@ class DagPipelineService:
         )
         observer = self._observer
         outputs: dict[str, Mapping[str, Any]] = {}
+        gates = plan.gate_groups
+        keeper = GateKeeper(run.node, frame.frame_index, frame.frame_size) if gates and stream_id is not None else None
         started = time.perf_counter()
         failed = True
         try:
             for step in plan.steps:
                 node_id = step.node_id
+                gated = step.gated
+                if gated is not None and keeper is not None:
+                    gate = gated.gate
+                    group = gates[(gate.node, gate.output)]
+                    if not keeper.runs(gated, group, outputs[gate.node], lambda other: _NodeContext(frame, run, other)):
+                        try:
+                            outputs[node_id] = keeper.carried(gated, _NodeContext(frame, run, node_id))
+                        except Exception as exc:
+                            raise PipelineExecutionError(pipeline_id, node_id, step.plugin_id, step.tool_id, exc) from exc
+                        if observer is not None:
+                            observer.node_skipped(pipeline_id, node_id)
+                        continue
                 inputs: dict[str, Any] = {**payload, **step.params}
                 for predecessor in step.predecessors:
                     inputs.update(outputs[predecessor])
@@ -403,6 +464,8 @@ class DagPipelineService:
                 finally:
                     if observer is not None:
                         observer.node_finished(pipeline_id, node_id, (time.perf_counter() - node_started) * 1000.0, failed=node_failed)
+                if gated is not None:
+                    produced = keeper.ran(gated, produced) if keeper is not None else {**produced, "carried": False, "carried_frames": 0}
                 outputs[node_id] = produced
             output_nodes = plan.output_nodes
             merged: Mapping[str, Any]

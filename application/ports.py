@@ -94,6 +94,15 @@ class Tool(Protocol):
     output node of a pipeline promises it, the result is sent as the tools
     made it, without the copy that otherwise converts or refuses anything
     JSON cannot carry (numpy scalars, arrays, NaN).
+
+    Gates (application.gating): a tool whose output may gate other nodes
+    declares the keys it outputs in `outputs` (a tuple of names), so that a
+    pipeline file naming another key stops start-up. A gated node's tool may
+    offer `carry(last_output, context, frames)`, the output to stand for a
+    frame it does not run on, `frames` after its last run (a tracker moves its
+    boxes by its motion model); without it the last output is carried as it
+    was. It may offer `refresh_due(context) -> bool`, true when its own state
+    says the next frame must run (a tracker that has lost a track).
     """
 
     def __call__(self, inputs: Mapping[str, Any], context: ToolContext) -> Mapping[str, Any]: ...
@@ -109,6 +118,12 @@ def returns_json(tool: Tool) -> bool:
 
 def reads_image(tool: Tool) -> bool:
     return getattr(tool, "reads_image", True) is not False
+
+
+def declared_outputs(tool: Tool) -> tuple[str, ...] | None:
+    """The output keys a tool declares (see Tool: gates), or None when it declares none."""
+    declared = getattr(tool, "outputs", None)
+    return None if declared is None else tuple(declared)
 
 
 def max_input_side(tool: Tool, params: Mapping[str, Any]) -> int | None:
@@ -330,5 +345,9 @@ class StreamObserver(Protocol):
 @runtime_checkable
 class PipelineObserver(Protocol):
     def node_finished(self, pipeline_id: str, node_id: str, duration_ms: float, *, failed: bool) -> None: ...
+
+    def node_skipped(self, pipeline_id: str, node_id: str) -> None:
+        """A gated node did not run on a frame: its output was carried (application.gating)."""
+        ...
 
     def pipeline_finished(self, pipeline_id: str, duration_ms: float, *, failed: bool) -> None: ...

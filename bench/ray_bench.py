@@ -74,6 +74,9 @@ class _Durations:
     def node_finished(self, pipeline_id: str, node_id: str, duration_ms: float, *, failed: bool) -> None:
         return None
 
+    def node_skipped(self, pipeline_id: str, node_id: str) -> None:
+        return None
+
     def pipeline_finished(self, pipeline_id: str, duration_ms: float, *, failed: bool) -> None:
         self.last_ms = duration_ms
 

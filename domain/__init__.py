@@ -22,6 +22,7 @@ from domain.frame import (
 from domain.pipeline import (
     PipelineDefinition,
     PipelineEdge,
+    NodeGate,
     PipelineNode,
     PipelineValidationError,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "JpegInfo",
     "PipelineDefinition",
     "PipelineEdge",
+    "NodeGate",
     "PipelineNode",
     "PipelineValidationError",
     "Session",

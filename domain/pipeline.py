@@ -16,12 +16,33 @@ class PipelineValidationError(ValueError):
     """A pipeline definition that cannot run; the message names the offending node."""
 
 
+# A gated node runs at least this often, in frames, when its gate names no bound of its own.
+DEFAULT_GATE_MAX_SKIP = 30
+
+
+@dataclass(frozen=True, slots=True)
+class NodeGate:
+    """A node runs only when the gate node's `output` is true, or when a refresh bound forces it.
+
+    Otherwise its output for the frame is carried from its last run. The
+    bounds keep slow changes from going unseen: at most `max_skip` frames or
+    `refresh_ms` milliseconds between runs (whichever comes first; None: no
+    bound of that kind).
+    """
+
+    node: str
+    output: str
+    max_skip: int | None = DEFAULT_GATE_MAX_SKIP
+    refresh_ms: float | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class PipelineNode:
     id: str
     plugin_id: str
     tool_id: str
     params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    gate: NodeGate | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +106,11 @@ class PipelineDefinition:
                 if name_ not in seen:
                     raise PipelineValidationError(f"pipeline {id!r}: {role} names unknown node {name_!r}")
 
-        order = _topological_order(id, [n.id for n in nodes], edges)
+        for node in nodes:
+            _check_gate(id, node, seen, entry_nodes)
+        # A gate is read before the node it gates: it orders them as an edge would (so a cycle through it is refused).
+        gate_edges = [PipelineEdge(n.gate.node, n.id) for n in nodes if n.gate is not None]
+        order = _topological_order(id, [n.id for n in nodes], [*edges, *gate_edges])
         successors: dict[str, list[str]] = {n.id: [] for n in nodes}
         for edge in edges:
             successors[edge.from_node].append(edge.to_node)
@@ -121,6 +146,27 @@ class PipelineDefinition:
 
     def predecessors(self, node_id: str) -> tuple[str, ...]:
         return tuple(edge.from_node for edge in self.edges if edge.to_node == node_id)
+
+
+def _check_gate(pipeline_id: str, node: PipelineNode, node_ids: set[str], entry_nodes: Sequence[str]) -> None:
+    gate = node.gate
+    if gate is None:
+        return
+    where = f"pipeline {pipeline_id!r}: node {node.id!r}: gate"
+    if gate.node not in node_ids:
+        raise PipelineValidationError(f"{where} names unknown node {gate.node!r}; expected one of {sorted(node_ids)}")
+    if gate.node == node.id:
+        raise PipelineValidationError(f"{where} names the node itself; a gate is another node whose output decides")
+    if node.id in entry_nodes:
+        raise PipelineValidationError(f"{where} on an entry node; an entry node always runs (its gate must run before it)")
+    if not gate.output:
+        raise PipelineValidationError(f"{where}: output must be a non-empty string")
+    if gate.max_skip is not None and gate.max_skip < 1:
+        raise PipelineValidationError(f"{where}: max_skip must be at least 1 frame, got {gate.max_skip}")
+    if gate.refresh_ms is not None and not gate.refresh_ms > 0:
+        raise PipelineValidationError(f"{where}: refresh_ms must be above 0, got {gate.refresh_ms}")
+    if gate.max_skip is None and gate.refresh_ms is None:
+        raise PipelineValidationError(f"{where} has no refresh bound; give max_skip (frames) or refresh_ms")
 
 
 def _topological_order(pipeline_id: str, node_ids: list[str], edges: Sequence[PipelineEdge]) -> tuple[str, ...]:

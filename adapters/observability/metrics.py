@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,7 +192,9 @@ class PrometheusObserver:
     exists from start-up at 0 and a rate over the first scrapes is not lost.
     """
 
-    def __init__(self, registry: CollectorRegistry, pipeline_ids: Iterable[str] = ()) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, pipeline_ids: Iterable[str] = (), pipeline_nodes: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
         self.sessions_active = Gauge(
             "stream_sessions_active",
             "WebSocket sessions currently open (summed over live worker processes)",
@@ -276,10 +278,28 @@ class PrometheusObserver:
             ["pipeline_id", "node_id"],
             registry=registry,
         )
+        self.node_runs = Counter(
+            "stream_node_runs",
+            "Pipeline nodes per frame by outcome: ran, or skipped (a gated node's last output carried; docs/gating.md)",
+            ["pipeline_id", "node", "outcome"],
+            registry=registry,
+        )
         self._series: dict[str, _PipelineSeries] = {}
         self._node_series: dict[str, dict[str, Any]] = {}
+        self._node_runs: dict[tuple[str, str, str], Any] = {}
         for pipeline_id in pipeline_ids:
             self._for(pipeline_id)
+        for pipeline_id, nodes in (pipeline_nodes or {}).items():
+            for node_id in nodes:
+                for outcome in ("ran", "skipped"):
+                    self._node_run(pipeline_id, node_id, outcome)
+
+    def _node_run(self, pipeline_id: str, node_id: str, outcome: str) -> Any:
+        key = (pipeline_id, node_id, outcome)
+        child = self._node_runs.get(key)
+        if child is None:  # bounded: node ids come from the catalogue's graphs
+            child = self._node_runs[key] = self.node_runs.labels(pipeline_id, node_id, outcome)
+        return child
 
     def _for(self, pipeline_id: str) -> _PipelineSeries:
         """The pipeline's children, looked up once: `.labels()` builds a key and takes a lock, on every frame otherwise.
@@ -357,8 +377,12 @@ class PrometheusObserver:
         if child is None:  # bounded: node ids come from the catalogue's graphs
             child = self._node_series.setdefault(pipeline_id, {})[node_id] = self.node_duration.labels(pipeline_id, node_id)
         child.observe(duration_ms / 1000.0)
+        self._node_run(pipeline_id, node_id, "ran").inc()
         if failed:
             self.node_failures.labels(pipeline_id, node_id).inc()
+
+    def node_skipped(self, pipeline_id: str, node_id: str) -> None:
+        self._node_run(pipeline_id, node_id, "skipped").inc()
 
     def pipeline_finished(self, pipeline_id: str, duration_ms: float, *, failed: bool) -> None:
         self._for(pipeline_id).pipeline_duration.observe(duration_ms / 1000.0)

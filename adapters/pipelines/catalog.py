@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from domain import PipelineDefinition, PipelineEdge, PipelineNode, PipelineValidationError
+from domain import NodeGate, PipelineDefinition, PipelineEdge, PipelineNode, PipelineValidationError
 
 
 class PipelineLoadError(ValueError):
@@ -24,11 +24,19 @@ class PipelineLoadError(ValueError):
 _NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
 
+class _GateFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    node: _NonEmpty
+    output: _NonEmpty
+    max_skip: int | None = None
+    refresh_ms: float | None = None
+
+
 class _NodeFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     id: _NonEmpty
     plugin_id: _NonEmpty
     tool_id: _NonEmpty
     params: dict[str, Any] = {}
+    gate: _GateFile | None = None
 
 
 class _EdgeFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -50,7 +58,7 @@ _TOP_KEYS = sorted(_PipelineFile.__struct_fields__)
 _UNKNOWN = re.compile(r"unknown field `(?P<key>[^`]*)`")
 _MISSING = re.compile(r"missing required field `(?P<key>[^`]*)`")
 _WHERE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
-_ITEM = re.compile(r"^\.(?P<list>nodes|edges)\[(?P<index>\d+)\](?:\.(?P<field>\w+))?")
+_ITEM = re.compile(r"^\.(?P<list>nodes|edges)\[(?P<index>\d+)\](?:\.(?P<field>\w+))?(?:\.(?P<sub>\w+))?")
 
 
 def _explain(error: msgspec.ValidationError) -> str:
@@ -65,6 +73,19 @@ def _explain(error: msgspec.ValidationError) -> str:
         position, field = item.group("index"), item.group("field")
         if item.group("list") == "edges":
             return f"edges[{position}] must be an object with string from_node and to_node"
+        if field == "gate":
+            sub = item.group("sub")
+            if unknown is not None:
+                return f"nodes[{position}].gate has unknown keys {[unknown.group('key')]}; expected only {sorted(_GateFile.__struct_fields__)}"
+            if missing is not None:
+                return f"nodes[{position}].gate is missing {missing.group('key')!r}"
+            if sub in ("node", "output"):
+                return f"nodes[{position}].gate.{sub} must be a non-empty string"
+            if sub == "max_skip":
+                return f"nodes[{position}].gate.max_skip must be an integer number of frames"
+            if sub == "refresh_ms":
+                return f"nodes[{position}].gate.refresh_ms must be a number of milliseconds"
+            return f"nodes[{position}].gate must be an object with node, output and optionally max_skip, refresh_ms"
         if unknown is not None:
             return f"nodes[{position}] has unknown keys {[unknown.group('key')]}"
         if missing is not None:
@@ -90,6 +111,14 @@ def _explain(error: msgspec.ValidationError) -> str:
     return text
 
 
+def _gate(gate: _GateFile | None) -> NodeGate | None:
+    if gate is None:
+        return None
+    if gate.max_skip is None and gate.refresh_ms is None:
+        return NodeGate(gate.node, gate.output)  # the default frame bound
+    return NodeGate(gate.node, gate.output, gate.max_skip, gate.refresh_ms)
+
+
 def parse_definition(document: Any, path: Path) -> PipelineDefinition:
     if not isinstance(document, dict):
         raise PipelineLoadError(f"{path}: expected a JSON object, got {type(document).__name__}")
@@ -102,7 +131,7 @@ def parse_definition(document: Any, path: Path) -> PipelineDefinition:
             id=decoded.id,
             name=decoded.name if decoded.name is not None else decoded.id,
             description=decoded.description,
-            nodes=[PipelineNode(n.id, n.plugin_id, n.tool_id, MappingProxyType(dict(n.params))) for n in decoded.nodes],
+            nodes=[PipelineNode(n.id, n.plugin_id, n.tool_id, MappingProxyType(dict(n.params)), _gate(n.gate)) for n in decoded.nodes],
             edges=[PipelineEdge(e.from_node, e.to_node) for e in decoded.edges],
             entry_nodes=decoded.entry_nodes,
             output_nodes=decoded.output_nodes,

@@ -1,4 +1,4 @@
-"""Classic OpenCV vision: faces (Haar cascade), people (HOG), motion (MOG2) and QR codes.
+"""Classic OpenCV vision: faces (Haar cascade), people (HOG), motion (MOG2), QR codes, and scene change (change_detect.py).
 
 None of these needs a model download, so this plugin is always available and
 serves as the baseline the heavier ONNX plugins are compared with.
@@ -15,6 +15,7 @@ import cv2
 import cv2.data
 import numpy as np
 
+from adapters.plugins.change_detect import ChangeDetect
 from adapters.plugins.common import (
     bool_param,
     declares_max_side,
@@ -104,6 +105,7 @@ class OpenCvVisionPlugin:
             "people_detect": self.people_detect,
             "motion_detect": self.motion_detect,
             "qr_decode": self.qr_decode,
+            "change_detect": ChangeDetect(),
         }
 
     def tools(self) -> Mapping[str, Tool]:

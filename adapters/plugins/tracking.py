@@ -131,6 +131,45 @@ class _OutputsOnly:
         return self._tool(inputs, context)
 
 
+class _TrackTool(_OutputsOnly):
+    """The `track` tool, with the hooks a gate uses (application.gating) when the detector before it is skipped.
+
+    A carried frame gets the last tracked detections moved to where each
+    track's motion model puts them `frames` frames on; nothing is updated,
+    so the tracker still sees only the frames the detector ran on. A track
+    lost at the last update makes the next frame run the detector.
+    """
+
+    @staticmethod
+    def carry(last_output: Mapping[str, Any], context: ToolContext, frames: int) -> dict[str, Any]:
+        tracker = context.state().get("tracker")
+        if not isinstance(tracker, GapAwareTracker):
+            return dict(last_output)
+        predicted = tracker.predicted_boxes(frames)
+        width, height = context.frame_size
+        carried: dict[str, Any] = {}
+        for key, items in last_output.items():
+            if not isinstance(items, list):
+                carried[key] = items
+                continue
+            moved = []
+            for item in items:
+                tracker_id = item.get("tracker_id") if isinstance(item, Mapping) else None
+                box = predicted.get(tracker_id) if isinstance(tracker_id, int) else None
+                if box is None:
+                    moved.append(item)
+                    continue
+                x1, y1, x2, y2 = (round(min(max(value, 0.0), float(limit)), 2) for value, limit in zip(box, (width, height, width, height)))
+                moved.append({**item, "box": {**item["box"], "x1": x1, "y1": y1, "x2": x2, "y2": y2}})
+            carried[key] = moved
+        return carried
+
+    @staticmethod
+    def refresh_due(context: ToolContext) -> bool:
+        tracker = context.state().get("tracker")
+        return isinstance(tracker, GapAwareTracker) and tracker.lost_in_last_update
+
+
 def _tracked(items: Sequence[Mapping[str, Any]], labels: frozenset[str] | None) -> tuple[np.ndarray, list[int]]:
     """Boxes and ids of the detections that carry a tracker id (and one of `labels`, when given)."""
     chosen = [
@@ -174,6 +213,19 @@ class GapAwareTracker:
             minimum_consecutive_frames=settings.min_consecutive_frames,
         )
         self._last_frame: int | None = None
+        # A track that was followed before the last update and lost in it: a gated detector runs again at once.
+        self.lost_in_last_update = False
+
+    def predicted_boxes(self, frames: int) -> dict[int, tuple[float, float, float, float]]:
+        """Each confirmed track's box `frames` frames after the last update, by its constant-velocity model, without updating it."""
+        boxes: dict[int, tuple[float, float, float, float]] = {}
+        for track in self._tracker.tracked_tracks:
+            if not track.is_activated or track.mean is None:
+                continue
+            centre_x, centre_y, aspect, height = (track.mean[:4] + frames * track.mean[4:8]).tolist()
+            width = aspect * height
+            boxes[int(track.external_track_id)] = (centre_x - width / 2, centre_y - height / 2, centre_x + width / 2, centre_y + height / 2)
+        return boxes
 
     def update(self, frame_index: int, xyxy: np.ndarray, confidence: np.ndarray) -> list[int | None]:
         """Tracker ids for the boxes, in their order; None for a box no confirmed track holds (yet)."""
@@ -188,7 +240,9 @@ class GapAwareTracker:
             confidence=confidence.astype(np.float32).reshape(-1),
             data={"index": np.arange(len(xyxy))},
         )
+        lost_before = len(self._tracker.lost_tracks)
         tracked = self._tracker.update_with_detections(detections)
+        self.lost_in_last_update = len(self._tracker.lost_tracks) > lost_before
         ids: list[int | None] = [None] * len(xyxy)
         if len(tracked) and tracked.tracker_id is not None:
             for index, tracker_id in zip(np.asarray(tracked.data["index"]).tolist(), tracked.tracker_id.tolist()):
@@ -320,7 +374,7 @@ class TrackingPlugin:
     def __init__(self, analytics: AnalyticsSink | None = None) -> None:
         self._analytics: AnalyticsSink = analytics if analytics is not None else _NoAnalytics()
         self._tools: dict[str, Tool] = {
-            TRACK_TOOL: _OutputsOnly(self.track),
+            TRACK_TOOL: _TrackTool(self.track),
             LINE_TOOL: _OutputsOnly(self.line_count),
             ZONE_TOOL: _OutputsOnly(self.zone_count),
         }

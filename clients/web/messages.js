@@ -1,6 +1,6 @@
 // Generated from asyncapi.yaml by contracts/jsdoc_types.py; do not edit by hand.
 // Regenerate with `make models` (python -m contracts.generate_models).
-// source-sha256: b7c588a89ca17d37abc78839621f73af639f3735e249ff6c3e08dbb1e8016267
+// source-sha256: ee436b2b803e6a52586e1e2a971fac714f2102711cd88578735e94fdfa36bc1a
 // @ts-check
 
 /**
@@ -42,7 +42,7 @@
 /**
  * @typedef {Object} FrameResultPayload
  * @property {FrameIndex} frame_index
- * @property {Object<string, *>} result The pipeline's output for the frame, JSON values only. Its keys are defined by the pipeline; detections inside it have the shape of #/components/schemas/Detection. Pipelines with tracking analytics add `line_counts` and `zone_counts`.
+ * @property {Object<string, *>} result The pipeline's output for the frame, JSON values only. Its keys are defined by the pipeline; detections inside it have the shape of #/components/schemas/Detection. Pipelines with tracking analytics add `line_counts` and `zone_counts`. Pipelines with gated nodes (docs/gating.md: `faces_gated`, `people_counting_gated`) add `carried` and `carried_frames`.
  */
 
 /**

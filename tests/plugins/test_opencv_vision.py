@@ -12,7 +12,7 @@ import pytest
 
 def test_plugin_exposes_its_tools(opencv_plugin):
     assert opencv_plugin.plugin_id == "opencv"
-    assert set(opencv_plugin.tools()) == {"face_detect", "people_detect", "motion_detect", "qr_decode"}
+    assert set(opencv_plugin.tools()) == {"face_detect", "people_detect", "motion_detect", "qr_decode", "change_detect"}
     assert opencv_plugin.availability().available
 
 

@@ -65,10 +65,14 @@ class RecordingPipelineObserver:
     def __init__(self) -> None:
         self.nodes: list[tuple[str, str, bool]] = []
         self.pipelines: list[tuple[str, bool]] = []
+        self.skipped: list[tuple[str, str]] = []
 
     def node_finished(self, pipeline_id: str, node_id: str, duration_ms: float, *, failed: bool) -> None:
         assert duration_ms >= 0.0
         self.nodes.append((pipeline_id, node_id, failed))
+
+    def node_skipped(self, pipeline_id: str, node_id: str) -> None:
+        self.skipped.append((pipeline_id, node_id))
 
     def pipeline_finished(self, pipeline_id: str, duration_ms: float, *, failed: bool) -> None:
         assert duration_ms >= 0.0

@@ -73,3 +73,49 @@ def moving_face_clip(frames: int, *, width: int = 640, height: int = 240, qualit
 # Top-left corner of the square around the face in face-astronaut.jpg (512 x 512), and its side.
 _FACE_CROP = (129, 19)
 _FACE_PATCH = 192
+
+
+def gated_scene_clip(
+    still: int, moving: int, *, crossings: int = 4, width: int = 640, height: int = 480, quality: int = 80, noise: float = 2.0
+) -> tuple[list[bytes], list[tuple[float, float] | None]]:
+    """A fixed camera's clip for gated pipelines: `still` frames of an empty scene, then the face crossing it.
+
+    The scene is a textured, lit background with the camera's sensor noise
+    (a normal spread of `noise` grey levels, different in every frame, as a
+    real camera's), so no two frames are byte-identical. In the moving part
+    the astronaut's face crosses the whole frame `crossings` times, in
+    alternating directions and at different heights, each crossing passing
+    the vertical centre line once. Returns the JPEGs and, per frame, the
+    face's true centre in frame pixels (None while no face is in view).
+    """
+    patch = cv2.imread(str(FACE_JPEG))[_FACE_CROP[1] : _FACE_CROP[1] + _FACE_PATCH, _FACE_CROP[0] : _FACE_CROP[0] + _FACE_PATCH]
+    rows, columns = np.mgrid[0:height, 0:width]
+    scene = np.empty((height, width, 3), np.float32)
+    scene[..., 0] = 90 + 40 * np.sin(columns / 37.0) + 0.05 * rows
+    scene[..., 1] = 110 + 30 * np.cos(rows / 23.0)
+    scene[..., 2] = 70 + 0.1 * columns
+    for x, y, w, h, shade in ((40, 300, 120, 140, 200), (480, 40, 100, 60, 30), (300, 380, 200, 60, 160)):
+        scene[y : y + h, x : x + w] = shade
+    random = np.random.default_rng(7)
+    per_crossing = max(1, moving // crossings)
+    tops = [round(t * (height - _FACE_PATCH)) for t in (0.1, 0.6, 0.35, 0.85)]
+    clip: list[bytes] = []
+    centres: list[tuple[float, float] | None] = []
+    for i in range(still + moving):
+        frame = scene + random.normal(0.0, noise, scene.shape).astype(np.float32)
+        centre: tuple[float, float] | None = None
+        if i >= still:
+            step = i - still
+            crossing, along = divmod(step, per_crossing)
+            progress = along / max(1, per_crossing - 1)
+            if crossing % 2:
+                progress = 1.0 - progress
+            left = round(progress * (width - _FACE_PATCH))
+            top = tops[crossing % len(tops)]
+            frame[top : top + _FACE_PATCH, left : left + _FACE_PATCH] = patch
+            centre = (left + _FACE_PATCH / 2, top + _FACE_PATCH / 2)
+        ok, encoded = cv2.imencode(".jpg", np.clip(frame, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        assert ok
+        clip.append(encoded.tobytes())
+        centres.append(centre)
+    return clip, centres

@@ -54,6 +54,11 @@ class _TimingRecorder:
         if timings is not None:
             timings.append(Timing(pipeline_id, node_id, duration_ms, failed))
 
+    def node_skipped(self, pipeline_id: str, node_id: str) -> None:
+        timings = getattr(self._local, "timings", None)
+        if timings is not None:
+            timings.append(Timing(pipeline_id, node_id, 0.0, False, skipped=True))
+
     def pipeline_finished(self, pipeline_id: str, duration_ms: float, *, failed: bool) -> None:
         timings = getattr(self._local, "timings", None)
         if timings is not None:

@@ -415,6 +415,8 @@ class RayFrameExecutor(ClusterFollower):
         for timing in outcome.timings:
             if timing.node_id is None:
                 observer.pipeline_finished(timing.pipeline_id, timing.duration_ms, failed=timing.failed)
+            elif timing.skipped:
+                observer.node_skipped(timing.pipeline_id, timing.node_id)
             else:
                 observer.node_finished(timing.pipeline_id, timing.node_id, timing.duration_ms, failed=timing.failed)
 

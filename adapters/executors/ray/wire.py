@@ -18,6 +18,7 @@ class Timing:
     node_id: str | None
     duration_ms: float
     failed: bool
+    skipped: bool = False  # a gated node whose output was carried (PipelineObserver.node_skipped)
 
 
 @dataclass(frozen=True, slots=True)

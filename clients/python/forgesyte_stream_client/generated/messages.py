@@ -1,6 +1,6 @@
 # Generated from asyncapi.yaml by asyncapi-python 0.3.1 (codegen); do not edit by hand.
 # Regenerate with `make models` (python -m contracts.generate_models).
-# source-sha256: b7c588a89ca17d37abc78839621f73af639f3735e249ff6c3e08dbb1e8016267
+# source-sha256: ee436b2b803e6a52586e1e2a971fac714f2102711cd88578735e94fdfa36bc1a
 
 from __future__ import annotations
 
@@ -337,6 +337,14 @@ class Result(BaseModel):
     )
     line_counts: dict[str, LineCounts1] | None = None
     zone_counts: dict[str, ZoneCounts1] | None = None
+    carried: bool | None = Field(
+        None,
+        description="Only from a pipeline with gated nodes whose output is in the result: true when the gated nodes did not run on this frame (their gate saw no change) and their last output stands for it, tracked boxes moved by the tracker's motion model and counts unchanged; false when they ran on this frame (a fresh detection).",
+    )
+    carried_frames: conint(ge=0) | None = Field(
+        None,
+        description="With `carried`: how many frames ago the gated nodes last ran (0 for a fresh detection). Bounded by the gate's `max_skip` (30 in the shipped pipelines).",
+    )
 
 
 class FrameResultPayload(BaseModel):
@@ -350,7 +358,7 @@ class FrameResultPayload(BaseModel):
     )
     result: Result = Field(
         ...,
-        description="The pipeline's output for the frame, JSON values only. Its keys are defined by the pipeline; detections inside it have the shape of #/components/schemas/Detection. Pipelines with tracking analytics add `line_counts` and `zone_counts`.",
+        description="The pipeline's output for the frame, JSON values only. Its keys are defined by the pipeline; detections inside it have the shape of #/components/schemas/Detection. Pipelines with tracking analytics add `line_counts` and `zone_counts`. Pipelines with gated nodes (docs/gating.md: `faces_gated`, `people_counting_gated`) add `carried` and `carried_frames`.",
     )
 
 

@@ -1,0 +1,77 @@
+"""`opencv.change_detect`: a cheap "did the scene change?" measure, made to gate a detector (docs/gating.md).
+
+It works on a small working copy of the frame (80 pixels on the longer side
+by default: 1/8 of a 640 x 480 frame), against a per-stream background that
+follows the scene slowly. A pixel has changed when its grey level differs
+from the background by more than `pixel_threshold`, after the frame's median
+difference is taken off (a global change of light is not a change of the
+scene); the scene has changed when at least `min_changed_fraction` of the
+pixels did. Regions are the connected blobs of changed pixels, as boxes in
+frame pixels. Costs well under a millisecond per frame beyond the decode
+(docs/performance.md, bench/gating.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import cv2
+import numpy as np
+
+from adapters.plugins.common import detection, float_param, int_param, max_side_param, working_image
+from application.ports import ToolContext
+
+_CHANGE_SIDE = max_side_param(80, low=16)
+
+
+class ChangeDetect:
+    """The tool: `{"changed": bool, "change": {"fraction", "regions", "warming_up"}}`.
+
+    Parameters: pixel_threshold (20 grey levels a pixel must differ by),
+    min_changed_fraction (0.002 of the working pixels), adapt_rate (0.05: the
+    share of each frame blended into the background, so the background
+    catches up with a scene that changed and stays so within ~60 frames),
+    min_area (64 frame pixels for a region to be reported), max_side (80).
+    The first frame of a stream, or the first after the frame size changes,
+    seeds the background and reports a change (`warming_up`): a gated
+    detector runs on it anyway.
+    """
+
+    outputs = ("changed", "change")
+    returns_json = True
+
+    def __init__(self) -> None:
+        self.max_input_side = _CHANGE_SIDE
+
+    def __call__(self, inputs: Mapping[str, Any], context: ToolContext) -> dict[str, Any]:
+        threshold = float_param(inputs, "pixel_threshold", 20.0, low=1.0, high=255.0)
+        min_fraction = float_param(inputs, "min_changed_fraction", 0.002, low=0.0, high=1.0)
+        adapt_rate = float_param(inputs, "adapt_rate", 0.05, low=0.0, high=1.0)
+        min_area = int_param(inputs, "min_area", 64, low=1, high=1_000_000_000)
+        image, geometry = working_image(context, _CHANGE_SIDE(inputs))
+        grey = cv2.GaussianBlur(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32), (3, 3), 0)
+
+        state = context.state()
+        background = state.get("background")
+        if not isinstance(background, np.ndarray) or background.shape != grey.shape or state.get("frame") != context.frame_size:
+            state["background"] = grey
+            state["frame"] = context.frame_size
+            return {"changed": True, "change": {"fraction": 1.0, "regions": [], "warming_up": True}}
+
+        difference: np.ndarray = grey - background
+        difference = difference - np.float32(np.median(difference))  # a global change of light moves every pixel alike
+        mask = (np.abs(difference) > threshold).astype(np.uint8) * 255
+        fraction = float(cv2.countNonZero(mask)) / float(mask.size)
+        cv2.accumulateWeighted(grey, background, adapt_rate)
+
+        count, _labels, stats, _centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        pixel_area = geometry.scale_x * geometry.scale_y
+        regions = []
+        for x, y, w, h, area in stats[1:count].tolist():  # label 0 is the unchanged rest
+            frame_area = round(area * pixel_area)
+            if frame_area >= min_area:
+                regions.append(detection("change", 1.0, *geometry.box(x, y, x + w, y + h), area=int(frame_area)))
+        regions.sort(key=lambda region: region["area"], reverse=True)
+        changed = fraction >= min_fraction and fraction > 0.0
+        return {"changed": changed, "change": {"fraction": round(fraction, 6), "regions": regions, "warming_up": False}}
