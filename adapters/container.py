@@ -15,6 +15,8 @@ from adapters.transports.shared.access import AccessEvents
 from adapters.media.codec import OpenCvJpegDecoder, OpenCvVideoReader
 from adapters.observability.logs import LoggingStreamObserver
 from adapters.observability.metrics import MetricsExporter, PrometheusAnalytics, PrometheusObserver, new_registry
+from adapters.observability.operator_metrics import OperatorMetrics
+from adapters.observability.tracing import tracing_from_env
 from adapters.pipelines.catalog import JsonPipelineCatalog
 from adapters.plugins.ocr import OcrPlugin
 from adapters.plugins.opencv_vision import OpenCvVisionPlugin
@@ -24,7 +26,8 @@ from adapters.plugins.yolo import YoloPlugin
 from adapters.settings import Settings
 from adapters.executors.threads import ThreadFrameExecutor
 from application.access import AccessPolicy, StreamAccess
-from application.observers import FanOutStreamObserver
+from application.live_streams import LiveStreams
+from application.observers import FanOutPipelineObserver, FanOutStreamObserver
 from application.decode_budget import DecodedBytesBudget
 from application.pipeline import DagPipelineService
 from application.stream_state import StreamStateStore
@@ -101,6 +104,15 @@ def _frame_executor(settings: Settings, frames: FramePipelineService, observer: 
     return ThreadFrameExecutor(frames=frames, workers=settings.inference_workers)
 
 
+def _stream_observer(*observers: Any) -> FanOutStreamObserver:
+    """Logs, metrics and the live streams' statistics always; traces when the OTEL_* variables turn them on."""
+    return FanOutStreamObserver(*(observer for observer in observers if observer is not None))
+
+
+def _pipeline_observer(*observers: Any) -> FanOutPipelineObserver:
+    return FanOutPipelineObserver(*(observer for observer in observers if observer is not None))
+
+
 def _pipeline_nodes(catalog: JsonPipelineCatalog) -> dict[str, list[str]]:
     """Every node of every pipeline: their metric series are declared at 0 before the first frame."""
     return {pipeline_id: [node.id for node in catalog.get(pipeline_id).nodes] for pipeline_id in catalog.ids()}
@@ -145,8 +157,9 @@ class Container(containers.DeclarativeContainer):
         pipeline_ids=catalog.provided.ids.call(),
         pipeline_nodes=providers.Callable(_pipeline_nodes, catalog),
     )
-    metrics_exporter = providers.Singleton(MetricsExporter, registry=metrics_registry)
-    pipeline_observer = metrics
+    live_streams = providers.Singleton(LiveStreams)
+    tracing = providers.Singleton(tracing_from_env)
+    pipeline_observer = providers.Singleton(_pipeline_observer, metrics, live_streams, tracing)
     pipelines = providers.Singleton(
         DagPipelineService,
         catalog=catalog,
@@ -170,8 +183,12 @@ class Container(containers.DeclarativeContainer):
         InProcessSlots, max_sessions=settings.provided.max_sessions, max_per_key=settings.provided.max_sessions_per_key
     )
     session_manager = providers.Singleton(SessionManager, max_sessions=settings.provided.max_sessions, slots=session_slots)
+    operator_metrics = providers.Singleton(
+        OperatorMetrics, registry=metrics_registry, executor=frame_executor, max_sessions=settings.provided.max_sessions
+    )
+    metrics_exporter = providers.Singleton(MetricsExporter, registry=metrics_registry, extra=providers.List(operator_metrics))
     log_observer = providers.Singleton(LoggingStreamObserver)
-    stream_observer = providers.Singleton(FanOutStreamObserver, log_observer, metrics)
+    stream_observer = providers.Singleton(_stream_observer, log_observer, metrics, live_streams, tracing)
     stream_settings = providers.Singleton(_stream_settings, settings)
     stream_service = providers.Singleton(
         StreamService,
@@ -233,6 +250,7 @@ def build_app(container: Container) -> Any:
 
     settings: Settings = container.settings()
     executor = container.frame_executor()
+    tracing = container.tracing()
     return create_app(
         stream_service=container.stream_service(),
         single_frames=container.single_frames(),
@@ -241,6 +259,7 @@ def build_app(container: Container) -> Any:
         access_events=container.access_events(),
         pipelines=container.pipelines(),
         metrics=container.metrics_exporter(),
+        live_streams=container.live_streams(),
         max_body_bytes=settings.ws_max_size,
-        on_shutdown=[executor.shutdown],
+        on_shutdown=[executor.shutdown] + ([tracing.shutdown] if tracing is not None else []),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from application.ports import StreamObserver
+from application.ports import PipelineObserver, StreamObserver
 from domain import DropCause, ErrorCode, Session
 
 logger = logging.getLogger(__name__)
@@ -88,3 +88,35 @@ class FanOutStreamObserver:
 
     def single_frame_failed(self, pipeline_id: str, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
         self._each("single_frame_failed", pipeline_id, frame_index, error, code=code)
+
+
+class FanOutPipelineObserver:
+    """Forwards the pipelines' reports to each observer in order (from worker threads, so no shared state here).
+
+    A failing observer is logged and skipped, as in FanOutStreamObserver: a
+    report never fails a frame.
+    """
+
+    def __init__(self, *observers: PipelineObserver) -> None:
+        self._observers = observers
+
+    def node_finished(self, pipeline_id: str, node_id: str, duration_ms: float, *, failed: bool) -> None:
+        for observer in self._observers:
+            try:
+                observer.node_finished(pipeline_id, node_id, duration_ms, failed=failed)
+            except Exception:
+                logger.exception("observer %s failed on node_finished", type(observer).__name__)
+
+    def node_skipped(self, pipeline_id: str, node_id: str) -> None:
+        for observer in self._observers:
+            try:
+                observer.node_skipped(pipeline_id, node_id)
+            except Exception:
+                logger.exception("observer %s failed on node_skipped", type(observer).__name__)
+
+    def pipeline_finished(self, pipeline_id: str, duration_ms: float, *, failed: bool) -> None:
+        for observer in self._observers:
+            try:
+                observer.pipeline_finished(pipeline_id, duration_ms, failed=failed)
+            except Exception:
+                logger.exception("observer %s failed on pipeline_finished", type(observer).__name__)

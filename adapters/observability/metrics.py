@@ -407,10 +407,13 @@ class _PipelineSeries:
 class MetricsExporter:
     """Renders a scrape: this app's registry, or every worker's files in multiprocess mode."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, extra: Sequence[Collector] = ()) -> None:
+        """`extra`: collectors already on `registry` that read this process's state at scrape time; kept in multiprocess mode too."""
         if multiprocess_enabled():
             self._source = CollectorRegistry(auto_describe=True)
             multiprocess.MultiProcessCollector(self._source)
+            for collector in extra:
+                self._source.register(collector)
         else:
             self._source = registry
 

@@ -43,8 +43,11 @@ from adapters.transports.shared.access import RAW_CHANNEL, AccessEvents, AccessG
 from adapters.observability.metrics import MetricsExporter
 from adapters.transports.shared.endpoints import Health
 from application.access import AccessPolicy, StreamAccess
+from application.connection import ConnectionFacts, connection_facts
+from application.live_streams import LiveStreams
 from application.errors import FrameTimeoutError, PipelineUnavailableError
 from application.pipeline import DagPipelineService
+from adapters.transports.litestar.streams_api import streams_routes
 from adapters.transports.litestar.websocket_limits import ReplyTimeout
 from application.ports import ConnectionClosed, Inbound, InboundKind, SendTimedOut
 from application.single_frame import SingleFrameService
@@ -125,7 +128,8 @@ async def video_stream(socket: WebSocket[Any, Any, Any], stream_access: StreamAc
     credential = access_policy.authenticate(socket.headers.get("authorization"), offered)
     await socket.accept(subprotocols=bearer_subprotocol(offered))
     try:
-        with structlog.contextvars.bound_contextvars(api_key=credential.label) if access_policy.keys_required else nullcontext():
+        facts = ConnectionFacts("litestar", credential.label, socket.headers.get("traceparent"), socket.headers.get("tracestate"))
+        with structlog.contextvars.bound_contextvars(api_key=credential.label) if access_policy.keys_required else nullcontext(), connection_facts(facts):
             await stream_access.serve(LitestarWebSocketTransport(socket), socket.query_params.get("pipeline_id"), credential, socket.url.path)
     finally:
         # The connection's scope sits in reference cycles that only the cyclic collector frees, which an idle
@@ -382,6 +386,7 @@ def create_app(
     pipelines: DagPipelineService,
     metrics: MetricsExporter,
     max_body_bytes: int,
+    live_streams: LiveStreams | None = None,
     extra_route_handlers: list[Any] | None = None,
     on_shutdown: list[Any] | None = None,
 ) -> AccessGuard:
@@ -395,7 +400,17 @@ def create_app(
 
     page_routes, openapi_config = browser_routes()
     app = Litestar(
-        route_handlers=[health, metrics_route, list_pipelines, get_pipeline, post_frame, video_stream, *page_routes, *(extra_route_handlers or [])],
+        route_handlers=[
+            health,
+            metrics_route,
+            list_pipelines,
+            get_pipeline,
+            post_frame,
+            video_stream,
+            *streams_routes(ErrorBody),
+            *page_routes,
+            *(extra_route_handlers or []),
+        ],
         dependencies={
             "stream_service": provide(stream_service),
             "single_frames": provide(single_frames),
@@ -403,6 +418,7 @@ def create_app(
             "metrics_exporter": provide(metrics),
             "stream_access": provide(stream_access),
             "access_policy": provide(access_policy),
+            "live_streams": provide(live_streams if live_streams is not None else LiveStreams()),
         },
         exception_handlers={
             StreamError: _stream_error_handler,

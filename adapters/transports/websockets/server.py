@@ -40,7 +40,9 @@ from adapters.observability.metrics import MetricsExporter
 from adapters.transports.shared.endpoints import HEALTH_PATH, METRICS_PATH, drain_sessions, health
 from adapters.settings import Settings
 from adapters.transports.websockets.connection_limits import CLOSE_TIMEOUT_S, LimitedServerConnection, StreamLimits, library_logger, limited_connection
+from adapters.observability.tracing import TracingObserver
 from application.access import AccessPolicy, Channel, StreamAccess
+from application.connection import ConnectionFacts, connection_facts
 from application.ports import ConnectionClosed, FrameExecutor, Inbound, InboundKind, SendTimedOut
 from application.pipeline import DagPipelineService
 from application.sessions import SessionManager
@@ -58,6 +60,7 @@ class Services(Protocol):
     def stream_service(self) -> StreamService: ...
     def pipelines(self) -> DagPipelineService: ...
     def metrics_exporter(self) -> MetricsExporter: ...
+    def tracing(self) -> TracingObserver | None: ...
 
 STREAM_PATH = "/ws/video/stream"
 
@@ -196,7 +199,8 @@ def handler_for(
         headers = request.headers if request is not None else Headers()
         offered = [p.strip() for value in headers.get_all("Sec-WebSocket-Protocol") for p in value.split(",")]
         credential = policy.authenticate(first_header(headers, "Authorization"), offered)
-        with structlog.contextvars.bound_contextvars(api_key=credential.label) if policy.keys_required else nullcontext():
+        facts = ConnectionFacts("websockets", credential.label, first_header(headers, "traceparent"), first_header(headers, "tracestate"))
+        with structlog.contextvars.bound_contextvars(api_key=credential.label) if policy.keys_required else nullcontext(), connection_facts(facts):
             transport = WebsocketsTransport(cast(LimitedServerConnection, connection), send_timeout_s)
             await access.serve(transport, pipeline_id_of(path), credential, urlsplit(path).path)
 
@@ -264,3 +268,6 @@ async def run(settings: Settings, container: Services, *, ready: asyncio.Event |
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         executor.shutdown()
+        tracing = container.tracing()
+        if tracing is not None:
+            tracing.shutdown()
