@@ -21,20 +21,17 @@ OTEL_TRACES_EXPORTER=otlp or an OTLP endpoint is set (see `tracing_from_env`).
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from adapters.observability.otlp_export import ExportSettings, OtlpSpanBatcher, SpanRecord
 from application.connection import current_connection
 from domain import DropCause, ErrorCode, Session
 
@@ -87,54 +84,96 @@ def check_tracing_environment(environ: Mapping[str, str]) -> None:
             raise TracingConfigError(f"OTEL_TRACES_SAMPLER_ARG={argument!r} is not a sampling ratio; expected a number in [0, 1]")
 
 
-def tracing_from_env(environ: Mapping[str, str] | None = None) -> TracingObserver | None:
-    """The tracing observer the OTEL_* variables ask for, or None when tracing is off.
+def sampling_from_env(environ: Mapping[str, str]) -> tuple[float, bool]:
+    """(the ratio of root frames sampled, whether a client's sampled flag decides instead), from OTEL_TRACES_SAMPLER(_ARG).
 
-    The SDK reads the variables itself (endpoint, headers, timeout, sampler,
-    batch sizes), from the process environment; this only decides whether to
-    trace and refuses what it cannot honour.
+    The standard samplers' meaning, decided here once per frame with one
+    random draw instead of by the SDK's sampler per span: a frame span is a
+    root (or a child of the client's span), so a ratio of frames drawn at
+    random is what traceidratio samples.
     """
+    sampler = environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+    if sampler.endswith("always_off"):
+        ratio = 0.0
+    elif sampler.endswith("traceidratio"):
+        ratio = float(environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
+    else:
+        ratio = 1.0
+    return ratio, sampler.startswith("parentbased_")
+
+
+def tracing_from_env(environ: Mapping[str, str] | None = None) -> TracingObserver | None:
+    """The tracing observer the OTEL_* variables ask for, or None when tracing is off."""
     environment = os.environ if environ is None else environ
     if not tracing_enabled(environment):
         return None
     check_tracing_environment(environment)
     named = "OTEL_SERVICE_NAME" in environment or "service.name=" in environment.get("OTEL_RESOURCE_ATTRIBUTES", "")
-    provider = TracerProvider(resource=Resource.create({} if named else {"service.name": SERVICE_NAME}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    return TracingObserver(provider)
+    # The SDK's resource: service.name, telemetry.sdk.*, and OTEL_RESOURCE_ATTRIBUTES / OTEL_SERVICE_NAME.
+    resource = Resource.create({} if named else {"service.name": SERVICE_NAME})
+    ratio, parent_based = sampling_from_env(environment)
+    exporter = OtlpSpanBatcher(ExportSettings.from_env(environment), dict(resource.attributes), "forgesyte_stream")
+    return TracingObserver(exporter, ratio=ratio, parent_based=parent_based)
+
+
+_Node = tuple[str, int, int, bool]
+_SERVER = 2  # opentelemetry.proto Span.SpanKind
+_INTERNAL = 1
 
 
 class _StreamTrace:
-    """One session's trace state: the client's context, and the node reports of the frame in flight."""
+    """One session's trace state: the client's span, this stream's sampling, the node reports of the frame in flight."""
 
-    __slots__ = ("nodes", "parent", "transport")
+    __slots__ = ("nodes", "parent_span", "rate", "sample_next", "trace_id", "trace_state", "transport")
 
-    def __init__(self, parent: Context | None, transport: str) -> None:
-        self.parent = parent
+    def __init__(self, parent: trace.SpanContext | None, transport: str, rate: float) -> None:
+        # A client's span: every frame's span is its child, in its trace.
+        self.trace_id = parent.trace_id.to_bytes(16, "big") if parent is not None else None
+        self.parent_span = parent.span_id.to_bytes(8, "big") if parent is not None else b""
+        self.trace_state = parent.trace_state.to_header() if parent is not None else ""
         self.transport = transport
-        # (node_id, start_ns, end_ns, failed), appended by the worker thread, taken by the loop.
-        self.nodes: list[tuple[str, int, int, bool]] = []
+        self.rate = rate
+        self.sample_next = _draw(rate)
+        # (node_id, start_ns, end_ns, failed) of the frame in flight when it is sampled, appended by the worker thread.
+        self.nodes: list[_Node] = []
 
-    def take_nodes(self) -> list[tuple[str, int, int, bool]]:
+    def take_nodes(self) -> list[_Node]:
         nodes, self.nodes = self.nodes, []
+        self.sample_next = _draw(self.rate)
         return nodes
+
+
+def _draw(rate: float) -> bool:
+    return rate >= 1.0 or (rate > 0.0 and random.random() < rate)
+
+
+def _span_id() -> bytes:
+    return (random.getrandbits(64) or 1).to_bytes(8, "big")
 
 
 _STREAM_TRACE: ContextVar[_StreamTrace | None] = ContextVar("forgesyte_stream_trace", default=None)
 
 
 class TracingObserver:
-    """Implements the StreamObserver and PipelineObserver ports with OpenTelemetry spans."""
+    """Implements the StreamObserver and PipelineObserver ports with OpenTelemetry spans.
 
-    def __init__(self, provider: TracerProvider) -> None:
-        self._provider = provider
-        self._tracer = provider.get_tracer("forgesyte_stream")
+    A sampled frame's spans are made finished, from the times the reports
+    carry, and handed to the exporter's queue; an unsampled frame costs one
+    random draw.
+    """
+
+    def __init__(self, exporter: OtlpSpanBatcher, *, ratio: float = 1.0, parent_based: bool = True) -> None:
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"the sampling ratio must be in [0, 1], got {ratio}")
+        self._exporter = exporter
+        self._ratio = ratio
+        self._parent_based = parent_based
         self._propagator = TraceContextTextMapPropagator()
         self._streams: dict[str, _StreamTrace] = {}
 
     def shutdown(self) -> None:
-        """Export what is still batched, then stop the exporter."""
-        self._provider.shutdown()
+        """Export what is still queued, then stop the exporter's thread."""
+        self._exporter.shutdown()
 
     # StreamObserver -----------------------------------------------------------------
 
@@ -145,8 +184,12 @@ class TracingObserver:
             carrier = {"traceparent": facts.traceparent}
             if facts.tracestate:
                 carrier["tracestate"] = facts.tracestate
-            parent = self._propagator.extract(carrier)
-        record = _StreamTrace(parent, facts.transport if facts is not None else "unknown")
+            context = trace.get_current_span(self._propagator.extract(carrier)).get_span_context()
+            parent = context if context.is_valid else None
+        rate = self._ratio
+        if parent is not None and self._parent_based:
+            rate = 1.0 if parent.trace_flags.sampled else 0.0
+        record = _StreamTrace(parent, facts.transport if facts is not None else "unknown", rate)
         self._streams[session.session_id] = record
         _STREAM_TRACE.set(record)
 
@@ -162,47 +205,42 @@ class TracingObserver:
 
     def frame_dropped(self, session: Session, frame_index: int, cause: DropCause) -> None:
         record = self._streams.get(session.session_id)
-        if record is None:
+        if record is None or not _draw(record.rate):
             return
         now = time.time_ns()
-        root = self._root(record, session, frame_index, "dropped", now)
-        if root.is_recording():
-            root.set_attribute("forgesyte.drop_cause", cause.value)
-            root.end(end_time=now)
+        self._frame_span(record, session, frame_index, "dropped", now, now, cause=cause.value)
 
     def frame_processed(self, session: Session, frame_index: int, *, queue_ms: float, processing_ms: float, latency_ms: float) -> None:
         record = self._streams.get(session.session_id)
         if record is None:
             return
+        sampled = record.sample_next
         nodes = record.take_nodes()
+        if not sampled:
+            return
         end = time.time_ns()
         received = end - int(latency_ms * 1e6)
         started = received + int(queue_ms * 1e6)
         finished = min(end, started + int(processing_ms * 1e6))
-        root = self._root(record, session, frame_index, "processed", received)
-        if not root.is_recording():
-            return
-        context = trace.set_span_in_context(root)
-        self._tracer.start_span("receive", context=context, start_time=received).end(end_time=started)
-        self._pipeline_span(context, session.pipeline_id, nodes, started, finished)
-        self._tracer.start_span("reply", context=context, start_time=finished).end(end_time=end)
-        root.end(end_time=end)
+        trace_id, root = self._frame_span(record, session, frame_index, "processed", received, end)
+        add = self._exporter.add
+        add(SpanRecord(trace_id, _span_id(), root, "receive", _INTERNAL, received, started, trace_state=record.trace_state))
+        self._pipeline_spans(record, trace_id, root, session.pipeline_id, nodes, started, finished)
+        add(SpanRecord(trace_id, _span_id(), root, "reply", _INTERNAL, finished, end, trace_state=record.trace_state))
 
     def frame_failed(self, session: Session, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
         record = self._streams.get(session.session_id)
         if record is None:
             return
+        sampled = record.sample_next
         nodes = record.take_nodes()
+        if not sampled:
+            return
         end = time.time_ns()
         start = min((node[1] for node in nodes), default=end)
-        root = self._root(record, session, frame_index, "failed", start)
-        if not root.is_recording():
-            return
-        root.set_attribute("forgesyte.error", code.value)
-        root.set_status(Status(StatusCode.ERROR, code.value))
+        trace_id, root = self._frame_span(record, session, frame_index, "failed", start, end, error=code.value)
         if nodes:
-            self._pipeline_span(trace.set_span_in_context(root), session.pipeline_id, nodes, start, max(node[2] for node in nodes))
-        root.end(end_time=end)
+            self._pipeline_spans(record, trace_id, root, session.pipeline_id, nodes, start, max(node[2] for node in nodes))
 
     def slowdown_sent(self, session: Session, drop_rate: float, suggested_fps: float | None) -> None:
         return None
@@ -217,7 +255,7 @@ class TracingObserver:
 
     def node_finished(self, pipeline_id: str, node_id: str, duration_ms: float, *, failed: bool) -> None:
         record = _STREAM_TRACE.get()
-        if record is not None:
+        if record is not None and record.sample_next:
             end = time.time_ns()
             record.nodes.append((node_id, end - int(duration_ms * 1e6), end, failed))
 
@@ -229,31 +267,55 @@ class TracingObserver:
 
     # Spans ------------------------------------------------------------------------
 
-    def _root(self, record: _StreamTrace, session: Session, frame_index: int, outcome: str, start: int) -> Any:
-        return self._tracer.start_span(
-            "frame",
-            context=record.parent,
-            kind=SpanKind.SERVER,
-            start_time=start,
-            attributes={
-                "forgesyte.pipeline_id": session.pipeline_id,
-                "forgesyte.session_id": session.session_id,
-                "forgesyte.frame_index": frame_index,
-                "forgesyte.outcome": outcome,
-                "forgesyte.transport": record.transport,
-            },
-        )
+    def _frame_span(
+        self,
+        record: _StreamTrace,
+        session: Session,
+        frame_index: int,
+        outcome: str,
+        start: int,
+        end: int,
+        *,
+        cause: str | None = None,
+        error: str | None = None,
+    ) -> tuple[bytes, bytes]:
+        """Queue the frame's span; its trace id and span id, for its children."""
+        trace_id = record.trace_id or (random.getrandbits(128) or 1).to_bytes(16, "big")
+        span_id = _span_id()
+        attributes: dict[str, str | int] = {
+            "forgesyte.pipeline_id": session.pipeline_id,
+            "forgesyte.session_id": session.session_id,
+            "forgesyte.frame_index": frame_index,
+            "forgesyte.outcome": outcome,
+            "forgesyte.transport": record.transport,
+        }
+        if cause is not None:
+            attributes["forgesyte.drop_cause"] = cause
+        if error is not None:
+            attributes["forgesyte.error"] = error
+        self._exporter.add(SpanRecord(trace_id, span_id, record.parent_span, "frame", _SERVER, start, end, attributes, error, record.trace_state))
+        return trace_id, span_id
 
-    def _pipeline_span(self, context: Context, pipeline_id: str, nodes: list[tuple[str, int, int, bool]], start: int, end: int) -> None:
-        pipeline = self._tracer.start_span("pipeline", context=context, start_time=start, attributes={"forgesyte.pipeline_id": pipeline_id})
-        inner = trace.set_span_in_context(pipeline)
+    def _pipeline_spans(
+        self, record: _StreamTrace, trace_id: bytes, root: bytes, pipeline_id: str, nodes: list[_Node], start: int, end: int
+    ) -> None:
+        add = self._exporter.add
+        pipeline = _span_id()
+        add(SpanRecord(trace_id, pipeline, root, "pipeline", _INTERNAL, start, end, {"forgesyte.pipeline_id": pipeline_id}, None, record.trace_state))
         for node_id, node_start, node_end, failed in nodes:
             if node_start < start - _NODE_SLACK_NS:
                 continue  # reported by work that outlived an earlier frame's deadline
-            span = self._tracer.start_span(
-                f"node {node_id}", context=inner, start_time=node_start, attributes={"forgesyte.node_id": node_id, "forgesyte.node_failed": failed}
+            add(
+                SpanRecord(
+                    trace_id,
+                    _span_id(),
+                    pipeline,
+                    f"node {node_id}",
+                    _INTERNAL,
+                    node_start,
+                    node_end,
+                    {"forgesyte.node_id": node_id, "forgesyte.node_failed": failed},
+                    "node failed" if failed else None,
+                    record.trace_state,
+                )
             )
-            if failed:
-                span.set_status(Status(StatusCode.ERROR))
-            span.end(end_time=node_end)
-        pipeline.end(end_time=end)
