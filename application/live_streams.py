@@ -31,7 +31,7 @@ from domain import DropCause, ErrorCode, Session
 
 # Samples kept per latency series: the percentiles describe the last WINDOW frames (or node runs).
 WINDOW = 256
-# The frame rates are averaged over this many seconds.
+# The frame rates are averaged over about this many seconds (the last RATE_SECONDS - 1 whole seconds and the current one).
 RATE_SECONDS = 10
 # A session's record, its dictionaries and the counters outside the rings (measured with tracemalloc, rounded up).
 BASE_BYTES = 4096
@@ -82,11 +82,11 @@ class _Rate:
         self._counts[slot] += 1
 
     def per_second(self, now_s: float, age_s: float) -> float:
-        """The events of the last RATE_SECONDS seconds over the time they span (the session's age, when shorter)."""
+        """Events per second from the start of the second RATE_SECONDS - 1 seconds ago until now (or since the session began)."""
         second = int(now_s)
         total = sum(count for stamp, count in zip(self._seconds, self._counts, strict=True) if 0 <= second - stamp < RATE_SECONDS)
-        span = min(float(RATE_SECONDS), max(age_s, 1e-3))
-        return round(total / span, 3)
+        span = min(RATE_SECONDS - 1 + (now_s - second), age_s)
+        return round(total / span, 3) if span > 1e-3 else 0.0
 
 
 @dataclass(frozen=True, slots=True)

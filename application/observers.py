@@ -94,29 +94,32 @@ class FanOutPipelineObserver:
     """Forwards the pipelines' reports to each observer in order (from worker threads, so no shared state here).
 
     A failing observer is logged and skipped, as in FanOutStreamObserver: a
-    report never fails a frame.
+    report never fails a frame. The bound methods are looked up once: every
+    node of every frame reports.
     """
 
     def __init__(self, *observers: PipelineObserver) -> None:
-        self._observers = observers
+        self._finished = [(type(o).__name__, o.node_finished) for o in observers]
+        self._skipped = [(type(o).__name__, o.node_skipped) for o in observers]
+        self._pipelines = [(type(o).__name__, o.pipeline_finished) for o in observers]
 
     def node_finished(self, pipeline_id: str, node_id: str, duration_ms: float, *, failed: bool) -> None:
-        for observer in self._observers:
+        for name, handler in self._finished:
             try:
-                observer.node_finished(pipeline_id, node_id, duration_ms, failed=failed)
+                handler(pipeline_id, node_id, duration_ms, failed=failed)
             except Exception:
-                logger.exception("observer %s failed on node_finished", type(observer).__name__)
+                logger.exception("observer %s failed on node_finished", name)
 
     def node_skipped(self, pipeline_id: str, node_id: str) -> None:
-        for observer in self._observers:
+        for name, handler in self._skipped:
             try:
-                observer.node_skipped(pipeline_id, node_id)
+                handler(pipeline_id, node_id)
             except Exception:
-                logger.exception("observer %s failed on node_skipped", type(observer).__name__)
+                logger.exception("observer %s failed on node_skipped", name)
 
     def pipeline_finished(self, pipeline_id: str, duration_ms: float, *, failed: bool) -> None:
-        for observer in self._observers:
+        for name, handler in self._pipelines:
             try:
-                observer.pipeline_finished(pipeline_id, duration_ms, failed=failed)
+                handler(pipeline_id, duration_ms, failed=failed)
             except Exception:
-                logger.exception("observer %s failed on pipeline_finished", type(observer).__name__)
+                logger.exception("observer %s failed on pipeline_finished", name)
