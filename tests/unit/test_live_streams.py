@@ -9,7 +9,7 @@ import tracemalloc
 import pytest
 
 from application.connection import ConnectionFacts, connection_facts
-from application.live_streams import BASE_BYTES, RATE_SECONDS, WINDOW, LiveStreams
+from application.live_streams import BASE_BYTES, RATE_SECONDS, RING_BYTES, WINDOW, LiveStreams
 from domain import DropCause, ErrorCode, Session
 
 
@@ -122,7 +122,7 @@ def test_node_reports_reach_the_session_whose_context_runs_them_from_a_worker_th
 @pytest.mark.parametrize("nodes", [1, 4])
 def test_a_sessions_memory_stays_within_the_documented_formula_however_long_it_runs(nodes: int) -> None:
     streams = LiveStreams(clock=Clock())
-    formula = BASE_BYTES + 8 * WINDOW * (1 + nodes) + 16 * RATE_SECONDS * 2
+    formula = BASE_BYTES + (8 * WINDOW + RING_BYTES) * (1 + nodes) + 16 * RATE_SECONDS * 2
 
     def feed(session: Session, context: contextvars.Context, frames: int) -> None:
         for index in range(frames):
