@@ -203,7 +203,8 @@ class OtlpSpanBatcher:
             if record.error is not None:
                 span.status.code = 2  # STATUS_CODE_ERROR
                 span.status.message = record.error
-        return request.SerializeToString()
+        body: bytes = request.SerializeToString()
+        return body
 
     def _post(self, body: bytes, count: int) -> None:
         settings = self._settings

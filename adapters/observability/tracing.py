@@ -25,7 +25,6 @@ import random
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource

@@ -2,6 +2,7 @@
 // The ForgeSyte Stream browser client: a camera or a video file streamed to the server, results drawn over it.
 // No build step: this module and messages.js (generated from asyncapi.yaml) are served as they are.
 import { CLOSE_CODES } from "./messages.js";
+import { watchStreams } from "./streams.js";
 
 /** @typedef {import("./messages.js").ServerMessage} ServerMessage */
 /** @typedef {import("./messages.js").Detection} Detection */
@@ -332,6 +333,11 @@ async function main() {
     session?.stop();
     setStatus("stopped");
   });
+  watchStreams(
+    /** @type {HTMLTableSectionElement} */ (/** @type {HTMLTableElement} */ ($("streams")).tBodies[0]),
+    $("streams-note"),
+    authHeaders,
+  );
   let ids;
   try {
     ids = await loadPipelines();

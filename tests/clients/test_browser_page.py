@@ -191,3 +191,34 @@ def test_the_openapi_viewer_renders_without_any_request_off_the_server(page: obj
     assert "ForgeSyte Stream" in page.inner_text(".swagger-ui .info .title")  # type: ignore[attr-defined]
     assert page.locator(".opblock-summary-path", has_text="/v1/pipelines").count() >= 1  # type: ignore[attr-defined]
     assert not page.foreign_requests, page.foreign_requests  # type: ignore[attr-defined]
+
+
+def _stream_rows(page: object) -> list[list[str]]:
+    return page.eval_on_selector_all(  # type: ignore[attr-defined]
+        "#streams tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+    )
+
+
+def test_the_operator_table_lists_the_pages_own_stream_and_refreshes_until_it_ends(page: object, server: RunningServer) -> None:
+    page.goto(f"{server.http}/?pipeline=probe&source=camera&autostart=1")  # type: ignore[attr-defined]
+    page.wait_for_function(  # type: ignore[attr-defined]
+        "[...document.querySelectorAll('#streams tbody tr')].some(r => r.cells[1].textContent === 'probe' && Number(r.cells[7].textContent) > 0)",
+        timeout=30_000,
+    )
+    (row,) = [r for r in _stream_rows(page) if r[1] == "probe"]
+    listed = httpx.get(f"{server.http}/v1/streams", timeout=5, trust_env=False).json()
+    (stream,) = [s for s in listed if s["pipeline_id"] == "probe"]
+    assert row[0] == stream["session_id"][:8] and row[2] == "litestar" and row[3] == "anonymous"
+    assert row[4] == stream["remote_address"] and row[12].endswith(" ms") and row[14].startswith("probe ")
+    # The table refreshes by itself: the answered count grows while the camera streams.
+    first = int(row[7])
+    page.wait_for_function(  # type: ignore[attr-defined]
+        f"[...document.querySelectorAll('#streams tbody tr')].some(r => r.cells[1].textContent === 'probe' && Number(r.cells[7].textContent) > {first})",
+        timeout=15_000,
+    )
+    assert "open · updated" in page.inner_text("#streams-note")  # type: ignore[attr-defined]
+    page.click("#stop")  # type: ignore[attr-defined]
+    page.wait_for_function(  # type: ignore[attr-defined]
+        "![...document.querySelectorAll('#streams tbody tr')].some(r => r.cells[1].textContent === 'probe')", timeout=15_000
+    )
+    assert not page.errors and not page.foreign_requests, (page.errors, page.foreign_requests)  # type: ignore[attr-defined]

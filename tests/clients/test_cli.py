@@ -204,3 +204,32 @@ def test_a_server_restart_mid_stream_is_ridden_out_with_every_frame_answered(tmp
     assert all("result" in r["reply"] for r in frames), [r["reply"] for r in frames if "result" not in r["reply"]]
     assert reconnects and reconnects[0]["close_code"] == 1012 and reconnects[0]["error"] == "shutting_down"
     assert frames[0]["connection"] == 0 and frames[-1]["connection"] >= 1  # the end of the file went over the new server
+
+
+def test_streams_prints_the_servers_open_streams_as_a_table_and_as_json(server: RunningServer) -> None:
+    import asyncio
+
+    from contracts.client import StreamClient
+
+    async def scenario() -> tuple[str, subprocess.CompletedProcess[str], subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+        client = await StreamClient.connect(f"ws://127.0.0.1:{server.port}/ws/video/stream?pipeline_id=probe")
+        for _ in range(5):
+            await client.send_raw(FACE_JPEG.read_bytes())
+            await client.recv()
+        host, port = client.connection.local_address[:2]
+        table = await asyncio.to_thread(cli, "streams", "--url", f"ws://127.0.0.1:{server.port}")
+        as_json = await asyncio.to_thread(cli, "streams", "--url", f"http://127.0.0.1:{server.port}", "--json")
+        unknown = await asyncio.to_thread(cli, "streams", "--url", f"http://127.0.0.1:{server.port}", "--id", "no-such-stream")
+        await client.close()
+        return f"{host}:{port}", table, as_json, unknown
+
+    address, table, as_json, unknown = asyncio.run(scenario())
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split()[:4] == ["session", "pipeline", "transport", "key"]
+    (mine,) = [row for row in rows if address in row]
+    assert mine.split()[1:3] == ["probe", "litestar"] and mine.split()[6:8] == ["5", "5"]
+    assert as_json.returncode == 0, as_json.stderr
+    (stream,) = [s for s in json.loads(as_json.stdout) if s["remote_address"] == address]
+    assert stream["frames_answered"] == 5 and mine.startswith(stream["session_id"][:8])
+    assert unknown.returncode == 1 and "404" in unknown.stderr and "no-such-stream" in unknown.stderr

@@ -167,7 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--max-frames", type=int, help="stop after this many source frames")
     run.add_argument("--quiet", action="store_true", help="no progress, only the summary line")
+    live = commands.add_parser("streams", help="list the server's open streams (GET /v1/streams): counts, fps, latency, nodes")
+    live.add_argument("--url", required=True, help="the server, http://HOST:PORT (ws:// and wss:// are read as http:// and https://)")
+    live.add_argument("--id", dest="stream_id", help="one stream's session id")
+    live.add_argument("--json", action="store_true", help="print the server's JSON instead of a table")
+    live.add_argument("--api-key", default=None, help=f"credential sent as 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE})")
     return parser
+
+
+def run_streams(args: argparse.Namespace, out: IO[str]) -> int:
+    from forgesyte_stream_client.live import fetch_streams, format_table
+
+    streams = fetch_streams(args.url, api_key=args.api_key or os.environ.get(API_KEY_VARIABLE) or None, stream_id=args.stream_id)
+    print(json.dumps(streams, indent=2) if args.json else format_table(streams), file=out, flush=True)
+    return 0
 
 
 def _limited(source: Source, limit: int | None) -> Any:
@@ -257,6 +270,12 @@ async def run_stream(args: argparse.Namespace, err: IO[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "streams":
+        try:
+            return run_streams(args, sys.stdout)
+        except (ClientError, ValueError) as error:
+            print(f"forgesyte-stream-client: error: {shorten(str(error), _ERROR_LINE_CHARS)}", file=sys.stderr)
+            return 1
     # OpenCV and its FFmpeg print their own warnings for a camera or URL that does not open; the CLI
     # says it in one line. FFmpeg reads its level when OpenCV first opens a capture, after this.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
