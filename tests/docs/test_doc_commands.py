@@ -229,6 +229,7 @@ RUNS: dict[tuple[str, str], Run] = {
         expect_output=(r"every declared message, error code, close code and drop cause was reached", r"\d+ passed"),
         timeout_s=240.0,
     ),
+    ("docs/metrics-and-logging.md", "promtool check rules deploy/prometheus/rules.yml"): Run(expect_output=(r"SUCCESS: \d+ rules found",), timeout_s=60.0),
 }
 
 
