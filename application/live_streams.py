@@ -159,18 +159,16 @@ class _StreamRecord:
         # Bounded by the pipeline's graph: node ids come from the catalogue.
         self.nodes: dict[str, _Ring] = {}
 
-    def node_finished(self, node_id: str, duration_ms: float) -> None:
-        ring = self.nodes.get(node_id)
-        if ring is None:
-            ring = self.nodes[node_id] = _Ring()
-        ring.add(duration_ms)
-
 
 _SESSION_RECORD: ContextVar[_StreamRecord | None] = ContextVar("forgesyte_live_stream", default=None)
 
 
 class LiveStreams:
     """Implements the StreamObserver and PipelineObserver ports; `snapshot()` and `get()` read what they kept."""
+
+    ignored_events = frozenset(
+        {"session_rejected", "slowdown_sent", "error_sent", "single_frame_failed", "node_skipped", "pipeline_finished"}
+    )
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -235,7 +233,14 @@ class LiveStreams:
         record = self._streams.get(session.session_id)
         if record is not None:
             record.received += 1
-            record.rate_in.add(self._clock())
+            # _Rate.add, inlined: it runs for every frame.
+            rate = record.rate_in
+            second = int(self._clock())
+            slot = second % RATE_SECONDS
+            if rate._seconds[slot] != second:
+                rate._seconds[slot] = second
+                rate._counts[slot] = 0
+            rate._counts[slot] += 1
 
     def frame_dropped(self, session: Session, frame_index: int, cause: DropCause) -> None:
         record = self._streams.get(session.session_id)
@@ -246,8 +251,17 @@ class LiveStreams:
         record = self._streams.get(session.session_id)
         if record is not None:
             record.answered += 1
-            record.rate_out.add(self._clock())
-            record.latency.add(latency_ms)
+            # _Rate.add and _Ring.add, inlined: they run for every frame.
+            rate = record.rate_out
+            second = int(self._clock())
+            slot = second % RATE_SECONDS
+            if rate._seconds[slot] != second:
+                rate._seconds[slot] = second
+                rate._counts[slot] = 0
+            rate._counts[slot] += 1
+            ring = record.latency
+            ring._values[ring._count % WINDOW] = latency_ms
+            ring._count += 1
 
     def frame_failed(self, session: Session, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
         record = self._streams.get(session.session_id)
@@ -268,7 +282,11 @@ class LiveStreams:
     def node_finished(self, pipeline_id: str, node_id: str, duration_ms: float, *, failed: bool) -> None:
         record = _SESSION_RECORD.get()
         if record is not None and record.session.pipeline_id == pipeline_id:
-            record.node_finished(node_id, duration_ms)
+            ring = record.nodes.get(node_id)
+            if ring is None:
+                ring = record.nodes[node_id] = _Ring()
+            ring._values[ring._count % WINDOW] = duration_ms
+            ring._count += 1
 
     def node_skipped(self, pipeline_id: str, node_id: str) -> None:
         return None

@@ -1,4 +1,9 @@
-"""Reporting one stream to several observers (logs and metrics) through the single StreamObserver port."""
+"""Reporting one stream to several observers (logs, metrics, live statistics, traces) through the single ports.
+
+An observer may declare `ignored_events`, a frozenset of the event names it
+does nothing with: the fan-outs then do not call it for them, which saves a
+call per frame for the events that fire on every frame.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,14 @@ _EVENTS = (
 )
 
 
+def _handlers(observers: tuple[Any, ...], event: str) -> list[tuple[str, Any]]:
+    return [
+        (type(observer).__name__, getattr(observer, event))
+        for observer in observers
+        if event not in getattr(observer, "ignored_events", frozenset())
+    ]
+
+
 class FanOutStreamObserver:
     """Forwards every event to each observer in order.
 
@@ -35,9 +48,7 @@ class FanOutStreamObserver:
 
     def __init__(self, *observers: StreamObserver) -> None:
         # Bound methods looked up once: several events fire on every frame.
-        self._handlers: dict[str, list[tuple[str, Any]]] = {
-            event: [(type(observer).__name__, getattr(observer, event)) for observer in observers] for event in _EVENTS
-        }
+        self._handlers: dict[str, list[tuple[str, Any]]] = {event: _handlers(observers, event) for event in _EVENTS}
         # The events of every frame skip the generic dispatch (a dictionary lookup and argument packing each).
         self._received = self._handlers["frame_received"]
         self._processed = self._handlers["frame_processed"]
@@ -91,34 +102,42 @@ class FanOutStreamObserver:
 
 
 class FanOutPipelineObserver:
-    """Forwards the pipelines' reports to each observer in order (from worker threads, so no shared state here).
+    """Forwards the pipelines' reports to each observer that wants them, in order (from worker threads).
 
-    A failing observer is logged and skipped, as in FanOutStreamObserver: a
-    report never fails a frame. The bound methods are looked up once: every
-    node of every frame reports.
+    With several observers of an event, a failing one is logged and skipped,
+    as in FanOutStreamObserver. An event only one observer wants goes to it
+    directly, as the pipeline engine called its one observer before: every
+    node of every frame reports, and the port forbids raising.
     """
 
     def __init__(self, *observers: PipelineObserver) -> None:
-        self._finished = [(type(o).__name__, o.node_finished) for o in observers]
-        self._skipped = [(type(o).__name__, o.node_skipped) for o in observers]
-        self._pipelines = [(type(o).__name__, o.pipeline_finished) for o in observers]
+        self._node_finished = _handlers(observers, "node_finished")
+        self._node_skipped = _handlers(observers, "node_skipped")
+        self._pipeline_finished = _handlers(observers, "pipeline_finished")
+        for event, handlers in (
+            ("node_finished", self._node_finished),
+            ("node_skipped", self._node_skipped),
+            ("pipeline_finished", self._pipeline_finished),
+        ):
+            if len(handlers) == 1:
+                setattr(self, event, handlers[0][1])
 
     def node_finished(self, pipeline_id: str, node_id: str, duration_ms: float, *, failed: bool) -> None:
-        for name, handler in self._finished:
+        for name, handler in self._node_finished:
             try:
                 handler(pipeline_id, node_id, duration_ms, failed=failed)
             except Exception:
                 logger.exception("observer %s failed on node_finished", name)
 
     def node_skipped(self, pipeline_id: str, node_id: str) -> None:
-        for name, handler in self._skipped:
+        for name, handler in self._node_skipped:
             try:
                 handler(pipeline_id, node_id)
             except Exception:
                 logger.exception("observer %s failed on node_skipped", name)
 
     def pipeline_finished(self, pipeline_id: str, duration_ms: float, *, failed: bool) -> None:
-        for name, handler in self._pipelines:
+        for name, handler in self._pipeline_finished:
             try:
                 handler(pipeline_id, duration_ms, failed=failed)
             except Exception:

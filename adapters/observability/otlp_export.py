@@ -1,11 +1,13 @@
 """OTLP/HTTP export of finished spans, batched on a thread of its own: the tracing adapter's exporter.
 
 The SDK's span objects and its encoder cost about 30 us of Python per span
-(bench/observability_cost.py measured it), held under the GIL while the event
-loop waits for it; a sampled frame here is four to six spans. So the tracing
-adapter hands over plain tuples, and they are written straight into the
-protobuf messages of opentelemetry-proto (about 5 us a span), on this thread,
-every OTEL_BSP_SCHEDULE_DELAY ms or sooner when a batch is full.
+(measured while building bench/observability_cost.py), held under the GIL
+while the event loop waits for it; a sampled frame here is four to six spans.
+So the tracing adapter queues one plain tuple per sampled frame; this thread
+expands it into spans (`expand`) and writes them straight into the protobuf
+messages of opentelemetry-proto (about 5 us a span), every
+OTEL_BSP_SCHEDULE_DELAY ms or sooner when a batch is full, letting the event
+loop take the GIL back every few spans.
 
 Configured by the standard variables, read as the OTLP exporter specification
 defines them: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as is) or
@@ -24,7 +26,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -130,16 +132,27 @@ def _set_value(target: Any, value: str | int | float | bool) -> None:
         target.string_value = str(value)
 
 
-class OtlpSpanBatcher:
-    """Queues SpanRecords (dropping the newest when full, and counting them) and posts them in batches."""
+# Spans written between two chances for the event loop to take the GIL back.
+_SPANS_PER_SLICE = 32
 
-    def __init__(self, settings: ExportSettings, resource_attributes: Mapping[str, Any], scope_name: str) -> None:
+
+class OtlpSpanBatcher:
+    """Queues items (dropping the newest when full, and counting them), expands each into spans and posts them in batches."""
+
+    def __init__(
+        self,
+        settings: ExportSettings,
+        resource_attributes: Mapping[str, Any],
+        scope_name: str,
+        expand: Callable[[Any], Iterable[SpanRecord]] = lambda item: (item,),
+    ) -> None:
         self._settings = settings
+        self._expand = expand
         self._resource = ResourceProto()
         for key, value in resource_attributes.items():
             _set_value(self._resource.attributes.add(key=key).value, value)
         self._scope_name = scope_name
-        self._queue: deque[SpanRecord] = deque()
+        self._queue: deque[Any] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.dropped = 0
@@ -149,13 +162,13 @@ class OtlpSpanBatcher:
         self._thread = threading.Thread(target=self._run, name="forgesyte-otlp-export", daemon=True)
         self._thread.start()
 
-    def add(self, span: SpanRecord) -> None:
+    def add(self, item: Any) -> None:
         """Called on the event loop: an append, and a wake-up only when a batch is full."""
         queue = self._queue
         if len(queue) >= self._settings.max_queue:
             self.dropped += 1
             return
-        queue.append(span)
+        queue.append(item)
         if len(queue) >= self._settings.max_batch:
             self._wake.set()
 
@@ -176,16 +189,27 @@ class OtlpSpanBatcher:
         queue = self._queue
         while queue:
             batch = [queue.popleft() for _ in range(min(len(queue), self._settings.max_batch))]
-            self._post(self._encode(batch), len(batch))
+            try:
+                body = self._encode(batch)
+            except Exception:  # noqa: BLE001 - a span that cannot be written is a bug here, never the server's failure
+                self.dropped += len(batch)
+                log.exception("OTLP encoding of %d items failed", len(batch))
+                continue
+            self._post(body, len(batch))
 
-    def _encode(self, batch: list[SpanRecord]) -> bytes:
+    def _encode(self, batch: list[Any]) -> bytes:
         request = ExportTraceServiceRequest()
         resource_spans = request.resource_spans.add()
         resource_spans.resource.CopyFrom(self._resource)
         scope_spans = resource_spans.scope_spans.add()
         scope_spans.scope.name = self._scope_name
         spans = scope_spans.spans
-        for record in batch:
+        expand = self._expand
+        written = 0
+        for record in (span for item in batch for span in expand(item)):
+            written += 1
+            if written % _SPANS_PER_SLICE == 0:
+                time.sleep(0)  # let the event loop have the GIL
             span = spans.add(
                 trace_id=record.trace_id,
                 span_id=record.span_id,

@@ -2,12 +2,12 @@
 
 The third observer on the observation ports, beside the logs and the metrics.
 A frame's span covers its arrival to its reply being handed to the connection;
-its children are `receive` (waiting behind the frame in flight), `pipeline`
-with one child per node that ran (the decode happens inside the first node
-that reads the image), and `reply` (from the result to the send). The spans
+its children are `receive` (waiting behind the frame in flight), one
+`node <id>` per node that ran (the decode happens inside the first node that
+reads the image), and `reply` (from the result to the send). The spans
 are made when the frame's outcome is reported, with the start and end times
 the reports carry, so nothing is timed on the hot path that the stream does
-not already time; an unsampled frame costs one sampler decision.
+not already time; an unsampled frame costs one random draw.
 
 The client may send a W3C `traceparent` (and `tracestate`) header with the
 WebSocket handshake: every frame span of that stream is then a child of the
@@ -23,8 +23,9 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
+from typing import NamedTuple
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -111,7 +112,7 @@ def tracing_from_env(environ: Mapping[str, str] | None = None) -> TracingObserve
     # The SDK's resource: service.name, telemetry.sdk.*, and OTEL_RESOURCE_ATTRIBUTES / OTEL_SERVICE_NAME.
     resource = Resource.create({} if named else {"service.name": SERVICE_NAME})
     ratio, parent_based = sampling_from_env(environment)
-    exporter = OtlpSpanBatcher(ExportSettings.from_env(environment), dict(resource.attributes), "forgesyte_stream")
+    exporter = OtlpSpanBatcher(ExportSettings.from_env(environment), dict(resource.attributes), "forgesyte_stream", frame_spans)
     return TracingObserver(exporter, ratio=ratio, parent_based=parent_based)
 
 
@@ -156,10 +157,14 @@ _STREAM_TRACE: ContextVar[_StreamTrace | None] = ContextVar("forgesyte_stream_tr
 class TracingObserver:
     """Implements the StreamObserver and PipelineObserver ports with OpenTelemetry spans.
 
-    A sampled frame's spans are made finished, from the times the reports
-    carry, and handed to the exporter's queue; an unsampled frame costs one
-    random draw.
+    A sampled frame is queued as one tuple of the times the reports carry;
+    the exporter's thread makes its spans (frame_spans). An unsampled frame
+    costs one random draw.
     """
+
+    ignored_events = frozenset(
+        {"session_rejected", "frame_received", "slowdown_sent", "error_sent", "single_frame_failed", "node_skipped", "pipeline_finished"}
+    )
 
     def __init__(self, exporter: OtlpSpanBatcher, *, ratio: float = 1.0, parent_based: bool = True) -> None:
         if not 0.0 <= ratio <= 1.0:
@@ -207,25 +212,25 @@ class TracingObserver:
         if record is None or not _draw(record.rate):
             return
         now = time.time_ns()
-        self._frame_span(record, session, frame_index, "dropped", now, now, cause=cause.value)
+        self._exporter.add(_Frame(record, session.session_id, session.pipeline_id, frame_index, "dropped", cause.value, now, now, now, now, ()))
 
     def frame_processed(self, session: Session, frame_index: int, *, queue_ms: float, processing_ms: float, latency_ms: float) -> None:
         record = self._streams.get(session.session_id)
         if record is None:
             return
-        sampled = record.sample_next
-        nodes = record.take_nodes()
-        if not sampled:
+        if not record.sample_next:
+            if record.nodes:
+                record.nodes = []
+            record.sample_next = _draw(record.rate)
             return
+        nodes = record.take_nodes()
         end = time.time_ns()
         received = end - int(latency_ms * 1e6)
         started = received + int(queue_ms * 1e6)
-        finished = min(end, started + int(processing_ms * 1e6))
-        trace_id, root = self._frame_span(record, session, frame_index, "processed", received, end)
-        add = self._exporter.add
-        add(SpanRecord(trace_id, _span_id(), root, "receive", _INTERNAL, received, started, trace_state=record.trace_state))
-        self._pipeline_spans(record, trace_id, root, session.pipeline_id, nodes, started, finished)
-        add(SpanRecord(trace_id, _span_id(), root, "reply", _INTERNAL, finished, end, trace_state=record.trace_state))
+        self._exporter.add(
+            _Frame(record, session.session_id, session.pipeline_id, frame_index, "processed", None, received, started,
+                   min(end, started + int(processing_ms * 1e6)), end, nodes)
+        )
 
     def frame_failed(self, session: Session, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
         record = self._streams.get(session.session_id)
@@ -237,9 +242,8 @@ class TracingObserver:
             return
         end = time.time_ns()
         start = min((node[1] for node in nodes), default=end)
-        trace_id, root = self._frame_span(record, session, frame_index, "failed", start, end, error=code.value)
-        if nodes:
-            self._pipeline_spans(record, trace_id, root, session.pipeline_id, nodes, start, max(node[2] for node in nodes))
+        finished = max((node[2] for node in nodes), default=end)
+        self._exporter.add(_Frame(record, session.session_id, session.pipeline_id, frame_index, "failed", code.value, start, start, finished, end, nodes))
 
     def slowdown_sent(self, session: Session, drop_rate: float, suggested_fps: float | None) -> None:
         return None
@@ -264,57 +268,50 @@ class TracingObserver:
     def pipeline_finished(self, pipeline_id: str, duration_ms: float, *, failed: bool) -> None:
         return None
 
-    # Spans ------------------------------------------------------------------------
 
-    def _frame_span(
-        self,
-        record: _StreamTrace,
-        session: Session,
-        frame_index: int,
-        outcome: str,
-        start: int,
-        end: int,
-        *,
-        cause: str | None = None,
-        error: str | None = None,
-    ) -> tuple[bytes, bytes]:
-        """Queue the frame's span; its trace id and span id, for its children."""
-        trace_id = record.trace_id or (random.getrandbits(128) or 1).to_bytes(16, "big")
-        span_id = _span_id()
-        attributes: dict[str, str | int] = {
-            "forgesyte.pipeline_id": session.pipeline_id,
-            "forgesyte.session_id": session.session_id,
-            "forgesyte.frame_index": frame_index,
-            "forgesyte.outcome": outcome,
-            "forgesyte.transport": record.transport,
-        }
-        if cause is not None:
-            attributes["forgesyte.drop_cause"] = cause
-        if error is not None:
-            attributes["forgesyte.error"] = error
-        self._exporter.add(SpanRecord(trace_id, span_id, record.parent_span, "frame", _SERVER, start, end, attributes, error, record.trace_state))
-        return trace_id, span_id
 
-    def _pipeline_spans(
-        self, record: _StreamTrace, trace_id: bytes, root: bytes, pipeline_id: str, nodes: list[_Node], start: int, end: int
-    ) -> None:
-        add = self._exporter.add
-        pipeline = _span_id()
-        add(SpanRecord(trace_id, pipeline, root, "pipeline", _INTERNAL, start, end, {"forgesyte.pipeline_id": pipeline_id}, None, record.trace_state))
-        for node_id, node_start, node_end, failed in nodes:
-            if node_start < start - _NODE_SLACK_NS:
-                continue  # reported by work that outlived an earlier frame's deadline
-            add(
-                SpanRecord(
-                    trace_id,
-                    _span_id(),
-                    pipeline,
-                    f"node {node_id}",
-                    _INTERNAL,
-                    node_start,
-                    node_end,
-                    {"forgesyte.node_id": node_id, "forgesyte.node_failed": failed},
-                    "node failed" if failed else None,
-                    record.trace_state,
-                )
-            )
+class _Frame(NamedTuple):
+    """One sampled frame as queued on the event loop; the export thread makes its spans (frame_spans)."""
+
+    stream: _StreamTrace
+    session_id: str
+    pipeline_id: str
+    frame_index: int
+    outcome: str  # processed, dropped, failed
+    detail: str | None  # the drop cause, or the error code
+    start: int
+    started: int  # processing began
+    finished: int  # processing ended
+    end: int
+    nodes: Sequence[_Node]
+
+
+def frame_spans(frame: _Frame) -> Iterator[SpanRecord]:
+    """A frame's spans: `frame`, and under it `receive`, one `node <id>` per node that ran, and `reply` (for a frame answered with a result)."""
+    stream = frame.stream
+    state = stream.trace_state
+    trace_id = stream.trace_id or (random.getrandbits(128) or 1).to_bytes(16, "big")
+    root = _span_id()
+    attributes: dict[str, str | int] = {
+        "forgesyte.pipeline_id": frame.pipeline_id,
+        "forgesyte.session_id": frame.session_id,
+        "forgesyte.frame_index": frame.frame_index,
+        "forgesyte.outcome": frame.outcome,
+        "forgesyte.transport": stream.transport,
+    }
+    error = None
+    if frame.outcome == "dropped":
+        attributes["forgesyte.drop_cause"] = frame.detail or ""
+    elif frame.outcome == "failed":
+        attributes["forgesyte.error"] = error = frame.detail or "failed"
+    yield SpanRecord(trace_id, root, stream.parent_span, "frame", _SERVER, frame.start, frame.end, attributes, error, state)
+    if frame.outcome == "processed":
+        yield SpanRecord(trace_id, _span_id(), root, "receive", _INTERNAL, frame.start, frame.started, trace_state=state)
+    for node_id, node_start, node_end, failed in frame.nodes:
+        if node_start < frame.started - _NODE_SLACK_NS:
+            continue  # reported by work that outlived an earlier frame's deadline
+        yield SpanRecord(
+            trace_id, _span_id(), root, f"node {node_id}", _INTERNAL, node_start, node_end, None, "node failed" if failed else None, state
+        )
+    if frame.outcome == "processed":
+        yield SpanRecord(trace_id, _span_id(), root, "reply", _INTERNAL, frame.finished, frame.end, trace_state=state)
