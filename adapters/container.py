@@ -242,6 +242,7 @@ def build_container(settings: Settings, session_slots: SessionSlots | None = Non
         container.session_slots.override(providers.Object(session_slots))
     container.pipelines()
     container.tracking_plugin().check_pipelines(container.catalog())
+    container.tracing()  # the OTEL_* variables are checked at start-up, like the settings
     return container
 
 

@@ -13,7 +13,10 @@ rounds interleaved, for:
 - `stats`: this checkout as it ships (live statistics on, tracing off);
 - `traced`: this checkout with OTEL_TRACES_EXPORTER=otlp and a
   parentbased_traceidratio sampler at 0.1, exporting over OTLP/HTTP to a sink
-  this process runs on 127.0.0.1 (it answers 200 and counts the spans' bytes).
+  on 127.0.0.1 in a process of its own (it answers 200 and counts bytes).
+
+Each round runs the servers (and the echo) one after the other, starting one
+further along the list each round.
 
 Each round's ratio is a server's fps over the echo's fps in that round; the
 costs are the medians over rounds of the paired differences between two
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +49,8 @@ from stream_bench import FAULT_PLUGIN, BenchError, Child, make_frame, ping_pong,
 
 
 class _Sink(BaseHTTPRequestHandler):
+    """The OTLP receiver: answers 200, counts requests and bytes (printed when it stops)."""
+
     requests = 0
     received_bytes = 0
 
@@ -58,6 +64,15 @@ class _Sink(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         return None
+
+
+def serve_sink(port: int) -> None:
+    """Run in a process of its own, so that receiving spans costs the measuring client nothing."""
+    sink = ThreadingHTTPServer(("127.0.0.1", port), _Sink)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=sink.shutdown).start())
+    print("READY", flush=True)
+    sink.serve_forever()
+    print(f"OTLP sink: {_Sink.requests} export requests, {_Sink.received_bytes:,} bytes", flush=True)
 
 
 def start_server(name: str, tree: Path, pipelines: Path, log: Path, extra_env: dict[str, str]) -> Child:
@@ -87,16 +102,18 @@ def start_server(name: str, tree: Path, pipelines: Path, log: Path, extra_env: d
 
 
 async def measure(servers: list[Child], echo: Child, frame: bytes, rounds: int, seconds: float) -> dict[str, list[float]]:
-    fps: dict[str, list[float]] = {child.name: [] for child in [echo, *servers]}
-    print(f"  {'round':<7}" + "".join(f"{name:>12}" for name in fps))
-    for number in range(1, rounds + 1):
-        row = []
-        for child in [echo, *servers]:
+    """Interleaved rounds; each round starts one server further along, so no server always runs first or last."""
+    children = [echo, *servers]
+    fps: dict[str, list[float]] = {child.name: [] for child in children}
+    print(f"  {'round':<7}" + "".join(f"{name:>15}" for name in fps))
+    for number in range(rounds):
+        row: dict[str, float] = {}
+        for child in children[number % len(children):] + children[: number % len(children)]:
             url = child.url() if child is echo else child.url("probe")
             run = await ping_pong(url, frame, seconds=seconds, max_frames=50_000, warmup=20)
             fps[child.name].append(run.fps)
-            row.append(run.fps)
-        print(f"  {number:<7}" + "".join(f"{value:>12,.0f}" for value in row))
+            row[child.name] = run.fps
+        print(f"  {number + 1:<7}" + "".join(f"{row[name]:>15,.0f}" for name in fps))
     return fps
 
 
@@ -105,13 +122,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--baseline-tree", type=Path, help="a checkout of the commit to compare with (git archive <commit> | tar -x -C DIR)")
+    parser.add_argument("--sink", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.sink:
+        serve_sink(args.sink)
+        return 0
 
-    sink = ThreadingHTTPServer(("127.0.0.1", free_port()), _Sink)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    sink_port = free_port()
+    sink = subprocess.Popen([sys.executable, __file__, "--sink", str(sink_port)], stdout=subprocess.PIPE, text=True)
+    assert sink.stdout is not None
+    if sink.stdout.readline().strip() != "READY":
+        raise SystemExit("the OTLP sink did not start")
     traced_env = {
         "OTEL_TRACES_EXPORTER": "otlp",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}/v1/traces",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{sink_port}/v1/traces",
         "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
         "OTEL_TRACES_SAMPLER_ARG": "0.1",
     }
@@ -139,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for child in reversed(children):
                 child.stop()
-            sink.shutdown()
+            sink.terminate()
+            sink_report = sink.communicate(timeout=10)[0].strip()
     echo = fps.pop("echo (uvloop)")
     # Each round's ratios share that round's echo, so the machine's drift between rounds cancels in their differences.
     ratios = {name: [value / base for value, base in zip(values, echo, strict=True)] for name, values in fps.items()}
@@ -153,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if "baseline" in ratios:
         print(f"  live statistics cost: median of per-round (baseline - stats) = {paired('baseline', 'stats'):+.3f} (budget 0.02)")
     print(f"  tracing at 10 % cost: median of per-round (stats - traced) = {paired('stats', 'traced'):+.3f} (budget 0.03)")
-    print(f"  OTLP sink: {_Sink.requests} export requests, {_Sink.received_bytes:,} bytes")
+    print(f"  {sink_report}")
     return 0
 
 

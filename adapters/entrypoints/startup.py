@@ -8,6 +8,8 @@ one line naming the fault on stderr and exit status 2, not a traceback.
 from __future__ import annotations
 
 from adapters.container import PluginLoadError
+from adapters.observability.otlp_export import ExportConfigError
+from adapters.observability.tracing import TracingConfigError
 from adapters.pipelines.catalog import PipelineLoadError
 from adapters.plugins.yolo import ModelLoadError
 from adapters.settings import SettingsError
@@ -21,6 +23,8 @@ CONFIGURATION_ERRORS: tuple[type[Exception], ...] = (
     PipelineValidationError,
     PluginLoadError,
     ModelLoadError,
+    TracingConfigError,
+    ExportConfigError,
 )
 
 

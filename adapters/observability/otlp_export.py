@@ -3,11 +3,10 @@
 The SDK's span objects and its encoder cost about 30 us of Python per span
 (measured while building bench/observability_cost.py), held under the GIL
 while the event loop waits for it; a sampled frame here is four to six spans.
-So the tracing adapter queues one plain tuple per sampled frame; this thread
-expands it into spans (`expand`) and writes them straight into the protobuf
-messages of opentelemetry-proto (about 5 us a span), every
-OTEL_BSP_SCHEDULE_DELAY ms or sooner when a batch is full, letting the event
-loop take the GIL back every few spans.
+So the tracing adapter queues one plain tuple per sampled frame, and this
+thread has the adapter write its spans (`write`) straight into the protobuf
+messages of opentelemetry-proto, every OTEL_BSP_SCHEDULE_DELAY ms or sooner
+when a batch is full.
 
 Configured by the standard variables, read as the OTLP exporter specification
 defines them: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as is) or
@@ -26,7 +25,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -35,21 +34,6 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ResourcePro
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"
-
-
-class SpanRecord(NamedTuple):
-    """A finished span as the tracing adapter reports it; ids as bytes (16 and 8), times in ns since the epoch."""
-
-    trace_id: bytes
-    span_id: bytes
-    parent_span_id: bytes
-    name: str
-    kind: int  # opentelemetry.proto Span.SpanKind: 1 internal, 2 server
-    start_ns: int
-    end_ns: int
-    attributes: Mapping[str, str | int | float | bool] | None = None
-    error: str | None = None  # the status message of a span whose status is ERROR
-    trace_state: str = ""
 
 
 class ExportConfigError(ValueError):
@@ -132,10 +116,6 @@ def _set_value(target: Any, value: str | int | float | bool) -> None:
         target.string_value = str(value)
 
 
-# Spans written between two chances for the event loop to take the GIL back.
-_SPANS_PER_SLICE = 32
-
-
 class OtlpSpanBatcher:
     """Queues items (dropping the newest when full, and counting them), expands each into spans and posts them in batches."""
 
@@ -144,10 +124,11 @@ class OtlpSpanBatcher:
         settings: ExportSettings,
         resource_attributes: Mapping[str, Any],
         scope_name: str,
-        expand: Callable[[Any], Iterable[SpanRecord]] = lambda item: (item,),
+        write: Callable[[Any, Any], int],
     ) -> None:
+        """`write(item, spans)` writes an item's spans into `spans` (a ScopeSpans' repeated field) and says how many."""
         self._settings = settings
-        self._expand = expand
+        self._write = write
         self._resource = ResourceProto()
         for key, value in resource_attributes.items():
             _set_value(self._resource.attributes.add(key=key).value, value)
@@ -204,29 +185,9 @@ class OtlpSpanBatcher:
         scope_spans = resource_spans.scope_spans.add()
         scope_spans.scope.name = self._scope_name
         spans = scope_spans.spans
-        expand = self._expand
-        written = 0
-        for record in (span for item in batch for span in expand(item)):
-            written += 1
-            if written % _SPANS_PER_SLICE == 0:
-                time.sleep(0)  # let the event loop have the GIL
-            span = spans.add(
-                trace_id=record.trace_id,
-                span_id=record.span_id,
-                parent_span_id=record.parent_span_id,
-                name=record.name,
-                kind=record.kind,
-                start_time_unix_nano=record.start_ns,
-                end_time_unix_nano=record.end_ns,
-                trace_state=record.trace_state,
-            )
-            if record.attributes:
-                attributes = span.attributes
-                for key, value in record.attributes.items():
-                    _set_value(attributes.add(key=key).value, value)
-            if record.error is not None:
-                span.status.code = 2  # STATUS_CODE_ERROR
-                span.status.message = record.error
+        write = self._write
+        for item in batch:
+            write(item, spans)
         body: bytes = request.SerializeToString()
         return body
 

@@ -20,18 +20,21 @@ OTEL_TRACES_EXPORTER=otlp or an OTLP endpoint is set (see `tracing_from_env`).
 
 from __future__ import annotations
 
+import math
 import os
 import random
+import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from opentelemetry import trace
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from adapters.observability.otlp_export import ExportSettings, OtlpSpanBatcher, SpanRecord
+from adapters.observability.otlp_export import ExportSettings, OtlpSpanBatcher
 from application.connection import current_connection
 from domain import DropCause, ErrorCode, Session
 
@@ -112,54 +115,144 @@ def tracing_from_env(environ: Mapping[str, str] | None = None) -> TracingObserve
     # The SDK's resource: service.name, telemetry.sdk.*, and OTEL_RESOURCE_ATTRIBUTES / OTEL_SERVICE_NAME.
     resource = Resource.create({} if named else {"service.name": SERVICE_NAME})
     ratio, parent_based = sampling_from_env(environment)
-    exporter = OtlpSpanBatcher(ExportSettings.from_env(environment), dict(resource.attributes), "forgesyte_stream", frame_spans)
+    exporter = OtlpSpanBatcher(ExportSettings.from_env(environment), dict(resource.attributes), "forgesyte_stream", write_frame)
     return TracingObserver(exporter, ratio=ratio, parent_based=parent_based)
 
 
 _Node = tuple[str, int, int, bool]
 _SERVER = 2  # opentelemetry.proto Span.SpanKind
 _INTERNAL = 1
+_STATUS_ERROR = 2  # opentelemetry.proto Status.StatusCode
+_NEVER = sys.maxsize
+
+
+def _skip(rate: float) -> int:
+    """Frames to leave out before the next sampled one: geometric, so each frame is sampled with probability `rate`.
+
+    One draw per sampled frame instead of one per frame.
+    """
+    if rate >= 1.0:
+        return 0
+    if rate <= 0.0:
+        return _NEVER
+    return int(math.log(1.0 - random.random()) / math.log(1.0 - rate))
+
+
+def _text(key: str, value: str) -> KeyValue:
+    return KeyValue(key=key, value=AnyValue(string_value=value))
 
 
 class _StreamTrace:
     """One session's trace state: the client's span, this stream's sampling, the node reports of the frame in flight."""
 
-    __slots__ = ("nodes", "parent_span", "rate", "sample_next", "trace_id", "trace_state", "transport")
+    __slots__ = ("attributes", "nodes", "parent_span", "rate", "skip", "trace_id", "trace_state")
 
-    def __init__(self, parent: trace.SpanContext | None, transport: str, rate: float) -> None:
+    def __init__(self, parent: trace.SpanContext | None, session: Session, transport: str, rate: float) -> None:
         # A client's span: every frame's span is its child, in its trace.
         self.trace_id = parent.trace_id.to_bytes(16, "big") if parent is not None else None
         self.parent_span = parent.span_id.to_bytes(8, "big") if parent is not None else b""
         self.trace_state = parent.trace_state.to_header() if parent is not None else ""
-        self.transport = transport
+        # The frame span's attributes that every frame of the stream shares, made once.
+        self.attributes = [
+            _text("forgesyte.pipeline_id", session.pipeline_id),
+            _text("forgesyte.session_id", session.session_id),
+            _text("forgesyte.transport", transport),
+        ]
         self.rate = rate
-        self.sample_next = _draw(rate)
-        # (node_id, start_ns, end_ns, failed) of the frame in flight when it is sampled, appended by the worker thread.
+        # 0: the frame in flight is sampled (its nodes are kept); n: n more frames are left out first.
+        self.skip = _skip(rate)
+        # (node_id, start_ns, end_ns, failed) of the sampled frame in flight, appended where its nodes run.
         self.nodes: list[_Node] = []
 
-    def take_nodes(self) -> list[_Node]:
+    def sampled(self) -> list[_Node] | None:
+        """At a frame's outcome: its nodes when it was sampled (and the next sampled frame drawn), else None."""
+        if self.skip:
+            self.skip -= 1
+            return None
         nodes, self.nodes = self.nodes, []
-        self.sample_next = _draw(self.rate)
+        self.skip = _skip(self.rate)
         return nodes
 
 
-def _draw(rate: float) -> bool:
-    return rate >= 1.0 or (rate > 0.0 and random.random() < rate)
+_STREAM_TRACE: ContextVar[_StreamTrace | None] = ContextVar("forgesyte_stream_trace", default=None)
+
+
+class _Frame(NamedTuple):
+    """One sampled frame as queued on the event loop; the export thread writes its spans (write_frame)."""
+
+    stream: _StreamTrace
+    frame_index: int
+    outcome: str  # processed, dropped, failed
+    detail: str | None  # the drop cause, or the error code
+    start: int
+    started: int  # processing began
+    finished: int  # processing ended
+    end: int
+    nodes: Sequence[_Node]
 
 
 def _span_id() -> bytes:
     return (random.getrandbits(64) or 1).to_bytes(8, "big")
 
 
-_STREAM_TRACE: ContextVar[_StreamTrace | None] = ContextVar("forgesyte_stream_trace", default=None)
+def write_frame(frame: _Frame, spans: Any) -> int:
+    """Write a frame's spans into `spans` (a ScopeSpans' repeated spans); how many were written.
+
+    `frame`, and under it `receive`, one `node <id>` per node that ran, and
+    `reply` (the last two for a frame answered with a result).
+    """
+    stream = frame.stream
+    state = stream.trace_state
+    trace_id = stream.trace_id or (random.getrandbits(128) or 1).to_bytes(16, "big")
+    root = _span_id()
+    span = spans.add(
+        trace_id=trace_id,
+        span_id=root,
+        parent_span_id=stream.parent_span,
+        name="frame",
+        kind=_SERVER,
+        start_time_unix_nano=frame.start,
+        end_time_unix_nano=frame.end,
+        trace_state=state,
+    )
+    attributes = span.attributes
+    attributes.extend(stream.attributes)
+    attributes.add(key="forgesyte.frame_index").value.int_value = frame.frame_index
+    attributes.add(key="forgesyte.outcome").value.string_value = frame.outcome
+    if frame.outcome == "dropped":
+        attributes.add(key="forgesyte.drop_cause").value.string_value = frame.detail or ""
+    elif frame.outcome == "failed":
+        attributes.add(key="forgesyte.error").value.string_value = frame.detail or ""
+        span.status.code = _STATUS_ERROR
+        span.status.message = frame.detail or ""
+    written = 1
+    processed = frame.outcome == "processed"
+    if processed:
+        spans.add(trace_id=trace_id, span_id=_span_id(), parent_span_id=root, name="receive", kind=_INTERNAL,
+                  start_time_unix_nano=frame.start, end_time_unix_nano=frame.started, trace_state=state)
+        written += 1
+    for node_id, node_start, node_end, failed in frame.nodes:
+        if node_start < frame.started - _NODE_SLACK_NS:
+            continue  # reported by work that outlived an earlier frame's deadline
+        node = spans.add(trace_id=trace_id, span_id=_span_id(), parent_span_id=root, name=f"node {node_id}", kind=_INTERNAL,
+                         start_time_unix_nano=node_start, end_time_unix_nano=node_end, trace_state=state)
+        if failed:
+            node.status.code = _STATUS_ERROR
+            node.status.message = "node failed"
+        written += 1
+    if processed:
+        spans.add(trace_id=trace_id, span_id=_span_id(), parent_span_id=root, name="reply", kind=_INTERNAL,
+                  start_time_unix_nano=frame.finished, end_time_unix_nano=frame.end, trace_state=state)
+        written += 1
+    return written
 
 
 class TracingObserver:
     """Implements the StreamObserver and PipelineObserver ports with OpenTelemetry spans.
 
     A sampled frame is queued as one tuple of the times the reports carry;
-    the exporter's thread makes its spans (frame_spans). An unsampled frame
-    costs one random draw.
+    the exporter's thread writes its spans (write_frame). An unsampled frame
+    costs a countdown.
     """
 
     ignored_events = frozenset(
@@ -193,7 +286,7 @@ class TracingObserver:
         rate = self._ratio
         if parent is not None and self._parent_based:
             rate = 1.0 if parent.trace_flags.sampled else 0.0
-        record = _StreamTrace(parent, facts.transport if facts is not None else "unknown", rate)
+        record = _StreamTrace(parent, session, facts.transport if facts is not None else "unknown", rate)
         self._streams[session.session_id] = record
         _STREAM_TRACE.set(record)
 
@@ -209,41 +302,36 @@ class TracingObserver:
 
     def frame_dropped(self, session: Session, frame_index: int, cause: DropCause) -> None:
         record = self._streams.get(session.session_id)
-        if record is None or not _draw(record.rate):
+        if record is None or not (record.rate >= 1.0 or random.random() < record.rate):
             return
         now = time.time_ns()
-        self._exporter.add(_Frame(record, session.session_id, session.pipeline_id, frame_index, "dropped", cause.value, now, now, now, now, ()))
+        self._exporter.add(_Frame(record, frame_index, "dropped", cause.value, now, now, now, now, ()))
 
     def frame_processed(self, session: Session, frame_index: int, *, queue_ms: float, processing_ms: float, latency_ms: float) -> None:
         record = self._streams.get(session.session_id)
         if record is None:
             return
-        if not record.sample_next:
-            if record.nodes:
-                record.nodes = []
-            record.sample_next = _draw(record.rate)
+        if record.skip:  # sampled() inlined for the frames left out: most of them
+            record.skip -= 1
             return
-        nodes = record.take_nodes()
+        nodes = record.sampled()
+        assert nodes is not None
         end = time.time_ns()
         received = end - int(latency_ms * 1e6)
         started = received + int(queue_ms * 1e6)
-        self._exporter.add(
-            _Frame(record, session.session_id, session.pipeline_id, frame_index, "processed", None, received, started,
-                   min(end, started + int(processing_ms * 1e6)), end, nodes)
-        )
+        self._exporter.add(_Frame(record, frame_index, "processed", None, received, started, min(end, started + int(processing_ms * 1e6)), end, nodes))
 
     def frame_failed(self, session: Session, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
         record = self._streams.get(session.session_id)
         if record is None:
             return
-        sampled = record.sample_next
-        nodes = record.take_nodes()
-        if not sampled:
+        nodes = record.sampled()
+        if nodes is None:
             return
         end = time.time_ns()
         start = min((node[1] for node in nodes), default=end)
         finished = max((node[2] for node in nodes), default=end)
-        self._exporter.add(_Frame(record, session.session_id, session.pipeline_id, frame_index, "failed", code.value, start, start, finished, end, nodes))
+        self._exporter.add(_Frame(record, frame_index, "failed", code.value, start, start, finished, end, nodes))
 
     def slowdown_sent(self, session: Session, drop_rate: float, suggested_fps: float | None) -> None:
         return None
@@ -258,7 +346,7 @@ class TracingObserver:
 
     def node_finished(self, pipeline_id: str, node_id: str, duration_ms: float, *, failed: bool) -> None:
         record = _STREAM_TRACE.get()
-        if record is not None and record.sample_next:
+        if record is not None and not record.skip:
             end = time.time_ns()
             record.nodes.append((node_id, end - int(duration_ms * 1e6), end, failed))
 
@@ -267,51 +355,3 @@ class TracingObserver:
 
     def pipeline_finished(self, pipeline_id: str, duration_ms: float, *, failed: bool) -> None:
         return None
-
-
-
-class _Frame(NamedTuple):
-    """One sampled frame as queued on the event loop; the export thread makes its spans (frame_spans)."""
-
-    stream: _StreamTrace
-    session_id: str
-    pipeline_id: str
-    frame_index: int
-    outcome: str  # processed, dropped, failed
-    detail: str | None  # the drop cause, or the error code
-    start: int
-    started: int  # processing began
-    finished: int  # processing ended
-    end: int
-    nodes: Sequence[_Node]
-
-
-def frame_spans(frame: _Frame) -> Iterator[SpanRecord]:
-    """A frame's spans: `frame`, and under it `receive`, one `node <id>` per node that ran, and `reply` (for a frame answered with a result)."""
-    stream = frame.stream
-    state = stream.trace_state
-    trace_id = stream.trace_id or (random.getrandbits(128) or 1).to_bytes(16, "big")
-    root = _span_id()
-    attributes: dict[str, str | int] = {
-        "forgesyte.pipeline_id": frame.pipeline_id,
-        "forgesyte.session_id": frame.session_id,
-        "forgesyte.frame_index": frame.frame_index,
-        "forgesyte.outcome": frame.outcome,
-        "forgesyte.transport": stream.transport,
-    }
-    error = None
-    if frame.outcome == "dropped":
-        attributes["forgesyte.drop_cause"] = frame.detail or ""
-    elif frame.outcome == "failed":
-        attributes["forgesyte.error"] = error = frame.detail or "failed"
-    yield SpanRecord(trace_id, root, stream.parent_span, "frame", _SERVER, frame.start, frame.end, attributes, error, state)
-    if frame.outcome == "processed":
-        yield SpanRecord(trace_id, _span_id(), root, "receive", _INTERNAL, frame.start, frame.started, trace_state=state)
-    for node_id, node_start, node_end, failed in frame.nodes:
-        if node_start < frame.started - _NODE_SLACK_NS:
-            continue  # reported by work that outlived an earlier frame's deadline
-        yield SpanRecord(
-            trace_id, _span_id(), root, f"node {node_id}", _INTERNAL, node_start, node_end, None, "node failed" if failed else None, state
-        )
-    if frame.outcome == "processed":
-        yield SpanRecord(trace_id, _span_id(), root, "reply", _INTERNAL, frame.finished, frame.end, trace_state=state)
