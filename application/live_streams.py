@@ -1,17 +1,18 @@
 """Live per-stream statistics: what GET /v1/streams shows of the sessions open in this process.
 
 An observer on both observation ports, fed by the reports the stream and the
-pipelines already make; each report costs O(1) and touches only fixed-size
-storage, so a session's memory does not grow with its length:
+pipelines already make. Per frame it only writes the frame's latency, and
+each node's duration, into preallocated rings of the last WINDOW values; the
+counts are the session's own (received, answered, failed), drops are counted
+by cause as they are reported, and the frame rates come from those counts as
+a timer on the event loop reads them once a second (`tick`), for every open
+session at once. So a session's memory does not grow with its length:
 
-    bytes per session <= BASE_BYTES + (8 * WINDOW + RING_BYTES) * (1 + nodes) + 16 * RATE_SECONDS * 2
+    bytes per session <= BASE_BYTES + (8 * WINDOW + RING_BYTES) * (1 + nodes) + SAMPLE_BYTES * (RATE_SECONDS + 1)
 
-with WINDOW latency samples (end-to-end, and per node of the pipeline) kept in
-preallocated rings of doubles, and two rings of RATE_SECONDS one-second
-counters for the frame rates in and out: with the defaults, about 7 KB for a
-one-node pipeline and 2.5 KB more per node (tests/unit/test_live_streams.py
-measures it). Percentiles are computed when a
-snapshot is asked for, never per frame.
+about 9 KB for a one-node pipeline and 2.5 KB more per node with the
+defaults (tests/unit/test_live_streams.py measures it). Percentiles and
+rates are computed when a snapshot is asked for.
 
 Node reports carry no session: they come from the worker thread running the
 frame, which runs in a copy of the session task's context (the executors copy
@@ -22,8 +23,10 @@ to the session whose context it runs in.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from array import array
+from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -33,12 +36,15 @@ from domain import DropCause, ErrorCode, Session
 
 # Samples kept per latency series: the percentiles describe the last WINDOW frames (or node runs).
 WINDOW = 256
-# The frame rates are averaged over about this many seconds (the last RATE_SECONDS - 1 whole seconds and the current one).
+# The frame rates are averaged over the last RATE_SECONDS seconds (from the counts read once a second).
 RATE_SECONDS = 10
+TICK_S = 1.0
 # A session's record, its dictionaries and the counters outside the rings (measured with tracemalloc, rounded up).
 BASE_BYTES = 4096
 # A ring's own object and array header, and its entry in the nodes' dictionary.
 RING_BYTES = 512
+# One reading of a session's counts: a tuple of a time and two counts.
+SAMPLE_BYTES = 160
 
 
 class _Ring:
@@ -66,31 +72,6 @@ class _Ring:
 def _rank(ordered: list[float], quantile: float) -> float:
     index = max(0, min(len(ordered) - 1, int(quantile * len(ordered) + 0.999999) - 1))
     return round(ordered[index], 3)
-
-
-class _Rate:
-    """Events per second over the last RATE_SECONDS whole seconds: one counter per second, reused in a ring."""
-
-    __slots__ = ("_counts", "_seconds")
-
-    def __init__(self) -> None:
-        self._seconds = array("q", [-1] * RATE_SECONDS)
-        self._counts = array("q", bytes(8 * RATE_SECONDS))
-
-    def add(self, now_s: float) -> None:
-        second = int(now_s)
-        slot = second % RATE_SECONDS
-        if self._seconds[slot] != second:
-            self._seconds[slot] = second
-            self._counts[slot] = 0
-        self._counts[slot] += 1
-
-    def per_second(self, now_s: float, age_s: float) -> float:
-        """Events per second from the start of the second RATE_SECONDS - 1 seconds ago until now (or since the session began)."""
-        second = int(now_s)
-        total = sum(count for stamp, count in zip(self._seconds, self._counts, strict=True) if 0 <= second - stamp < RATE_SECONDS)
-        span = min(RATE_SECONDS - 1 + (now_s - second), age_s)
-        return round(total / span, 3) if span > 1e-3 else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,21 +108,7 @@ class StreamSnapshot:
 
 
 class _StreamRecord:
-    __slots__ = (
-        "answered",
-        "client",
-        "dropped",
-        "failed",
-        "key_name",
-        "latency",
-        "nodes",
-        "opened_s",
-        "rate_in",
-        "rate_out",
-        "received",
-        "session",
-        "transport",
-    )
+    __slots__ = ("client", "dropped", "key_name", "latency", "nodes", "opened_s", "samples", "session", "transport")
 
     def __init__(self, session: Session, client: str, transport: str, key_name: str, opened_s: float) -> None:
         self.session = session
@@ -149,15 +116,25 @@ class _StreamRecord:
         self.transport = transport
         self.key_name = key_name
         self.opened_s = opened_s
-        self.received = 0
-        self.answered = 0
-        self.failed = 0
         self.dropped = dict.fromkeys(DropCause, 0)
-        self.rate_in = _Rate()
-        self.rate_out = _Rate()
+        # (time, frames received, frames answered), read once a second; the oldest is about RATE_SECONDS old.
+        self.samples: deque[tuple[float, int, int]] = deque([(opened_s, 0, 0)], maxlen=RATE_SECONDS + 1)
         self.latency = _Ring()
         # Bounded by the pipeline's graph: node ids come from the catalogue.
         self.nodes: dict[str, _Ring] = {}
+
+    def sample(self, now: float) -> None:
+        session = self.session
+        self.samples.append((now, session.frame_index, session.processed_frames))
+
+    def rates(self, now: float) -> tuple[float, float]:
+        """Frames received and answered per second since the oldest reading kept (at most about RATE_SECONDS ago)."""
+        then, received, answered = self.samples[0]
+        span = now - then
+        if span < 1e-3:
+            return 0.0, 0.0
+        session = self.session
+        return round((session.frame_index - received) / span, 3), round((session.processed_frames - answered) / span, 3)
 
 
 _SESSION_RECORD: ContextVar[_StreamRecord | None] = ContextVar("forgesyte_live_stream", default=None)
@@ -167,12 +144,42 @@ class LiveStreams:
     """Implements the StreamObserver and PipelineObserver ports; `snapshot()` and `get()` read what they kept."""
 
     ignored_events = frozenset(
-        {"session_rejected", "slowdown_sent", "error_sent", "single_frame_failed", "node_skipped", "pipeline_finished"}
+        {
+            "session_rejected",
+            "frame_received",
+            "frame_failed",
+            "slowdown_sent",
+            "error_sent",
+            "single_frame_failed",
+            "node_skipped",
+            "pipeline_finished",
+        }
     )
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, timer: bool = True) -> None:
+        """`timer`: read the counts once a second on the running event loop (tests call `tick` instead)."""
         self._clock = clock
+        self._timer = timer
+        self._ticking: asyncio.TimerHandle | None = None
         self._streams: dict[str, _StreamRecord] = {}
+
+    def tick(self) -> None:
+        """Read every open session's counts: what the frame rates are computed from."""
+        now = self._clock()
+        for record in list(self._streams.values()):
+            record.sample(now)
+
+    def _timer_fired(self) -> None:
+        self.tick()
+        self._ticking = None
+        self._start_timer()
+
+    def _start_timer(self) -> None:
+        if self._timer and self._ticking is None and self._streams:
+            try:
+                self._ticking = asyncio.get_running_loop().call_later(TICK_S, self._timer_fired)
+            except RuntimeError:  # no loop here: the rates cover the time since the last reading
+                self._ticking = None
 
     # Queries ----------------------------------------------------------------------
 
@@ -187,6 +194,8 @@ class LiveStreams:
 
     def _view(self, record: _StreamRecord, now: float) -> StreamSnapshot:
         age = max(0.0, now - record.opened_s)
+        session = record.session
+        fps_in, fps_out = record.rates(now)
         return StreamSnapshot(
             session_id=record.session.session_id,
             pipeline_id=record.session.pipeline_id,
@@ -194,12 +203,12 @@ class LiveStreams:
             age_s=round(age, 3),
             remote_address=record.client,
             key_name=record.key_name,
-            frames_received=record.received,
-            frames_answered=record.answered,
-            frames_failed=record.failed,
+            frames_received=session.frame_index,
+            frames_answered=session.processed_frames,
+            frames_failed=session.failed_frames,
             frames_dropped={cause.value: count for cause, count in record.dropped.items()},
-            fps_in=record.rate_in.per_second(now, age),
-            fps_out=record.rate_out.per_second(now, age),
+            fps_in=fps_in,
+            fps_out=fps_out,
             latency=record.latency.percentiles(),
             nodes=[
                 NodeStats(node_id, stats)
@@ -221,26 +230,20 @@ class LiveStreams:
         )
         self._streams[session.session_id] = record
         _SESSION_RECORD.set(record)
+        self._start_timer()
 
     def session_closed(self, session: Session, client: str, close_code: int, reason: str) -> None:
         self._streams.pop(session.session_id, None)
         _SESSION_RECORD.set(None)
+        if not self._streams and self._ticking is not None:
+            self._ticking.cancel()
+            self._ticking = None
 
     def session_rejected(self, pipeline_id: str | None, client: str, code: ErrorCode, detail: str) -> None:
         return None
 
     def frame_received(self, session: Session, frame_index: int, size: int) -> None:
-        record = self._streams.get(session.session_id)
-        if record is not None:
-            record.received += 1
-            # _Rate.add, inlined: it runs for every frame.
-            rate = record.rate_in
-            second = int(self._clock())
-            slot = second % RATE_SECONDS
-            if rate._seconds[slot] != second:
-                rate._seconds[slot] = second
-                rate._counts[slot] = 0
-            rate._counts[slot] += 1
+        return None  # counted by the session itself (frame_index)
 
     def frame_dropped(self, session: Session, frame_index: int, cause: DropCause) -> None:
         record = self._streams.get(session.session_id)
@@ -250,23 +253,12 @@ class LiveStreams:
     def frame_processed(self, session: Session, frame_index: int, *, queue_ms: float, processing_ms: float, latency_ms: float) -> None:
         record = self._streams.get(session.session_id)
         if record is not None:
-            record.answered += 1
-            # _Rate.add and _Ring.add, inlined: they run for every frame.
-            rate = record.rate_out
-            second = int(self._clock())
-            slot = second % RATE_SECONDS
-            if rate._seconds[slot] != second:
-                rate._seconds[slot] = second
-                rate._counts[slot] = 0
-            rate._counts[slot] += 1
-            ring = record.latency
+            ring = record.latency  # _Ring.add, inlined: it runs for every frame
             ring._values[ring._count % WINDOW] = latency_ms
             ring._count += 1
 
     def frame_failed(self, session: Session, frame_index: int, error: Exception, *, code: ErrorCode) -> None:
-        record = self._streams.get(session.session_id)
-        if record is not None:
-            record.failed += 1
+        return None  # counted by the session itself (failed_frames)
 
     def slowdown_sent(self, session: Session, drop_rate: float, suggested_fps: float | None) -> None:
         return None

@@ -9,8 +9,8 @@ import tracemalloc
 import pytest
 
 from application.connection import ConnectionFacts, connection_facts
-from application.live_streams import BASE_BYTES, RATE_SECONDS, RING_BYTES, WINDOW, LiveStreams
-from domain import DropCause, ErrorCode, Session
+from application.live_streams import BASE_BYTES, RATE_SECONDS, RING_BYTES, SAMPLE_BYTES, WINDOW, LiveStreams
+from domain import DropCause, Session
 
 
 class Clock:
@@ -39,7 +39,7 @@ def opened(streams: LiveStreams, pipeline_id: str = "p", facts: ConnectionFacts 
 
 def test_a_session_is_listed_from_open_to_close_with_its_connection_facts() -> None:
     clock = Clock()
-    streams = LiveStreams(clock=clock)
+    streams = LiveStreams(clock=clock, timer=False)
     session, _ = opened(streams, facts=ConnectionFacts("websockets", "camera-7", None))
     clock.now += 2.5
     (listed,) = streams.snapshot()
@@ -50,17 +50,15 @@ def test_a_session_is_listed_from_open_to_close_with_its_connection_facts() -> N
     assert streams.snapshot() == [] and streams.get(session.session_id) is None
 
 
-def test_counts_follow_the_reports_and_drops_are_kept_by_cause() -> None:
-    streams = LiveStreams(clock=Clock())
+def test_counts_are_the_sessions_latency_follows_the_reports_and_drops_are_kept_by_cause() -> None:
+    streams = LiveStreams(clock=Clock(), timer=False)
     session, _ = opened(streams)
-    for index in range(10):
-        streams.frame_received(session, index, 1000)
+    session.frame_index, session.processed_frames, session.failed_frames = 10, 6, 1
     for index in range(6):
         streams.frame_processed(session, index, queue_ms=0, processing_ms=1, latency_ms=float(index + 1))
     streams.frame_dropped(session, 6, DropCause.LAGGING)
     streams.frame_dropped(session, 7, DropCause.LAGGING)
     streams.frame_dropped(session, 8, DropCause.BUFFER_FULL)
-    streams.frame_failed(session, 9, RuntimeError("boom"), code=ErrorCode.PIPELINE_FAILURE)
     snapshot = streams.get(session.session_id)
     assert snapshot is not None
     assert (snapshot.frames_received, snapshot.frames_answered, snapshot.frames_failed) == (10, 6, 1)
@@ -68,26 +66,47 @@ def test_counts_follow_the_reports_and_drops_are_kept_by_cause() -> None:
     assert snapshot.latency is not None and (snapshot.latency.p50_ms, snapshot.latency.p95_ms, snapshot.latency.samples) == (3.0, 6.0, 6)
 
 
-def test_fps_counts_the_last_ten_seconds_only() -> None:
+def test_fps_counts_the_last_ten_seconds_of_the_counts_read_once_a_second() -> None:
     clock = Clock()
-    streams = LiveStreams(clock=clock)
+    streams = LiveStreams(clock=clock, timer=False)
     session, _ = opened(streams)
     for second in range(30):
-        for index in range(5 if second < 15 else 20):
-            streams.frame_received(session, second * 100 + index, 10)
-            if index < 3:
-                streams.frame_processed(session, index, queue_ms=0, processing_ms=1, latency_ms=1)
+        session.frame_index += 5 if second < 15 else 20
+        session.processed_frames += 3
         clock.now += 1.0
+        streams.tick()
     snapshot = streams.get(session.session_id)
     assert snapshot is not None and snapshot.fps_in == 20.0 and snapshot.fps_out == 3.0
     # A stream that went quiet falls to 0 once its last frames leave the window.
-    clock.now += RATE_SECONDS + 1
+    for _ in range(RATE_SECONDS + 1):
+        clock.now += 1.0
+        streams.tick()
     quiet = streams.get(session.session_id)
-    assert quiet is not None and quiet.fps_in == 0.0
+    assert quiet is not None and quiet.fps_in == 0.0 and quiet.frames_received == 15 * 5 + 15 * 20
+
+
+def test_the_timer_reads_the_counts_on_the_running_loop_while_a_session_is_open() -> None:
+    import asyncio
+
+    async def scenario() -> tuple[float, float]:
+        streams = LiveStreams()
+        session, _ = opened(streams)
+        session.frame_index = 50
+        await asyncio.sleep(1.3)  # one reading by the timer
+        session.frame_index = 80
+        await asyncio.sleep(1.0)
+        snapshot = streams.get(session.session_id)
+        assert snapshot is not None
+        streams.session_closed(session, "c", 1000, "peer_gone")
+        return snapshot.fps_in, snapshot.age_s
+
+    fps_in, age = asyncio.run(scenario())
+    # Since the oldest reading kept (the one at open): 80 frames over the session's age.
+    assert fps_in == pytest.approx(80 / age, rel=0.05)
 
 
 def test_the_latency_window_keeps_the_last_frames_only() -> None:
-    streams = LiveStreams(clock=Clock())
+    streams = LiveStreams(clock=Clock(), timer=False)
     session, _ = opened(streams)
     for index in range(WINDOW):
         streams.frame_processed(session, index, queue_ms=0, processing_ms=1, latency_ms=1000.0)
@@ -99,7 +118,7 @@ def test_the_latency_window_keeps_the_last_frames_only() -> None:
 
 
 def test_node_reports_reach_the_session_whose_context_runs_them_from_a_worker_thread() -> None:
-    streams = LiveStreams(clock=Clock())
+    streams = LiveStreams(clock=Clock(), timer=False)
     first, first_context = opened(streams, "p")
     second, second_context = opened(streams, "p")
 
@@ -121,12 +140,13 @@ def test_node_reports_reach_the_session_whose_context_runs_them_from_a_worker_th
 
 @pytest.mark.parametrize("nodes", [1, 4])
 def test_a_sessions_memory_stays_within_the_documented_formula_however_long_it_runs(nodes: int) -> None:
-    streams = LiveStreams(clock=Clock())
-    formula = BASE_BYTES + (8 * WINDOW + RING_BYTES) * (1 + nodes) + 16 * RATE_SECONDS * 2
+    streams = LiveStreams(clock=Clock(), timer=False)
+    formula = BASE_BYTES + (8 * WINDOW + RING_BYTES) * (1 + nodes) + SAMPLE_BYTES * (RATE_SECONDS + 1)
 
     def feed(session: Session, context: contextvars.Context, frames: int) -> None:
         for index in range(frames):
-            streams.frame_received(session, index, 100)
+            if index % 10 == 0:
+                streams.tick()
             for node in range(nodes):
                 context.run(streams.node_finished, "p", f"n{node}", 1.5, failed=False)
             streams.frame_processed(session, index, queue_ms=0, processing_ms=1, latency_ms=2.0)
