@@ -30,12 +30,13 @@ _EVENTS = (
 )
 
 
+def _ignored(observer: Any) -> frozenset[str]:
+    declared = getattr(observer, "ignored_events", None)
+    return declared if isinstance(declared, frozenset) else frozenset()
+
+
 def _handlers(observers: tuple[Any, ...], event: str) -> list[tuple[str, Any]]:
-    return [
-        (type(observer).__name__, getattr(observer, event))
-        for observer in observers
-        if event not in getattr(observer, "ignored_events", frozenset())
-    ]
+    return [(type(observer).__name__, getattr(observer, event)) for observer in observers if event not in _ignored(observer)]
 
 
 class FanOutStreamObserver:

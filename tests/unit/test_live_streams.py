@@ -168,3 +168,35 @@ def test_a_sessions_memory_stays_within_the_documented_formula_however_long_it_r
     assert grown <= formula, f"one session holds {grown} bytes; the documented bound is {formula}"
     # Twenty windows more frames, no more memory: nothing grows with the stream's length.
     assert after_long - after_window < 1024, (after_window, after_long)
+
+
+def test_the_fan_outs_skip_ignored_events_and_isolate_a_failing_pipeline_observer() -> None:
+    from application.observers import FanOutPipelineObserver, FanOutStreamObserver
+
+    calls: list[tuple[str, str]] = []
+
+    class Counting:
+        ignored_events = frozenset({"pipeline_finished"})
+
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def node_finished(self, pipeline_id: str, node_id: str, duration_ms: float, *, failed: bool) -> None:
+            calls.append((self.name, "node_finished"))
+            if self.name == "broken":
+                raise RuntimeError("observer bug")
+
+        def node_skipped(self, pipeline_id: str, node_id: str) -> None:
+            calls.append((self.name, "node_skipped"))
+
+        def pipeline_finished(self, pipeline_id: str, duration_ms: float, *, failed: bool) -> None:
+            calls.append((self.name, "pipeline_finished"))
+
+    fan_out = FanOutPipelineObserver(Counting("broken"), Counting("second"))
+    fan_out.node_finished("p", "n", 1.0, failed=False)
+    fan_out.pipeline_finished("p", 1.0, failed=False)
+    assert calls == [("broken", "node_finished"), ("second", "node_finished")]
+
+    streams = LiveStreams(timer=False)
+    stream_fan_out = FanOutStreamObserver(streams)
+    assert stream_fan_out._received == [] and [name for name, _ in stream_fan_out._processed] == ["LiveStreams"]
