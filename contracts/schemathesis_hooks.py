@@ -20,3 +20,17 @@ FAULT_PIPELINES = frozenset(filter(None, os.environ.get("FORGESYTE_CONTRACT_FAUL
 @schemathesis.hook
 def filter_case(context: Any, case: Any) -> bool:
     return (case.path_parameters or {}).get("pipeline_id") not in FAULT_PIPELINES
+
+
+# A stream the case keeps open while schemathesis runs (its session id), so that GET /v1/streams/{stream_id}
+# is asked for a stream that exists too, not only for ids that answer 404.
+OPEN_STREAM = os.environ.get("FORGESYTE_CONTRACT_OPEN_STREAM", "")
+
+
+@schemathesis.hook
+def map_path_parameters(context: Any, path_parameters: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Every other generated stream id becomes the open stream's (chosen by the generated id, so runs repeat)."""
+    if OPEN_STREAM and path_parameters and "stream_id" in path_parameters:
+        if len(str(path_parameters["stream_id"])) % 2 == 0:
+            return {**path_parameters, "stream_id": OPEN_STREAM}
+    return path_parameters

@@ -9,14 +9,18 @@ is schemathesis's report, with a curl line reproducing each failing case.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from contracts.frames import jpeg
 from contracts.targets import ROOT, Target
 
 SCHEMA_PATH = "/schema/openapi.json"
@@ -38,8 +42,59 @@ def test_the_target_publishes_an_openapi_document(target: Target) -> None:
     assert "/v1/pipelines/{pipeline_id}/frames" in document["paths"]
 
 
+class _OpenStream:
+    """A stream kept open (a frame every half second, well inside the idle timeout) while schemathesis runs.
+
+    GET /v1/streams/{stream_id} then has a real id to answer 200 for, whose
+    body schemathesis checks against the schema, besides the 404s.
+    """
+
+    def __init__(self, target: Target) -> None:
+        self._target = target
+        self._stop = threading.Event()
+        self._opened = threading.Event()
+        self.address = ""
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self) -> None:
+        client = await self._target.open("result")
+        try:
+            host, port = client.connection.local_address[:2]
+            self.address = f"{host}:{port}"
+            self._opened.set()
+            while not self._stop.is_set():
+                await client.send_raw(jpeg())
+                await client.recv()
+                await asyncio.sleep(0.5)
+        finally:
+            await client.close()
+
+    def __enter__(self) -> str:
+        """The open stream's session id, as GET /v1/streams lists it."""
+        self._thread.start()
+        assert self._opened.wait(15), "the stream did not open"
+        http_base = self._target.http_base
+        assert http_base is not None
+        for _ in range(100):
+            listed = httpx.get(f"{http_base}/v1/streams", headers=self._target.auth_headers(), timeout=10, trust_env=False).json()
+            mine = [stream["session_id"] for stream in listed if stream["remote_address"] == self.address]
+            if mine:
+                return str(mine[0])
+            time.sleep(0.05)
+        raise AssertionError(f"the open stream from {self.address} is not listed by GET /v1/streams")
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
 @pytest.mark.needs_http
 def test_schemathesis_finds_no_failure_with_every_check_on(target: Target, tmp_path: Path) -> None:
+    with _OpenStream(target) as stream_id:
+        _run_schemathesis(target, tmp_path, stream_id)
+
+
+def _run_schemathesis(target: Target, tmp_path: Path, stream_id: str) -> None:
     schemathesis = Path(sys.executable).parent / "schemathesis"
     command = [
         str(schemathesis),
@@ -62,6 +117,7 @@ def test_schemathesis_finds_no_failure_with_every_check_on(target: Target, tmp_p
         "PYTHONPATH": str(ROOT),
         "SCHEMATHESIS_HOOKS": "contracts.schemathesis_hooks",
         "FORGESYTE_CONTRACT_FAULT_PIPELINES": ",".join(target.pipeline(role) for role in FAULT_ROLES),
+        "FORGESYTE_CONTRACT_OPEN_STREAM": stream_id,
     }
     run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
     report = run.stdout + run.stderr
