@@ -221,3 +221,39 @@ def test_the_streams_endpoints_are_declared_in_the_openapi_document(traced_serve
     assert {"/v1/streams", "/v1/streams/{stream_id}"} <= set(document["paths"])
     assert "404" in document["paths"]["/v1/streams/{stream_id}"]["get"]["responses"]
 
+
+
+def test_the_websockets_transport_traces_its_frames_as_its_own_with_the_clients_parent(receiver: ThreadingHTTPServer) -> None:
+    running = start_server(
+        {
+            "FORGESYTE_STREAM_LOG_LEVEL": "warning",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_address[1]}",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        },
+        transport="websockets",
+    )
+    trace_id, span_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    try:
+
+        async def scenario() -> None:
+            headers = {"traceparent": f"00-{trace_id}-{span_id}-01"}
+            client = await StreamClient.connect(running.ws("probe"), headers=headers)
+            for _ in range(3):
+                await client.send_raw(FRAME)
+                assert kind_of(await client.recv()) == "result"
+            await client.close()
+
+        asyncio.run(scenario())
+        deadline = time.monotonic() + 10
+        frames: list[Any] = []
+        while len(frames) < 3 and time.monotonic() < deadline:
+            with _Receiver.lock:
+                frames = [s for s in _Receiver.spans if s.name == "frame" and s.trace_id.hex() == trace_id]
+            time.sleep(0.05)
+    finally:
+        running.stop()
+    assert len(frames) == 3, f"{len(frames)} of 3 frame spans exported"
+    for frame in frames:
+        attributes = _attributes(frame)
+        assert attributes["forgesyte.transport"] == "websockets" and attributes["forgesyte.pipeline_id"] == "probe"
+        assert frame.parent_span_id.hex() == span_id
