@@ -12,7 +12,8 @@ Configured by the standard variables, read as the OTLP exporter specification
 defines them: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as is) or
 OTEL_EXPORTER_OTLP_ENDPOINT (+ /v1/traces), *_HEADERS, *_TIMEOUT (ms),
 *_COMPRESSION (gzip or none), *_CERTIFICATE, and OTEL_BSP_SCHEDULE_DELAY,
-OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE.
+OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE (the queue and the
+batches count queued items: sampled frames, each of several spans).
 """
 
 from __future__ import annotations

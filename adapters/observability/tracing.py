@@ -7,7 +7,7 @@ its children are `receive` (waiting behind the frame in flight), one
 reads the image), and `reply` (from the result to the send). The spans
 are made when the frame's outcome is reported, with the start and end times
 the reports carry, so nothing is timed on the hot path that the stream does
-not already time; an unsampled frame costs one random draw.
+not already time; an unsampled frame costs a countdown.
 
 The client may send a W3C `traceparent` (and `tracestate`) header with the
 WebSocket handshake: every frame span of that stream is then a child of the
