@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from domain import (
     FrameValidationError,
     JpegInfo,
     PipelineDefinition,
+    PipelineNode,
     PipelineValidationError,
     check_frame_pixels,
     jpeg_reduction,
@@ -95,6 +96,12 @@ class FrameContext:
 
     def state(self) -> dict[str, Any]:
         return self._state
+
+    def widen(self, reduction: int) -> None:
+        """Decode at `reduction` from now on, when it is finer than the current one (a gated node needs more than its gate)."""
+        if reduction < self._reduction:
+            self.close()
+            self._reduction = reduction
 
     def close(self) -> None:
         """Drop the decoded image and give its bytes back to the budget."""
@@ -196,6 +203,8 @@ class _Plan:
     output_nodes: tuple[str, ...]
     plugins: tuple[Plugin, ...]
     input_side: int | None
+    # The side the nodes that always run need (no gate): a frame whose gated nodes all carry decodes only for them.
+    ungated_side: int | None
     inline: bool
     json_ready: bool  # every output node's tool promises JSON-ready outputs (Tool.returns_json)
     # The gated nodes by their gate (node, output): they decide together (application.gating).
@@ -224,6 +233,7 @@ class DagPipelineService:
         *,
         max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
         decode_budget: DecodeBudget | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_frame_pixels < 1:
             raise ValueError(f"max_frame_pixels must be at least 1, got {max_frame_pixels}")
@@ -234,6 +244,7 @@ class DagPipelineService:
         self._observer = observer
         self._max_frame_pixels = max_frame_pixels
         self._budget = decode_budget
+        self._clock = clock  # the gates' refresh_ms (application.gating)
         for pipeline_id in catalog.ids():
             self._check_tools(catalog.get(pipeline_id))
         # Each node's tool, resolved once: the catalogue and the plugins' tool sets are fixed at start-up.
@@ -272,7 +283,8 @@ class DagPipelineService:
             output_nodes=tuple(definition.output_nodes),
             # Each plugin once, for the availability check every run makes.
             plugins=tuple(self._plugins[plugin_id] for plugin_id in dict.fromkeys(step.plugin_id for step in steps)),
-            input_side=self._pipeline_input_side(definition),
+            input_side=self._pipeline_input_side(definition, definition.nodes),
+            ungated_side=self._pipeline_input_side(definition, [node for node in definition.nodes if node.gate is None]),
             inline=all(runs_inline(step.tool) for step in steps),
             json_ready=all(returns_json(tools[node_id]) for node_id in definition.output_nodes),
             gate_groups={key: tuple(members) for key, members in groups.items()},
@@ -283,10 +295,10 @@ class DagPipelineService:
         plan = self._plans.get(pipeline_id)
         return plan.input_side if plan is not None else None
 
-    def _pipeline_input_side(self, definition: PipelineDefinition) -> int | None:
-        """The largest side any decoding node needs: the decode must satisfy every node of the run."""
+    def _pipeline_input_side(self, definition: PipelineDefinition, nodes: Sequence[PipelineNode]) -> int | None:
+        """The largest side any of these decoding nodes needs: the decode must satisfy every node of the run."""
         needed = 0
-        for node in definition.nodes:
+        for node in nodes:
             tool = self._tools[definition.id][node.id]
             if runs_inline(tool) or not reads_image(tool):
                 continue  # never asks for the image
@@ -422,14 +434,18 @@ class DagPipelineService:
         if info.width * info.height > self._max_frame_pixels:
             check_frame_pixels(info, self._max_frame_pixels)  # raises, with the message
         # No decoding node (input side 0): no decode to reduce.
-        reduction = jpeg_reduction(info, plan.input_side) if plan.input_side != 0 else 1
+        gates = plan.gate_groups
+        gated_run = bool(gates) and stream_id is not None
+        # Until a gated node runs, the frame is decoded only as far as the nodes that always run need.
+        side = plan.ungated_side if gated_run else plan.input_side
+        reduction = jpeg_reduction(info, side) if side != 0 else 1
         frame = FrameContext(
             int(payload["frame_index"]), image_bytes, self._decoder, {}, info, reduction, self._budget, pipeline_id=pipeline_id
         )
         observer = self._observer
         outputs: dict[str, Mapping[str, Any]] = {}
-        gates = plan.gate_groups
-        keeper = GateKeeper(run.node, frame.frame_index, frame.frame_size) if gates and stream_id is not None else None
+        keeper = GateKeeper(run.node, frame.frame_index, frame.frame_size, self._clock) if gated_run else None
+        widened = not gated_run
         started = time.perf_counter()
         failed = True
         try:
@@ -447,6 +463,10 @@ class DagPipelineService:
                         if observer is not None:
                             observer.node_skipped(pipeline_id, node_id)
                         continue
+                    if not widened:
+                        widened = True
+                        if plan.input_side != 0:
+                            frame.widen(jpeg_reduction(info, plan.input_side))
                 inputs: dict[str, Any] = {**payload, **step.params}
                 for predecessor in step.predecessors:
                     inputs.update(outputs[predecessor])
