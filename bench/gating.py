@@ -1,6 +1,6 @@
 """What a change gate saves: gated pipelines against their ungated twins, side by side on one real server.
 
-Run: .venv/bin/python bench/gating.py [--repeats N]   (or `make bench-gating`)
+Run: .venv/bin/python bench/gating.py [--repeats N] [--stride K]   (or `make bench-gating`)
 
 Two clips, built here from the repository's test media:
 
@@ -22,16 +22,20 @@ answered, the server's CPU seconds per frame (utime + stime from
 on the whole clip and on its still part, the final line counts, and for the
 faces clip the share of moving-part results whose face box covers the face's
 true centre (carried or fresh). Ratios are gated / ungated within the run.
+`--stride K` serves copies of the shipped gated pipelines with their gates'
+stride set to K (the shipped files say 2), to show what the stride buys.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import re
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +85,9 @@ def node_runs(server: RunningServer, pipeline: str, node: str) -> int:
     return int(float(match.group(1)))
 
 
-async def file_mode(server: RunningServer, pipeline: str, clip: list[bytes], still_frames: set[int], detector: str) -> tuple[list[dict[str, Any]], int]:
+async def file_mode(
+    server: RunningServer, pipeline: str, clip: list[bytes], still_frames: set[int], detector: str
+) -> tuple[list[dict[str, Any]], int]:
     """Every frame answered, in order; the detector's runs on the still frames counted as they happen."""
     client = await StreamClient.connect(server.ws(pipeline), reply_timeout_s=60)
     answers: list[dict[str, Any]] = []
@@ -135,7 +141,9 @@ def measure(
 
 def report(title: str, ungated: Run, gated: Run, still: int) -> None:
     print(f"\n{title}")
-    print("| pipeline | fps answered | server CPU ms/frame | detector runs | on the still part | carried results | line counts | face boxed (moving part) |")
+    print(
+        "| pipeline | fps answered | server CPU ms/frame | detector runs | on the still part | carried results | line counts | face boxed (moving part) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for run in (ungated, gated):
         boxed = "-" if run.boxed is None else f"{run.boxed:.1%}"
@@ -158,6 +166,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1, help="runs of each pair, alternating which goes first")
     parser.add_argument("--skip-people", action="store_true", help="only the faces clip")
+    parser.add_argument("--stride", type=int, default=None, help="serve the gated pipelines with this gate stride")
     args = parser.parse_args()
     print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}")
 
@@ -166,7 +175,23 @@ def main() -> None:
     people_clip = pedestrian_scene_clip(PEOPLE_BEFORE, PEOPLE_MOVING, after=PEOPLE_AFTER)
     people_still = set(range(PEOPLE_BEFORE)) | set(range(PEOPLE_BEFORE + PEOPLE_MOVING, len(people_clip)))
 
-    server = start_server({"FORGESYTE_STREAM_PIPELINES_DIR": str(ROOT / "adapters" / "pipelines"), "FORGESYTE_STREAM_PLUGINS": ""})
+    pipelines = tempfile.TemporaryDirectory(prefix="gating-bench-")
+    for path in (ROOT / "adapters" / "pipelines").glob("*.json"):
+        document = json.loads(path.read_text())
+        for node in document["nodes"]:
+            if args.stride is not None and "gate" in node:
+                node["gate"]["stride"] = args.stride
+        (Path(pipelines.name) / path.name).write_text(json.dumps(document))
+    strides = sorted(
+        {
+            node["gate"].get("stride", 1)
+            for path in Path(pipelines.name).glob("*_gated.json")
+            for node in json.loads(path.read_text())["nodes"]
+            if "gate" in node
+        }
+    )
+    print(f"gate stride of the gated pipelines: {strides}")
+    server = start_server({"FORGESYTE_STREAM_PIPELINES_DIR": pipelines.name, "FORGESYTE_STREAM_PLUGINS": ""})
     try:
         for repeat in range(args.repeats):
             pair = [("faces_tracked", "faces"), ("faces_gated", "faces")]
@@ -194,6 +219,7 @@ def main() -> None:
             )
     finally:
         server.stop()
+        pipelines.cleanup()
 
 
 if __name__ == "__main__":

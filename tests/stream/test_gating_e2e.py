@@ -69,7 +69,7 @@ def test_every_node_of_every_pipeline_has_its_run_series_at_zero_before_any_fram
     runs = node_runs(shipped_server)
     for pipeline in ("faces_gated", "people_counting_gated", "faces", "motion"):
         assert pipeline in SHIPPED
-    for (pipeline, node) in [("faces_gated", n) for n in ("change", "faces", "track", "lines")] + [("qr", "qr")]:
+    for pipeline, node in [("faces_gated", n) for n in ("change", "faces", "track", "lines")] + [("qr", "qr")]:
         assert runs[(pipeline, node, "ran")] == 0.0
         assert runs[(pipeline, node, "skipped")] == 0.0
     assert {pipeline for pipeline, _, _ in runs} == set(SHIPPED)
@@ -140,10 +140,7 @@ def test_people_counting_gated_counts_the_walkers_people_counting_counts(shipped
 
 
 def test_frames_that_change_size_mid_stream_run_the_detector_and_carry_only_their_own_size(shipped_server: RunningServer) -> None:
-    small = [
-        cv2.imencode(".jpg", cv2.resize(cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_COLOR), (320, 240)))[1].tobytes()
-        for f in FACES[:6]
-    ]
+    small = [cv2.imencode(".jpg", cv2.resize(cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_COLOR), (320, 240)))[1].tobytes() for f in FACES[:6]]
     sequence = [FACES[0], FACES[1], small[2], small[3], FACES[4], FACES[5]]
     answers = asyncio.run(lockstep(shipped_server, "faces_gated", sequence))
     results = [a["result"] for a in answers]

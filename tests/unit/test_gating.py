@@ -273,9 +273,7 @@ def test_a_gate_whose_tool_declares_no_outputs_is_refused() -> None:
         ["gate"],
     )
     with pytest.raises(PipelineValidationError, match="declares no outputs, so it cannot gate"):
-        DagPipelineService(
-            DictCatalog(definition), {"p": Plugin({"plain": Detector(), "detect": Detector()})}, CountingDecoder(), StreamStateStore()
-        )
+        DagPipelineService(DictCatalog(definition), {"p": Plugin({"plain": Detector(), "detect": Detector()})}, CountingDecoder(), StreamStateStore())
 
 
 # Decoding -------------------------------------------------------------------------------------
@@ -302,9 +300,7 @@ class Looker(Detector):
 
 def test_a_carried_frame_is_decoded_only_as_far_as_its_gate_needs_and_a_run_decodes_in_full() -> None:
     decoder = CountingDecoder()
-    service = DagPipelineService(
-        DictCatalog(gated()), {"p": Plugin({"gate": SmallGate(), "detect": Looker()})}, decoder, StreamStateStore()
-    )
+    service = DagPipelineService(DictCatalog(gated()), {"p": Plugin({"gate": SmallGate(), "detect": Looker()})}, decoder, StreamStateStore())
     service.open_stream("s")
     frame = jpeg_header(640, 480)
     service.run_pipeline("g", {"frame_index": 0, "image_bytes": frame}, stream_id="s")
