@@ -9,6 +9,7 @@ from typing import Any
 
 from application.errors import DecodeBudgetExhausted, PipelineExecutionError, PipelineUnavailableError, UnknownPipelineError
 from application.gating import GatedNode, GateKeeper
+from application.run_context import FrameContext, NodeContext, RunStates
 from application.stream_state import StreamStateStore
 from application.json_safe import JsonSafetyError, to_json_safe
 from application.ports import (
@@ -38,148 +39,8 @@ from domain import (
     read_jpeg_info,
 )
 
-_UNDECODED = object()
 # The longest header prefix remembered per stream (see DagPipelineService._header_of); a camera's is 0.6-3 KB.
 _MAX_REMEMBERED_HEADER_BYTES = 8192
-
-
-class FrameContext:
-    """Per-run view of the frame that tools share; the image is decoded lazily, once, at the pipeline's reduction."""
-
-    __slots__ = (
-        "_budget", "_charged", "_decoder", "_image", "_info", "_reduction", "_state", "frame_index", "image_bytes", "pipeline_id"
-    )
-
-    def __init__(
-        self,
-        frame_index: int,
-        image_bytes: bytes,
-        decoder: ImageDecoder,
-        state: dict[str, Any],
-        info: JpegInfo,
-        reduction: int = 1,
-        budget: DecodeBudget | None = None,
-        *,
-        pipeline_id: str = "",
-    ) -> None:
-        self.frame_index = frame_index
-        self.image_bytes = image_bytes
-        self.pipeline_id = pipeline_id
-        self._decoder = decoder
-        self._image: Any = _UNDECODED
-        self._state = state
-        self._info = info
-        self._reduction = reduction
-        self._budget = budget
-        self._charged = 0
-
-    @property
-    def frame_size(self) -> tuple[int, int]:
-        return self._info.width, self._info.height
-
-    @property
-    def jpeg_info(self) -> JpegInfo:
-        return self._info
-
-    @property
-    def image_reduction(self) -> int:
-        return self._reduction
-
-    def image(self) -> Any:
-        if self._image is _UNDECODED:
-            if self._budget is not None and not self._charged:
-                needed = self._decoder.memory_needed(self._info, self._reduction)
-                self._budget.acquire(needed)
-                self._charged = needed
-            self._image = self._decoder.decode(self.image_bytes, self._reduction)
-        return self._image
-
-    def state(self) -> dict[str, Any]:
-        return self._state
-
-    def widen(self, reduction: int) -> None:
-        """Decode at `reduction` from now on, when it is finer than the current one (a gated node needs more than its gate)."""
-        if reduction < self._reduction:
-            self.close()
-            self._reduction = reduction
-
-    def close(self) -> None:
-        """Drop the decoded image and give its bytes back to the budget."""
-        self._image = _UNDECODED
-        if self._budget is not None and self._charged:
-            charged, self._charged = self._charged, 0
-            self._budget.release(charged)
-
-
-class _RunStates:
-    """One run's access to its stream's tool state, leased from the store only once a tool asks for it.
-
-    Most tools keep no state: their runs then take no lock and touch no
-    shared dictionary. The lease, once taken, lasts until the run ends.
-    """
-
-    __slots__ = ("_owned", "_states", "_store", "_stream_id")
-
-    def __init__(self, store: StreamStateStore, stream_id: str | None) -> None:
-        self._store = store
-        self._stream_id = stream_id
-        self._states: dict[str, dict[str, Any]] | None = None
-        self._owned = False
-
-    def node(self, node_id: str) -> dict[str, Any]:
-        states = self._states
-        if states is None:
-            states, self._owned = self._store.acquire(self._stream_id)
-            self._states = states
-        node_state = states.get(node_id)
-        if node_state is None:
-            node_state = states[node_id] = {}
-        return node_state
-
-    def end(self) -> None:
-        if self._states is not None:
-            self._store.give_back(self._stream_id, self._states, self._owned)
-
-
-class _NodeContext:
-    """A FrameContext narrowed to one node's slice of the stream state."""
-
-    __slots__ = ("_frame", "_run", "node_id")
-
-    def __init__(self, frame: FrameContext, run: _RunStates, node_id: str = "") -> None:
-        self._frame = frame
-        self._run = run
-        self.node_id = node_id
-
-    @property
-    def frame_index(self) -> int:
-        return self._frame.frame_index
-
-    @property
-    def pipeline_id(self) -> str:
-        return self._frame.pipeline_id
-
-    @property
-    def image_bytes(self) -> bytes:
-        return self._frame.image_bytes
-
-    @property
-    def frame_size(self) -> tuple[int, int]:
-        return self._frame.frame_size
-
-    @property
-    def image_reduction(self) -> int:
-        return self._frame.image_reduction
-
-    @property
-    def jpeg_info(self) -> JpegInfo:
-        return self._frame._info
-
-    def image(self) -> Any:
-        return self._frame.image()
-
-    def state(self) -> dict[str, Any]:
-        return self._run.node(self.node_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,14 +281,14 @@ class DagPipelineService:
                 if not status.available:
                     raise PipelineUnavailableError(pipeline_id, status.reason or "unavailable")
                 break
-        run = _RunStates(self._state_store, stream_id)
+        run = RunStates(self._state_store, stream_id)
         try:
             return self._run_nodes(pipeline_id, plan, payload, run, stream_id)
         finally:
             run.end()
 
     def _run_nodes(
-        self, pipeline_id: str, plan: _Plan, payload: Mapping[str, Any], run: _RunStates, stream_id: str | None
+        self, pipeline_id: str, plan: _Plan, payload: Mapping[str, Any], run: RunStates, stream_id: str | None
     ) -> dict[str, Any]:
         image_bytes = payload["image_bytes"]
         info = self._header_of(image_bytes, stream_id)
@@ -455,9 +316,9 @@ class DagPipelineService:
                 if gated is not None and keeper is not None:
                     gate = gated.gate
                     group = gates[(gate.node, gate.output)]
-                    if not keeper.runs(gated, group, outputs[gate.node], lambda other: _NodeContext(frame, run, other)):
+                    if not keeper.runs(gated, group, outputs[gate.node], lambda other: NodeContext(frame, run, other)):
                         try:
-                            outputs[node_id] = keeper.carried(gated, _NodeContext(frame, run, node_id))
+                            outputs[node_id] = keeper.carried(gated, NodeContext(frame, run, node_id))
                         except Exception as exc:
                             raise PipelineExecutionError(pipeline_id, node_id, step.plugin_id, step.tool_id, exc) from exc
                         if observer is not None:
@@ -473,7 +334,7 @@ class DagPipelineService:
                 node_started = time.perf_counter()
                 node_failed = True
                 try:
-                    produced = step.tool(inputs, _NodeContext(frame, run, node_id))
+                    produced = step.tool(inputs, NodeContext(frame, run, node_id))
                     if type(produced) is not dict and not isinstance(produced, Mapping):
                         raise TypeError(f"tool returned {type(produced).__name__}, expected a mapping")
                     node_failed = False

@@ -11,7 +11,9 @@ from prometheus_client import CollectorRegistry
 
 from adapters.media.codec import OpenCvJpegDecoder
 from adapters.observability.metrics import PrometheusAnalytics
-from adapters.plugins.tracking import GapAwareTracker, TrackerSettings, TrackingPlugin
+from adapters.plugins.gap_tracker import GapAwareTracker
+from adapters.plugins.tracking import TrackingPlugin
+from adapters.plugins.tracking_params import TrackerSettings
 from application.pipeline import DagPipelineService
 from application.stream_state import StreamStateStore
 from domain import PipelineDefinition, PipelineEdge, PipelineNode, PipelineValidationError
