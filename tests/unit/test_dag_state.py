@@ -3,7 +3,6 @@ JPEG header. Shared fakes are in tests/unit/dag_support.py."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -136,6 +135,7 @@ def test_release_closes_state_values_and_forgets_the_stream() -> None:
 
 def test_a_release_during_a_run_waits_for_the_run_to_return() -> None:
     """The client left while its frame ran: the state is closed after the tool is done with it, not under it."""
+    import threading
 
     store = StreamStateStore()
     pipelines = counter_service(store)
