@@ -9,7 +9,7 @@ CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 PIP := $(BIN)/pip --disable-pip-version-check --quiet
 
-.PHONY: setup serve test lint contracts contracts-ray models bench bench-ray docs-html lock
+.PHONY: setup serve test lint contracts contracts-ray models bench bench-ray bench-gating docs-html lock
 
 $(STAMP): requirements.lock pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,10 @@ models: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/stream_bench.py
 	$(BIN)/python bench/client_bench.py
+
+# Gated pipelines against their ungated twins on one real server (docs/gating.md, docs/performance.md).
+bench-gating: $(STAMP)
+	$(BIN)/python bench/gating.py
 
 # The Ray executor against threads, and a two-node Ray cluster on this machine (docs/performance.md).
 # The two-node part runs in network namespaces it creates: root, and `ip` from iproute2.

@@ -5,7 +5,8 @@ still most of the time, so a pipeline may put a cheap change measure in
 front of it (Frigate's design: detection only where motion is). The rules:
 
 - A gate is a node and one of its outputs; a gated node runs on a frame when
-  that output is true.
+  that output is true and at least `stride` frames have passed since its last
+  run (1 by default: every frame the gate is open).
 - Otherwise the node's output is carried: its last output, as the node's tool
   carries it (`Tool.carry`: a tracker moves its boxes by its motion model),
   marked `carried: true` with `carried_frames`, the frames since it last ran.
@@ -80,10 +81,17 @@ class GateKeeper:
         key = (node.gate.node, node.gate.output)
         decided = self._decisions.get(key)
         if decided is None:
-            decided = self._decisions[key] = bool(gate_output.get(node.gate.output)) or any(
+            decided = self._decisions[key] = (bool(gate_output.get(node.gate.output)) and self._stride_passed(node)) or any(
                 self._forced(member, context) for member in group
             )
         return decided
+
+    def _stride_passed(self, node: GatedNode) -> bool:
+        stride = node.gate.stride
+        if stride == 1:
+            return True
+        carry = self._states(node.node_id).get(_CARRY_KEY)
+        return not isinstance(carry, _Carry) or self._frame_index - carry.frame_index >= stride
 
     def ran(self, node: GatedNode, output: Mapping[str, Any]) -> dict[str, Any]:
         """Remember the output of a run; the output as the result shows it (marked fresh)."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from application.errors import DecodeBudgetExhausted, PipelineExecutionError, PipelineUnavailableError, UnknownPipelineError
 from application.gating import GatedNode, GateKeeper
+from application.run_context import FrameContext, NodeContext, RunStates
 from application.stream_state import StreamStateStore
 from application.json_safe import JsonSafetyError, to_json_safe
 from application.ports import (
@@ -31,148 +32,15 @@ from domain import (
     FrameValidationError,
     JpegInfo,
     PipelineDefinition,
+    PipelineNode,
     PipelineValidationError,
     check_frame_pixels,
     jpeg_reduction,
     read_jpeg_info,
 )
 
-_UNDECODED = object()
 # The longest header prefix remembered per stream (see DagPipelineService._header_of); a camera's is 0.6-3 KB.
 _MAX_REMEMBERED_HEADER_BYTES = 8192
-
-
-class FrameContext:
-    """Per-run view of the frame that tools share; the image is decoded lazily, once, at the pipeline's reduction."""
-
-    __slots__ = (
-        "_budget", "_charged", "_decoder", "_image", "_info", "_reduction", "_state", "frame_index", "image_bytes", "pipeline_id"
-    )
-
-    def __init__(
-        self,
-        frame_index: int,
-        image_bytes: bytes,
-        decoder: ImageDecoder,
-        state: dict[str, Any],
-        info: JpegInfo,
-        reduction: int = 1,
-        budget: DecodeBudget | None = None,
-        *,
-        pipeline_id: str = "",
-    ) -> None:
-        self.frame_index = frame_index
-        self.image_bytes = image_bytes
-        self.pipeline_id = pipeline_id
-        self._decoder = decoder
-        self._image: Any = _UNDECODED
-        self._state = state
-        self._info = info
-        self._reduction = reduction
-        self._budget = budget
-        self._charged = 0
-
-    @property
-    def frame_size(self) -> tuple[int, int]:
-        return self._info.width, self._info.height
-
-    @property
-    def jpeg_info(self) -> JpegInfo:
-        return self._info
-
-    @property
-    def image_reduction(self) -> int:
-        return self._reduction
-
-    def image(self) -> Any:
-        if self._image is _UNDECODED:
-            if self._budget is not None and not self._charged:
-                needed = self._decoder.memory_needed(self._info, self._reduction)
-                self._budget.acquire(needed)
-                self._charged = needed
-            self._image = self._decoder.decode(self.image_bytes, self._reduction)
-        return self._image
-
-    def state(self) -> dict[str, Any]:
-        return self._state
-
-    def close(self) -> None:
-        """Drop the decoded image and give its bytes back to the budget."""
-        self._image = _UNDECODED
-        if self._budget is not None and self._charged:
-            charged, self._charged = self._charged, 0
-            self._budget.release(charged)
-
-
-class _RunStates:
-    """One run's access to its stream's tool state, leased from the store only once a tool asks for it.
-
-    Most tools keep no state: their runs then take no lock and touch no
-    shared dictionary. The lease, once taken, lasts until the run ends.
-    """
-
-    __slots__ = ("_owned", "_states", "_store", "_stream_id")
-
-    def __init__(self, store: StreamStateStore, stream_id: str | None) -> None:
-        self._store = store
-        self._stream_id = stream_id
-        self._states: dict[str, dict[str, Any]] | None = None
-        self._owned = False
-
-    def node(self, node_id: str) -> dict[str, Any]:
-        states = self._states
-        if states is None:
-            states, self._owned = self._store.acquire(self._stream_id)
-            self._states = states
-        node_state = states.get(node_id)
-        if node_state is None:
-            node_state = states[node_id] = {}
-        return node_state
-
-    def end(self) -> None:
-        if self._states is not None:
-            self._store.give_back(self._stream_id, self._states, self._owned)
-
-
-class _NodeContext:
-    """A FrameContext narrowed to one node's slice of the stream state."""
-
-    __slots__ = ("_frame", "_run", "node_id")
-
-    def __init__(self, frame: FrameContext, run: _RunStates, node_id: str = "") -> None:
-        self._frame = frame
-        self._run = run
-        self.node_id = node_id
-
-    @property
-    def frame_index(self) -> int:
-        return self._frame.frame_index
-
-    @property
-    def pipeline_id(self) -> str:
-        return self._frame.pipeline_id
-
-    @property
-    def image_bytes(self) -> bytes:
-        return self._frame.image_bytes
-
-    @property
-    def frame_size(self) -> tuple[int, int]:
-        return self._frame.frame_size
-
-    @property
-    def image_reduction(self) -> int:
-        return self._frame.image_reduction
-
-    @property
-    def jpeg_info(self) -> JpegInfo:
-        return self._frame._info
-
-    def image(self) -> Any:
-        return self._frame.image()
-
-    def state(self) -> dict[str, Any]:
-        return self._run.node(self.node_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +64,8 @@ class _Plan:
     output_nodes: tuple[str, ...]
     plugins: tuple[Plugin, ...]
     input_side: int | None
+    # The side the nodes that always run need (no gate): a frame whose gated nodes all carry decodes only for them.
+    ungated_side: int | None
     inline: bool
     json_ready: bool  # every output node's tool promises JSON-ready outputs (Tool.returns_json)
     # The gated nodes by their gate (node, output): they decide together (application.gating).
@@ -224,6 +94,7 @@ class DagPipelineService:
         *,
         max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
         decode_budget: DecodeBudget | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_frame_pixels < 1:
             raise ValueError(f"max_frame_pixels must be at least 1, got {max_frame_pixels}")
@@ -234,6 +105,7 @@ class DagPipelineService:
         self._observer = observer
         self._max_frame_pixels = max_frame_pixels
         self._budget = decode_budget
+        self._clock = clock  # the gates' refresh_ms (application.gating)
         for pipeline_id in catalog.ids():
             self._check_tools(catalog.get(pipeline_id))
         # Each node's tool, resolved once: the catalogue and the plugins' tool sets are fixed at start-up.
@@ -272,7 +144,8 @@ class DagPipelineService:
             output_nodes=tuple(definition.output_nodes),
             # Each plugin once, for the availability check every run makes.
             plugins=tuple(self._plugins[plugin_id] for plugin_id in dict.fromkeys(step.plugin_id for step in steps)),
-            input_side=self._pipeline_input_side(definition),
+            input_side=self._pipeline_input_side(definition, definition.nodes),
+            ungated_side=self._pipeline_input_side(definition, [node for node in definition.nodes if node.gate is None]),
             inline=all(runs_inline(step.tool) for step in steps),
             json_ready=all(returns_json(tools[node_id]) for node_id in definition.output_nodes),
             gate_groups={key: tuple(members) for key, members in groups.items()},
@@ -283,10 +156,10 @@ class DagPipelineService:
         plan = self._plans.get(pipeline_id)
         return plan.input_side if plan is not None else None
 
-    def _pipeline_input_side(self, definition: PipelineDefinition) -> int | None:
-        """The largest side any decoding node needs: the decode must satisfy every node of the run."""
+    def _pipeline_input_side(self, definition: PipelineDefinition, nodes: Sequence[PipelineNode]) -> int | None:
+        """The largest side any of these decoding nodes needs: the decode must satisfy every node of the run."""
         needed = 0
-        for node in definition.nodes:
+        for node in nodes:
             tool = self._tools[definition.id][node.id]
             if runs_inline(tool) or not reads_image(tool):
                 continue  # never asks for the image
@@ -408,28 +281,32 @@ class DagPipelineService:
                 if not status.available:
                     raise PipelineUnavailableError(pipeline_id, status.reason or "unavailable")
                 break
-        run = _RunStates(self._state_store, stream_id)
+        run = RunStates(self._state_store, stream_id)
         try:
             return self._run_nodes(pipeline_id, plan, payload, run, stream_id)
         finally:
             run.end()
 
     def _run_nodes(
-        self, pipeline_id: str, plan: _Plan, payload: Mapping[str, Any], run: _RunStates, stream_id: str | None
+        self, pipeline_id: str, plan: _Plan, payload: Mapping[str, Any], run: RunStates, stream_id: str | None
     ) -> dict[str, Any]:
         image_bytes = payload["image_bytes"]
         info = self._header_of(image_bytes, stream_id)
         if info.width * info.height > self._max_frame_pixels:
             check_frame_pixels(info, self._max_frame_pixels)  # raises, with the message
         # No decoding node (input side 0): no decode to reduce.
-        reduction = jpeg_reduction(info, plan.input_side) if plan.input_side != 0 else 1
+        gates = plan.gate_groups
+        gated_run = bool(gates) and stream_id is not None
+        # Until a gated node runs, the frame is decoded only as far as the nodes that always run need.
+        side = plan.ungated_side if gated_run else plan.input_side
+        reduction = jpeg_reduction(info, side) if side != 0 else 1
         frame = FrameContext(
             int(payload["frame_index"]), image_bytes, self._decoder, {}, info, reduction, self._budget, pipeline_id=pipeline_id
         )
         observer = self._observer
         outputs: dict[str, Mapping[str, Any]] = {}
-        gates = plan.gate_groups
-        keeper = GateKeeper(run.node, frame.frame_index, frame.frame_size) if gates and stream_id is not None else None
+        keeper = GateKeeper(run.node, frame.frame_index, frame.frame_size, self._clock) if gated_run else None
+        widened = not gated_run
         started = time.perf_counter()
         failed = True
         try:
@@ -439,21 +316,25 @@ class DagPipelineService:
                 if gated is not None and keeper is not None:
                     gate = gated.gate
                     group = gates[(gate.node, gate.output)]
-                    if not keeper.runs(gated, group, outputs[gate.node], lambda other: _NodeContext(frame, run, other)):
+                    if not keeper.runs(gated, group, outputs[gate.node], lambda other: NodeContext(frame, run, other)):
                         try:
-                            outputs[node_id] = keeper.carried(gated, _NodeContext(frame, run, node_id))
+                            outputs[node_id] = keeper.carried(gated, NodeContext(frame, run, node_id))
                         except Exception as exc:
                             raise PipelineExecutionError(pipeline_id, node_id, step.plugin_id, step.tool_id, exc) from exc
                         if observer is not None:
                             observer.node_skipped(pipeline_id, node_id)
                         continue
+                    if not widened:
+                        widened = True
+                        if plan.input_side != 0:
+                            frame.widen(jpeg_reduction(info, plan.input_side))
                 inputs: dict[str, Any] = {**payload, **step.params}
                 for predecessor in step.predecessors:
                     inputs.update(outputs[predecessor])
                 node_started = time.perf_counter()
                 node_failed = True
                 try:
-                    produced = step.tool(inputs, _NodeContext(frame, run, node_id))
+                    produced = step.tool(inputs, NodeContext(frame, run, node_id))
                     if type(produced) is not dict and not isinstance(produced, Mapping):
                         raise TypeError(f"tool returned {type(produced).__name__}, expected a mapping")
                     node_failed = False

@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-for entry in (ROOT, ROOT / "bench"):
-    if str(entry) not in sys.path:
-        sys.path.insert(0, str(entry))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 from contracts.targets import SELF_STARTED, free_port, wait_until_healthy  # noqa: E402
-from stream_bench import FAULT_PLUGIN, BenchError, Child, make_frame, ping_pong, start_baseline, write_pipelines  # noqa: E402
+from bench.stream_client import make_frame, ping_pong  # noqa: E402
+from bench.stream_servers import FAULT_PLUGIN, BenchError, Child, start_baseline, write_pipelines  # noqa: E402
 
 
 class _Sink(BaseHTTPRequestHandler):

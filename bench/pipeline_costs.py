@@ -34,7 +34,7 @@ from adapters.plugins.ocr import OcrPlugin  # noqa: E402
 from adapters.plugins.opencv_vision import OpenCvVisionPlugin  # noqa: E402
 from adapters.plugins.probe import ProbePlugin  # noqa: E402
 from adapters.plugins.yolo import YoloPlugin  # noqa: E402
-from application.pipeline import FrameContext  # noqa: E402
+from application.run_context import FrameContext  # noqa: E402
 from domain import DEFAULT_MAX_FRAME_PIXELS, read_jpeg_info  # noqa: E402
 
 WIDTH, HEIGHT = 640, 480

@@ -39,7 +39,6 @@ import asyncio
 import json
 import os
 import secrets
-import shutil
 import signal
 import statistics
 import subprocess
@@ -52,6 +51,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+from ray_nodes import HEAD_IP, NODE_IP, Namespaces, Node, check_namespaces_possible, has_taskset, wait_nodes  # noqa: E402 -- after the sys.path lines
 
 PIPELINE = "faces"
 
@@ -149,9 +150,7 @@ async def _throughput(run: Runner, frame: bytes, streams: int, seconds: float) -
 def _local(args: argparse.Namespace) -> dict[str, Any]:
     frame = _face_frame()
     threads = _threads(workers=4)
-    ray = _ray(
-        {"FORGESYTE_STREAM_RAY_ACTORS": "2", "FORGESYTE_STREAM_RAY_ACTOR_CPUS": "1", "FORGESYTE_STREAM_INFERENCE_WORKERS": "2"}
-    )
+    ray = _ray({"FORGESYTE_STREAM_RAY_ACTORS": "2", "FORGESYTE_STREAM_RAY_ACTOR_CPUS": "1", "FORGESYTE_STREAM_INFERENCE_WORKERS": "2"})
     runs: dict[str, dict[str, list[float]]] = {kind: {"latency": [], "plumbing": [], "fps": []} for kind in ("threads", "ray")}
 
     async def measure() -> None:
@@ -191,120 +190,7 @@ def _local(args: argparse.Namespace) -> dict[str, Any]:
     return {"threads": summary["threads"], "ray": summary["ray"], "overhead_ms": overhead, "ratio": ratio, "runs": runs}
 
 
-# The simulated two-node cluster ------------------------------------------------------------
-
-
-def _ray_cli() -> str:
-    return str(Path(sys.executable).with_name("ray"))
-
-
-# The two-node cluster's network: a /24 that exists only inside the benchmark's namespaces.
-HEAD_IP = "10.203.0.1"
-NODE_IP = "10.203.0.2"
-
-
-class _Namespaces:
-    """Two network namespaces joined by a veth pair, removed with whatever still runs in them."""
-
-    def __init__(self) -> None:
-        self.head, self.node = f"fsr-head-{os.getpid()}", f"fsr-node-{os.getpid()}"
-        self._created: list[str] = []
-
-    def create(self) -> None:
-        tag = str(os.getpid())
-        for name in (self.head, self.node):
-            _ip("netns", "add", name)
-            self._created.append(name)
-            _ip("-n", name, "link", "set", "lo", "up")
-        # Interface names are at most 15 characters; each end lives in one namespace only.
-        head_end, node_end = f"fsrh{tag}"[:15], f"fsrn{tag}"[:15]
-        _ip("link", "add", head_end, "netns", self.head, "type", "veth", "peer", "name", node_end, "netns", self.node)
-        for name, end, address in ((self.head, head_end, HEAD_IP), (self.node, node_end, NODE_IP)):
-            _ip("-n", name, "addr", "add", f"{address}/24", "dev", end)
-            _ip("-n", name, "link", "set", end, "up")
-
-    def run_in(self, name: str) -> list[str]:
-        return ["ip", "netns", "exec", name]
-
-    def remove(self) -> None:
-        for name in reversed(self._created):
-            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True)  # the veth pair goes with it
-        self._created.clear()
-
-
-def _ip(*arguments: str) -> None:
-    completed = subprocess.run(["ip", *arguments], capture_output=True, text=True)
-    if completed.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(arguments)}: {completed.stderr.strip()}")
-
-
-def _check_namespaces_possible() -> None:
-    if os.geteuid() != 0:
-        raise SystemExit("bench/ray_bench.py: the two-node cluster creates network namespaces: run it as root (or --only local)")
-    if shutil.which("ip") is None:
-        raise SystemExit("bench/ray_bench.py: `ip` not found: install iproute2 (apt-get install -y iproute2), or --only local")
-
-
-class _Node:
-    """One `ray start --block` in its own process group, in a namespace, pinned to a core: stopped by its group id."""
-
-    def __init__(self, arguments: list[str], core: int, env: dict[str, str], log: Path, prefix: list[str]) -> None:
-        pin = ["taskset", "-c", str(core)] if _has_taskset() else []
-        self.log = log
-        self.process = subprocess.Popen(
-            [*prefix, *pin, _ray_cli(), "start", "--block", "--disable-usage-stats", "--num-cpus", "1", *arguments],
-            env=env,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def stop(self) -> None:
-        for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline and _group_alive(self.process.pid):
-                self.process.poll()
-                time.sleep(0.2)
-            if not _group_alive(self.process.pid):
-                return
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    # Zombies still count for killpg; a group of zombies only is gone.
-    states = subprocess.run(["ps", "-o", "stat=", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
-    return any(not state.startswith("Z") for state in states)
-
-
-def _has_taskset() -> bool:
-    return subprocess.run(["which", "taskset"], capture_output=True).returncode == 0
-
-
-def _wait_nodes(env: dict[str, str], address: str, count: int, timeout_s: float, prefix: list[str]) -> None:
-    """Until exactly `count` nodes are alive (a stopped node unregisters before the next phase places actors)."""
-    code = (
-        "import ray, sys, time\n"
-        f"ray.init(address={address!r}, log_to_driver=False, logging_level='error')\n"
-        "alive = lambda: sum(n['Alive'] for n in ray.nodes())\n"
-        f"deadline = time.time() + {timeout_s}\n"
-        f"while alive() != {count} and time.time() < deadline: time.sleep(0.2)\n"
-        f"sys.exit(0 if alive() == {count} else 1)\n"
-    )
-    if subprocess.run([*prefix, sys.executable, "-c", code], env=env, capture_output=True).returncode != 0:
-        raise RuntimeError(f"the cluster at {address} did not reach {count} live node(s) within {timeout_s:g} s")
+# The simulated two-node cluster (its namespaces and `ray start` nodes: bench/ray_nodes.py) ----------------------------
 
 
 def _front_ends(count: int, address: str, env: dict[str, str], seconds: float, prefix: list[str]) -> list[dict[str, Any]]:
@@ -377,7 +263,7 @@ def _front_end(address: str, seconds: float) -> int:
 
 
 def _cluster(args: argparse.Namespace) -> dict[str, Any]:
-    _check_namespaces_possible()
+    check_namespaces_possible()
     port = 6379  # the namespace's own: no other process listens there
     address = f"{HEAD_IP}:{port}"
     env = {
@@ -390,8 +276,8 @@ def _cluster(args: argparse.Namespace) -> dict[str, Any]:
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"ray-bench-{os.getpid()}"
     logs.mkdir(exist_ok=True)
-    head: _Node | None = None
-    worker: _Node | None = None
+    head: Node | None = None
+    worker: Node | None = None
     rounds: list[dict[str, Any]] = []
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
@@ -400,26 +286,26 @@ def _cluster(args: argparse.Namespace) -> dict[str, Any]:
 
     for sig in previous:
         signal.signal(sig, interrupted)
-    namespaces = _Namespaces()
+    namespaces = Namespaces()
     try:
         namespaces.create()  # removed in the finally below even if it fails half-way
         in_head, in_node = namespaces.run_in(namespaces.head), namespaces.run_in(namespaces.node)
-        head = _Node(
+        head = Node(
             ["--head", "--port", str(port), "--node-ip-address", HEAD_IP, "--include-dashboard=false", "--temp-dir", str(logs / "ray")],
             0,
             env,
             logs / "head.log",
             in_head,
         )
-        _wait_nodes(env, address, 1, 60, in_head)
+        wait_nodes(env, address, 1, 60, in_head)
         for round_number in range(args.rounds):
             one = _front_ends(1, address, env, args.seconds, in_head)
-            worker = _Node(["--address", address, "--node-ip-address", NODE_IP], 1, env, logs / f"node-{round_number}.log", in_node)
-            _wait_nodes(env, address, 2, 60, in_head)
+            worker = Node(["--address", address, "--node-ip-address", NODE_IP], 1, env, logs / f"node-{round_number}.log", in_node)
+            wait_nodes(env, address, 2, 60, in_head)
             two = _front_ends(2, address, env, args.seconds, in_head)
             worker.stop()
             worker = None
-            _wait_nodes(env, address, 1, 60, in_head)
+            wait_nodes(env, address, 1, 60, in_head)
             total = sum(report["fps"] for report in two)
             used = sorted({report["node_id"][:12] for report in two})
             each = " + ".join(f"{report['fps']:.1f}" for report in two)
@@ -459,7 +345,7 @@ def _cluster(args: argparse.Namespace) -> dict[str, Any]:
         f"[2] cluster: one front end + one node {one_fps:.1f} frames/s; two front ends + two nodes {two_fps:.1f} frames/s; "
         f"ratio of medians {two_fps / one_fps:.2f} (goal >= 1.6); frames per actor CPU-second, two ÷ one, median "
         f"{efficiency:.2f}; actors ran on {min(r['nodes_used'] for r in rounds)} node(s) in every round; "
-        f"cores pinned: {_has_taskset()}; nodes {HEAD_IP} and {NODE_IP} in network namespaces over a veth pair",
+        f"cores pinned: {has_taskset()}; nodes {HEAD_IP} and {NODE_IP} in network namespaces over a veth pair",
         flush=True,
     )
     return {
@@ -468,7 +354,7 @@ def _cluster(args: argparse.Namespace) -> dict[str, Any]:
         "two": two_fps,
         "ratio": two_fps / one_fps,
         "per_cpu_second_ratio": efficiency,
-        "pinned": _has_taskset(),
+        "pinned": has_taskset(),
     }
 
 

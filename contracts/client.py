@@ -33,7 +33,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel, RootModel
 from websockets.asyncio.client import ClientConnection, connect
@@ -41,12 +41,30 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from contracts.asyncapi_doc import Contract, ContractError, UndeclaredMessageError, load_contract
+from contracts.client_errors import (
+    ERRORS_BY_CODE,
+    ClosedWithoutError,
+    ContractViolation,
+    FrameTooLarge,
+    IdleTimeout,
+    InternalServerError,
+    InvalidFrame,
+    InvalidMessage,
+    InvalidPipeline,
+    PipelineFailure,
+    ServerBusy,
+    ServerError,
+    ShuttingDown,
+    StreamClosed,
+    Unauthorized,
+)
 from contracts.generated import messages as models
 
 __all__ = [
     "ClosedWithoutError",
     "ContractViolation",
     "FrameTooLarge",
+    "IdleTimeout",
     "InternalServerError",
     "InvalidFrame",
     "InvalidMessage",
@@ -60,6 +78,7 @@ __all__ = [
     "StreamClient",
     "StreamClosed",
     "TrafficObserver",
+    "Unauthorized",
     "error_classes",
     "kind_of",
     "message_models",
@@ -67,115 +86,7 @@ __all__ = [
     "raise_for_failure",
 ]
 
-Reply = (
-    models.FrameResultPayload
-    | models.FrameDroppedPayload
-    | models.PipelineFailureErrorPayload
-    | models.SlowDownWarningPayload
-)
-
-
-class ContractViolation(AssertionError):
-    """The server did something asyncapi.yaml rules out (an AssertionError, so pytest reports it as a failure)."""
-
-
-class ServerError(Exception):
-    """An error message from the server; `close_code` is the close that followed it (None: still open)."""
-
-    code: ClassVar[str] = ""
-
-    def __init__(self, message: BaseModel, close_code: int | None = None, close_reason: str | None = None) -> None:
-        self.message = message
-        self.close_code = close_code
-        self.close_reason = close_reason
-        where = f" (frame {self.frame_index})" if self.frame_index is not None else ""
-        closed = f"; closed with {close_code}" if close_code is not None else ""
-        super().__init__(f"{self.code}{where}: {self.detail}{closed}")
-
-    @property
-    def detail(self) -> str:
-        return str(getattr(self.message, "detail"))
-
-    @property
-    def frame_index(self) -> int | None:
-        value = getattr(self.message, "frame_index", None)
-        return None if value is None else int(value)
-
-
-class InvalidMessage(ServerError):
-    code = "invalid_message"
-
-
-class InvalidFrame(ServerError):
-    code = "invalid_frame"
-
-
-class FrameTooLarge(ServerError):
-    code = "frame_too_large"
-
-
-class PipelineFailure(ServerError):
-    """Only raised by `raise_for_failure`: the stream yields pipeline failures, since it stays open after them."""
-
-    code = "pipeline_failure"
-
-
-class InternalServerError(ServerError):
-    code = "internal_error"
-
-
-class InvalidPipeline(ServerError):
-    code = "invalid_pipeline"
-
-
-class ServerBusy(ServerError):
-    code = "server_busy"
-
-
-class ShuttingDown(ServerError):
-    code = "shutting_down"
-
-
-class IdleTimeout(ServerError):
-    code = "idle_timeout"
-
-
-class Unauthorized(ServerError):
-    code = "unauthorized"
-
-
-_ERRORS: dict[str, type[ServerError]] = {
-    cls.code: cls
-    for cls in (
-        InvalidMessage,
-        InvalidFrame,
-        FrameTooLarge,
-        PipelineFailure,
-        InternalServerError,
-        InvalidPipeline,
-        ServerBusy,
-        ShuttingDown,
-        Unauthorized,
-        IdleTimeout,
-    )
-}
-
-
-class ClosedWithoutError(Exception):
-    """The server closed with a code other than 1000 without sending an error message first."""
-
-    def __init__(self, close_code: int | None, close_reason: str | None) -> None:
-        self.close_code = close_code
-        self.close_reason = close_reason
-        super().__init__(f"the server closed with {close_code} ({close_reason or 'no reason'}) without an error message")
-
-
-class StreamClosed(Exception):
-    """Sending failed because the connection is closed; reading the stream tells why (the error, if any)."""
-
-    def __init__(self, close_code: int | None) -> None:
-        self.close_code = close_code
-        super().__init__(f"the stream is closed (close code {close_code}); read it to get the server's error")
+Reply = models.FrameResultPayload | models.FrameDroppedPayload | models.PipelineFailureErrorPayload | models.SlowDownWarningPayload
 
 
 @dataclass
@@ -218,7 +129,7 @@ class TrafficObserver(Protocol):
 
 def error_classes() -> dict[str, type[ServerError]]:
     """Error code -> exception class; the contract suite checks it covers exactly the declared codes."""
-    return dict(_ERRORS)
+    return dict(ERRORS_BY_CODE)
 
 
 def message_models(contract: Contract) -> dict[str, type[BaseModel]]:
@@ -438,8 +349,7 @@ class StreamClient:
             self.observer.closed(close_code, self.ending)
         if self.ending is not None and close_code != self._closing_codes[self.ending]:
             raise ContractViolation(
-                f"{self.ending} must be followed by close {self._closing_codes[self.ending]}, "
-                f"the server closed with {close_code}"
+                f"{self.ending} must be followed by close {self._closing_codes[self.ending]}, the server closed with {close_code}"
             )
 
     async def recv_until_closed(self, timeout: float = 15.0) -> Received:
@@ -497,8 +407,7 @@ class StreamClient:
             raise ContractViolation(f"{name} answers frame {index}, but only {self.frames_sent} frames were sent")
         if index in self.replies:
             raise ContractViolation(
-                f"frame {index} got a second reply: {self.replies[index].model_dump(mode='json')} "
-                f"and then {model.model_dump(mode='json')}"
+                f"frame {index} got a second reply: {self.replies[index].model_dump(mode='json')} and then {model.model_dump(mode='json')}"
             )
         self.replies[index] = model
 
@@ -521,5 +430,5 @@ class StreamClient:
         declared = self._closing_codes[code]
         if close_code != declared:
             raise ContractViolation(f"{code} must be followed by close {declared}, the server closed with {close_code}")
-        self.error = _ERRORS[code](model, close_code, reason)
+        self.error = ERRORS_BY_CODE[code](model, close_code, reason)
         return self.error

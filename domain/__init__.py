@@ -22,6 +22,7 @@ from domain.frame import (
 from domain.pipeline import (
     PipelineDefinition,
     PipelineEdge,
+    DEFAULT_GATE_MAX_SKIP,
     NodeGate,
     PipelineNode,
     PipelineValidationError,
@@ -43,6 +44,7 @@ __all__ = [
     "JpegInfo",
     "PipelineDefinition",
     "PipelineEdge",
+    "DEFAULT_GATE_MAX_SKIP",
     "NodeGate",
     "PipelineNode",
     "PipelineValidationError",

@@ -27,13 +27,16 @@ class NodeGate:
     Otherwise its output for the frame is carried from its last run. The
     bounds keep slow changes from going unseen: at most `max_skip` frames or
     `refresh_ms` milliseconds between runs (whichever comes first; None: no
-    bound of that kind).
+    bound of that kind). `stride` spaces the runs an open gate asks for: at
+    most every `stride`-th frame, the frames between carried (a tracker
+    moves their boxes), so a detector on a moving scene costs 1/stride.
     """
 
     node: str
     output: str
     max_skip: int | None = DEFAULT_GATE_MAX_SKIP
     refresh_ms: float | None = None
+    stride: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,10 @@ def _check_gate(pipeline_id: str, node: PipelineNode, node_ids: set[str], entry_
         raise PipelineValidationError(f"{where}: max_skip must be at least 1 frame, got {gate.max_skip}")
     if gate.refresh_ms is not None and not gate.refresh_ms > 0:
         raise PipelineValidationError(f"{where}: refresh_ms must be above 0, got {gate.refresh_ms}")
+    if gate.stride < 1:
+        raise PipelineValidationError(f"{where}: stride must be at least 1 frame, got {gate.stride}")
+    if gate.max_skip is not None and gate.stride > gate.max_skip:
+        raise PipelineValidationError(f"{where}: stride ({gate.stride}) must not exceed max_skip ({gate.max_skip})")
     if gate.max_skip is None and gate.refresh_ms is None:
         raise PipelineValidationError(f"{where} has no refresh bound; give max_skip (frames) or refresh_ms")
 

@@ -29,6 +29,7 @@ class _GateFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     output: _NonEmpty
     max_skip: int | None = None
     refresh_ms: float | None = None
+    stride: int = 1
 
 
 class _NodeFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -85,7 +86,9 @@ def _explain(error: msgspec.ValidationError) -> str:
                 return f"nodes[{position}].gate.max_skip must be an integer number of frames"
             if sub == "refresh_ms":
                 return f"nodes[{position}].gate.refresh_ms must be a number of milliseconds"
-            return f"nodes[{position}].gate must be an object with node, output and optionally max_skip, refresh_ms"
+            if sub == "stride":
+                return f"nodes[{position}].gate.stride must be an integer number of frames"
+            return f"nodes[{position}].gate must be an object with node, output and optionally max_skip, refresh_ms, stride"
         if unknown is not None:
             return f"nodes[{position}] has unknown keys {[unknown.group('key')]}"
         if missing is not None:
@@ -115,8 +118,8 @@ def _gate(gate: _GateFile | None) -> NodeGate | None:
     if gate is None:
         return None
     if gate.max_skip is None and gate.refresh_ms is None:
-        return NodeGate(gate.node, gate.output)  # the default frame bound
-    return NodeGate(gate.node, gate.output, gate.max_skip, gate.refresh_ms)
+        return NodeGate(gate.node, gate.output, stride=gate.stride)  # the default frame bound
+    return NodeGate(gate.node, gate.output, gate.max_skip, gate.refresh_ms, gate.stride)
 
 
 def parse_definition(document: Any, path: Path) -> PipelineDefinition:

@@ -193,6 +193,11 @@ RUNS: dict[tuple[str, str], Run] = {
         expect_output=(r'"frame_index": ?0, "result": \{"faces": \[\{',),
         expect_files=("{tmp}/out.mp4",),
     ),
+    ("docs/gating.md", ".venv/bin/forgesyte-stream run-file video.mp4 --pipeline faces_gated"): Run(
+        substitutions=(("video.mp4", "{tmp}/video.mp4"),),
+        prepare=_make_clip,
+        expect_output=(r'"frame_index": ?0, ?"result": ?\{"faces": ?\[\{.*"carried": ?false', r'"carried": ?true, ?"carried_frames": ?1'),
+    ),
     ("docs/configuration.md", "FORGESYTE_STREAM_HOST=0.0.0.0 FORGESYTE_STREAM_INFERENCE_WORKERS=3 FORGESYTE_STREAM_MAX_SESSIONS=8 FORGESYTE_STREAM_BUFFER_FRAMES=2 forgesyte-stream serve"): Run(
         substitutions=(
             ("FORGESYTE_STREAM_HOST=0.0.0.0", "FORGESYTE_STREAM_HOST=127.0.0.1"),

@@ -1,4 +1,4 @@
-"""What the attack tests share: a /health prober, the server process's memory, and the flood payloads.
+"""What the attack tests share: a /health prober, the server process's memory (and its units), and the flood payloads.
 
 Memory is read from /proc/PID/status (VmRSS, and VmHWM, the peak since it was
 last reset through /proc/PID/clear_refs), so each figure is the server
@@ -18,6 +18,10 @@ from tests.support.server import RunningServer
 
 # The promise of docs/security.md: /health answers within this while any one connection misbehaves.
 HEALTH_BOUND_S = 0.100
+
+# Units the memory attack tests (test_memory_frame_attacks, test_memory_session_attacks) measure in.
+MB = 1_000_000
+MiB = 1024 * 1024
 
 
 def process_status(pid: int) -> dict[str, int]:

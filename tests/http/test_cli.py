@@ -176,6 +176,45 @@ def test_pipeline_with_an_unknown_tool_is_refused_naming_file_node_and_tool(tmp_
     assert_refused(result, str(path), "faces_typo", "'detect'", "unknown tool 'face_detekt'")
 
 
+def test_a_gate_naming_an_output_its_node_does_not_produce_stops_start_up_naming_file_and_node(tmp_path: Path) -> None:
+    path = write_pipeline(
+        tmp_path,
+        "gated.json",
+        {
+            "id": "gated_typo",
+            "nodes": [
+                {"id": "change", "plugin_id": "opencv", "tool_id": "change_detect"},
+                {"id": "faces", "plugin_id": "opencv", "tool_id": "face_detect", "gate": {"node": "change", "output": "moved"}},
+            ],
+            "edges": [{"from_node": "change", "to_node": "faces"}],
+            "entry_nodes": ["change"],
+            "output_nodes": ["faces"],
+        },
+    )
+    result = serve(FORGESYTE_STREAM_PIPELINES_DIR=str(tmp_path), FORGESYTE_STREAM_PLUGINS="")
+    assert_refused(result, str(path), "node 'faces'", "output 'moved'", "['changed', 'change']")
+
+
+def test_a_cycle_through_a_gate_stops_start_up(tmp_path: Path) -> None:
+    path = write_pipeline(
+        tmp_path,
+        "loop.json",
+        {
+            "id": "gate_loop",
+            "nodes": [
+                {"id": "start", "plugin_id": "opencv", "tool_id": "change_detect"},
+                {"id": "a", "plugin_id": "opencv", "tool_id": "change_detect", "gate": {"node": "b", "output": "changed"}},
+                {"id": "b", "plugin_id": "opencv", "tool_id": "change_detect", "gate": {"node": "a", "output": "changed"}},
+            ],
+            "edges": [{"from_node": "start", "to_node": "a"}],
+            "entry_nodes": ["start"],
+            "output_nodes": ["b"],
+        },
+    )
+    result = serve(FORGESYTE_STREAM_PIPELINES_DIR=str(tmp_path), FORGESYTE_STREAM_PLUGINS="")
+    assert_refused(result, str(path), "gate_loop", "cycle")
+
+
 def test_pipeline_with_invalid_json_is_refused_naming_file_and_line(tmp_path: Path) -> None:
     path = write_pipeline(tmp_path, "broken.json", '{\n  "id": "broken",\n  "nodes": [\n    {"id": "a",,}\n  ]\n}\n')
     result = serve(FORGESYTE_STREAM_PIPELINES_DIR=str(tmp_path), FORGESYTE_STREAM_PLUGINS="")

@@ -11,7 +11,9 @@ from prometheus_client import CollectorRegistry
 
 from adapters.media.codec import OpenCvJpegDecoder
 from adapters.observability.metrics import PrometheusAnalytics
-from adapters.plugins.tracking import GapAwareTracker, TrackerSettings, TrackingPlugin
+from adapters.plugins.gap_tracker import GapAwareTracker
+from adapters.plugins.tracking import TrackingPlugin
+from adapters.plugins.tracking_params import TrackerSettings
 from application.pipeline import DagPipelineService
 from application.stream_state import StreamStateStore
 from domain import PipelineDefinition, PipelineEdge, PipelineNode, PipelineValidationError
@@ -94,6 +96,43 @@ def test_track_tool_adds_ids_keeps_every_detection_and_needs_its_source(make_con
         tool({"faces": []}, make_context(frame, state=state))
     with pytest.raises(ValueError, match="lost_track_buffer"):
         tool({"source": "faces", "faces": [], "lost_track_buffer": 0}, make_context(frame, state=state))
+
+
+def test_a_carried_frame_moves_tracked_boxes_by_the_motion_model_without_updating_the_tracker(make_context, jpeg) -> None:
+    """What a gate carries (docs/gating.md): the last tracked output, each box where its track is expected `frames` on."""
+    tool = TrackingPlugin().tools()["track"]
+    state: dict[str, Any] = {}
+    frame = jpeg(np.zeros((H, W, 3), np.uint8))
+    last: Any = None
+    for index in range(6):  # 10 pixels a frame to the right
+        last = tool({"source": "faces", "faces": [detection(100.0 + 10 * index)]}, make_context(frame, frame_index=index, state=state))
+    assert last["faces"][0]["tracker_id"] == 1
+    carried = tool.carry(last, make_context(frame, frame_index=8, state=state), 3)
+    moved = carried["faces"][0]
+    assert moved["tracker_id"] == 1 and moved["label"] == "face"
+    assert moved["box"]["x1"] == pytest.approx(150.0 + 30.0, abs=6.0), "three frames on at about 10 pixels a frame"
+    assert moved["box"]["y1"] == pytest.approx(100.0, abs=2.0)
+    assert last["faces"][0]["box"]["x1"] == 150.0, "the last output itself is left as it was"
+    # The tracker was not updated: the next real update continues from frame 5.
+    again = tool({"source": "faces", "faces": [detection(190.0)]}, make_context(frame, frame_index=9, state=state))
+    assert again["faces"][0]["tracker_id"] == 1
+    far = tool.carry(last, make_context(frame, frame_index=200, state=state), 200)
+    assert 0.0 <= far["faces"][0]["box"]["x1"] <= far["faces"][0]["box"]["x2"] <= W, "clipped to the frame"
+
+
+def test_a_track_lost_on_the_last_update_asks_for_the_next_frame_to_run(make_context, jpeg) -> None:
+    tool = TrackingPlugin().tools()["track"]
+    state: dict[str, Any] = {}
+    frame = jpeg(np.zeros((H, W, 3), np.uint8))
+    context = make_context(frame, state=state)
+    assert tool.refresh_due(context) is False, "no tracker yet"
+    for index in range(3):
+        tool({"source": "faces", "faces": [detection(100.0)]}, make_context(frame, frame_index=index, state=state))
+    assert tool.refresh_due(context) is False
+    tool({"source": "faces", "faces": []}, make_context(frame, frame_index=3, state=state))
+    assert tool.refresh_due(context) is True, "the face went unmatched: the detector must look again at once"
+    tool({"source": "faces", "faces": []}, make_context(frame, frame_index=4, state=state))
+    assert tool.refresh_due(context) is False, "nothing newly lost"
 
 
 # Lines and zones ------------------------------------------------------------------------------------

@@ -9,6 +9,10 @@ import numpy as np
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 FACE_JPEG = DATA / "face-astronaut.jpg"
+# Frames 60-159 (768 x 576, 10 fps; one walker crosses the centre line) of the shared pedestrian clip (../shared/testdata/README.md: OpenCV's
+# vtest.avi), and the empty scene: the per-pixel median of all 400 frames, where no one stays long enough to show.
+PEDESTRIANS_MP4 = DATA / "pedestrians-60-159.mp4"
+PEDESTRIANS_BACKGROUND = DATA / "pedestrians-background.jpg"
 
 
 def jpeg(width: int = 64, height: int = 48, *, quality: int = 90, seed: int = 0) -> bytes:
@@ -119,3 +123,36 @@ def gated_scene_clip(
         clip.append(encoded.tobytes())
         centres.append(centre)
     return clip, centres
+
+
+def pedestrian_scene_clip(still: int, moving: int, *, after: int = 0, quality: int = 85, noise: float = 2.0) -> list[bytes]:
+    """A fixed camera's clip for the gated people pipelines: `still` frames of the empty path, then real walkers.
+
+    The still frames are the empty scene with the camera's sensor noise (a
+    normal spread of `noise` grey levels, new in every frame); then `moving`
+    frames of the real footage (at most 100 here), then `after` still frames
+    again. Returns the JPEGs.
+    """
+    background = cv2.imread(str(PEDESTRIANS_BACKGROUND)).astype(np.float32)
+    capture = cv2.VideoCapture(str(PEDESTRIANS_MP4))
+    walkers: list[np.ndarray] = []
+    while len(walkers) < moving:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        walkers.append(frame)
+    capture.release()
+    if len(walkers) < moving:
+        raise ValueError(f"{PEDESTRIANS_MP4} has {len(walkers)} frames; asked for {moving}")
+    random = np.random.default_rng(11)
+
+    def still_frame() -> np.ndarray:
+        return np.clip(background + random.normal(0.0, noise, background.shape), 0, 255).astype(np.uint8)
+
+    frames = [still_frame() for _ in range(still)] + walkers + [still_frame() for _ in range(after)]
+    clip = []
+    for frame in frames:
+        ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        assert ok
+        clip.append(encoded.tobytes())
+    return clip

@@ -92,3 +92,46 @@ def test_invalid_json_names_the_line(tmp_path: Path) -> None:
     (tmp_path / "p.json").write_text('{\n  "id": "p",,\n}', encoding="utf-8")
     with pytest.raises(PipelineLoadError, match="line 2"):
         JsonPipelineCatalog(tmp_path)
+
+
+def _gated(gate: Any, entry: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "id": "p",
+        "nodes": [
+            {"id": "change", "plugin_id": "opencv", "tool_id": "change_detect"},
+            {"id": "faces", "plugin_id": "opencv", "tool_id": "face_detect", "gate": gate},
+        ],
+        "edges": [{"from_node": "change", "to_node": "faces"}],
+        "entry_nodes": entry or ["change"],
+        "output_nodes": ["faces"],
+    }
+
+
+def test_a_gate_becomes_the_domains_node_gate_with_the_default_bound(tmp_path: Path) -> None:
+    from domain import DEFAULT_GATE_MAX_SKIP, NodeGate
+
+    definition = _load(tmp_path, _gated({"node": "change", "output": "changed"})).get("p")
+    assert definition.node("faces").gate == NodeGate("change", "changed", DEFAULT_GATE_MAX_SKIP, None, 1)
+    timed = _load(tmp_path, _gated({"node": "change", "output": "changed", "refresh_ms": 500, "stride": 2})).get("p")
+    assert timed.node("faces").gate == NodeGate("change", "changed", None, 500.0, 2)
+
+
+@pytest.mark.parametrize(
+    ("gate", "entry", "expected"),
+    [
+        ({"node": "change"}, None, "nodes[1].gate is missing 'output'"),
+        ({"node": "change", "output": "changed", "every": 3}, None, "nodes[1].gate has unknown keys ['every']"),
+        ({"node": "change", "output": "changed", "max_skip": "often"}, None, "nodes[1].gate.max_skip must be an integer number of frames"),
+        ({"node": "change", "output": "changed", "stride": 1.5}, None, "nodes[1].gate.stride must be an integer number of frames"),
+        ({"node": "", "output": "changed"}, None, "nodes[1].gate.node must be a non-empty string"),
+        ("change", None, "nodes[1].gate must be an object"),
+        ({"node": "chnage", "output": "changed"}, None, "node 'faces': gate names unknown node 'chnage'"),
+        ({"node": "change", "output": "changed"}, ["change", "faces"], "node 'faces': gate on an entry node"),
+    ],
+)
+def test_a_bad_gate_is_refused_naming_the_file_and_node(tmp_path: Path, gate: Any, entry: list[str] | None, expected: str) -> None:
+    with pytest.raises(PipelineLoadError) as caught:
+        _load(tmp_path, _gated(gate, entry))
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'p.json'}: ")
+    assert expected in message
