@@ -8,6 +8,7 @@ call per frame for the events that fire on every frame.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from application.ports import PipelineObserver, StreamObserver
@@ -122,6 +123,21 @@ class FanOutPipelineObserver:
         ):
             if len(handlers) == 1:
                 setattr(self, event, handlers[0][1])
+        # Optional in the port: offered only when some observer offers it (the engine then times decodes).
+        decoded = [(type(o).__name__, getattr(o, "image_decoded")) for o in observers if callable(getattr(o, "image_decoded", None))]
+        self.image_decoded: Callable[[str, float], None] | None = None
+        if len(decoded) == 1:
+            self.image_decoded = decoded[0][1]
+        elif decoded:
+
+            def each(pipeline_id: str, duration_ms: float) -> None:
+                for name, handler in decoded:
+                    try:
+                        handler(pipeline_id, duration_ms)
+                    except Exception:
+                        logger.exception("observer %s failed on image_decoded", name)
+
+            self.image_decoded = each
 
     def node_finished(self, pipeline_id: str, node_id: str, duration_ms: float, *, failed: bool) -> None:
         for name, handler in self._node_finished:

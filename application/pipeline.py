@@ -103,6 +103,8 @@ class DagPipelineService:
         self._decoder = decoder
         self._state_store = state_store
         self._observer = observer
+        # Optional in the port (PipelineObserver.image_decoded): only an observer that times decodes offers it.
+        self._on_decoded = getattr(observer, "image_decoded", None) if observer is not None else None
         self._max_frame_pixels = max_frame_pixels
         self._budget = decode_budget
         self._clock = clock  # the gates' refresh_ms (application.gating)
@@ -301,7 +303,15 @@ class DagPipelineService:
         side = plan.ungated_side if gated_run else plan.input_side
         reduction = jpeg_reduction(info, side) if side != 0 else 1
         frame = FrameContext(
-            int(payload["frame_index"]), image_bytes, self._decoder, {}, info, reduction, self._budget, pipeline_id=pipeline_id
+            int(payload["frame_index"]),
+            image_bytes,
+            self._decoder,
+            {},
+            info,
+            reduction,
+            self._budget,
+            pipeline_id=pipeline_id,
+            on_decoded=self._on_decoded,
         )
         observer = self._observer
         outputs: dict[str, Mapping[str, Any]] = {}

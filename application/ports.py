@@ -344,6 +344,11 @@ class StreamObserver(Protocol):
 
 @runtime_checkable
 class PipelineObserver(Protocol):
+    """The pipelines' reports. An observer may also offer `image_decoded(pipeline_id, duration_ms)`,
+    called where a node's first context.image() decoded the frame (the tracing adapter's decode span);
+    it is optional, so the engine asks for it once and observers without it pay nothing.
+    """
+
     def node_finished(self, pipeline_id: str, node_id: str, duration_ms: float, *, failed: bool) -> None: ...
 
     def node_skipped(self, pipeline_id: str, node_id: str) -> None:

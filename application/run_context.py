@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from application.ports import DecodeBudget, ImageDecoder
@@ -15,7 +17,17 @@ class FrameContext:
     """Per-run view of the frame that tools share; the image is decoded lazily, once, at the pipeline's reduction."""
 
     __slots__ = (
-        "_budget", "_charged", "_decoder", "_image", "_info", "_reduction", "_state", "frame_index", "image_bytes", "pipeline_id"
+        "_budget",
+        "_charged",
+        "_decoder",
+        "_image",
+        "_info",
+        "_on_decoded",
+        "_reduction",
+        "_state",
+        "frame_index",
+        "image_bytes",
+        "pipeline_id",
     )
 
     def __init__(
@@ -29,8 +41,11 @@ class FrameContext:
         budget: DecodeBudget | None = None,
         *,
         pipeline_id: str = "",
+        on_decoded: Callable[[str, float], None] | None = None,
     ) -> None:
+        """`on_decoded(pipeline_id, duration_ms)`: told of each decode (PipelineObserver.image_decoded, where offered)."""
         self.frame_index = frame_index
+        self._on_decoded = on_decoded
         self.image_bytes = image_bytes
         self.pipeline_id = pipeline_id
         self._decoder = decoder
@@ -59,7 +74,13 @@ class FrameContext:
                 needed = self._decoder.memory_needed(self._info, self._reduction)
                 self._budget.acquire(needed)
                 self._charged = needed
-            self._image = self._decoder.decode(self.image_bytes, self._reduction)
+            on_decoded = self._on_decoded
+            if on_decoded is None:
+                self._image = self._decoder.decode(self.image_bytes, self._reduction)
+            else:
+                started = time.perf_counter()
+                self._image = self._decoder.decode(self.image_bytes, self._reduction)
+                on_decoded(self.pipeline_id, (time.perf_counter() - started) * 1000.0)
         return self._image
 
     def state(self) -> dict[str, Any]:

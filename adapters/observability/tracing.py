@@ -3,8 +3,8 @@
 The third observer on the observation ports, beside the logs and the metrics.
 A frame's span covers its arrival to its reply being handed to the connection;
 its children are `receive` (waiting behind the frame in flight), one
-`node <id>` per node that ran (the decode happens inside the first node that
-reads the image), and `reply` (from the result to the send). The spans
+`node <id>` per node that ran, `decode` (inside the span of the node that
+first read the image) and `reply` (from the result to the send). The spans
 are made when the frame's outcome is reported, with the start and end times
 the reports carry, so nothing is timed on the hot path that the stream does
 not already time; an unsampled frame costs a countdown.
@@ -119,6 +119,7 @@ def tracing_from_env(environ: Mapping[str, str] | None = None) -> TracingObserve
     return TracingObserver(exporter, ratio=ratio, parent_based=parent_based)
 
 
+# (span name: "node <id>" or "decode", start ns, end ns, failed)
 _Node = tuple[str, int, int, bool]
 _SERVER = 2  # opentelemetry.proto Span.SpanKind
 _INTERNAL = 1
@@ -198,8 +199,9 @@ def _span_id() -> bytes:
 def write_frame(frame: _Frame, spans: Any) -> int:
     """Write a frame's spans into `spans` (a ScopeSpans' repeated spans); how many were written.
 
-    `frame`, and under it `receive`, one `node <id>` per node that ran, and
-    `reply` (the last two for a frame answered with a result).
+    `frame`, and under it `receive`, `decode` (when a node decoded the image;
+    it lies inside that node's span), one `node <id>` per node that ran, and
+    `reply` (`receive` and `reply` for a frame answered with a result).
     """
     stream = frame.stream
     state = stream.trace_state
@@ -231,10 +233,10 @@ def write_frame(frame: _Frame, spans: Any) -> int:
         spans.add(trace_id=trace_id, span_id=_span_id(), parent_span_id=root, name="receive", kind=_INTERNAL,
                   start_time_unix_nano=frame.start, end_time_unix_nano=frame.started, trace_state=state)
         written += 1
-    for node_id, node_start, node_end, failed in frame.nodes:
+    for name, node_start, node_end, failed in frame.nodes:
         if node_start < frame.started - _NODE_SLACK_NS:
             continue  # reported by work that outlived an earlier frame's deadline
-        node = spans.add(trace_id=trace_id, span_id=_span_id(), parent_span_id=root, name=f"node {node_id}", kind=_INTERNAL,
+        node = spans.add(trace_id=trace_id, span_id=_span_id(), parent_span_id=root, name=name, kind=_INTERNAL,
                          start_time_unix_nano=node_start, end_time_unix_nano=node_end, trace_state=state)
         if failed:
             node.status.code = _STATUS_ERROR
@@ -348,7 +350,14 @@ class TracingObserver:
         record = _STREAM_TRACE.get()
         if record is not None and not record.skip:
             end = time.time_ns()
-            record.nodes.append((node_id, end - int(duration_ms * 1e6), end, failed))
+            record.nodes.append((f"node {node_id}", end - int(duration_ms * 1e6), end, failed))
+
+    def image_decoded(self, pipeline_id: str, duration_ms: float) -> None:
+        """The frame was decoded inside a node (its first context.image()): a `decode` span beside the nodes."""
+        record = _STREAM_TRACE.get()
+        if record is not None and not record.skip:
+            end = time.time_ns()
+            record.nodes.append(("decode", end - int(duration_ms * 1e6), end, False))
 
     def node_skipped(self, pipeline_id: str, node_id: str) -> None:
         return None
