@@ -36,7 +36,7 @@ from forgesyte_stream_client import (
     StreamError,
     stream,
 )
-from forgesyte_stream_client.client import DEFAULT_MAX_PAUSE_S, DEFAULT_REPLY_TIMEOUT_S
+from forgesyte_stream_client.session import DEFAULT_MAX_PAUSE_S, DEFAULT_REPLY_TIMEOUT_S
 from tests.support.media import FACE_JPEG
 
 Behaviour = Callable[[ServerConnection], Awaitable[None]]

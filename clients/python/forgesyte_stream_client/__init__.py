@@ -11,7 +11,8 @@
 """
 
 from forgesyte_stream_client.blocking import StreamClient, run
-from forgesyte_stream_client.client import AsyncStreamClient, Outcome, Pacing, Reconnect, Skipped, stream, stream_url
+from forgesyte_stream_client.client import Outcome, Pacing, Reconnect, Skipped, stream
+from forgesyte_stream_client.session import AsyncStreamClient, stream_url
 from forgesyte_stream_client.errors import (
     ClientError,
     ConnectError,

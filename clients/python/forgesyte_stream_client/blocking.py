@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from forgesyte_stream_client.client import AsyncStreamClient, Outcome, stream
+from forgesyte_stream_client.client import Outcome, stream
+from forgesyte_stream_client.session import AsyncStreamClient
 from forgesyte_stream_client.replies import ServerMessage
 from forgesyte_stream_client.sources import Frame, Source
 

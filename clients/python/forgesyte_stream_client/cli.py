@@ -18,17 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from forgesyte_stream_client.client import (
-    DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_MAX_PAUSE_S,
-    DEFAULT_REPLY_TIMEOUT_S,
-    Outcome,
-    Pacing,
-    Reconnect,
-    Skipped,
-    stream,
-)
+from forgesyte_stream_client.client import Outcome, Pacing, Reconnect, Skipped, stream
 from forgesyte_stream_client.errors import ClientError, StreamError, shorten
+from forgesyte_stream_client.session import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_PAUSE_S, DEFAULT_REPLY_TIMEOUT_S
 from forgesyte_stream_client.replies import Dropped, FrameFailed, Result, SlowDown
 from forgesyte_stream_client.sources import Realtime, Source, SourceError, open_source
 from forgesyte_stream_client.stats import Stats
