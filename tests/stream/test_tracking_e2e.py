@@ -85,7 +85,8 @@ def _crossings(server: RunningServer, direction: str) -> float:
 
 
 def test_one_face_keeps_one_id_and_crosses_once_with_and_without_drops(shipped_server: RunningServer) -> None:
-    assert _crossings(shipped_server, "in") == 0.0
+    # Deltas: the server may have counted other streams' crossings before (tests/ray shares one server).
+    in_before, out_before = _crossings(shipped_server, "in"), _crossings(shipped_server, "out")
 
     fast = asyncio.run(_fast(shipped_server))
     dropped = fast.of_kind("dropped")
@@ -110,8 +111,8 @@ def test_one_face_keeps_one_id_and_crosses_once_with_and_without_drops(shipped_s
     crossed_at = next(r["frame_index"] for r in slow if r["result"]["line_counts"]["centre"]["in"] == 1)
     assert FRAMES * 0.4 <= crossed_at <= FRAMES * 0.6, f"the crossing is counted where the face passes the middle: {crossed_at}"
 
-    assert _crossings(shipped_server, "in") == 2.0
-    assert _crossings(shipped_server, "out") == 0.0
+    assert _crossings(shipped_server, "in") - in_before == 2.0
+    assert _crossings(shipped_server, "out") - out_before == 0.0
 
 
 def test_one_off_frames_over_http_run_the_tracked_pipelines(shipped_server: RunningServer) -> None:
