@@ -228,9 +228,9 @@ RUNS: dict[tuple[str, str], Run] = {
         cleanup=("{venv_bin}/ray stop --force",),
         timeout_s=180.0,
     ),
-    ("contracts/README.md", "FORGESYTE_STREAM_PIPELINES_DIR=contracts/pipelines FORGESYTE_STREAM_PLUGINS=contracts.fault_plugin:ContractFaultPlugin PYTHONPATH=. .venv/bin/forgesyte-stream serve --host 0.0.0.0 --port 8000 &"): Run(
+    ("contracts/README.md", "FORGESYTE_STREAM_PIPELINES_DIR=contracts/pipelines FORGESYTE_STREAM_PLUGINS=contracts.fault_plugin:ContractFaultPlugin FORGESYTE_STREAM_IDLE_TIMEOUT_S=5 PYTHONPATH=. .venv/bin/forgesyte-stream serve --host 0.0.0.0 --port 8000 &"): Run(
         substitutions=(("--host 0.0.0.0", "--host 127.0.0.1"), ("--port 8000", "--port {port}"), ("ws://HOST:8000", "ws://127.0.0.1:{port}"), ("<pid>", "{pid}")),
-        # The whole suite, its idle_timeout case waiting out the document's default minute.
+        # The whole suite, its idle_timeout case waiting out the 5 s the recipe gives the server.
         expect_output=(r"every declared message, error code, close code and drop cause was reached", r"\d+ passed"),
         timeout_s=240.0,
     ),
