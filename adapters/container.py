@@ -17,6 +17,7 @@ from adapters.observability.logs import LoggingStreamObserver
 from adapters.observability.metrics import MetricsExporter, PrometheusAnalytics, PrometheusObserver, new_registry
 from adapters.observability.operator_metrics import OperatorMetrics
 from adapters.observability.tracing import tracing_from_env
+from adapters.observability.webrtc_metrics import WebRtcMetrics
 from adapters.pipelines.catalog import JsonPipelineCatalog
 from adapters.plugins.ocr import OcrPlugin
 from adapters.plugins.opencv_vision import OpenCvVisionPlugin
@@ -25,6 +26,7 @@ from adapters.plugins.tracking import TrackingPlugin
 from adapters.plugins.yolo import YoloPlugin
 from adapters.settings import Settings
 from adapters.executors.threads import ThreadFrameExecutor
+from adapters.transports.webrtc.whip import WebRtcOptions, WhipSessions
 from application.access import AccessPolicy, StreamAccess
 from application.live_streams import LiveStreams
 from application.observers import FanOutPipelineObserver, FanOutStreamObserver
@@ -116,6 +118,21 @@ def _pipeline_observer(*observers: Any) -> FanOutPipelineObserver:
 def _pipeline_nodes(catalog: JsonPipelineCatalog) -> dict[str, list[str]]:
     """Every node of every pipeline: their metric series are declared at 0 before the first frame."""
     return {pipeline_id: [node.id for node in catalog.get(pipeline_id).nodes] for pipeline_id in catalog.ids()}
+
+
+def _webrtc_options(settings: Settings) -> WebRtcOptions:
+    return WebRtcOptions(
+        ice_servers=settings.webrtc_ice_servers,
+        connect_timeout_s=settings.webrtc_connect_timeout_s,
+        send_timeout_s=settings.send_timeout_s,
+    )
+
+
+def _known_pipeline(pipelines: DagPipelineService) -> Any:
+    def known(pipeline_id: str) -> bool:
+        return pipeline_id in pipelines.pipeline_ids()
+
+    return known
 
 
 class Container(containers.DeclarativeContainer):
@@ -215,6 +232,15 @@ class Container(containers.DeclarativeContainer):
         stream_observer=stream_observer,
         slots=session_slots,
     )
+    webrtc_metrics = providers.Singleton(WebRtcMetrics, registry=metrics_registry)
+    whip_sessions = providers.Singleton(
+        WhipSessions,
+        stream_access=stream_access,
+        access_policy=access_policy,
+        options=providers.Singleton(_webrtc_options, settings),
+        is_known_pipeline=providers.Singleton(_known_pipeline, pipelines),
+        metrics=webrtc_metrics,
+    )
 
 
 def worker_pipeline_service(settings: Settings, observer: Any, analytics: Any) -> FramePipelineService:
@@ -248,10 +274,13 @@ def build_container(settings: Settings, session_slots: SessionSlots | None = Non
 
 def build_app(container: Container) -> Any:
     from adapters.transports.litestar.app import create_app
+    from adapters.transports.webrtc.ice import configure_ice
 
     settings: Settings = container.settings()
     executor = container.frame_executor()
     tracing = container.tracing()
+    configure_ice(settings.webrtc_host_addresses, settings.webrtc_port_range)
+    whip_sessions = container.whip_sessions()
     return create_app(
         stream_service=container.stream_service(),
         single_frames=container.single_frames(),
@@ -262,5 +291,6 @@ def build_app(container: Container) -> Any:
         metrics=container.metrics_exporter(),
         live_streams=container.live_streams(),
         max_body_bytes=settings.ws_max_size,
-        on_shutdown=[executor.shutdown] + ([tracing.shutdown] if tracing is not None else []),
+        whip_sessions=whip_sessions,
+        on_shutdown=[whip_sessions.close_all, executor.shutdown] + ([tracing.shutdown] if tracing is not None else []),
     )

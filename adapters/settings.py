@@ -21,6 +21,8 @@ from typing import Annotated, Any, get_type_hints
 import msgspec
 from msgspec import Meta
 
+from adapters.settings_errors import SettingsError as SettingsError
+from adapters.transports.webrtc.config import IceServer, PortRange, parse_host_addresses, parse_ice_servers, parse_port_range
 from application.access import LOOPBACK_NAMES, AccessPolicy, ApiKey, KeyFileError, parse_api_keys
 from application.stream import DEFAULT_FRAME_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S
 from domain import DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_FRAME_PIXELS, BackpressurePolicy
@@ -39,10 +41,6 @@ _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DECODE_BYTES_PER_PIXEL = 3 + 4 * 2
 # The domain owns the defaults; the table below only reads them.
 _POLICY = BackpressurePolicy()
-
-
-class SettingsError(ValueError):
-    """A configuration value outside its accepted range; the message names the variable."""
 
 
 def _number(variable: str, raw: str, kind: type[int] | type[float], meta: Meta) -> int | float:
@@ -229,7 +227,7 @@ class Settings(msgspec.Struct, frozen=True):
             "1 MiB-64 GiB, at least MAX_FRAME_PIXELS x 11",
         ),
     ] = 128 * 1024 * 1024
-    max_sessions: Annotated[int, Meta(ge=1, le=10_000, description="concurrent WebSocket sessions before server_busy, 1-10000")] = 32
+    max_sessions: Annotated[int, Meta(ge=1, le=10_000, description="concurrent sessions (WebSocket and WebRTC) before server_busy, 1-10000")] = 32
     buffer_frames: Annotated[int, Meta(ge=1, le=64, description="frames a session keeps waiting behind the one in flight, 1-64")] = (
         _POLICY.buffer_capacity
     )
@@ -308,6 +306,22 @@ class Settings(msgspec.Struct, frozen=True):
     ] = 20
     shutdown_timeout_s: Annotated[
         float, Meta(ge=0.0, le=600.0, description="seconds sessions get to finish at shutdown (keep above the frame timeout), 0-600")
+    ] = 15.0
+    webrtc_ice_servers: Annotated[
+        tuple[IceServer, ...],
+        Meta(description="STUN/TURN servers for WebRTC, used by the server and sent to clients in WHIP Link headers: a JSON list "
+             'like [{"urls": "turn:HOST:3478", "username": "U", "credential": "C"}] or comma-separated stun: URLs', extra={"parse": parse_ice_servers}),
+    ] = ()
+    webrtc_host_addresses: Annotated[
+        tuple[str, ...] | None,
+        Meta(description="comma-separated IP addresses WebRTC gathers and announces (loopback only when named); unset: every non-loopback interface",
+             extra={"parse": parse_host_addresses}),
+    ] = None
+    webrtc_port_range: Annotated[
+        PortRange | None, Meta(description="UDP ports WebRTC media binds, LOW-HIGH within 1024-65535 (one per session); unset: any", extra={"parse": parse_port_range})
+    ] = None
+    webrtc_connect_timeout_s: Annotated[
+        float, Meta(ge=1.0, le=300.0, description="seconds a WHIP session may take to connect (ICE, DTLS, its results channel) before its slot is freed, 1-300")
     ] = 15.0
     plugins: Annotated[
         tuple[str, ...],
@@ -473,5 +487,5 @@ def _describe_default(default: Any) -> str:
     if default == DEFAULT_PIPELINES_DIR:
         return "adapters/pipelines (shipped)"
     if isinstance(default, tuple):
-        return ",".join(default)
+        return ",".join(map(str, default))
     return str(default)

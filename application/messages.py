@@ -30,9 +30,13 @@ class FrameResult(NamedTuple):
     result: dict[str, Any]
     processing_ms: float
     queue_ms: float
+    # The frame's RTP timestamp, for a frame that came on a media track (ports.DecodedPicture).
+    rtp_timestamp: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"frame_index": self.frame.index, "result": self.result}
+        if self.rtp_timestamp is None:
+            return {"frame_index": self.frame.index, "result": self.result}
+        return {"frame_index": self.frame.index, "result": self.result, "rtp_timestamp": self.rtp_timestamp}
 
 
 class FrameDropped(NamedTuple):
@@ -40,9 +44,13 @@ class FrameDropped(NamedTuple):
 
     frame: Frame
     cause: DropCause
+    rtp_timestamp: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"frame_index": self.frame.index, "dropped": True, "cause": self.cause.value}
+        message: dict[str, Any] = {"frame_index": self.frame.index, "dropped": True, "cause": self.cause.value}
+        if self.rtp_timestamp is not None:
+            message["rtp_timestamp"] = self.rtp_timestamp
+        return message
 
 
 class SlowDown(NamedTuple):

@@ -15,6 +15,7 @@ from application.json_safe import JsonSafetyError, to_json_safe
 from application.ports import (
     Availability,
     DecodeBudget,
+    DecodedPicture,
     FrameJob,
     ImageDecoder,
     PipelineCatalog,
@@ -41,6 +42,15 @@ from domain import (
 
 # The longest header prefix remembered per stream (see DagPipelineService._header_of); a camera's is 0.6-3 KB.
 _MAX_REMEMBERED_HEADER_BYTES = 8192
+
+
+def picture_info(picture: DecodedPicture) -> JpegInfo:
+    """A decoded picture described as the tools read a frame's header: its size, three components, one scan.
+
+    Header-only tools (the probe) get the frame size; nothing about JPEG
+    coding is claimed beyond what a decoded picture has.
+    """
+    return JpegInfo(picture.width, picture.height, 3, False, False, b"\x11\x11\x11", 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,8 +271,8 @@ class DagPipelineService:
         return info
 
     def run_job(self, job: FrameJob) -> dict[str, Any]:
-        """Run a frame's job: its pipeline over its JPEG, with its stream's tool state; the pipeline's outputs."""
-        return self._run(job.pipeline_id, {"frame_index": job.frame_index, "image_bytes": job.jpeg}, job.stream_id)
+        """Run a frame's job: its pipeline over its JPEG (or the picture a transport decoded), with its stream's tool state; the pipeline's outputs."""
+        return self._run(job.pipeline_id, {"frame_index": job.frame_index, "image_bytes": job.jpeg}, job.stream_id, job.picture)
 
     def run_pipeline(self, pipeline_id: str, payload: Mapping[str, Any], *, stream_id: str | None = None) -> dict[str, Any]:
         """The user stories' entry: `payload` is `{"frame_index": N, "image_bytes": <JPEG bytes>}`.
@@ -272,7 +282,9 @@ class DagPipelineService:
         """
         return self._run(pipeline_id, payload, stream_id)
 
-    def _run(self, pipeline_id: str, payload: Mapping[str, Any], stream_id: str | None) -> dict[str, Any]:
+    def _run(
+        self, pipeline_id: str, payload: Mapping[str, Any], stream_id: str | None, picture: DecodedPicture | None = None
+    ) -> dict[str, Any]:
         plan = self._plans.get(pipeline_id)
         if plan is None:
             raise UnknownPipelineError(pipeline_id, self._catalog.ids())
@@ -285,15 +297,21 @@ class DagPipelineService:
                 break
         run = RunStates(self._state_store, stream_id)
         try:
-            return self._run_nodes(pipeline_id, plan, payload, run, stream_id)
+            return self._run_nodes(pipeline_id, plan, payload, run, stream_id, picture)
         finally:
             run.end()
 
     def _run_nodes(
-        self, pipeline_id: str, plan: _Plan, payload: Mapping[str, Any], run: RunStates, stream_id: str | None
+        self,
+        pipeline_id: str,
+        plan: _Plan,
+        payload: Mapping[str, Any],
+        run: RunStates,
+        stream_id: str | None,
+        picture: DecodedPicture | None = None,
     ) -> dict[str, Any]:
         image_bytes = payload["image_bytes"]
-        info = self._header_of(image_bytes, stream_id)
+        info = self._header_of(image_bytes, stream_id) if picture is None else picture_info(picture)
         if info.width * info.height > self._max_frame_pixels:
             check_frame_pixels(info, self._max_frame_pixels)  # raises, with the message
         # No decoding node (input side 0): no decode to reduce.
@@ -312,6 +330,7 @@ class DagPipelineService:
             self._budget,
             pipeline_id=pipeline_id,
             on_decoded=self._on_decoded,
+            picture=picture,
         )
         observer = self._observer
         outputs: dict[str, Mapping[str, Any]] = {}

@@ -201,12 +201,42 @@ class PipelineCatalog(Protocol):
 # Execution ------------------------------------------------------------------
 
 
+@runtime_checkable
+class DecodedPicture(Protocol):
+    """A frame the transport has decoded itself: a WebRTC track's, which only its own decoder can read.
+
+    Inter-frame codecs (H.264, VP8) must decode every frame in order, so the
+    transport decodes and the pipeline gets the picture as it is, without a
+    JPEG round trip. `image(reduction)` converts it for the tools (BGR,
+    H x W x 3, at 1/reduction of its size); the conversion is the frame's
+    work, so it runs where the pipeline runs and never for a dropped frame.
+    `nbytes`: what the frame cost on the wire (its encoded size), for the
+    byte counters. `rtp_timestamp`: the sender's RTP timestamp of the frame,
+    which the client's replies carry so that it can match them to its video.
+    """
+
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def height(self) -> int: ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+    @property
+    def rtp_timestamp(self) -> int | None: ...
+
+    def image(self, reduction: int = 1) -> Any: ...
+
+
 class FrameJob(NamedTuple):
     """One frame's work as data, so that an executor can run it anywhere (a thread here, another process elsewhere).
 
     `stream_id` names the per-stream tool state the run uses (None for a
     one-off frame); `markers_checked` says the JPEG markers were already
-    validated where the frame arrived.
+    validated where the frame arrived. `picture`: a frame the transport
+    decoded (then `jpeg` is empty): the decoded-frame job.
     """
 
     pipeline_id: str
@@ -214,6 +244,7 @@ class FrameJob(NamedTuple):
     jpeg: bytes
     stream_id: str | None = None
     markers_checked: bool = False
+    picture: DecodedPicture | None = None
 
 
 class FrameReply(NamedTuple):
@@ -269,13 +300,15 @@ class InboundKind(StrEnum):
     BINARY = "binary"
     TEXT = "text"
     DISCONNECT = "disconnect"
+    # A frame the transport decoded (a DecodedPicture): a media track's, not a message's.
+    PICTURE = "picture"
 
 
 class Inbound(NamedTuple):
     """One event from the transport (a named tuple: one is made for every message)."""
 
     kind: InboundKind
-    data: bytes | str | None = None
+    data: bytes | str | DecodedPicture | None = None
     close_code: int | None = None
 
 

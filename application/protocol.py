@@ -39,9 +39,10 @@ from application.messages import (
     Outgoing,
     SlowDown,
 )
-from application.ports import ConnectionClosed, FrameReply, Inbound, InboundKind, SendTimedOut, StreamObserver
+from application.ports import ConnectionClosed, DecodedPicture, FrameReply, Inbound, InboundKind, SendTimedOut, StreamObserver
 from domain import CLOSE_CODE_FOR_ERROR, CloseCode, DropCause, ErrorCode, Frame, FrameValidationError, Session, SessionState, StreamError, validate_jpeg
 from domain.errors import GENERIC_INTERNAL_DETAIL
+from domain.session import FrameAdmission
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class StreamProtocol:
         "_last_message_ms",
         "_max_frame_bytes",
         "_observer",
+        "_pictures",
         "_started_ms",
         "_straggler",
         "_unreported",
@@ -120,6 +122,9 @@ class StreamProtocol:
         self._straggler: Frame | None = None
         # Admitted frames not yet reported to the observer (index, bytes): see _report_arrivals.
         self._unreported: list[tuple[int, int]] = []
+        # The decoded pictures of the frames not yet answered that came on a media track, by frame index:
+        # the session keeps the frames, this their pictures, until each is answered (at most the session's).
+        self._pictures: dict[int, DecodedPicture] = {}
 
     # Events -----------------------------------------------------------------
 
@@ -131,6 +136,8 @@ class StreamProtocol:
         """
         session = self.session
         if inbound.kind is not InboundKind.BINARY:
+            if inbound.kind is InboundKind.PICTURE:
+                return self._picture_received(inbound.data)  # type: ignore[arg-type]
             self._last_message_ms = session.now_ms()
             if inbound.kind is InboundKind.DISCONNECT:
                 self._end(Close(Ending.PEER_GONE, peer_code=inbound.close_code))
@@ -164,14 +171,40 @@ class StreamProtocol:
             outbox.append(ARRIVALS_DUE)
             self._end(Close(Ending.CLIENT_ERROR, error, frame_index=index))
             return None
-        admission = session.receive_frame(data)
+        return self._admitted(session.receive_frame(data), len(data))
+
+    def _picture_received(self, picture: DecodedPicture) -> Frame | None:
+        """A frame the transport decoded: admitted like a message's frame, its picture kept beside it until it is answered.
+
+        Nothing is checked here: the picture decoded, and its size is checked
+        where every frame's is, before any tool runs (the engine's pixel limit).
+        """
+        session = self.session
+        if self.ending is not None:
+            if not self.ending.cut_off:
+                now = session.now_ms()
+                late = Frame(index=session.increment_frame(), data=b"", received_ms=now)
+                self._unreported.append((late.index, picture.nbytes))
+                session.mark_drop(now)
+                cause = DropCause.SHUTDOWN if self.ending.ending is Ending.SHUTDOWN else DropCause.CLOSING
+                self.outbox.append(FrameDropped(late, cause, picture.rtp_timestamp))
+            return None
+        admission = session.receive_frame(b"")
+        self._pictures[admission.frame.index] = picture
+        return self._admitted(admission, picture.nbytes)
+
+    def _admitted(self, admission: FrameAdmission, size: int) -> Frame | None:
+        session = self.session
+        outbox = self.outbox
         frame = admission.frame
         self._last_message_ms = frame.received_ms
-        self._unreported.append((frame.index, len(data)))
+        self._unreported.append((frame.index, size))
         start = admission.start
         if admission.dropped:
+            pictures = self._pictures
             for drop in admission.dropped:
-                outbox.append(FrameDropped(drop.frame, drop.cause))
+                picture = pictures.pop(drop.frame.index, None) if pictures else None
+                outbox.append(FrameDropped(drop.frame, drop.cause, None if picture is None else picture.rtp_timestamp))
             signal = session.take_slowdown_signal()
             if signal is not None:
                 outbox.append(SlowDown(signal))
@@ -191,13 +224,18 @@ class StreamProtocol:
         now = session.now_ms()
         processing_ms = now - started_ms
         session.complete_frame(frame, processing_ms=processing_ms, succeeded=True, now=now)
-        self.outbox.append(FrameResult(frame, reply.result, processing_ms, started_ms - frame.received_ms))
+        picture = self._pictures.pop(frame.index, None) if self._pictures else None
+        self.outbox.append(
+            FrameResult(frame, reply.result, processing_ms, started_ms - frame.received_ms, None if picture is None else picture.rtp_timestamp)
+        )
         return self._next()
 
     def frame_failed(self, frame: Frame, error: BaseException) -> Frame | None:
         """The frame's work failed; the kind of failure decides the reply. Returns the next frame to start."""
         session = self.session
         session.complete_frame(frame, processing_ms=session.now_ms() - self._started_ms, succeeded=False)
+        if self._pictures:
+            self._pictures.pop(frame.index, None)
         if isinstance(error, FrameValidationError):
             # Markers were fine but the image does not decode (or declares too many pixels): the client sent it.
             self.outbox.append(ARRIVALS_DUE)
@@ -235,6 +273,8 @@ class StreamProtocol:
         """
         failure = FrameTimeoutError(self.session.pipeline_id, frame.index, self._frame_timeout_s)
         self._straggler = frame
+        if self._pictures:
+            self._pictures.pop(frame.index, None)
         self.outbox.append(ErrorReply(failure, frame.index, FrameFailure(frame.index, error)))
 
     def straggler_returned(self, frame: Frame) -> Frame | None:
@@ -291,6 +331,7 @@ class StreamProtocol:
         """The pump is done: whatever was never delivered (the connection was cut) is reported, arrivals included."""
         self._report_unsent()
         self._report_arrivals()
+        self._pictures.clear()
 
     def delivered(self, outgoing: Outgoing) -> None:
         """An item of the outbox has been dealt with (sent, where it has a wire form): tell the observer.
@@ -328,6 +369,11 @@ class StreamProtocol:
     def cut_off(self) -> bool:
         """The session has ended without a way to tell the client: nothing more is sent."""
         return self.ending is not None and self.ending.cut_off
+
+    def picture_of(self, frame: Frame) -> DecodedPicture | None:
+        """The decoded picture of a frame that came on a media track (the decoded-frame job's input); None for a message's frame."""
+        pictures = self._pictures
+        return pictures.get(frame.index) if pictures else None
 
     @property
     def idle_timeout_s(self) -> float:
@@ -367,8 +413,10 @@ class StreamProtocol:
             session.transition(SessionState.CLOSING)
         cause = DropCause.SHUTDOWN if close.ending is Ending.SHUTDOWN else DropCause.CLOSING
         outbox = self.outbox
+        pictures = self._pictures
         for drop in session.drain_waiting(cause):
-            outbox.append(FrameDropped(drop.frame, drop.cause))
+            picture = pictures.pop(drop.frame.index, None) if pictures else None
+            outbox.append(FrameDropped(drop.frame, drop.cause, None if picture is None else picture.rtp_timestamp))
         outbox.append(ErrorReply(close.error, close.frame_index))
 
     def close_code(self) -> tuple[int, str]:

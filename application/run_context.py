@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from application.ports import DecodeBudget, ImageDecoder
+from application.ports import DecodeBudget, DecodedPicture, ImageDecoder
 from application.stream_state import StreamStateStore
 from domain import JpegInfo
 
@@ -23,6 +23,7 @@ class FrameContext:
         "_image",
         "_info",
         "_on_decoded",
+        "_picture",
         "_reduction",
         "_state",
         "frame_index",
@@ -42,8 +43,13 @@ class FrameContext:
         *,
         pipeline_id: str = "",
         on_decoded: Callable[[str, float], None] | None = None,
+        picture: DecodedPicture | None = None,
     ) -> None:
-        """`on_decoded(pipeline_id, duration_ms)`: told of each decode (PipelineObserver.image_decoded, where offered)."""
+        """`on_decoded(pipeline_id, duration_ms)`: told of each decode (PipelineObserver.image_decoded, where offered).
+
+        `picture`: a frame the transport decoded; image() converts it instead of decoding `image_bytes`.
+        """
+        self._picture = picture
         self.frame_index = frame_index
         self._on_decoded = on_decoded
         self.image_bytes = image_bytes
@@ -70,16 +76,22 @@ class FrameContext:
 
     def image(self) -> Any:
         if self._image is _UNDECODED:
+            picture = self._picture
             if self._budget is not None and not self._charged:
-                needed = self._decoder.memory_needed(self._info, self._reduction)
+                needed = (
+                    self._decoder.memory_needed(self._info, self._reduction)
+                    if picture is None
+                    else _converted_bytes(self._info, self._reduction)
+                )
                 self._budget.acquire(needed)
                 self._charged = needed
             on_decoded = self._on_decoded
-            if on_decoded is None:
+            started = time.perf_counter() if on_decoded is not None else 0.0
+            if picture is None:
                 self._image = self._decoder.decode(self.image_bytes, self._reduction)
             else:
-                started = time.perf_counter()
-                self._image = self._decoder.decode(self.image_bytes, self._reduction)
+                self._image = picture.image(self._reduction)
+            if on_decoded is not None:
                 on_decoded(self.pipeline_id, (time.perf_counter() - started) * 1000.0)
         return self._image
 
@@ -98,6 +110,12 @@ class FrameContext:
         if self._budget is not None and self._charged:
             charged, self._charged = self._charged, 0
             self._budget.release(charged)
+
+
+def _converted_bytes(info: JpegInfo, reduction: int) -> int:
+    """What converting a decoded picture holds: its BGR image at the reduction (the transport holds the decoded planes)."""
+    width, height = info.reduced_size(reduction)
+    return width * height * 3
 
 
 class RunStates:

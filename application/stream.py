@@ -266,7 +266,7 @@ class _Pump:
                 sent.set_result(None)
 
     def _job(self, frame: Frame) -> FrameJob:
-        return FrameJob(self._pipeline_id, frame.index, frame.data, self._stream_id, True)
+        return FrameJob(self._pipeline_id, frame.index, frame.data, self._stream_id, True, self._protocol.picture_of(frame))
 
     # Receiving -----------------------------------------------------------------
 
@@ -290,7 +290,7 @@ class _Pump:
                     await self._flush()
                 while start is not None and inline:
                     try:
-                        reply = executor.run_inline(FrameJob(pipeline_id, start.index, start.data, stream_id, True))
+                        reply = executor.run_inline(FrameJob(pipeline_id, start.index, start.data, stream_id, True, protocol.picture_of(start)))
                     except Exception as error:
                         start = protocol.frame_failed(start, error)
                     else:

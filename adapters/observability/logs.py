@@ -100,6 +100,9 @@ def _redact_credentials(_logger: Any, _method: str, event_dict: dict[str, Any]) 
 
 # Libraries that install handlers of their own; their records go to the root handler instead.
 _ROUTED_TO_ROOT = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi", "RapidOCR")
+# The WebRTC stack logs every packet, offer and answer (ICE passwords included) at debug: it speaks from
+# warning up whatever the server's level, and the transport logs what operators need itself.
+_QUIET_BELOW_WARNING = ("aiortc", "aioice")
 
 
 def logging_config(level: str = "info", stream: TextIO | None = None) -> dict[str, Any]:
@@ -133,7 +136,10 @@ def logging_config(level: str = "info", stream: TextIO | None = None) -> dict[st
             }
         },
         "root": {"handlers": ["json"], "level": numeric},
-        "loggers": {name: {"handlers": [], "propagate": True, "level": numeric} for name in _ROUTED_TO_ROOT},
+        "loggers": {
+            **{name: {"handlers": [], "propagate": True, "level": numeric} for name in _ROUTED_TO_ROOT},
+            **{name: {"handlers": [], "propagate": True, "level": max(numeric, logging.WARNING)} for name in _QUIET_BELOW_WARNING},
+        },
     }
 
 

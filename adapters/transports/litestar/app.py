@@ -48,6 +48,8 @@ from application.live_streams import LiveStreams
 from application.errors import FrameTimeoutError, PipelineUnavailableError
 from application.pipeline import DagPipelineService
 from adapters.transports.litestar.streams_api import streams_routes
+from adapters.transports.litestar.whip_routes import whip_routes
+from adapters.transports.webrtc.whip import WhipSessions
 from adapters.transports.litestar.websocket_limits import ReplyTimeout
 from application.ports import ConnectionClosed, Inbound, InboundKind, SendTimedOut
 from application.single_frame import SingleFrameService
@@ -387,6 +389,7 @@ def create_app(
     metrics: MetricsExporter,
     max_body_bytes: int,
     live_streams: LiveStreams | None = None,
+    whip_sessions: WhipSessions | None = None,
     extra_route_handlers: list[Any] | None = None,
     on_shutdown: list[Any] | None = None,
 ) -> AccessGuard:
@@ -408,6 +411,7 @@ def create_app(
             post_frame,
             video_stream,
             *streams_routes(ErrorBody),
+            *(whip_routes(whip_sessions, ErrorBody) if whip_sessions is not None else []),
             *page_routes,
             *(extra_route_handlers or []),
         ],
