@@ -69,7 +69,7 @@ def render_jsdoc(document: Mapping[str, Any], source_hash: str) -> str:
     components = document["components"]
     schemas: Mapping[str, Any] = components["schemas"]
     messages: Mapping[str, Any] = components["messages"]
-    channel = next(iter(document["channels"].values()))
+    channel = document["channels"]["videoStream"]
     parts = [
         "// Generated from asyncapi.yaml by contracts/jsdoc_types.py; do not edit by hand.",
         "// Regenerate with `make models` (python -m contracts.generate_models).",

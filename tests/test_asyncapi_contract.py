@@ -100,8 +100,9 @@ def test_document_describes_the_stream_endpoint(raw_document: dict) -> None:
 def test_operations_take_the_servers_point_of_view(contract: Contract, raw_document: dict) -> None:
     actions = {op_id: op["action"] for op_id, op in raw_document["operations"].items()}
     assert actions["receiveFrame"] == "receive"
-    assert {a for op_id, a in actions.items() if op_id != "receiveFrame"} == {"send"}
-    assert set(contract.client_messages()) == {"Frame"}
+    assert actions["receiveVideoFrame"] == "receive"
+    assert {a for op_id, a in actions.items() if op_id not in ("receiveFrame", "receiveVideoFrame")} == {"send"}
+    assert set(contract.client_messages()) == {"Frame", "VideoTrackFrame"}
     frame = contract.message("Frame")
     assert frame["contentType"] == "image/jpeg"
     assert (frame["payload"]["type"], frame["payload"]["format"]) == ("string", "binary")

@@ -1,11 +1,16 @@
 // Generated from asyncapi.yaml by contracts/jsdoc_types.py; do not edit by hand.
 // Regenerate with `make models` (python -m contracts.generate_models).
-// source-sha256: ee436b2b803e6a52586e1e2a971fac714f2102711cd88578735e94fdfa36bc1a
+// source-sha256: e64fc2e22105246526d87e4dd0a36701dffb7a6a35e6cf03aa3aa1ed03f016b2
 // @ts-check
 
 /**
  * Position of the frame in the stream, counted from 0 in arrival order.
  * @typedef {number} FrameIndex
+ */
+
+/**
+ * Only on the WebRTC results channel (never on the WebSocket): the RTP timestamp (32 bits, 90 kHz clock) the sender gave the video frame this message answers, as it was on the wire, so that a client can match a result or a drop to the frame of its own video. frame_index still counts the frames the server decoded, from 0 in arrival order.
+ * @typedef {number} RtpTimestamp
  */
 
 /**
@@ -42,6 +47,7 @@
 /**
  * @typedef {Object} FrameResultPayload
  * @property {FrameIndex} frame_index
+ * @property {RtpTimestamp} [rtp_timestamp]
  * @property {Object<string, *>} result The pipeline's output for the frame, JSON values only. Its keys are defined by the pipeline; detections inside it have the shape of #/components/schemas/Detection. Pipelines with tracking analytics add `line_counts` and `zone_counts`. Pipelines with gated nodes (docs/gating.md: `faces_gated`, `people_counting_gated`) add `carried` and `carried_frames`.
  */
 
@@ -58,6 +64,7 @@
 /**
  * @typedef {Object} FrameDroppedPayload
  * @property {FrameIndex} frame_index
+ * @property {RtpTimestamp} [rtp_timestamp]
  * @property {true} dropped
  * @property {("lagging"|"buffer_full"|"closing"|"shutdown")} cause lagging: the pipeline is slower than the client and a newer frame replaced this one. buffer_full: a burst outgrew the waiting buffer and the oldest waiting frame went. closing: the session is ending after an error before the frame could run. shutdown: the server is shutting down before the frame could run.
  */

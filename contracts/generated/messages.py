@@ -1,6 +1,6 @@
 # Generated from asyncapi.yaml by asyncapi-python 0.3.1 (codegen); do not edit by hand.
 # Regenerate with `make models` (python -m contracts.generate_models).
-# source-sha256: ee436b2b803e6a52586e1e2a971fac714f2102711cd88578735e94fdfa36bc1a
+# source-sha256: e64fc2e22105246526d87e4dd0a36701dffb7a6a35e6cf03aa3aa1ed03f016b2
 
 from __future__ import annotations
 
@@ -21,6 +21,13 @@ from pydantic import (
 
 class Model(RootModel[Any]):
     root: Any
+
+
+class VideoFrame(RootModel[bytes]):
+    root: bytes = Field(
+        ...,
+        description="The frame as the codec encoded it (RTP payloads, reassembled by the server).",
+    )
 
 
 class Box(BaseModel):
@@ -83,6 +90,10 @@ class FrameDroppedPayload(BaseModel):
     frame_index: conint(ge=0) = Field(
         ...,
         description="Position of the frame in the stream, counted from 0 in arrival order.",
+    )
+    rtp_timestamp: conint(ge=0, le=4294967295) | None = Field(
+        None,
+        description="Only on the WebRTC results channel (never on the WebSocket): the RTP timestamp (32 bits, 90 kHz clock) the sender gave the video frame this message answers, as it was on the wire, so that a client can match a result or a drop to the frame of its own video. frame_index still counts the frames the server decoded, from 0 in arrival order.",
     )
     dropped: Literal[True]
     cause: Cause = Field(
@@ -274,11 +285,10 @@ class IdleTimeoutErrorPayload(BaseModel):
     )
 
 
-class Frame(RootModel[bytes]):
+class VideoTrackFrame(RootModel[bytes]):
     root: bytes = Field(
         ...,
-        description="One complete JPEG image (FF D8 ... FF D9) sent as a binary WebSocket message, at most FORGESYTE_STREAM_MAX_FRAME_BYTES bytes (default 5242880).",
-        json_schema_extra={"contentMediaType": "image/jpeg"},
+        description="The frame as the codec encoded it (RTP payloads, reassembled by the server).",
     )
 
 
@@ -294,10 +304,6 @@ class InvalidMessageError(RootModel[InvalidMessageErrorPayload]):
     root: InvalidMessageErrorPayload
 
 
-class InvalidFrameError(RootModel[InvalidFrameErrorPayload]):
-    root: InvalidFrameErrorPayload
-
-
 class FrameTooLargeError(RootModel[FrameTooLargeErrorPayload]):
     root: FrameTooLargeErrorPayload
 
@@ -310,20 +316,32 @@ class InternalError(RootModel[InternalErrorPayload]):
     root: InternalErrorPayload
 
 
-class InvalidPipelineError(RootModel[InvalidPipelineErrorPayload]):
-    root: InvalidPipelineErrorPayload
-
-
-class ServerBusyError(RootModel[ServerBusyErrorPayload]):
-    root: ServerBusyErrorPayload
-
-
 class ShuttingDownError(RootModel[ShuttingDownErrorPayload]):
     root: ShuttingDownErrorPayload
 
 
 class IdleTimeoutError(RootModel[IdleTimeoutErrorPayload]):
     root: IdleTimeoutErrorPayload
+
+
+class Frame(RootModel[bytes]):
+    root: bytes = Field(
+        ...,
+        description="One complete JPEG image (FF D8 ... FF D9) sent as a binary WebSocket message, at most FORGESYTE_STREAM_MAX_FRAME_BYTES bytes (default 5242880).",
+        json_schema_extra={"contentMediaType": "image/jpeg"},
+    )
+
+
+class InvalidFrameError(RootModel[InvalidFrameErrorPayload]):
+    root: InvalidFrameErrorPayload
+
+
+class InvalidPipelineError(RootModel[InvalidPipelineErrorPayload]):
+    root: InvalidPipelineErrorPayload
+
+
+class ServerBusyError(RootModel[ServerBusyErrorPayload]):
+    root: ServerBusyErrorPayload
 
 
 class UnauthorizedError(RootModel[UnauthorizedErrorPayload]):
@@ -356,6 +374,10 @@ class FrameResultPayload(BaseModel):
         ...,
         description="Position of the frame in the stream, counted from 0 in arrival order.",
     )
+    rtp_timestamp: conint(ge=0, le=4294967295) | None = Field(
+        None,
+        description="Only on the WebRTC results channel (never on the WebSocket): the RTP timestamp (32 bits, 90 kHz clock) the sender gave the video frame this message answers, as it was on the wire, so that a client can match a result or a drop to the frame of its own video. frame_index still counts the frames the server decoded, from 0 in arrival order.",
+    )
     result: Result = Field(
         ...,
         description="The pipeline's output for the frame, JSON values only. Its keys are defined by the pipeline; detections inside it have the shape of #/components/schemas/Detection. Pipelines with tracking analytics add `line_counts` and `zone_counts`. Pipelines with gated nodes (docs/gating.md: `faces_gated`, `people_counting_gated`) add `carried` and `carried_frames`.",
@@ -368,6 +390,7 @@ class FrameResult(RootModel[FrameResultPayload]):
 
 __all__ = [
     "Model",
+    "VideoFrame",
     "Box",
     "Detection",
     "LineCounts1",
@@ -385,18 +408,19 @@ __all__ = [
     "UnauthorizedErrorPayload",
     "ShuttingDownErrorPayload",
     "IdleTimeoutErrorPayload",
-    "Frame",
+    "VideoTrackFrame",
     "FrameDropped",
     "SlowDownWarning",
     "InvalidMessageError",
-    "InvalidFrameError",
     "FrameTooLargeError",
     "PipelineFailureError",
     "InternalError",
-    "InvalidPipelineError",
-    "ServerBusyError",
     "ShuttingDownError",
     "IdleTimeoutError",
+    "Frame",
+    "InvalidFrameError",
+    "InvalidPipelineError",
+    "ServerBusyError",
     "UnauthorizedError",
     "Result",
     "FrameResultPayload",

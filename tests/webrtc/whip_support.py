@@ -1,173 +1,23 @@
-"""A real aiortc publisher for the WHIP tests: a clip as a video track, the offer POSTed, replies read off the results channel.
-
-Everything stays on 127.0.0.1: the server is told FORGESYTE_STREAM_WEBRTC_HOST_ADDRESSES=127.0.0.1, and this
-process's aioice gathers on loopback only (`loopback_only`), never on the machine's interface address.
-"""
+"""Media for the WebRTC tests; the publisher itself is the contract suite's (contracts/whip_client.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import fractions
-import json
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import aioice.ice
-import av
 import cv2
-import httpx
 import numpy as np
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, VideoStreamTrack
 
+from contracts.whip_client import WEBRTC_ENV, ClipTrack, Publisher, loopback_only, publish
 from tests.support.media import FACE_JPEG, moving_face_clip
 
-WEBRTC_ENV = {"FORGESYTE_STREAM_WEBRTC_HOST_ADDRESSES": "127.0.0.1"}
-VIDEO_CLOCK = 90_000
-
-
-@contextlib.contextmanager
-def loopback_only() -> Iterator[None]:
-    """This process's ICE gathers on 127.0.0.1 only (aioice skips loopback unless told)."""
-    original = aioice.ice.get_host_addresses
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
-    try:
-        yield
-    finally:
-        aioice.ice.get_host_addresses = original
+__all__ = ["WEBRTC_ENV", "ClipTrack", "Publisher", "face_frames", "loopback_only", "publish", "still_face"]
 
 
 def face_frames(count: int, *, width: int = 640, height: int = 480) -> list[np.ndarray[Any, Any]]:
-    """The moving-face clip of the WebSocket tests, decoded and letterboxed to width x height."""
-    frames = []
-    for jpeg in moving_face_clip(count, width=width, height=height):
-        frames.append(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
-    return frames
+    """The moving-face clip of the WebSocket tests, decoded: the same pictures over either transport."""
+    return [cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR) for jpeg in moving_face_clip(count, width=width, height=height)]
 
 
 def still_face(width: int = 640, height: int = 480) -> np.ndarray[Any, Any]:
     image = cv2.imdecode(np.frombuffer(FACE_JPEG.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
     return cv2.resize(image, (width, height))
-
-
-class ClipTrack(VideoStreamTrack):
-    """A clip as a video track: paced at `fps` (a camera), or as fast as the encoder takes frames when fps is None.
-
-    Each frame's pts is its number times the frame interval, so a reply's rtp_timestamp
-    (the sender's random origin plus pts) tells which frame it answers (Publisher.frame_of).
-    """
-
-    def __init__(self, frames: Sequence[np.ndarray[Any, Any]], fps: float | None = 30.0, *, repeat: bool = False) -> None:
-        super().__init__()
-        self._frames = frames
-        self._fps = fps
-        self._repeat = repeat
-        self.sent = 0
-        self.sent_at: dict[int, float] = {}
-        self._started: float | None = None
-        self._step = round(VIDEO_CLOCK / (fps or 30.0))
-
-    async def recv(self) -> av.VideoFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        number = self.sent
-        if number >= len(self._frames) and not self._repeat:
-            self.stop()
-            raise MediaStreamError
-        if self._fps is not None:
-            if self._started is None:
-                self._started = time.monotonic()
-            wait = self._started + number / self._fps - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-        else:
-            await asyncio.sleep(0)
-        frame = av.VideoFrame.from_ndarray(self._frames[number % len(self._frames)], format="bgr24")
-        frame.pts = number * self._step
-        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
-        self.sent = number + 1
-        self.sent_at[number] = time.monotonic()
-        return frame
-
-
-@dataclass
-class Publisher:
-    pc: RTCPeerConnection
-    track: ClipTrack
-    location: str
-    base_url: str
-    link: str | None
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    received_at: list[float] = field(default_factory=list)
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def replies(self) -> list[dict[str, Any]]:
-        return [m for m in self.messages if "frame_index" in m and ("result" in m or m.get("dropped"))]
-
-    async def wait_for(self, count: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.replies()) < count and time.monotonic() < deadline and not self.closed.is_set():
-            await asyncio.sleep(0.02)
-
-    async def delete(self) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=self.base_url) as http:
-            return await http.delete(self.location)
-
-    async def close(self) -> None:
-        await self.pc.close()
-
-
-async def publish(
-    base_url: str,
-    pipeline_id: str,
-    track: ClipTrack,
-    *,
-    codec: str | None = None,
-    headers: dict[str, str] | None = None,
-    ice_servers: list[RTCIceServer] | None = None,
-    relay_only: bool = False,
-    channel: bool = True,
-) -> Publisher | httpx.Response:
-    """Publish `track`; the Publisher once answered (201), else the refusing response."""
-    configuration = RTCConfiguration(iceServers=ice_servers or [])
-    if relay_only:
-        configuration.iceTransportPolicy = "relay"  # type: ignore[attr-defined]
-    pc = RTCPeerConnection(configuration)
-    transceiver = pc.addTransceiver(track, direction="sendonly")
-    if codec is not None:
-        codecs = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == f"video/{codec.lower()}"]
-        transceiver.setCodecPreferences(codecs)
-    publisher_messages: list[dict[str, Any]] = []
-    received_at: list[float] = []
-    closed = asyncio.Event()
-    if channel:
-        results = pc.createDataChannel("results")
-
-        @results.on("message")
-        def on_message(message: str) -> None:
-            publisher_messages.append(json.loads(message))
-            received_at.append(time.monotonic())
-
-        @results.on("close")
-        def on_close() -> None:
-            closed.set()
-
-    await pc.setLocalDescription(await pc.createOffer())
-    async with httpx.AsyncClient(base_url=base_url, timeout=30.0) as http:
-        response = await http.post(
-            f"/v1/whip?pipeline_id={pipeline_id}",
-            content=pc.localDescription.sdp.encode(),
-            headers={"content-type": "application/sdp", **(headers or {})},
-        )
-    if response.status_code != 201:
-        await pc.close()
-        return response
-    await pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
-    publisher = Publisher(pc, track, response.headers["location"], base_url, response.headers.get("link"))
-    publisher.messages = publisher_messages
-    publisher.received_at = received_at
-    publisher.closed = closed
-    return publisher
