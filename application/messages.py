@@ -86,6 +86,8 @@ class ErrorReply(NamedTuple):
     error: StreamError
     frame_index: int | None = None
     failure: FrameFailure | None = None
+    # The failed frame's RTP timestamp, for a pipeline_failure about a frame that came on a media track.
+    rtp_timestamp: int | None = None
 
     @property
     def code(self) -> ErrorCode:
@@ -95,6 +97,8 @@ class ErrorReply(NamedTuple):
         message: dict[str, Any] = self.error.to_message()
         if self.frame_index is not None:
             message["frame_index"] = self.frame_index
+        if self.rtp_timestamp is not None:
+            message["rtp_timestamp"] = self.rtp_timestamp
         return message
 
 

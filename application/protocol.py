@@ -234,8 +234,8 @@ class StreamProtocol:
         """The frame's work failed; the kind of failure decides the reply. Returns the next frame to start."""
         session = self.session
         session.complete_frame(frame, processing_ms=session.now_ms() - self._started_ms, succeeded=False)
-        if self._pictures:
-            self._pictures.pop(frame.index, None)
+        picture = self._pictures.pop(frame.index, None) if self._pictures else None
+        rtp_timestamp = None if picture is None else picture.rtp_timestamp
         if isinstance(error, FrameValidationError):
             # Markers were fine but the image does not decode (or declares too many pixels): the client sent it.
             self.outbox.append(ARRIVALS_DUE)
@@ -261,7 +261,7 @@ class StreamProtocol:
             self.outbox.append(ARRIVALS_DUE)
             self.internal_failure(f"frame {frame.index}", error, frame)
             return None
-        self.outbox.append(ErrorReply(failure, frame.index, FrameFailure(frame.index, cause)))
+        self.outbox.append(ErrorReply(failure, frame.index, FrameFailure(frame.index, cause), rtp_timestamp))
         return self._next()
 
     def frame_still_running(self, frame: Frame, error: JobTimedOut) -> None:
@@ -273,9 +273,9 @@ class StreamProtocol:
         """
         failure = FrameTimeoutError(self.session.pipeline_id, frame.index, self._frame_timeout_s)
         self._straggler = frame
-        if self._pictures:
-            self._pictures.pop(frame.index, None)
-        self.outbox.append(ErrorReply(failure, frame.index, FrameFailure(frame.index, error)))
+        picture = self._pictures.pop(frame.index, None) if self._pictures else None
+        rtp_timestamp = None if picture is None else picture.rtp_timestamp
+        self.outbox.append(ErrorReply(failure, frame.index, FrameFailure(frame.index, error), rtp_timestamp))
 
     def straggler_returned(self, frame: Frame) -> Frame | None:
         """The work answered at its deadline has returned; returns the next frame to start."""

@@ -1,6 +1,6 @@
 // Generated from asyncapi.yaml by contracts/jsdoc_types.py; do not edit by hand.
 // Regenerate with `make models` (python -m contracts.generate_models).
-// source-sha256: e64fc2e22105246526d87e4dd0a36701dffb7a6a35e6cf03aa3aa1ed03f016b2
+// source-sha256: 171754b95f51b6f11bac9b65952280960cc090d93ac40f32a3f2f8b8caaaaa2d
 // @ts-check
 
 /**
@@ -9,7 +9,7 @@
  */
 
 /**
- * Only on the WebRTC results channel (never on the WebSocket): the RTP timestamp (32 bits, 90 kHz clock) the sender gave the video frame this message answers, as it was on the wire, so that a client can match a result or a drop to the frame of its own video. frame_index still counts the frames the server decoded, from 0 in arrival order.
+ * Only on the WebRTC results channel (never on the WebSocket), on results, dropped notices and pipeline_failure: the RTP timestamp (32 bits, 90 kHz clock) the sender gave the video frame this message answers, as it was on the wire, so that a client can match a result or a drop to the frame of its own video. frame_index still counts the frames the server decoded, from 0 in arrival order.
  * @typedef {number} RtpTimestamp
  */
 
@@ -104,6 +104,7 @@
  * @property {"pipeline_failure"} error
  * @property {ErrorDetail} detail
  * @property {FrameIndex} frame_index
+ * @property {RtpTimestamp} [rtp_timestamp]
  */
 
 /**

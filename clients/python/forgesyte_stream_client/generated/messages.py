@@ -1,6 +1,6 @@
 # Generated from asyncapi.yaml by asyncapi-python 0.3.1 (codegen); do not edit by hand.
 # Regenerate with `make models` (python -m contracts.generate_models).
-# source-sha256: e64fc2e22105246526d87e4dd0a36701dffb7a6a35e6cf03aa3aa1ed03f016b2
+# source-sha256: 171754b95f51b6f11bac9b65952280960cc090d93ac40f32a3f2f8b8caaaaa2d
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ class FrameDroppedPayload(BaseModel):
     )
     rtp_timestamp: conint(ge=0, le=4294967295) | None = Field(
         None,
-        description="Only on the WebRTC results channel (never on the WebSocket): the RTP timestamp (32 bits, 90 kHz clock) the sender gave the video frame this message answers, as it was on the wire, so that a client can match a result or a drop to the frame of its own video. frame_index still counts the frames the server decoded, from 0 in arrival order.",
+        description="Only on the WebRTC results channel (never on the WebSocket), on results, dropped notices and pipeline_failure: the RTP timestamp (32 bits, 90 kHz clock) the sender gave the video frame this message answers, as it was on the wire, so that a client can match a result or a drop to the frame of its own video. frame_index still counts the frames the server decoded, from 0 in arrival order.",
     )
     dropped: Literal[True]
     cause: Cause = Field(
@@ -186,6 +186,10 @@ class PipelineFailureErrorPayload(BaseModel):
     frame_index: conint(ge=0) = Field(
         ...,
         description="Position of the frame in the stream, counted from 0 in arrival order.",
+    )
+    rtp_timestamp: conint(ge=0, le=4294967295) | None = Field(
+        None,
+        description="Only on the WebRTC results channel (never on the WebSocket), on results, dropped notices and pipeline_failure: the RTP timestamp (32 bits, 90 kHz clock) the sender gave the video frame this message answers, as it was on the wire, so that a client can match a result or a drop to the frame of its own video. frame_index still counts the frames the server decoded, from 0 in arrival order.",
     )
 
 
@@ -376,7 +380,7 @@ class FrameResultPayload(BaseModel):
     )
     rtp_timestamp: conint(ge=0, le=4294967295) | None = Field(
         None,
-        description="Only on the WebRTC results channel (never on the WebSocket): the RTP timestamp (32 bits, 90 kHz clock) the sender gave the video frame this message answers, as it was on the wire, so that a client can match a result or a drop to the frame of its own video. frame_index still counts the frames the server decoded, from 0 in arrival order.",
+        description="Only on the WebRTC results channel (never on the WebSocket), on results, dropped notices and pipeline_failure: the RTP timestamp (32 bits, 90 kHz clock) the sender gave the video frame this message answers, as it was on the wire, so that a client can match a result or a drop to the frame of its own video. frame_index still counts the frames the server decoded, from 0 in arrival order.",
     )
     result: Result = Field(
         ...,
