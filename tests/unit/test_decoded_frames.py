@@ -136,3 +136,20 @@ def test_frame_objects_for_decoded_frames_hold_no_bytes() -> None:
     stream, _, _ = protocol()
     start = started(stream.message_received(picture_event(5)))
     assert isinstance(start, Frame) and start.data == b""
+
+
+def test_a_decoded_frame_over_the_pixel_limit_ends_the_session_with_frame_too_large_on_arrival() -> None:
+    from application.protocol import StreamProtocol
+    from domain import Session, SessionState
+    from tests.support.fakes import Clock, RecordingObserver
+
+    session = Session(pipeline_id="p", policy=BackpressurePolicy(), clock=Clock())
+    session.transition(SessionState.OPEN)
+    stream = StreamProtocol(
+        session, RecordingObserver(), frame_timeout_s=2.0, max_frame_bytes=1000, idle_timeout_s=60.0, max_frame_pixels=64 * 48 - 1  # type: ignore[arg-type]
+    )
+    assert stream.message_received(picture_event(1)) is None
+    assert stream._pictures == {}, "never kept"
+    stream.closing_messages()
+    (message,) = [m for m in sent(stream) if "error" in m]
+    assert message["error"] == "frame_too_large" and message["frame_index"] == 0 and "64x48" in message["detail"]
