@@ -1,12 +1,15 @@
 // @ts-check
 // The ForgeSyte Stream browser client: a camera or a video file streamed to the server, results drawn over it.
-// No build step: this module and messages.js (generated from asyncapi.yaml) are served as they are.
+// Two transports: WebRTC (WHIP; webrtc.js) where the browser has RTCPeerConnection, else the WebSocket of JPEGs.
+// No build step: these modules and messages.js (generated from asyncapi.yaml) are served as they are.
 import { CLOSE_CODES } from "./messages.js";
 import { watchStreams } from "./streams.js";
+import { FrameMatcher, RTP_MATCHING_SUPPORTED, WEBRTC_SUPPORTED, WhipError, gatheringComplete, iceServers, publish } from "./webrtc.js";
 
 /** @typedef {import("./messages.js").ServerMessage} ServerMessage */
 /** @typedef {import("./messages.js").Detection} Detection */
 /** @typedef {import("./messages.js").FrameResultPayload} FrameResultPayload */
+/** @typedef {import("./webrtc.js").EncodedFrame} EncodedFrame */
 
 const SUBPROTOCOL_PREFIX = "forgesyte.bearer.";
 const UNAUTHORIZED_CLOSE = 3000;
@@ -24,9 +27,11 @@ function $(id) {
 const ui = {
   form: /** @type {HTMLFormElement} */ ($("controls")),
   pipeline: /** @type {HTMLSelectElement} */ ($("pipeline")),
+  transport: /** @type {HTMLSelectElement} */ ($("transport")),
   source: /** @type {HTMLSelectElement} */ ($("source")),
   fileField: $("file-field"),
   file: /** @type {HTMLInputElement} */ ($("file")),
+  qualityField: $("quality-field"),
   quality: /** @type {HTMLInputElement} */ ($("quality")),
   key: /** @type {HTMLInputElement} */ ($("key")),
   start: /** @type {HTMLButtonElement} */ ($("start")),
@@ -86,28 +91,131 @@ function percentile(values, q) {
   return sorted[Math.min(sorted.length - 1, Math.round(q * (sorted.length - 1)))];
 }
 
-/** One streaming session: one frame in flight, the newest frame wins, at most the server's suggested rate. */
+/** What every session shares, whatever carries it: the figures and the one handler of the server's messages. */
 class Session {
-  /** @param {string} pipeline @param {string} key @param {number} quality */
-  constructor(pipeline, key, quality) {
-    this.quality = quality;
+  /** @param {string} pipeline */
+  constructor(pipeline) {
+    this.pipeline = pipeline;
     this.sent = 0;
     this.answered = 0;
     this.dropped = 0;
     this.failed = 0;
     /** @type {number|null} */
     this.suggestedFps = null;
+    /** @type {number[]} */ this.sentTimes = [];
+    /** @type {number[]} */ this.answerTimes = [];
+    /** @type {number[]} */ this.latencies = [];
+    this.running = true;
+    this.startedAt = performance.now();
+    /** @type {Record<string, any>|null} */ this.endingError = null;
+    this.figures = setInterval(() => this.showFigures(), 250);
+  }
+
+  /** When the frame this message answers was sent (page clock), if known; the transport keeps track.
+   * @param {ServerMessage & {frame_index: number}} message @returns {number|undefined} */
+  sentAt(message) {
+    return undefined;
+  }
+
+  /** Obey a slow_down warning: no faster than the server keeps up with (slower still while it cannot say).
+   * @param {number|null} suggestedFps */
+  slowDown(suggestedFps) {}
+
+  /** @param {FrameResultPayload} message */
+  drawResult(message) {
+    draw(message);
+  }
+
+  /** @param {ServerMessage & {frame_index: number}} message */
+  answer(message) {
+    const sentAt = this.sentAt(message);
+    const now = performance.now();
+    this.answered += 1;
+    this.answerTimes.push(now);
+    return sentAt === undefined ? null : now - sentAt;
+  }
+
+  /** Every message from the server, over either transport. @param {ServerMessage} message */
+  onMessage(message) {
+    if ("result" in message) {
+      const latency = this.answer(message);
+      if (latency !== null) {
+        this.latencies.push(latency);
+        if (this.latencies.length > LATENCY_SAMPLES) this.latencies.shift();
+      }
+      this.drawResult(message);
+    } else if ("dropped" in message) {
+      this.answer(message);
+      this.dropped += 1;
+    } else if ("warning" in message) {
+      this.suggestedFps = message.suggested_fps;
+      this.slowDown(message.suggested_fps);
+    } else if (message.error === "pipeline_failure") {
+      if (message.frame_index !== undefined) this.answer(message);
+      this.failed += 1;
+      setStatus(`frame ${message.frame_index} failed: ${message.detail}`, true);
+    } else {
+      this.endingError = message; // the end of the stream follows
+    }
+  }
+
+  /** The status line for an error that ended the stream. @param {Record<string, any>} error @param {string} how */
+  static describe(error, how) {
+    if (error.error === "unauthorized") return `unauthorized: the server refused the API key (${error.detail})`;
+    return `${error.error}: ${error.detail} (${how})`;
+  }
+
+  /** Close the transport (the page stops the stream). */
+  close() {}
+
+  /** @param {boolean} [closeTransport] */
+  stop(closeTransport = true) {
+    if (!this.running) return;
+    this.running = false;
+    clearInterval(this.figures);
+    this.showFigures();
+    if (closeTransport) this.close();
+    stopped();
+  }
+
+  showFigures() {
+    const now = performance.now();
+    for (const times of [this.sentTimes, this.answerTimes]) {
+      while (times.length && times[0] < now - RATE_WINDOW_MS) times.shift();
+    }
+    const spanS = Math.min(RATE_WINDOW_MS, now - this.startedAt) / 1000 || 1;
+    show("sent", this.sent, this.sent);
+    show("answered", this.answered, this.answered);
+    show("sent-fps", (this.sentTimes.length / spanS).toFixed(1));
+    show("answered-fps", (this.answerTimes.length / spanS).toFixed(1));
+    const p50 = percentile(this.latencies, 0.5);
+    const p95 = percentile(this.latencies, 0.95);
+    show("p50", p50 === null ? "–" : `${p50.toFixed(0)} ms`);
+    show("p95", p95 === null ? "–" : `${p95.toFixed(0)} ms`);
+    show("dropped", this.dropped, this.dropped);
+    show("failed", this.failed, this.failed);
+    show("suggested", this.suggestedFps === null ? "–" : this.suggestedFps.toFixed(1));
+  }
+}
+
+/** @param {string} id @param {string|number} text @param {number} [value] */
+function show(id, text, value) {
+  const element = $(id);
+  element.textContent = String(text);
+  if (value !== undefined) element.dataset.value = String(value);
+}
+
+/** The WebSocket session: one JPEG in flight, the newest frame wins, at most the server's suggested rate. */
+class WebSocketSession extends Session {
+  /** @param {string} pipeline @param {string} key @param {number} quality */
+  constructor(pipeline, key, quality) {
+    super(pipeline);
+    this.quality = quality;
     this.minIntervalMs = 0;
     this.lastSentAt = 0;
     /** @type {Map<number, number>} frame_index -> send time */
     this.inFlight = new Map();
-    /** @type {number[]} */ this.sentTimes = [];
-    /** @type {number[]} */ this.answerTimes = [];
-    /** @type {number[]} */ this.latencies = [];
     this.encoding = false;
-    this.running = true;
-    this.startedAt = performance.now();
-    /** @type {Record<string, any>|null} */ this.endingError = null;
     this.capture = document.createElement("canvas");
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const url = `${scheme}//${location.host}/ws/video/stream?pipeline_id=${encodeURIComponent(pipeline)}`;
@@ -118,7 +226,7 @@ class Session {
     };
     this.socket.onmessage = (event) => this.onMessage(JSON.parse(event.data));
     this.socket.onclose = (event) => this.onClose(event.code, event.reason);
-    this.figures = setInterval(() => this.showFigures(), 250);
+    show("overlay-mode", "newest result");
   }
 
   pump() {
@@ -145,39 +253,17 @@ class Session {
     requestAnimationFrame(() => this.pump());
   }
 
-  /** @param {number} frameIndex */
-  answer(frameIndex) {
-    const sentAt = this.inFlight.get(frameIndex);
-    this.inFlight.delete(frameIndex);
-    const now = performance.now();
-    this.answered += 1;
-    this.answerTimes.push(now);
-    return sentAt === undefined ? null : now - sentAt;
+  /** @param {ServerMessage & {frame_index: number}} message */
+  sentAt(message) {
+    const sentAt = this.inFlight.get(message.frame_index);
+    this.inFlight.delete(message.frame_index);
+    return sentAt;
   }
 
-  /** @param {ServerMessage} message */
-  onMessage(message) {
-    if ("result" in message) {
-      const latency = this.answer(message.frame_index);
-      if (latency !== null) {
-        this.latencies.push(latency);
-        if (this.latencies.length > LATENCY_SAMPLES) this.latencies.shift();
-      }
-      draw(message);
-    } else if ("dropped" in message) {
-      this.answer(message.frame_index);
-      this.dropped += 1;
-    } else if ("warning" in message) {
-      this.suggestedFps = message.suggested_fps;
-      // Obey the server: no faster than it keeps up with (halve the rate while it cannot say yet).
-      this.minIntervalMs = message.suggested_fps ? 1000 / message.suggested_fps : Math.max(100, this.minIntervalMs * 2);
-    } else if (message.error === "pipeline_failure") {
-      if (message.frame_index !== undefined) this.answer(message.frame_index);
-      this.failed += 1;
-      setStatus(`frame ${message.frame_index} failed: ${message.detail}`, true);
-    } else {
-      this.endingError = message; // the close follows
-    }
+  /** @param {number|null} suggestedFps */
+  slowDown(suggestedFps) {
+    // Halve the rate while the server cannot say yet, to at most 10 frames a second.
+    this.minIntervalMs = suggestedFps ? 1000 / suggestedFps : Math.max(100, this.minIntervalMs * 2);
   }
 
   /** @param {number} code @param {string} reason */
@@ -185,10 +271,10 @@ class Session {
     const wasRunning = this.running;
     this.stop(false);
     if (code === 1000 && !this.endingError && !wasRunning) return;
-    if (code === UNAUTHORIZED_CLOSE || this.endingError?.error === "unauthorized") {
-      setStatus(`unauthorized: the server refused the API key${this.endingError ? ` (${this.endingError.detail})` : ""}`, true);
+    if (code === UNAUTHORIZED_CLOSE && !this.endingError) {
+      setStatus("unauthorized: the server refused the API key", true);
     } else if (this.endingError) {
-      setStatus(`${this.endingError.error}: ${this.endingError.detail} (close ${code})`, true);
+      setStatus(Session.describe(this.endingError, `close ${code}`), true);
     } else if (code === 1000) {
       setStatus("the server closed the stream");
     } else {
@@ -197,45 +283,155 @@ class Session {
     }
   }
 
-  /** @param {boolean} [closeSocket] */
-  stop(closeSocket = true) {
-    if (!this.running) return;
-    this.running = false;
-    clearInterval(this.figures);
-    this.showFigures();
-    if (closeSocket && this.socket.readyState <= WebSocket.OPEN) this.socket.close(1000);
-    stopped();
-  }
-
-  showFigures() {
-    const now = performance.now();
-    for (const times of [this.sentTimes, this.answerTimes]) {
-      while (times.length && times[0] < now - RATE_WINDOW_MS) times.shift();
-    }
-    /** @param {string} id @param {string|number} text @param {number} [value] */
-    const show = (id, text, value) => {
-      const element = $(id);
-      element.textContent = String(text);
-      if (value !== undefined) element.dataset.value = String(value);
-    };
-    const spanS = Math.min(RATE_WINDOW_MS, now - this.startedAt) / 1000 || 1;
-    show("sent", this.sent, this.sent);
-    show("answered", this.answered, this.answered);
-    show("sent-fps", (this.sentTimes.length / spanS).toFixed(1));
-    show("answered-fps", (this.answerTimes.length / spanS).toFixed(1));
-    const p50 = percentile(this.latencies, 0.5);
-    const p95 = percentile(this.latencies, 0.95);
-    show("p50", p50 === null ? "–" : `${p50.toFixed(0)} ms`);
-    show("p95", p95 === null ? "–" : `${p95.toFixed(0)} ms`);
-    show("dropped", this.dropped, this.dropped);
-    show("failed", this.failed, this.failed);
-    show("suggested", this.suggestedFps === null ? "–" : this.suggestedFps.toFixed(1));
+  close() {
+    if (this.socket.readyState <= WebSocket.OPEN) this.socket.close(1000);
   }
 }
 
-/** Draw a result's detections over the video, in the frame's own pixels (the overlay has the video's size).
- * @param {FrameResultPayload} message */
-function draw(message) {
+/** The WebRTC session: the camera's track sent as video (WHIP), results on the `results` data channel. */
+class WebRtcSession extends Session {
+  /** @param {string} pipeline @param {MediaStreamTrack} track @param {Record<string, string>} headers */
+  constructor(pipeline, track, headers) {
+    super(pipeline);
+    this.headers = headers;
+    /** @type {string|null} the WHIP session's URL, DELETEd on stop */
+    this.session = null;
+    /** @type {{width: number, height: number}|null} the size of the frames the encoder sends */
+    this.frameSize = null;
+    this.matched = 0;
+    this.pc = new RTCPeerConnection({ iceServers: iceServers() });
+    // The channel is the client's, created before the offer, so the offer carries its m=application section.
+    this.channel = this.pc.createDataChannel("results", { ordered: true });
+    this.channel.onopen = () => setStatus(`streaming to ${pipeline}`);
+    this.channel.onmessage = (event) => this.onMessage(JSON.parse(event.data));
+    this.channel.onclose = () => this.ended("the server closed the stream");
+    this.pc.onconnectionstatechange = () => {
+      if (this.pc.connectionState === "failed") this.ended("the WebRTC connection failed or was lost");
+    };
+    this.sender = this.pc.addTransceiver(track, { direction: "sendonly" }).sender;
+    /** @type {FrameMatcher|null} */
+    this.matcher = RTP_MATCHING_SUPPORTED ? new FrameMatcher(ui.video, this.sender, (frame) => this.encodedFrame(frame)) : null;
+    show("overlay-mode", this.matcher ? "RTP timestamp" : "newest result");
+    this.negotiate().catch((error) => this.refused(error));
+  }
+
+  async negotiate() {
+    await this.pc.setLocalDescription(await this.pc.createOffer());
+    await gatheringComplete(this.pc);
+    const offer = this.pc.localDescription;
+    if (!offer || !this.running) return;
+    const { answer, session, iceServers: linked } = await publish(this.pipeline, offer.sdp, this.headers);
+    this.session = session;
+    if (!this.running) {
+      this.close();
+      return;
+    }
+    if (linked.length) {
+      // Gathering is over (no trickle): the server's ICE servers serve an ICE restart and the page's next session.
+      try {
+        this.pc.setConfiguration({ ...this.pc.getConfiguration(), iceServers: linked });
+      } catch {
+        // a browser that refuses to change them mid-session: the next session starts with them
+      }
+    }
+    await this.pc.setRemoteDescription({ type: "answer", sdp: answer });
+    const parameters = this.sender.getParameters();
+    // Drop frames rather than shrink them when the encoder is short of CPU: boxes stay in the camera's pixels.
+    /** @type {any} */ (parameters).degradationPreference = "maintain-resolution";
+    await this.sender.setParameters(parameters).catch(() => {});
+  }
+
+  /** @param {unknown} error */
+  refused(error) {
+    if (!this.running) return;
+    this.stop();
+    if (error instanceof WhipError) setStatus(Session.describe({ error: error.code, detail: error.detail }, `HTTP ${error.status}`), true);
+    else setStatus(`cannot start WebRTC: ${error instanceof Error ? error.message : error}`, true);
+  }
+
+  /** @param {EncodedFrame} frame */
+  encodedFrame(frame) {
+    this.sent += 1;
+    this.sentTimes.push(frame.at);
+    this.frameSize = { width: frame.width, height: frame.height };
+  }
+
+  /** @param {ServerMessage & {frame_index: number}} message */
+  sentAt(message) {
+    const rtp = "rtp_timestamp" in message ? message.rtp_timestamp : undefined;
+    return rtp === undefined ? undefined : this.matcher?.frame(rtp)?.at;
+  }
+
+  /** @param {FrameResultPayload} message */
+  drawResult(message) {
+    const rtp = message.rtp_timestamp;
+    const picture = rtp === undefined ? null : (this.matcher?.picture(rtp) ?? null);
+    const frame = rtp === undefined ? null : (this.matcher?.frame(rtp) ?? null);
+    if (picture) {
+      this.matched += 1;
+      show("overlay-mode", "RTP timestamp", this.matched);
+    }
+    draw(message, picture, frame ?? this.frameSize);
+  }
+
+  /** @param {number|null} suggestedFps */
+  slowDown(suggestedFps) {
+    const parameters = this.sender.getParameters();
+    const encoding = parameters.encodings?.[0];
+    if (!encoding) return;
+    const current = encoding.maxFramerate ?? (this.sentTimes.length / (RATE_WINDOW_MS / 1000) || 30);
+    encoding.maxFramerate = suggestedFps ?? Math.max(1, Math.min(10, current / 2));
+    this.sender.setParameters(parameters).catch(() => {});
+  }
+
+  /** The stream ended without the page: the channel closed or the connection failed. @param {string} why */
+  ended(why) {
+    if (!this.running) return;
+    this.stop(false);
+    this.close();
+    if (this.endingError) setStatus(Session.describe(this.endingError, "WebRTC"), true);
+    else setStatus(why, why !== "the server closed the stream");
+  }
+
+  close() {
+    this.channel.onclose = null;
+    this.pc.onconnectionstatechange = null;
+    const session = this.session;
+    this.session = null;
+    const closePeer = () => {
+      this.matcher?.dispose();
+      this.pc.close();
+    };
+    if (!session) return closePeer();
+    // DELETE first, then close: the server ends the session on the DELETE, not on a vanished peer.
+    fetch(session, { method: "DELETE", headers: this.headers, keepalive: true })
+      .catch(() => {})
+      .finally(closePeer);
+  }
+
+  showFigures() {
+    super.showFigures();
+    if (!this.matcher && this.running) this.countSent();
+  }
+
+  /** Without the encoded-frame transform, frames sent come from the sender's statistics. */
+  async countSent() {
+    const stats = await this.sender.getStats();
+    stats.forEach((report) => {
+      if (report.type === "outbound-rtp" && typeof report.framesSent === "number" && report.framesSent > this.sent) {
+        const now = performance.now();
+        for (let i = this.sent; i < report.framesSent; i++) this.sentTimes.push(now);
+        this.sent = report.framesSent;
+      }
+    });
+  }
+}
+
+/** Draw a result's detections over the video (the overlay has the video's size). `picture`: the frame the result
+ * answers, painted under the boxes (WebRTC with RTP matching); without it the boxes go over the live video.
+ * `frameSize`: the size of the frames the server received, when it is not the video's (the boxes are in its pixels).
+ * @param {FrameResultPayload} message @param {ImageBitmap|null} [picture] @param {{width: number, height: number}|null} [frameSize] */
+function draw(message, picture = null, frameSize = null) {
   const canvas = ui.overlay;
   const video = ui.video;
   if (canvas.width !== video.videoWidth || canvas.height !== video.videoHeight) {
@@ -245,12 +441,16 @@ function draw(message) {
   const context = canvas.getContext("2d");
   if (!context) return;
   context.clearRect(0, 0, canvas.width, canvas.height);
+  if (picture) context.drawImage(picture, 0, 0, canvas.width, canvas.height);
+  const scaleX = frameSize?.width ? canvas.width / frameSize.width : 1;
+  const scaleY = frameSize?.height ? canvas.height / frameSize.height : 1;
   const lineWidth = Math.max(2, Math.round(canvas.width / 320));
   context.lineWidth = lineWidth;
   context.font = `${Math.max(12, Math.round(canvas.width / 50))}px system-ui, sans-serif`;
   context.textBaseline = "bottom";
   for (const detection of detectionsIn(message.result)) {
-    const { x1, y1, x2, y2 } = detection.box;
+    const [x1, x2] = [detection.box.x1 * scaleX, detection.box.x2 * scaleX];
+    const [y1, y2] = [detection.box.y1 * scaleY, detection.box.y2 * scaleY];
     context.strokeStyle = BOX_COLOR;
     context.strokeRect(x1, y1, x2 - x1, y2 - y1);
     const label = `${detection.label} ${detection.confidence.toFixed(2)}${detection.text ? `: ${detection.text}` : ""}`;
@@ -306,9 +506,41 @@ async function start() {
     return;
   }
   ui.stop.disabled = false;
-  const quality = Math.min(1, Math.max(0.1, Number(ui.quality.value) || 0.8));
   setStatus("connecting…");
-  session = new Session(pipeline, ui.key.value.trim(), quality);
+  if (ui.transport.value === "webrtc") {
+    const stream = cameraStream ?? captureStream(ui.video);
+    const track = stream?.getVideoTracks()[0];
+    if (!track) {
+      stopped();
+      setStatus("this browser cannot send a video file over WebRTC; choose the WebSocket transport", true);
+      return;
+    }
+    session = new WebRtcSession(pipeline, track, authHeaders());
+  } else {
+    const quality = Math.min(1, Math.max(0.1, Number(ui.quality.value) || 0.8));
+    session = new WebSocketSession(pipeline, ui.key.value.trim(), quality);
+  }
+}
+
+/** The playing file as a MediaStream (HTMLMediaElement.captureStream), where the browser has it.
+ * @param {HTMLVideoElement} video @returns {MediaStream|null} */
+function captureStream(video) {
+  const element = /** @type {{captureStream?: () => MediaStream, mozCaptureStream?: () => MediaStream}} */ (/** @type {unknown} */ (video));
+  const capture = element.captureStream ?? element.mozCaptureStream;
+  return capture ? capture.call(video) : null;
+}
+
+/** The transport choice: WebRTC by default where the browser has it, else the WebSocket. @param {string|null} wanted */
+function chooseTransport(wanted) {
+  const webrtc = /** @type {HTMLOptionElement} */ (ui.transport.querySelector('option[value="webrtc"]'));
+  webrtc.disabled = !WEBRTC_SUPPORTED;
+  if (wanted === "webrtc" || wanted === "websocket") ui.transport.value = wanted;
+  if (!WEBRTC_SUPPORTED) ui.transport.value = "websocket";
+  const showQuality = () => {
+    ui.qualityField.hidden = ui.transport.value !== "websocket"; // WebRTC sends the encoder's video, not JPEGs
+  };
+  showQuality();
+  ui.transport.addEventListener("change", showQuality);
 }
 
 async function main() {
@@ -319,6 +551,7 @@ async function main() {
     params.delete("key"); // keep the key out of the address bar and the history
     history.replaceState(null, "", `${location.pathname}${params.size ? `?${params}` : ""}`);
   }
+  chooseTransport(params.get("transport"));
   const source = params.get("source");
   if (source === "camera" || source === "file") ui.source.value = source;
   ui.fileField.hidden = ui.source.value !== "file";
@@ -333,6 +566,7 @@ async function main() {
     session?.stop();
     setStatus("stopped");
   });
+  addEventListener("pagehide", () => session?.stop()); // a WebRTC session is DELETEd (keepalive) as the page goes
   watchStreams(
     /** @type {HTMLTableSectionElement} */ (/** @type {HTMLTableElement} */ ($("streams")).tBodies[0]),
     $("streams-note"),
