@@ -2,7 +2,9 @@
 
 The camera is Chromium's file-backed fake device playing an MJPEG made here
 from tests/data/face-astronaut.jpg. `make test` installs chromium; run
-without it, these tests fail saying so (they do not skip).
+without it, these tests fail saying so (they do not skip). They stream over
+the page's WebSocket transport (`transport=websocket`; WebRTC is the page's
+default): tests/webrtc/test_browser_webrtc.py runs its WebRTC transport.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def figure(page: object, name: str) -> str:
 def test_camera_autostart_draws_a_box_on_the_face_and_the_figures_move(page: object, server: RunningServer) -> None:
     expected = httpx.post(f"{server.http}/v1/pipelines/faces/frames", content=FACE_JPEG.read_bytes(),
                           headers={"Content-Type": "image/jpeg"}, timeout=30, trust_env=False).json()["result"]["faces"][0]["box"]
-    page.goto(f"{server.http}/?pipeline=faces&source=camera&autostart=1")  # type: ignore[attr-defined]
+    page.goto(f"{server.http}/?pipeline=faces&source=camera&autostart=1&transport=websocket")  # type: ignore[attr-defined]
     page.wait_for_function("Number(document.getElementById('answered').dataset.value) >= 3", timeout=30_000)  # type: ignore[attr-defined]
     first_answered = int(page.get_attribute("#answered", "data-value"))  # type: ignore[attr-defined]
 
@@ -164,7 +166,7 @@ def test_a_key_in_the_query_is_offered_as_the_bearer_subprotocol_and_leaves_the_
     try:
         page = context.new_page()
         page.add_init_script(_OFFERED_PROTOCOLS)
-        page.goto(f"{keyed_server.http}/?pipeline=probe&source=camera&autostart=1&key={PAGE_KEY}")
+        page.goto(f"{keyed_server.http}/?pipeline=probe&source=camera&autostart=1&transport=websocket&key={PAGE_KEY}")
         page.wait_for_function("window.offeredProtocols.length > 0")
         assert page.evaluate("window.offeredProtocols") == [[f"forgesyte.bearer.{PAGE_KEY}"]]
         assert "key=" not in page.url
@@ -178,7 +180,7 @@ def test_a_wrong_key_is_reported_as_refused(browser: object, keyed_server: Runni
     context = browser.new_context()  # type: ignore[attr-defined]
     try:
         page = context.new_page()
-        page.goto(f"{keyed_server.http}/?pipeline=probe&source=camera&autostart=1&key=not-the-key-0123456789")
+        page.goto(f"{keyed_server.http}/?pipeline=probe&source=camera&autostart=1&transport=websocket&key=not-the-key-0123456789")
         page.wait_for_function("document.getElementById('status').classList.contains('error')", timeout=15_000)
         assert "401" in page.inner_text("#status")
     finally:
@@ -200,7 +202,7 @@ def _stream_rows(page: object) -> list[list[str]]:
 
 
 def test_the_operator_table_lists_the_pages_own_stream_and_refreshes_until_it_ends(page: object, server: RunningServer) -> None:
-    page.goto(f"{server.http}/?pipeline=probe&source=camera&autostart=1")  # type: ignore[attr-defined]
+    page.goto(f"{server.http}/?pipeline=probe&source=camera&autostart=1&transport=websocket")  # type: ignore[attr-defined]
     page.wait_for_function(  # type: ignore[attr-defined]
         "[...document.querySelectorAll('#streams tbody tr')].some(r => r.cells[1].textContent === 'probe' && Number(r.cells[7].textContent) > 0)",
         timeout=30_000,

@@ -15,11 +15,20 @@ ROOT = Path(__file__).resolve().parents[2]
 TSC = ROOT / "contracts" / "node" / "node_modules" / ".bin" / "tsc"
 
 
-def test_the_page_type_checks_against_the_generated_message_types() -> None:
+def _tsc(script: str, lib: str) -> subprocess.CompletedProcess[str]:
     assert TSC.exists(), "TypeScript is missing: run `make setup` (npm ci in contracts/node)"
-    done = subprocess.run(
+    return subprocess.run(
         [str(TSC), "--checkJs", "--allowJs", "--noEmit", "--strict", "--target", "es2022", "--module", "es2022",
-         "--moduleResolution", "bundler", "--lib", "es2022,dom", str(ROOT / "clients" / "web" / "app.js")],
+         "--moduleResolution", "bundler", "--lib", lib, str(ROOT / "clients" / "web" / script)],
         capture_output=True, text=True, timeout=120, check=False,
     )
+
+
+def test_the_page_type_checks_against_the_generated_message_types() -> None:
+    done = _tsc("app.js", "es2022,dom")  # and the modules it imports: webrtc.js, streams.js, messages.js
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_pages_encoded_frame_worker_type_checks_as_a_worker() -> None:
+    done = _tsc("rtp-worker.js", "es2022,webworker")
     assert done.returncode == 0, done.stdout + done.stderr
