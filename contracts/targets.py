@@ -84,7 +84,8 @@ def wait_until_listening(host: str, port: int, timeout_s: float, alive: Callable
 def server_environment(**extra: str) -> dict[str, str]:
     """The environment of a self-started server: the document's defaults plus the suite's pipelines.
 
-    The one exception is the idle timeout, SUITE_IDLE_TIMEOUT_S instead of a minute.
+    The exceptions are the idle timeout, SUITE_IDLE_TIMEOUT_S instead of a minute,
+    and WebRTC media gathered on 127.0.0.1, where the suite's WHIP publisher is.
 
     Inherited FORGESYTE_STREAM_* settings are dropped, so a developer's shell
     cannot move the limits the suite assumes.
@@ -96,6 +97,8 @@ def server_environment(**extra: str) -> dict[str, str]:
             "FORGESYTE_STREAM_PIPELINES_DIR": str(PIPELINES_DIR),
             "FORGESYTE_STREAM_PLUGINS": FAULT_PLUGIN,
             "FORGESYTE_STREAM_IDLE_TIMEOUT_S": str(SUITE_IDLE_TIMEOUT_S),
+            # WebRTC media on loopback, where the suite's WHIP publisher gathers (contracts/test_webrtc_contract.py).
+            "FORGESYTE_STREAM_WEBRTC_HOST_ADDRESSES": "127.0.0.1",
             **extra,
         }
     )

@@ -20,7 +20,7 @@ import aioice.ice
 import av
 import httpx
 import numpy as np
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, VideoStreamTrack
 
 from contracts.asyncapi_doc import Contract, UndeclaredMessageError, load_contract
@@ -146,9 +146,9 @@ async def publish(
     kept in `Publisher.undeclared` and reported to `observer`, as the WebSocket client does.
     """
     contract = contract or load_contract()
-    configuration = RTCConfiguration(iceServers=ice_servers or [])
-    if relay_only:
-        configuration.iceTransportPolicy = "relay"  # type: ignore[attr-defined]
+    configuration = RTCConfiguration(
+        iceServers=ice_servers or [], iceTransportPolicy=RTCIceTransportPolicy.RELAY if relay_only else RTCIceTransportPolicy.ALL
+    )
     pc = RTCPeerConnection(configuration)
     transceiver = pc.addTransceiver(track, direction="sendonly")
     if codec is not None:

@@ -9,6 +9,7 @@ more frame than they count).
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -200,3 +201,24 @@ def test_without_a_results_channel_the_session_runs_and_its_frames_are_counted(s
     after = settled(server)
     processed = after.total("stream_frames_processed_total", pipeline_id="probe") - before.total("stream_frames_processed_total", pipeline_id="probe")
     assert processed >= 10
+
+
+def test_at_shutdown_the_channel_gets_shutting_down_then_closes() -> None:
+    own = start_server({**WEBRTC_ENV, "FORGESYTE_STREAM_SHUTDOWN_TIMEOUT_S": "5"})
+
+    async def scenario() -> Publisher:
+        publisher = await _published(own, "probe", ClipTrack([still_face(160, 120)] * 1000, fps=15))
+        await publisher.wait_for(3, 10)
+        own.process.send_signal(signal.SIGTERM)
+        assert await publisher.wait_closed(15), "the server closes the channel once it has said why"
+        await publisher.close()
+        return publisher
+
+    try:
+        publisher = run(scenario())
+        code = own.process.wait(timeout=20)
+    finally:
+        own.stop()
+    assert publisher.errors()[-1]["error"] == "shutting_down"
+    assert code == -signal.SIGTERM, "uvicorn ends a graceful shutdown by re-raising the signal"
+    _check_replies(publisher, 3)
