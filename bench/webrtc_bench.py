@@ -231,12 +231,15 @@ async def floor_phase(server: Child, jpegs: list[bytes], pictures: list[np.ndarr
     checks: list[Check] = []
     if not baseline.runs:
         return checks, True
+    present = [p for p in pooled.values() if p.runs]
+    print()
+    print_clip(present, baseline, faces=False)
     base_p50 = percentile(baseline.latencies_ms(), 50)
-    for p in pooled.values():
-        if not p.runs:
-            continue
+    for p in present:
         lat = p.latencies_ms()
-        above = "" if p is baseline else f", p50 {percentile(lat, 50) - base_p50:+.1f} ms vs WebSocket"
+        above = ""
+        if p is not baseline:
+            above = f", +{percentile(lat, 50) - base_p50:.1f} ms vs WS; from the next frame's send p50 {percentile(p.after_next_ms(), 50):.1f} ms"
         checks.append(
             Check(f"floor: {p.label} latency p50 / p95 (probe)", f"{percentile(lat, 50):.1f} / {percentile(lat, 95):.1f} ms{above}", "(info)", None)
         )
