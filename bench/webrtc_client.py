@@ -123,9 +123,10 @@ class BenchTrack(ClipTrack):
 def _frame_of(rtp_timestamp: int, origin: int, step: int, sent: int) -> int | None:
     """The frame whose pts (frame * step) the timestamp carries, within RTP_SLACK ticks; None when none does.
 
-    aiortc's VP8 encoder puts frame.pts on the wire after PyAV's encode has
-    rescaled it through the codec's time base, which truncates: one frame in
-    three goes out a tick early (2999, 11999, ...). H.264 keeps it exact.
+    aiortc's VP8 encoder reads frame.pts after PyAV's encode has rewritten it
+    in place in the codec's microsecond time base (3000 ticks -> 33,333 us)
+    and converts it back truncating: one frame in three goes out a tick early
+    (2999, 11999, ...). H.264 keeps it exact.
     """
     offset = (rtp_timestamp - origin) & _RTP_MASK
     frame = (offset + step // 2) // step
