@@ -84,7 +84,7 @@ bench-gating: $(STAMP)
 	$(BIN)/python bench/gating.py
 
 # WebRTC (WHIP, VP8 and H.264) against the WebSocket on one server, loopback only: bytes per frame, faces boxed,
-# capture-to-result latency, overload at 3x (docs/performance.md). About two minutes; --quick for ~45 s.
+# capture-to-result latency, overload at 3x (docs/performance.md). About 2.5 minutes; --quick for ~40 s.
 bench-webrtc: $(STAMP)
 	$(BIN)/python bench/webrtc_bench.py
 

@@ -388,7 +388,7 @@ def versions() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="90 frames, one round, 6 s of overload (~45 s instead of ~2 min)")
+    parser.add_argument("--quick", action="store_true", help="90 frames, one round, 6 s of overload (~40 s instead of ~2.5 min)")
     args = parser.parse_args(argv)
     profile = QUICK if args.quick else FULL
     began = time.perf_counter()
