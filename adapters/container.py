@@ -90,6 +90,7 @@ def _stream_settings(settings: Settings) -> StreamSettings:
         frame_timeout_s=settings.frame_timeout_ms / 1000.0,
         max_frame_bytes=settings.max_frame_bytes,
         idle_timeout_s=settings.idle_timeout_s,
+        max_frame_pixels=settings.max_frame_pixels,
     )
 
 

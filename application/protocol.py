@@ -40,7 +40,7 @@ from application.messages import (
     SlowDown,
 )
 from application.ports import ConnectionClosed, DecodedPicture, FrameReply, Inbound, InboundKind, SendTimedOut, StreamObserver
-from domain import CLOSE_CODE_FOR_ERROR, CloseCode, DropCause, ErrorCode, Frame, FrameValidationError, Session, SessionState, StreamError, validate_jpeg
+from domain import DEFAULT_MAX_FRAME_PIXELS, CLOSE_CODE_FOR_ERROR, CloseCode, DropCause, ErrorCode, Frame, FrameValidationError, Session, SessionState, StreamError, validate_jpeg
 from domain.errors import GENERIC_INTERNAL_DETAIL
 from domain.session import FrameAdmission
 
@@ -87,6 +87,7 @@ class StreamProtocol:
         "_inline",
         "_last_message_ms",
         "_max_frame_bytes",
+        "_max_frame_pixels",
         "_observer",
         "_pictures",
         "_started_ms",
@@ -106,12 +107,14 @@ class StreamProtocol:
         max_frame_bytes: int,
         idle_timeout_s: float,
         runs_inline: bool = False,
+        max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
     ) -> None:
         self.session = session
         self._inline = runs_inline
         self._observer = observer
         self._frame_timeout_s = frame_timeout_s
         self._max_frame_bytes = max_frame_bytes
+        self._max_frame_pixels = max_frame_pixels
         self._idle_timeout_s = idle_timeout_s
         self.outbox: deque[Outgoing] = deque()
         self.ending: Close | None = None
@@ -176,8 +179,9 @@ class StreamProtocol:
     def _picture_received(self, picture: DecodedPicture) -> Frame | None:
         """A frame the transport decoded: admitted like a message's frame, its picture kept beside it until it is answered.
 
-        Nothing is checked here: the picture decoded, and its size is checked
-        where every frame's is, before any tool runs (the engine's pixel limit).
+        It decoded, so only its size is checked, on arrival: a larger frame ends
+        the session with frame_too_large before it is kept waiting, as a JPEG
+        declaring too many pixels does.
         """
         session = self.session
         if self.ending is not None:
@@ -188,6 +192,18 @@ class StreamProtocol:
                 session.mark_drop(now)
                 cause = DropCause.SHUTDOWN if self.ending.ending is Ending.SHUTDOWN else DropCause.CLOSING
                 self.outbox.append(FrameDropped(late, cause, picture.rtp_timestamp))
+            return None
+        if picture.width * picture.height > self._max_frame_pixels:
+            self._last_message_ms = session.now_ms()
+            index = session.increment_frame()
+            self._unreported.append((index, picture.nbytes))
+            self.outbox.append(ARRIVALS_DUE)
+            limit = self._max_frame_pixels
+            error = FrameValidationError(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"frame is {picture.width}x{picture.height} = {picture.width * picture.height} pixels; the limit is {limit} pixels",
+            )
+            self._end(Close(Ending.CLIENT_ERROR, error, frame_index=index))
             return None
         admission = session.receive_frame(b"")
         self._pictures[admission.frame.index] = picture

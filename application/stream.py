@@ -25,6 +25,7 @@ from application.frame_service import FramePipelineService
 from domain import (
     CLOSE_CODE_FOR_ERROR,
     DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_MAX_FRAME_PIXELS,
     BackpressurePolicy,
     CloseCode,
     ErrorCode,
@@ -46,6 +47,8 @@ class StreamSettings:
     frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    # Checked on frames a transport decoded, when they arrive (a JPEG's is checked on its header, in the engine).
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
 
 
 class StreamService:
@@ -121,6 +124,7 @@ class StreamService:
             max_frame_bytes=settings.max_frame_bytes,
             idle_timeout_s=settings.idle_timeout_s,
             runs_inline=self._executor.runs_inline(pipeline_id),
+            max_frame_pixels=settings.max_frame_pixels,
         )
         pump = _Pump(protocol, transport, self._executor, settings.frame_timeout_s)
         close_code, reason = int(CloseCode.INTERNAL_ERROR), "internal_error"

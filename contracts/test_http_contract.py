@@ -22,6 +22,7 @@ import pytest
 
 from contracts.frames import jpeg
 from contracts.targets import ROOT, Target
+from contracts.whip_client import offer_sdp
 
 SCHEMA_PATH = "/schema/openapi.json"
 FAULT_ROLES = ("failing", "crash")
@@ -88,16 +89,36 @@ class _OpenStream:
         self._thread.join(timeout=15)
 
 
+def _open_whip_session(target: Target) -> str:
+    """A WHIP session opened with a real offer (its publisher never connects, so it lasts until the connect timeout); '' when the target serves no WHIP."""
+    assert target.http_base is not None
+    document = httpx.get(f"{target.http_base}/schema/openapi.json", headers=target.auth_headers(), timeout=10, trust_env=False).json()
+    if "/v1/whip" not in document.get("paths", {}):
+        return ""
+    sdp = asyncio.run(offer_sdp())
+    answer = httpx.post(
+        f"{target.http_base}/v1/whip?pipeline_id={target.pipeline('result')}",
+        content=sdp.encode(),
+        headers={"content-type": "application/sdp", **target.auth_headers()},
+        timeout=30,
+        trust_env=False,
+    )
+    assert answer.status_code == 201, answer.text
+    return answer.headers["location"].rsplit("/", 1)[1]
+
+
 @pytest.mark.needs_http
 def test_schemathesis_finds_no_failure_with_every_check_on(target: Target, tmp_path: Path) -> None:
     with _OpenStream(target) as stream_id:
-        _run_schemathesis(target, tmp_path, stream_id)
+        _run_schemathesis(target, tmp_path, stream_id, _open_whip_session(target))
 
 
-def _run_schemathesis(target: Target, tmp_path: Path, stream_id: str) -> None:
+def _run_schemathesis(target: Target, tmp_path: Path, stream_id: str, whip_session: str) -> None:
     schemathesis = Path(sys.executable).parent / "schemathesis"
     command = [
         str(schemathesis),
+        "--config-file",
+        str(ROOT / "contracts" / "schemathesis.toml"),
         "run",
         f"{target.http_base}{SCHEMA_PATH}",
         "--checks",
@@ -118,6 +139,7 @@ def _run_schemathesis(target: Target, tmp_path: Path, stream_id: str) -> None:
         "SCHEMATHESIS_HOOKS": "contracts.schemathesis_hooks",
         "FORGESYTE_CONTRACT_FAULT_PIPELINES": ",".join(target.pipeline(role) for role in FAULT_ROLES),
         "FORGESYTE_CONTRACT_OPEN_STREAM": stream_id,
+        "FORGESYTE_CONTRACT_WHIP_SESSION": whip_session,
     }
     run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
     report = run.stdout + run.stderr

@@ -81,6 +81,17 @@ class ClipTrack(VideoStreamTrack):
         return frame
 
 
+async def offer_sdp() -> str:
+    """A publisher's offer (one sendonly video section, the results channel) from a peer that never connects."""
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="sendonly")
+    pc.createDataChannel("results")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp: str = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
 @dataclass
 class Publisher:
     """One published session: its peer, its track, its WHIP resource, and what the results channel brought, in order."""

@@ -87,7 +87,12 @@ def actor(name: str) -> Any:
 def server(ray_cluster: str) -> Iterator[RunningServer]:
     """tests/stream's server (same settings), with its pipelines on the session's Ray cluster."""
     running = start_server(
-        ray_env(ray_cluster, FORGESYTE_STREAM_FRAME_TIMEOUT_MS="500", FORGESYTE_STREAM_MAX_FRAME_BYTES="100000")
+        ray_env(
+            ray_cluster,
+            FORGESYTE_STREAM_FRAME_TIMEOUT_MS="500",
+            FORGESYTE_STREAM_MAX_FRAME_BYTES="100000",
+            FORGESYTE_STREAM_WEBRTC_HOST_ADDRESSES="127.0.0.1",  # tests/ray/test_webrtc_on_ray.py
+        )
     )
     executor = running.health().get("executor") or {}
     assert executor.get("kind") == "ray" and executor.get("cluster") == "ok", executor

@@ -12,7 +12,7 @@ from typing import Any
 import av
 import numpy as np
 
-from adapters.media.pictures import ArrayPicture, VideoFramePicture
+from adapters.media.pictures import ArrayPicture, I420Picture, VideoFramePicture
 from application.errors import PipelineExecutionError
 from application.ports import FrameJob, FrameReply, Inbound, InboundKind
 from domain import BackpressurePolicy, Frame
@@ -125,14 +125,35 @@ def test_a_video_frame_picture_converts_on_demand_and_travels_to_another_process
     assert (picture.width, picture.height, picture.rtp_timestamp, picture.nbytes) == (64, 48, 123, 456)
     assert picture.image(1).shape == (48, 64, 3)
     assert picture.image(4).shape == (12, 16, 3)
-    copy = pickle.loads(pickle.dumps(picture))
-    assert isinstance(copy, ArrayPicture)
+    shipped = pickle.dumps(picture)
+    assert len(shipped) < 64 * 48 * 1.5 + 500, "its I420 planes travel, not BGR pixels"
+    copy = pickle.loads(shipped)
+    assert isinstance(copy, I420Picture)
     assert (copy.width, copy.height, copy.rtp_timestamp, copy.nbytes) == (64, 48, 123, 456)
-    assert np.array_equal(copy.image(1), picture.image(1))
+    assert np.abs(copy.image(1).astype(int) - picture.image(1).astype(int)).max() <= 3, "the same conversion, within rounding"
     assert copy.image(2).shape == (24, 32, 3)
+    odd = pickle.loads(pickle.dumps(VideoFramePicture(_video_frame(64, 48).reformat(format="rgb24"), 1, 2)))
+    assert isinstance(odd, ArrayPicture) and odd.image(1).shape == (48, 64, 3)
 
 
 def test_frame_objects_for_decoded_frames_hold_no_bytes() -> None:
     stream, _, _ = protocol()
     start = started(stream.message_received(picture_event(5)))
     assert isinstance(start, Frame) and start.data == b""
+
+
+def test_a_decoded_frame_over_the_pixel_limit_ends_the_session_with_frame_too_large_on_arrival() -> None:
+    from application.protocol import StreamProtocol
+    from domain import Session, SessionState
+    from tests.support.fakes import Clock, RecordingObserver
+
+    session = Session(pipeline_id="p", policy=BackpressurePolicy(), clock=Clock())
+    session.transition(SessionState.OPEN)
+    stream = StreamProtocol(
+        session, RecordingObserver(), frame_timeout_s=2.0, max_frame_bytes=1000, idle_timeout_s=60.0, max_frame_pixels=64 * 48 - 1  # type: ignore[arg-type]
+    )
+    assert stream.message_received(picture_event(1)) is None
+    assert stream._pictures == {}, "never kept"
+    stream.closing_messages()
+    (message,) = [m for m in sent(stream) if "error" in m]
+    assert message["error"] == "frame_too_large" and message["frame_index"] == 0 and "64x48" in message["detail"]

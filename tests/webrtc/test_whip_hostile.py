@@ -182,5 +182,10 @@ def test_1080p_at_60_fps_into_a_slow_pipeline_keeps_memory_and_latency_flat_and_
     assert last - first < 0.25, f"result latency grew by {(last - first) * 1000:.0f} ms over the flood"
     # Memory: flat after the first seconds (decoders and buffers warmed up).
     warm = [value for at, value in rss if at >= 10]
+    print(
+        f"\n1080p60 flood: {decoded} frames decoded, {int(discarded)} discarded before decoding, {len(results)} results, "
+        f"{len(dropped)} dropped; result age growth {(last - first) * 1000:.0f} ms; RSS {rss[0][1] / MiB:.0f} MiB at start, "
+        f"{warm[0] / MiB:.0f} MiB at 10 s, max {max(warm) / MiB:.0f} MiB; {probe.check()}"
+    )
     assert max(warm) - warm[0] < 24 * MiB, f"RSS went from {warm[0] / MiB:.0f} MiB to {max(warm) / MiB:.0f} MiB"
     probe.check()

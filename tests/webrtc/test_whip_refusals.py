@@ -24,7 +24,7 @@ from tests.webrtc.whip_support import WEBRTC_ENV, ClipTrack, Publisher, loopback
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RunningServer]:
-    running = start_server({**WEBRTC_ENV, "FORGESYTE_STREAM_MAX_SESSIONS": "2"})
+    running = start_server({**WEBRTC_ENV, "FORGESYTE_STREAM_MAX_SESSIONS": "2", "FORGESYTE_STREAM_MAX_FRAME_PIXELS": str(320 * 240)})
     yield running
     running.stop()
 
@@ -153,3 +153,17 @@ def test_the_endpoint_is_declared_in_the_openapi_document(server: RunningServer)
     assert "application/sdp" in post_operation["requestBody"]["content"]
     assert {"201", "400", "404", "409", "413", "415", "503"} <= set(post_operation["responses"])
     assert "delete" in document["paths"]["/v1/whip/sessions/{resource_id}"]
+
+
+def test_video_over_the_pixel_limit_ends_the_session_with_frame_too_large_at_its_first_frame(server: RunningServer) -> None:
+    async def scenario() -> Publisher:
+        publisher = await publish(server.http, "probe", ClipTrack([still_face(640, 480)] * 300, fps=10))
+        assert isinstance(publisher, Publisher)
+        assert await publisher.wait_closed(15)
+        await publisher.close()
+        return publisher
+
+    publisher = run(scenario())
+    (error,) = publisher.errors()
+    assert error["error"] == "frame_too_large" and error["frame_index"] == 0 and "640x480" in error["detail"]
+    assert publisher.replies() == [error], "the first frame is the last: nothing of it was run"

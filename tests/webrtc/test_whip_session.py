@@ -116,6 +116,9 @@ def test_delete_ends_the_session_and_its_slot_and_a_second_delete_is_not_found(s
         publisher = await _published(server, "probe", ClipTrack([still_face(160, 120)] * 1000, fps=15))
         await publisher.wait_for(5, 15)
         active = int(scrape(server).total("stream_sessions_active"))
+        async with httpx.AsyncClient(base_url=server.http, trust_env=False) as http:
+            (listed,) = (await http.get("/v1/streams")).json()
+        assert listed["transport"] == "webrtc" and listed["pipeline_id"] == "probe" and listed["frames_received"] >= 5
         assert (await publisher.delete()).status_code == 200
         again = await publisher.delete()
         await publisher.close()
