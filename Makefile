@@ -9,7 +9,7 @@ CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 PIP := $(BIN)/pip --disable-pip-version-check --quiet
 
-.PHONY: setup serve test lint contracts contracts-ray models bench bench-ray bench-gating docs-html lock
+.PHONY: setup serve test lint contracts contracts-ray models bench bench-ray bench-gating bench-webrtc docs-html lock
 
 $(STAMP): requirements.lock pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,11 @@ bench: $(STAMP)
 # Gated pipelines against their ungated twins on one real server (docs/gating.md, docs/performance.md).
 bench-gating: $(STAMP)
 	$(BIN)/python bench/gating.py
+
+# WebRTC (WHIP, VP8 and H.264) against the WebSocket on one server, loopback only: bytes per frame, faces boxed,
+# capture-to-result latency, overload at 3x (docs/performance.md). About 2.5 minutes; --quick for ~40 s.
+bench-webrtc: $(STAMP)
+	$(BIN)/python bench/webrtc_bench.py
 
 # The Ray executor against threads, and a two-node Ray cluster on this machine (docs/performance.md).
 # The two-node part runs in network namespaces it creates: root, and `ip` from iproute2.

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,8 +153,13 @@ def write_pipelines(directory: Path, cost_ms: float) -> None:
     (directory / f"{POOLED_PIPELINE}.json").write_text(json.dumps(pooled, indent=2))
 
 
-def start_forgesyte(pipelines_dir: Path, log_path: Path, timeout_s: float = 60.0, *, transport: str = "litestar") -> Child:
-    """The real server: `forgesyte-stream serve` (Litestar on uvicorn), or the same application on the websockets adapter."""
+def start_forgesyte(
+    pipelines_dir: Path, log_path: Path, timeout_s: float = 60.0, *, transport: str = "litestar", extra_env: Mapping[str, str] | None = None
+) -> Child:
+    """The real server: `forgesyte-stream serve` (Litestar on uvicorn), or the same application on the websockets adapter.
+
+    `extra_env` adds to (or overrides) its environment: bench/webrtc_bench.py gives it the WebRTC host addresses.
+    """
     port = free_port()
     env = {
         **os.environ,
@@ -161,6 +167,7 @@ def start_forgesyte(pipelines_dir: Path, log_path: Path, timeout_s: float = 60.0
         "FORGESYTE_STREAM_PIPELINES_DIR": str(pipelines_dir),
         "FORGESYTE_STREAM_PLUGINS": FAULT_PLUGIN,
         "FORGESYTE_STREAM_LOG_LEVEL": "warning",
+        **(extra_env or {}),
     }
     with open(log_path, "wb") as log:
         process = spawn_server(transport, port, env, stdout=log)

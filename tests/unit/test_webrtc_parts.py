@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -182,3 +183,33 @@ def test_ice_servers_become_link_headers_with_their_credentials() -> None:
         '<turns:t.example:5349>; rel="ice-server"; username="u"; credential="c\\"q"; credential-type="password"',
     ]
     assert IceServer(("stun:s.example",)).link_headers() == ['<stun:s.example>; rel="ice-server"']
+
+
+def rtp(sequence: int, timestamp: int, marker: bool, data: bytes) -> Any:
+    from aiortc.rtp import RtpPacket
+
+    packet = RtpPacket(payload_type=96, marker=int(marker), sequence_number=sequence, timestamp=timestamp)
+    packet._data = data  # type: ignore[attr-defined]  # what aiortc's depayloader leaves on a packet
+    return packet
+
+
+def test_the_jitter_buffer_releases_a_frame_at_its_marked_packet_not_at_the_next_frame() -> None:
+    from adapters.transports.webrtc.receive_bounds import MarkerJitterBuffer
+
+    buffer = MarkerJitterBuffer(capacity=16)
+    assert buffer.add(rtp(100, 3000, False, b"a"))[1] is None
+    assert buffer.add(rtp(102, 3000, True, b"c"))[1] is None, "a packet of the frame is still missing"
+    frame = buffer.add(rtp(101, 3000, False, b"b"))[1]
+    assert frame is not None and frame.data == b"abc" and frame.timestamp == 3000
+    frame = buffer.add(rtp(103, 6000, True, b"d"))[1]
+    assert frame is not None and frame.data == b"d", "a one-packet frame goes at once"
+
+
+def test_a_frame_whose_sender_sets_no_marker_goes_when_the_next_one_starts_as_aiortc_does() -> None:
+    from adapters.transports.webrtc.receive_bounds import MarkerJitterBuffer
+
+    buffer = MarkerJitterBuffer(capacity=16)
+    assert buffer.add(rtp(10, 90, False, b"x"))[1] is None
+    assert buffer.add(rtp(11, 90, False, b"y"))[1] is None  # a sender that never marks a frame's end...
+    frame = buffer.add(rtp(12, 180, False, b"z"))[1]  # ...has it ended by the next frame's first packet
+    assert frame is not None and frame.data == b"xy" and frame.timestamp == 90

@@ -1,9 +1,8 @@
 """WHIP sessions against the real server with a real aiortc publisher on 127.0.0.1: results, drops, endings.
 
-A frame of the session is a frame the server decoded; aiortc's jitter buffer
-releases a frame when the next one's first packet arrives, so the last frame
-a publisher sends is decoded only if another follows (these tests send one
-more frame than they count).
+A frame of the session is a frame the server decoded, each released to the
+decoder at its marked last packet (receive_bounds.MarkerJitterBuffer), the
+publisher's last frame included.
 """
 
 from __future__ import annotations

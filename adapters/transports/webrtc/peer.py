@@ -23,7 +23,14 @@ import msgspec
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
 from adapters.media.pictures import VideoFramePicture
-from adapters.transports.webrtc.receive_bounds import ENCODED_BACKLOG_FRAMES, INBOX_FRAMES, Control, EncodedBacklog, FrameInbox
+from adapters.transports.webrtc.receive_bounds import (
+    ENCODED_BACKLOG_FRAMES,
+    INBOX_FRAMES,
+    Control,
+    EncodedBacklog,
+    FrameInbox,
+    MarkerJitterBuffer,
+)
 from application.ports import ConnectionClosed, Inbound, InboundKind, SendTimedOut
 
 logger = logging.getLogger(__name__)
@@ -81,6 +88,7 @@ class WebRtcTransport:
     def bind_track(self, track: MediaStreamTrack, receiver: Any) -> None:
         """Bound the video track's queues before its receiver starts (receive_bounds) and read its frames from the inbox."""
         self._receiver = receiver
+        receiver._RTCRtpReceiver__jitter_buffer = MarkerJitterBuffer()
         self._backlog = EncodedBacklog(ENCODED_BACKLOG_FRAMES, self._discards("decode_backlog"), receiver._RTCRtpReceiver__decoder_error.set)
         receiver._RTCRtpReceiver__decoder_queue = self._backlog
         track._queue = self.inbox  # type: ignore[attr-defined]

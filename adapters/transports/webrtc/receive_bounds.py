@@ -12,6 +12,13 @@ receiver starts:
   which a PLI asks the sender for: an inter-frame codec cannot skip frames
   otherwise. The discarded frames were never decoded, so they never become
   frames of the session; they are counted (cause `decode_backlog`).
+- MarkerJitterBuffer: aiortc's jitter buffer knows a frame is complete only
+  when the first packet of the next frame arrives, which holds every frame
+  back one frame interval (33 ms at 30 fps) and never releases a sender's
+  last frame. The RTP marker bit ends a video frame (RFC 6184 for H.264,
+  RFC 7741 for VP8): this one releases a frame as soon as its marked packet
+  completes an unbroken run of the frame's packets, and falls back to
+  aiortc's rule otherwise (a lost marked packet).
 - FrameInbox: the track's queue; at most `limit` decoded frames wait for the
   session to take them, the oldest going first (cause `receive_backlog`). The
   session takes each as it arrives (it only admits it: the backpressure
@@ -27,6 +34,9 @@ import queue
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
+
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtp import RtpPacket
 
 ENCODED_BACKLOG_FRAMES = 30
 INBOX_FRAMES = 4
@@ -54,6 +64,29 @@ def is_keyframe(codec_name: str, data: bytes) -> bool:
             position = data.find(b"\x00\x00\x01", position + 3)
         return False
     return True
+
+
+class MarkerJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer, releasing each frame at its marked (last) packet instead of at the next frame's first."""
+
+    def __init__(self, capacity: int = 512) -> None:
+        super().__init__(capacity=capacity, is_video=True)
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        origin = self._origin
+        if origin is not None:
+            packets: list[RtpPacket] = []
+            timestamp = None
+            for count in range(self._capacity):
+                packet = self._packets[(origin + count) % self._capacity]
+                if packet is None or (timestamp is not None and packet.timestamp != timestamp):
+                    break
+                timestamp = packet.timestamp
+                packets.append(packet)
+                if packet.marker:
+                    self.remove(count + 1)
+                    return JitterFrame(data=b"".join(p._data for p in packets), timestamp=packet.timestamp)  # type: ignore[attr-defined]
+        return super()._remove_frame(sequence_number)
 
 
 class EncodedBacklog(queue.Queue[Any]):
