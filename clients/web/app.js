@@ -4,55 +4,16 @@
 // No build step: these modules and messages.js (generated from asyncapi.yaml) are served as they are.
 import { CLOSE_CODES } from "./messages.js";
 import { watchStreams } from "./streams.js";
+import { RATE_WINDOW_MS, Session } from "./session.js";
+import { $, authHeaders, draw, setStatus, show, ui } from "./view.js";
 import { FrameMatcher, RTP_MATCHING_SUPPORTED, WEBRTC_SUPPORTED, WhipError, gatheringComplete, iceServers, publish } from "./webrtc.js";
 
 /** @typedef {import("./messages.js").ServerMessage} ServerMessage */
-/** @typedef {import("./messages.js").Detection} Detection */
 /** @typedef {import("./messages.js").FrameResultPayload} FrameResultPayload */
 /** @typedef {import("./webrtc.js").EncodedFrame} EncodedFrame */
 
 const SUBPROTOCOL_PREFIX = "forgesyte.bearer.";
 const UNAUTHORIZED_CLOSE = 3000;
-const RATE_WINDOW_MS = 2000;
-const LATENCY_SAMPLES = 200;
-const BOX_COLOR = "#00e676";
-
-/** @param {string} id */
-function $(id) {
-  const element = document.getElementById(id);
-  if (!element) throw new Error(`page element #${id} is missing`);
-  return element;
-}
-
-const ui = {
-  form: /** @type {HTMLFormElement} */ ($("controls")),
-  pipeline: /** @type {HTMLSelectElement} */ ($("pipeline")),
-  transport: /** @type {HTMLSelectElement} */ ($("transport")),
-  source: /** @type {HTMLSelectElement} */ ($("source")),
-  fileField: $("file-field"),
-  file: /** @type {HTMLInputElement} */ ($("file")),
-  qualityField: $("quality-field"),
-  quality: /** @type {HTMLInputElement} */ ($("quality")),
-  key: /** @type {HTMLInputElement} */ ($("key")),
-  start: /** @type {HTMLButtonElement} */ ($("start")),
-  stop: /** @type {HTMLButtonElement} */ ($("stop")),
-  status: $("status"),
-  video: /** @type {HTMLVideoElement} */ ($("video")),
-  overlay: /** @type {HTMLCanvasElement} */ ($("overlay")),
-  lastResult: $("last-result"),
-};
-
-/** @param {string} text @param {boolean} [isError] */
-function setStatus(text, isError = false) {
-  ui.status.textContent = text;
-  ui.status.classList.toggle("error", isError);
-}
-
-/** @returns {Record<string, string>} */
-function authHeaders() {
-  const key = ui.key.value.trim();
-  return key ? { Authorization: `Bearer ${key}` } : {};
-}
 
 /** Fill the pipeline list with the available pipelines; returns their ids. */
 async function loadPipelines() {
@@ -67,149 +28,11 @@ async function loadPipelines() {
   }
   return available.map((p) => p.id);
 }
-
-/** Every detection-shaped object in a result, at any depth (faces, motion regions, text lines, QR codes).
- * @param {unknown} value @param {Detection[]} [found] @returns {Detection[]} */
-function detectionsIn(value, found = []) {
-  if (Array.isArray(value)) {
-    for (const item of value) detectionsIn(item, found);
-  } else if (value && typeof value === "object") {
-    const candidate = /** @type {Record<string, any>} */ (value);
-    if ("box" in candidate && "label" in candidate && "confidence" in candidate) {
-      found.push(/** @type {Detection} */ (candidate));
-    } else {
-      for (const item of Object.values(candidate)) detectionsIn(item, found);
-    }
-  }
-  return found;
-}
-
-/** @param {number[]} values @param {number} q */
-function percentile(values, q) {
-  if (!values.length) return null;
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.round(q * (sorted.length - 1)))];
-}
-
-/** What every session shares, whatever carries it: the figures and the one handler of the server's messages. */
-class Session {
-  /** @param {string} pipeline */
-  constructor(pipeline) {
-    this.pipeline = pipeline;
-    this.sent = 0;
-    this.answered = 0;
-    this.dropped = 0;
-    this.failed = 0;
-    /** @type {number|null} */
-    this.suggestedFps = null;
-    /** @type {number[]} */ this.sentTimes = [];
-    /** @type {number[]} */ this.answerTimes = [];
-    /** @type {number[]} */ this.latencies = [];
-    this.running = true;
-    this.startedAt = performance.now();
-    /** @type {Record<string, any>|null} */ this.endingError = null;
-    this.figures = setInterval(() => this.showFigures(), 250);
-  }
-
-  /** When the frame this message answers was sent (page clock), if known; the transport keeps track.
-   * @param {ServerMessage & {frame_index: number}} message @returns {number|undefined} */
-  sentAt(message) {
-    return undefined;
-  }
-
-  /** Obey a slow_down warning: no faster than the server keeps up with (slower still while it cannot say).
-   * @param {number|null} suggestedFps */
-  slowDown(suggestedFps) {}
-
-  /** @param {FrameResultPayload} message */
-  drawResult(message) {
-    draw(message);
-  }
-
-  /** @param {ServerMessage & {frame_index: number}} message */
-  answer(message) {
-    const sentAt = this.sentAt(message);
-    const now = performance.now();
-    this.answered += 1;
-    this.answerTimes.push(now);
-    return sentAt === undefined ? null : now - sentAt;
-  }
-
-  /** Every message from the server, over either transport. @param {ServerMessage} message */
-  onMessage(message) {
-    if ("result" in message) {
-      const latency = this.answer(message);
-      if (latency !== null) {
-        this.latencies.push(latency);
-        if (this.latencies.length > LATENCY_SAMPLES) this.latencies.shift();
-      }
-      this.drawResult(message);
-    } else if ("dropped" in message) {
-      this.answer(message);
-      this.dropped += 1;
-    } else if ("warning" in message) {
-      this.suggestedFps = message.suggested_fps;
-      this.slowDown(message.suggested_fps);
-    } else if (message.error === "pipeline_failure") {
-      if (message.frame_index !== undefined) this.answer(message);
-      this.failed += 1;
-      setStatus(`frame ${message.frame_index} failed: ${message.detail}`, true);
-    } else {
-      this.endingError = message; // the end of the stream follows
-    }
-  }
-
-  /** The status line for an error that ended the stream. @param {Record<string, any>} error @param {string} how */
-  static describe(error, how) {
-    if (error.error === "unauthorized") return `unauthorized: the server refused the API key (${error.detail})`;
-    return `${error.error}: ${error.detail} (${how})`;
-  }
-
-  /** Close the transport (the page stops the stream). */
-  close() {}
-
-  /** @param {boolean} [closeTransport] */
-  stop(closeTransport = true) {
-    if (!this.running) return;
-    this.running = false;
-    clearInterval(this.figures);
-    this.showFigures();
-    if (closeTransport) this.close();
-    stopped();
-  }
-
-  showFigures() {
-    const now = performance.now();
-    for (const times of [this.sentTimes, this.answerTimes]) {
-      while (times.length && times[0] < now - RATE_WINDOW_MS) times.shift();
-    }
-    const spanS = Math.min(RATE_WINDOW_MS, now - this.startedAt) / 1000 || 1;
-    show("sent", this.sent, this.sent);
-    show("answered", this.answered, this.answered);
-    show("sent-fps", (this.sentTimes.length / spanS).toFixed(1));
-    show("answered-fps", (this.answerTimes.length / spanS).toFixed(1));
-    const p50 = percentile(this.latencies, 0.5);
-    const p95 = percentile(this.latencies, 0.95);
-    show("p50", p50 === null ? "–" : `${p50.toFixed(0)} ms`);
-    show("p95", p95 === null ? "–" : `${p95.toFixed(0)} ms`);
-    show("dropped", this.dropped, this.dropped);
-    show("failed", this.failed, this.failed);
-    show("suggested", this.suggestedFps === null ? "–" : this.suggestedFps.toFixed(1));
-  }
-}
-
-/** @param {string} id @param {string|number} text @param {number} [value] */
-function show(id, text, value) {
-  const element = $(id);
-  element.textContent = String(text);
-  if (value !== undefined) element.dataset.value = String(value);
-}
-
 /** The WebSocket session: one JPEG in flight, the newest frame wins, at most the server's suggested rate. */
 class WebSocketSession extends Session {
   /** @param {string} pipeline @param {string} key @param {number} quality */
   constructor(pipeline, key, quality) {
-    super(pipeline);
+    super(pipeline, stopped);
     this.quality = quality;
     this.minIntervalMs = 0;
     this.lastSentAt = 0;
@@ -292,7 +115,7 @@ class WebSocketSession extends Session {
 class WebRtcSession extends Session {
   /** @param {string} pipeline @param {MediaStreamTrack} track @param {Record<string, string>} headers */
   constructor(pipeline, track, headers) {
-    super(pipeline);
+    super(pipeline, stopped);
     this.headers = headers;
     /** @type {string|null} the WHIP session's URL, DELETEd on stop */
     this.session = null;
@@ -425,44 +248,6 @@ class WebRtcSession extends Session {
       }
     });
   }
-}
-
-/** Draw a result's detections over the video (the overlay has the video's size). `picture`: the frame the result
- * answers, painted under the boxes (WebRTC with RTP matching); without it the boxes go over the live video.
- * `frameSize`: the size of the frames the server received, when it is not the video's (the boxes are in its pixels).
- * @param {FrameResultPayload} message @param {ImageBitmap|null} [picture] @param {{width: number, height: number}|null} [frameSize] */
-function draw(message, picture = null, frameSize = null) {
-  const canvas = ui.overlay;
-  const video = ui.video;
-  if (canvas.width !== video.videoWidth || canvas.height !== video.videoHeight) {
-    canvas.width = video.videoWidth;
-    canvas.height = video.videoHeight;
-  }
-  const context = canvas.getContext("2d");
-  if (!context) return;
-  context.clearRect(0, 0, canvas.width, canvas.height);
-  if (picture) context.drawImage(picture, 0, 0, canvas.width, canvas.height);
-  const scaleX = frameSize?.width ? canvas.width / frameSize.width : 1;
-  const scaleY = frameSize?.height ? canvas.height / frameSize.height : 1;
-  const lineWidth = Math.max(2, Math.round(canvas.width / 320));
-  context.lineWidth = lineWidth;
-  context.font = `${Math.max(12, Math.round(canvas.width / 50))}px system-ui, sans-serif`;
-  context.textBaseline = "bottom";
-  for (const detection of detectionsIn(message.result)) {
-    const [x1, x2] = [detection.box.x1 * scaleX, detection.box.x2 * scaleX];
-    const [y1, y2] = [detection.box.y1 * scaleY, detection.box.y2 * scaleY];
-    context.strokeStyle = BOX_COLOR;
-    context.strokeRect(x1, y1, x2 - x1, y2 - y1);
-    const label = `${detection.label} ${detection.confidence.toFixed(2)}${detection.text ? `: ${detection.text}` : ""}`;
-    const width = context.measureText(label).width + 8;
-    const height = parseInt(context.font, 10) + 6;
-    const top = y1 - height >= 0 ? y1 - height : y2;
-    context.fillStyle = BOX_COLOR;
-    context.fillRect(x1 - lineWidth / 2, top, width, height);
-    context.fillStyle = "#000";
-    context.fillText(label, x1 + 4, top + height - 3);
-  }
-  ui.lastResult.textContent = JSON.stringify(message.result, null, 1);
 }
 
 /** @type {Session|null} */

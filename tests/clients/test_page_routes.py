@@ -23,7 +23,8 @@ def test_the_page_its_files_and_the_viewers_assets_are_served() -> None:
             assert src in page.text
             assert client.get(src).status_code == 200
         assert "export const CLOSE_CODES" in client.get("/client/messages.js").text
-        assert "export class FrameMatcher" in client.get("/client/webrtc.js").text  # imported by app.js
+        for module in ("webrtc.js", "session.js", "view.js"):  # imported by app.js
+            assert client.get(f"/client/{module}").status_code == 200
         assert client.get("/client/rtp-worker.js").headers["content-type"].startswith(("text/javascript", "application/javascript"))
         viewer = client.get("/schema")
         assert viewer.status_code == 200
