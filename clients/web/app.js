@@ -49,7 +49,7 @@ class WebSocketSession extends Session {
     };
     this.socket.onmessage = (event) => this.onMessage(JSON.parse(event.data));
     this.socket.onclose = (event) => this.onClose(event.code, event.reason);
-    show("overlay-mode", "newest result");
+    show("overlay-mode", "newest result", 0);
   }
 
   pump() {
@@ -134,7 +134,7 @@ class WebRtcSession extends Session {
     this.sender = this.pc.addTransceiver(track, { direction: "sendonly" }).sender;
     /** @type {FrameMatcher|null} */
     this.matcher = RTP_MATCHING_SUPPORTED ? new FrameMatcher(ui.video, this.sender, (frame) => this.encodedFrame(frame)) : null;
-    show("overlay-mode", this.matcher ? "RTP timestamp" : "newest result");
+    show("overlay-mode", "–", 0);
     this.negotiate().catch((error) => this.refused(error));
   }
 
@@ -168,8 +168,10 @@ class WebRtcSession extends Session {
   refused(error) {
     if (!this.running) return;
     this.stop();
-    if (error instanceof WhipError) setStatus(Session.describe({ error: error.code, detail: error.detail }, `HTTP ${error.status}`), true);
-    else setStatus(`cannot start WebRTC: ${error instanceof Error ? error.message : error}`, true);
+    if (error instanceof WhipError) {
+      const text = Session.describe({ error: error.code, detail: error.detail }, `HTTP ${error.status}`);
+      setStatus(error.code === "unauthorized" ? `${text} (HTTP ${error.status})` : text, true);
+    } else setStatus(`cannot start WebRTC: ${error instanceof Error ? error.message : error}`, true);
   }
 
   /** @param {EncodedFrame} frame */
@@ -190,10 +192,8 @@ class WebRtcSession extends Session {
     const rtp = message.rtp_timestamp;
     const picture = rtp === undefined ? null : (this.matcher?.picture(rtp) ?? null);
     const frame = rtp === undefined ? null : (this.matcher?.frame(rtp) ?? null);
-    if (picture) {
-      this.matched += 1;
-      show("overlay-mode", "RTP timestamp", this.matched);
-    }
+    if (picture) this.matched += 1;
+    show("overlay-mode", picture ? "RTP timestamp" : "newest result", this.matched);
     draw(message, picture, frame ?? this.frameSize);
   }
 
@@ -211,6 +211,7 @@ class WebRtcSession extends Session {
   ended(why) {
     if (!this.running) return;
     this.stop(false);
+    this.session = null; // the server has ended it: nothing to DELETE
     this.close();
     if (this.endingError) setStatus(Session.describe(this.endingError, "WebRTC"), true);
     else setStatus(why, why !== "the server closed the stream");

@@ -83,7 +83,6 @@ def test_webrtc_is_the_default_and_each_box_lands_on_the_face_of_the_picture_it_
 
     # Each painted picture shows the face where the clip has it, and the result's box on that face.
     page.wait_for_function("Number(document.getElementById('overlay-mode').dataset.value) >= 3", timeout=20_000)
-    assert watch.text("overlay-mode") == "RTP timestamp"
     lefts = set()
     for _ in range(6):
         picture = watch.overlay()
@@ -103,9 +102,11 @@ def test_webrtc_is_the_default_and_each_box_lands_on_the_face_of_the_picture_it_
     assert len(lefts) >= 3 and max(lefts) - min(lefts) >= 2 * FACE_STEP_PX, f"the painted face did not move: {sorted(lefts)}"
 
     # The figures move; latency runs from each frame's encoding to its result.
-    first = watch.value("answered")
+    first, first_matched = watch.value("answered"), watch.value("overlay-mode")
     time.sleep(1.5)
     assert watch.value("answered") > first
+    # Nearly every result finds its picture (all of them, measured; a slow first bitmap may miss).
+    assert watch.value("overlay-mode") - first_matched >= 0.8 * (watch.value("answered") - first)
     assert watch.value("sent") >= watch.value("answered") - 2  # answers never outrun the frames the encoder sent
     assert float(watch.text("answered-fps")) > 0 and float(watch.text("sent-fps")) > 0
     assert watch.text("p50").endswith(" ms") and watch.text("p95").endswith(" ms")
