@@ -43,28 +43,35 @@ export class WhipError extends Error {
   }
 }
 
-/** The `rel="ice-server"` links of a Link header (RFC 9725 section 4.6) as RTCIceServers.
+/** The `rel="ice-server"` links of a Link header (RFC 9725 section 4.6) as RTCIceServers; quoted values may hold
+ * any character (`\"` and `\\` escaped, RFC 8288).
  * @param {string|null} header @returns {RTCIceServer[]} */
 export function iceServersFromLink(header) {
-  if (!header) return [];
   /** @type {RTCIceServer[]} */
   const servers = [];
-  for (const link of header.split(/,\s*(?=<)/)) {
-    const match = /^\s*<([^>]*)>(.*)$/s.exec(link);
-    if (!match) continue;
-    /** @type {Record<string, string>} */
-    const params = {};
-    for (const part of match[2].split(";")) {
-      const pair = /^\s*([\w-]+)\s*=\s*(?:"([^"]*)"|([^\s;,]*))\s*$/.exec(part);
-      if (pair) params[pair[1].toLowerCase()] = pair[2] ?? pair[3];
-    }
-    if (params.rel !== "ice-server") continue;
+  // One token at a time: <url>, a parameter (name, "=", a quoted string or a token), ";" or ",".
+  const token = /\s*(?:<([^>]*)>|([\w-]+)\s*(?:=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;,"]*)))?|(;)|(,))/y;
+  /** @type {{url: string, params: Record<string, string>}|null} */
+  let link = null;
+  const finish = () => {
+    if (!link || link.params.rel !== "ice-server") return;
     /** @type {RTCIceServer} */
-    const server = { urls: match[1] };
-    if (params.username !== undefined) server.username = params.username;
-    if (params.credential !== undefined) server.credential = params.credential;
+    const server = { urls: link.url };
+    if (link.params.username !== undefined) server.username = link.params.username;
+    if (link.params.credential !== undefined) server.credential = link.params.credential;
     servers.push(server);
+  };
+  let match;
+  while (header && token.lastIndex < header.length && (match = token.exec(header))) {
+    const [, url, name, quoted, bare, , comma] = match;
+    if (url !== undefined) link = { url, params: {} };
+    else if (name !== undefined && link) link.params[name.toLowerCase()] = quoted === undefined ? (bare ?? "") : quoted.replace(/\\(.)/g, "$1");
+    else if (comma !== undefined) {
+      finish();
+      link = null;
+    }
   }
+  finish();
   return servers;
 }
 

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from adapters.transports.webrtc.config import IceServer
 from tests.support.server import RunningServer, start_server
 from tests.webrtc.browser_support import (
     CLIP_FRAMES,
@@ -49,6 +50,8 @@ def watch(browser: Any, rtc_server: RunningServer) -> Iterator[PageWatch]:  # no
     context = browser.new_context()
     yield PageWatch(context, rtc_server.port)
     context.close()
+    # A test that failed mid-stream leaves its peer to the server: wait until it has gone, so the next test starts clean.
+    rtc_server.wait_for(lambda health: health["sessions_active"] == 0, timeout=30)
 
 
 def _face_box_in_the_patch(server: RunningServer) -> dict[str, float]:
@@ -179,3 +182,19 @@ def test_the_key_goes_as_bearer_and_a_refused_post_shows_the_servers_error(brows
     finally:
         first.close()
         second.close()
+
+
+def test_the_page_reads_the_ice_servers_of_the_link_headers_the_server_writes(watch: PageWatch, rtc_server: RunningServer) -> None:
+    """The values are the server's own (IceServer.link_headers), joined as the WHIP answer joins them."""
+    servers = (
+        IceServer(("stun:127.0.0.1:3478",)),
+        IceServer(("turn:127.0.0.1:3478?transport=udp", "turns:127.0.0.1:5349"), 'us"er', "c;r,e<d"),
+    )
+    header = ", ".join(link for server in servers for link in server.link_headers())
+    watch.page.goto(f"{rtc_server.http}/")
+    parsed = watch.page.evaluate("header => import('/client/webrtc.js').then(m => m.iceServersFromLink(header))", header)
+    assert parsed == [
+        {"urls": "stun:127.0.0.1:3478"},
+        {"urls": "turn:127.0.0.1:3478?transport=udp", "username": 'us"er', "credential": "c;r,e<d"},
+        {"urls": "turns:127.0.0.1:5349", "username": 'us"er', "credential": "c;r,e<d"},
+    ]
