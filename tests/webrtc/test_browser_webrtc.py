@@ -21,6 +21,7 @@ import pytest
 from adapters.transports.webrtc.config import IceServer
 from tests.support.server import RunningServer, start_server
 from tests.webrtc.browser_support import (
+    CLIP_FPS,
     CLIP_FRAMES,
     FACE_STEP_PX,
     FACE_TOP,
@@ -48,10 +49,15 @@ def rtc_server() -> Iterator[RunningServer]:
 @pytest.fixture
 def watch(browser: Any, rtc_server: RunningServer) -> Iterator[PageWatch]:  # noqa: F811
     context = browser.new_context()
-    yield PageWatch(context, rtc_server.port)
+    watch = PageWatch(context, rtc_server.port)
+    yield watch
+    # A test that failed mid-stream stops its page (a closed browser context says nothing to the server, whose
+    # session would last until its idle timeout), so the next test starts clean.
+    if watch.page.is_enabled("#stop"):
+        watch.page.click("#stop")
+        watch.wait_whip("DELETE")
     context.close()
-    # A test that failed mid-stream leaves its peer to the server: wait until it has gone, so the next test starts clean.
-    rtc_server.wait_for(lambda health: health["sessions_active"] == 0, timeout=30)
+    rtc_server.wait_for(lambda health: health["sessions_active"] == 0, timeout=15)
 
 
 def _face_box_in_the_patch(server: RunningServer) -> dict[str, float]:
@@ -198,3 +204,18 @@ def test_the_page_reads_the_ice_servers_of_the_link_headers_the_server_writes(wa
         {"urls": "turn:127.0.0.1:3478?transport=udp", "username": 'us"er', "credential": "c;r,e<d"},
         {"urls": "turns:127.0.0.1:5349", "username": 'us"er', "credential": "c;r,e<d"},
     ]
+
+
+def test_slow_down_caps_the_encoders_frame_rate(watch: PageWatch, rtc_server: RunningServer) -> None:
+    """`slow` takes 100 ms a frame, the camera sends 15: drops, slow_down, and the encoder sends no faster than suggested."""
+    page = watch.page
+    page.goto(f"{rtc_server.http}/?pipeline=slow&source=camera&autostart=1")
+    page.wait_for_function("document.getElementById('suggested').textContent !== '–'", timeout=30_000)
+    assert watch.value("dropped") > 0
+    suggested = float(watch.text("suggested"))
+    assert 0 < suggested < CLIP_FPS
+    time.sleep(3.0)  # the sent rate is counted over the last 2 s
+    sent_fps = float(watch.text("sent-fps"))
+    assert sent_fps <= suggested + 1.5, (sent_fps, suggested)
+    page.click("#stop")
+    assert [status for _, status in watch.wait_whip("DELETE")] == [200]
