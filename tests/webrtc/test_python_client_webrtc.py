@@ -40,6 +40,7 @@ from forgesyte_stream_client.stats import Stats
 from forgesyte_stream_client.webrtc import IceServer, ice_servers_from_links, whip_url
 from tests.support.media import PEDESTRIANS_MP4, jpeg, moving_face_clip
 from tests.support.server import RunningServer, start_server
+from tests.webrtc.test_whip_turn import PASSWORD, USER, turn_port  # noqa: F401 - the module's coturn fixture
 
 WEBRTC_ENV = {"FORGESYTE_STREAM_WEBRTC_HOST_ADDRESSES": "127.0.0.1", "FORGESYTE_STREAM_LOG_LEVEL": "info"}
 LOOPBACK = WebRtcOptions(ice_host_addresses=("127.0.0.1",))
@@ -158,7 +159,9 @@ def test_cli_streams_a_video_over_webrtc_with_the_websockets_output_and_exit_sta
                    "--jsonl", str(jsonl), "--transport", transport, "--ice-host-address", "127.0.0.1")
         assert done.returncode == 0, done.stderr
         outputs[transport] = (done.stderr.strip().splitlines(), [json.loads(line) for line in jsonl.read_text().splitlines()])
-    (line,), lines = outputs["webrtc"]
+    stderr, lines = outputs["webrtc"]
+    assert len(stderr) == 1, stderr  # the summary and nothing else, as over the WebSocket
+    (line,) = stderr
     assert line.startswith("16 frames: 16 results, 0 dropped, 0 failed, 0 skipped by the client;"), line
     assert outputs["websocket"][0][0].split(";")[0] == line.split(";")[0]
     assert [r["frame_index"] for r in lines] == list(range(16))
@@ -245,3 +248,24 @@ def test_whip_url_and_link_headers() -> None:
         IceServer(("stun:127.0.0.1:3478",)),
         IceServer(("turn:127.0.0.1:3479?transport=udp",), "u", "p,q"),
     ]
+
+
+def test_cli_pipeline_failures_over_webrtc_complete_with_exit_status_3(server: RunningServer) -> None:
+    done = cli("stream", str(PEDESTRIANS_MP4), "--url", f"ws://127.0.0.1:{server.port}", "--pipeline", "failing", "--quiet",
+               "--max-frames", "6", "--transport", "webrtc", "--ice-host-address", "127.0.0.1")
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.startswith("6 frames: 3 results, 0 dropped, 3 failed"), done.stderr
+
+
+def test_relay_only_without_a_turn_server_of_its_own_uses_the_one_the_servers_link_header_names(turn_port: int) -> None:  # noqa: F811
+    """The first offer (relay-only, no TURN server) has no candidate; the client reads the Link header and offers again through coturn."""
+    import json as json_
+
+    ice = json_.dumps([{"urls": f"turn:127.0.0.1:{turn_port}?transport=udp", "username": USER, "credential": PASSWORD}])
+    relayed = start_server({**WEBRTC_ENV, "FORGESYTE_STREAM_WEBRTC_ICE_SERVERS": ice})
+    try:
+        options = WebRtcOptions(ice_host_addresses=("127.0.0.1",), ice_transport_policy="relay")
+        outcomes = asyncio.run(collect(relayed.http, "faces", face_frames(8), webrtc=options))
+    finally:
+        relayed.stop()
+    assert [o.index for o in outcomes] == list(range(8)) and all(isinstance(o.reply, Result) for o in outcomes)

@@ -121,6 +121,7 @@ class WhipSession:
         self.deadline = Deadline(run.reply_timeout)
         self.location: str | None = None
         self.pc: Any = None
+        self.channel: Any = None
         self._started = 0.0
         self._last_send = 0.0
 
@@ -183,7 +184,10 @@ class WhipSession:
             self.changed.set()
             raise _End
         image = await asyncio.to_thread(frame.bgr) if frame.image is None else frame.image
-        self._check()
+        if self.error is not None:
+            if pacing.mode != "live":
+                state.resend.insert(0, frame)  # taken but never sent: the next session (if any) sends it
+            raise _End
         if self.first_index is None:
             self.first_index = frame.index
         slot = frame.index - self.first_index
@@ -276,7 +280,8 @@ class WhipSession:
             if options.ice_transport_policy == "relay" and not any(_is_turn(s) for s in servers):
                 # Relay-only with no TURN server: this offer has no candidate. Offer again, with the server's.
                 await delete_session(answer.location, api_key=api_key, options=options)
-                await self.pc.close()
+                abandoned, self.pc, self.channel = self.pc, None, None  # its closing is no failure of this session
+                await abandoned.close()
                 answer = await self._offer(url, servers + learned, api_key)
         self.location = answer.location
         await self.pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
@@ -293,9 +298,13 @@ class WhipSession:
         transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == wanted])
         self.sender = transceiver.sender
         # Created before the offer, so that the offer has its m=application section (the spec's `results`).
-        channel = pc.createDataChannel("results", ordered=True)
+        channel = self.channel = pc.createDataChannel("results", ordered=True)
         channel.on("message", self.on_message)
-        channel.on("close", self._on_channel_closed)
+
+        @channel.on("close")
+        def on_close() -> None:
+            if channel is self.channel and not (self.source_done and not self.in_flight):
+                self.fail(ConnectionLost("connection_lost", "the server closed the results channel before answering every frame", close_code=1000))
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
@@ -310,10 +319,6 @@ class WhipSession:
         except BaseException:
             await pc.close()
             raise
-
-    def _on_channel_closed(self) -> None:
-        if not (self.source_done and not self.in_flight):
-            self.fail(ConnectionLost("connection_lost", "the server closed the results channel before answering every frame", close_code=1000))
 
     async def run_to_end(self) -> None:
         """Until the source ended and every frame is answered; raises the session's error."""
@@ -335,10 +340,17 @@ class WhipSession:
             await self._wait_changed(min(left, 1.0) if left is not None else 1.0)
 
     async def close(self, api_key: str | None) -> None:
-        if self.location is not None:
-            await delete_session(self.location, api_key=api_key, options=self.options)
+        """DELETE the resource and close the peer; a second call does nothing."""
+        location, self.location = self.location, None
+        if location is not None:
+            await delete_session(location, api_key=api_key, options=self.options)
         if self.pc is not None:
             await self.pc.close()
+            # The server's end of the session closes DTLS, on which aiortc starts a close() task of its own: awaited
+            # here, so that asyncio.run does not end with it pending (and print "Task was destroyed" on stderr).
+            own_close = getattr(self.pc, "_RTCPeerConnection__closeTask", None)
+            if isinstance(own_close, asyncio.Future):
+                await asyncio.gather(own_close, return_exceptions=True)
 
 
 def _is_turn(server: IceServer) -> bool:
@@ -379,6 +391,9 @@ async def _run_sessions(run: _Run, feed: Feed, pacing: Pacing, budget: Budget, s
                     continue
                 budget.connected()
                 await session.run_to_end()
+                # Ended (DELETE, peer closed) before the consumer hears of the end: it cancels this task then.
+                session.fail(_Closed())
+                await session.close(run.api_key)
                 state.outcomes.put_nowait(None)
                 return
             except StreamError as error:
