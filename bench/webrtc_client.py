@@ -16,10 +16,6 @@ report (bench/webrtc_report.py) treats both transports with the same code.
 - WebSocket: a bare `websockets` connection, as bench/stream_client.py (why
   not the test kit's client is in bench/stream_bench.py's docstring), sending
   the JPEGs on an absolute schedule while another task receives.
-
-aiortc's jitter buffer releases a frame only when the first packet of the
-next one arrives, so a publisher's last frame is never decoded: the WebRTC
-runs send one extra frame (a copy of the last) that is not counted.
 """
 
 from __future__ import annotations
@@ -136,8 +132,8 @@ def _frame_of(rtp_timestamp: int, origin: int, step: int, sent: int) -> int | No
 async def stream_webrtc(
     base_url: str, pipeline_id: str, frames: Sequence[np.ndarray[Any, Any]], *, codec: str, fps: float, drain_s: float, label: str
 ) -> StreamRun:
-    """Publish `frames` (+ one uncounted flush frame) at `fps`; every reply matched to its frame by rtp_timestamp."""
-    track = BenchTrack([*frames, frames[-1]], fps)
+    """Publish `frames` at `fps`; every reply matched to its frame by rtp_timestamp."""
+    track = BenchTrack(list(frames), fps)
     published = await publish(base_url, pipeline_id, track, codec=codec)
     if not isinstance(published, Publisher):
         raise BenchError(f"WHIP POST for {pipeline_id} ({codec}) answered {published.status_code}: {published.text[:300]}")
@@ -145,7 +141,7 @@ async def stream_webrtc(
     track.sender = sender
     counted = len(frames)
     try:
-        # The track ends itself after the flush frame; then wait for the replies still owed.
+        # The track ends itself after the last frame; then wait for the replies still owed.
         deadline = time.monotonic() + counted / fps + 30.0
         while track.readyState == "live" and time.monotonic() < deadline and not published.closed.is_set():
             await asyncio.sleep(0.05)
@@ -161,8 +157,6 @@ async def stream_webrtc(
         raise BenchError(f"{label}: messages the contract does not declare: {published.undeclared[:3]}")
     run = StreamRun(label, [track.sent_at[n] for n in range(min(counted, track.sent))])
     if outbound is not None:
-        # Payload bytes of every frame sent, the flush frame included: spread over the counted frames that is
-        # one frame's worth too many, so take the flush frame's share off proportionally.
         run.payload_bytes = round(outbound.bytesSent * counted / max(1, track.sent))
         run.packets = outbound.packetsSent
     replies = list(zip(published.received_at, published.messages, strict=True))

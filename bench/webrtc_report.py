@@ -37,20 +37,6 @@ class Pooled:
     def latencies_ms(self) -> list[float]:
         return [latency * 1000.0 for r in self.runs for _, latency, _ in r.results()]
 
-    def after_next_ms(self) -> list[float]:
-        """Reply time less the NEXT frame's hand-off: what is left once aiortc's jitter buffer has released the frame.
-
-        The jitter buffer completes a frame only when the next frame's first
-        packet arrives, so a frame cannot be answered before the next one is
-        sent; this is the latency counted from that moment (WebRTC only).
-        """
-        values = []
-        for r in self.runs:
-            for frame, latency, _ in r.results():
-                if frame + 1 < r.sent:
-                    values.append((latency - (r.sent_at[frame + 1] - r.sent_at[frame])) * 1000.0)
-        return values
-
     def bytes_per_frame(self) -> float:
         return sum(r.payload_bytes for r in self.runs) / max(1, self.sent)
 
@@ -98,10 +84,6 @@ def print_clip(pooled: Sequence[Pooled], baseline: Pooled, *, faces: bool = True
         _row("results with a face box", [f"{p.boxed_share():.1%}" for p in pooled])
     for q in (50, 95, 99):
         _row(f"latency p{q} ms", [fmt(percentile(p.latencies_ms(), q)) for p in pooled])
-    _row(
-        "p50 / p95 from the next frame's send ms",
-        ["-" if p is baseline else f"{fmt(percentile(p.after_next_ms(), 50))} / {fmt(percentile(p.after_next_ms(), 95))}" for p in pooled],
-    )
     _row("client CPU ms/frame (this process)", [f"{p.client_cpu_s * 1000 / max(1, p.sent):.1f}" for p in pooled])
     _row("server CPU ms/frame", [f"{p.server_cpu_s * 1000 / max(1, p.sent):.1f}" for p in pooled])
     _row("p95 ÷ WebSocket p95", [f"{percentile(p.latencies_ms(), 95) / base_p95:.2f}" for p in pooled])

@@ -15,6 +15,8 @@ PACKAGE = ROOT / "clients" / "python"
 SERVER_DISTRIBUTIONS = {"litestar", "uvicorn", "onnxruntime", "rapidocr", "dependency-injector", "forgesyte-stream", "uvloop", "structlog", "prometheus-client"}
 # Import names the client may use: the standard library, itself, and its declared dependencies.
 ALLOWED_IMPORTS = {"forgesyte_stream_client", "websockets", "pydantic", "numpy", "cv2", "supervision", "av", "tqdm"}
+# The [webrtc] extra's imports, and the only modules that may use them (the package imports without them).
+EXTRA_IMPORTS = {"aiortc": {"webrtc.py", "webrtc_session.py"}, "aioice": {"webrtc.py"}}
 
 
 def _normalise(name: str) -> str:
@@ -46,6 +48,8 @@ def test_the_client_imports_only_the_standard_library_and_its_declared_dependenc
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
             for name in names:
                 top = name.split(".")[0]
+                if top in EXTRA_IMPORTS and path.name in EXTRA_IMPORTS[top]:
+                    continue
                 if top not in stdlib and top not in ALLOWED_IMPORTS and top != "__future__":
                     found[top] = str(path.relative_to(ROOT))
     assert not found, f"imports outside the client's declared dependencies: {found}"
@@ -59,3 +63,14 @@ def test_the_package_declares_the_console_script_and_no_server_dependency() -> N
     assert project["scripts"] == {"forgesyte-stream-client": "forgesyte_stream_client.cli:main"}
     declared = {_normalise(dep.split(">")[0].split("<")[0].split("=")[0].split(";")[0].strip()) for dep in project["dependencies"]}
     assert not declared & SERVER_DISTRIBUTIONS
+
+
+def test_the_webrtc_extra_is_optional_and_the_package_imports_without_it() -> None:
+    import tomllib
+
+    project = tomllib.loads((PACKAGE / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extra = {_normalise(dep.split(">")[0].split("<")[0].split("=")[0].strip()) for dep in project["optional-dependencies"]["webrtc"]}
+    assert extra == {"aiortc", "aioice"}
+    code = "import sys; sys.modules['aiortc'] = sys.modules['aioice'] = None; import forgesyte_stream_client, forgesyte_stream_client.cli"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr

@@ -234,6 +234,11 @@ RUNS: dict[tuple[str, str], Run] = {
         expect_output=(r"every declared message, error code, close code and drop cause was reached", r"\d+ passed"),
         timeout_s=240.0,
     ),
+    # The WebRTC example: a server told to gather on loopback, the client too; the face boxed in the one frame's result.
+    ("docs/client-guide.md", "FORGESYTE_STREAM_WEBRTC_HOST_ADDRESSES=127.0.0.1 .venv/bin/forgesyte-stream serve --port 8000 &"): Run(
+        substitutions=(("--port 8000", "--port {port}"), ("ws://127.0.0.1:8000", "ws://127.0.0.1:{port}")),
+        expect_output=(r'"reply": \{"frame_index": 0, "result": \{"faces": \[\{', r'"rtp_timestamp": \d+', r"1 frames: 1 results, 0 dropped"),
+    ),
     ("docs/metrics-and-logging.md", "promtool check rules deploy/prometheus/rules.yml"): Run(expect_output=(r"SUCCESS: \d+ rules found",), timeout_s=60.0),
 }
 

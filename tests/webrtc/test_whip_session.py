@@ -56,7 +56,7 @@ def _check_replies(publisher: Publisher, decoded: int) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("codec", ["VP8", "H264"])
 def test_a_face_clip_is_boxed_in_every_result_over_either_codec(server: RunningServer, codec: str) -> None:
-    frames = face_frames(41)
+    frames = face_frames(40)
 
     async def scenario() -> Publisher:
         publisher = await _published(server, "faces", ClipTrack(frames, fps=15), codec=codec)
@@ -67,6 +67,7 @@ def test_a_face_clip_is_boxed_in_every_result_over_either_codec(server: RunningS
 
     publisher = run(scenario())
     replies = _check_replies(publisher, 40)
+    assert len(replies) == 40, "every frame sent, the last one included, is decoded and answered"
     results = [m for m in replies if "result" in m]
     assert len(results) >= 0.9 * len(replies)
     boxed = [m for m in results if m["result"]["faces"]]

@@ -27,6 +27,7 @@ from forgesyte_stream_client.errors import (
 )
 from forgesyte_stream_client.replies import Detection, Dropped, FrameFailed, FrameInfo, Result, SlowDown
 from forgesyte_stream_client.sources import Frame, Source, SourceError, encode_jpeg, open_source
+from forgesyte_stream_client.webrtc import IceServer, WebRtcOptions
 
 __all__ = [
     "AsyncStreamClient",
@@ -38,6 +39,7 @@ __all__ = [
     "Frame",
     "FrameFailed",
     "FrameInfo",
+    "IceServer",
     "InvalidPipelineError",
     "Outcome",
     "Pacing",
@@ -54,6 +56,7 @@ __all__ = [
     "StreamClient",
     "StreamError",
     "UnauthorizedError",
+    "WebRtcOptions",
     "encode_jpeg",
     "open_source",
     "run",

@@ -24,6 +24,7 @@ from forgesyte_stream_client.session import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_M
 from forgesyte_stream_client.replies import Dropped, FrameFailed, Result, SlowDown
 from forgesyte_stream_client.sources import Realtime, Source, SourceError, open_source
 from forgesyte_stream_client.stats import Stats
+from forgesyte_stream_client.webrtc import CODECS, TRANSPORTS, IceServer, WebRtcOptions
 
 API_KEY_VARIABLE = "FORGESYTE_STREAM_API_KEY"
 _PLAIN_PROGRESS_EVERY_S = 2.0
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("stream", help="stream a source through a pipeline and report every frame")
     run.add_argument("source", help="video file, camera index (0), rtsp:// or http(s):// stream URL, image, folder or glob of images")
-    run.add_argument("--url", required=True, help="the server, ws://HOST:PORT (or the full /ws/video/stream URL)")
+    run.add_argument("--url", required=True, help="the server, ws://HOST:PORT (or the full /ws/video/stream URL; http:// too with --transport webrtc)")
     run.add_argument("--pipeline", required=True, help="pipeline id (GET /v1/pipelines lists them)")
     run.add_argument("--jsonl", type=Path, help="write one JSON line per frame (and per warning) to this file ('-': stdout)")
     run.add_argument("--annotate", type=Path, metavar="OUT.mp4", help="write the source with every result drawn")
@@ -158,6 +159,25 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"end with an error when a reply is larger than N bytes (default: {DEFAULT_MAX_MESSAGE_BYTES})",
     )
     run.add_argument("--max-frames", type=int, help="stop after this many source frames")
+    rtc = run.add_argument_group("transport", "WebRTC (WHIP) needs the webrtc extra: pip install 'forgesyte-stream-client[webrtc]'")
+    rtc.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default="websocket",
+        help="websocket: one JPEG per frame; webrtc: a video track published over WHIP, results on a data channel (default: websocket)",
+    )
+    rtc.add_argument("--codec", choices=CODECS, default="VP8", help="webrtc: the video codec offered (default: VP8)")
+    rtc.add_argument(
+        "--ice-host-address",
+        action="append",
+        metavar="ADDR",
+        help="webrtc: gather ICE host candidates on this local address only (repeatable); 127.0.0.1 for a server on this "
+        "machine, which aioice skips otherwise (applied process-wide to aioice.ice.get_host_addresses)",
+    )
+    rtc.add_argument("--ice-server", action="append", metavar="URL", help="webrtc: a stun: or turn: URL, used with those the server's Link headers name (repeatable)")
+    rtc.add_argument("--ice-username", help="webrtc: the username for the --ice-server TURN URLs")
+    rtc.add_argument("--ice-credential", help="webrtc: the password for the --ice-server TURN URLs")
+    rtc.add_argument("--ice-transport-policy", choices=("all", "relay"), default="all", help="webrtc: relay sends everything through TURN (default: all)")
     run.add_argument("--quiet", action="store_true", help="no progress, only the summary line")
     live = commands.add_parser("streams", help="list the server's open streams (GET /v1/streams): counts, fps, latency, nodes")
     live.add_argument("--url", required=True, help="the server, http://HOST:PORT (ws:// and wss:// are read as http:// and https://)")
@@ -223,6 +243,19 @@ async def run_stream(args: argparse.Namespace, err: IO[str]) -> int:
             jsonl.write(json.dumps({"reconnect": reason, "delay_s": round(delay, 3), "at": time.time()}) + "\n")
         progress.message(f"{error}: reconnecting in {delay:.1f} s")
 
+    webrtc = None
+    if args.transport == "webrtc":
+        servers = tuple(
+            IceServer((url,), args.ice_username, args.ice_credential) if url.lower().startswith(("turn:", "turns:")) else IceServer((url,))
+            for url in args.ice_server or ()
+        )
+        webrtc = WebRtcOptions(
+            codec=args.codec,
+            frame_rate=args.fps or source.fps,
+            ice_host_addresses=tuple(args.ice_host_address) if args.ice_host_address else None,
+            ice_servers=servers,
+            ice_transport_policy=args.ice_transport_policy,
+        )
     outcomes = stream(
         args.url,
         args.pipeline,
@@ -238,6 +271,8 @@ async def run_stream(args: argparse.Namespace, err: IO[str]) -> int:
         reply_timeout=args.reply_timeout,
         max_pause_s=args.max_pause,
         max_message_bytes=args.max_reply_bytes,
+        transport=args.transport,
+        webrtc=webrtc,
     )
     try:
         async for outcome in outcomes:

@@ -28,6 +28,7 @@ from forgesyte_stream_client.errors import (
 )
 from forgesyte_stream_client.replies import Dropped, FrameFailed, Result, SlowDown
 from forgesyte_stream_client.sources import Frame, Source
+from forgesyte_stream_client.webrtc import TRANSPORTS, WebRtcOptions, load_aiortc
 
 from forgesyte_stream_client.feed import Feed
 from forgesyte_stream_client.pacing import DEFAULT_RECONNECT, Budget, Deadline, Pacing, Reconnect
@@ -133,6 +134,8 @@ async def stream(
     reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT_S,
     max_pause_s: float = DEFAULT_MAX_PAUSE_S,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    transport: str = "websocket",
+    webrtc: WebRtcOptions | None = None,
 ) -> AsyncIterator[Outcome]:
     """Run every frame through the server and yield one Outcome per source frame, in source order.
 
@@ -151,21 +154,37 @@ async def stream(
     `live` (default: the Source's own flag) reads the source in a thread and
     sends only the newest frame; `prefetch` (default: the Source's flag, else
     False) reads a costly non-live source in a thread ahead of the sender.
+
+    `transport`: "websocket" (JPEG frames) or "webrtc" (a VP8 or H.264 video
+    track published over WHIP, results on a data channel; needs the `webrtc`
+    extra; `webrtc` holds its options, forgesyte_stream_client.webrtc). The
+    outcomes, their order, pacing, slow_down, errors and reconnects are the
+    same over either; `quality` applies to JPEGs only.
     """
     check_timeout("reply_timeout", reply_timeout)
     if not (max_pause_s >= 0 and math.isfinite(max_pause_s)):
         raise ValueError(f"max_pause_s must be a number of seconds, 0 or more, got {max_pause_s}")
     if max_message_bytes < 1:
         raise ValueError(f"max_message_bytes must be at least 1, got {max_message_bytes}")
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    if transport == "webrtc":
+        load_aiortc()  # before anything starts: a missing extra is one clear error
     is_live = live if live is not None else bool(getattr(frames, "live", False))
     reads_ahead = prefetch if prefetch is not None else bool(getattr(frames, "prefetch", False))
     if pacing is None:
         pacing = Pacing("live", 1) if is_live else Pacing("window", 2)
     source_frames = frames.frames() if isinstance(frames, Source) else frames
-    feed = Feed(source_frames, is_live, reads_ahead, quality, asyncio.get_running_loop())
+    feed = Feed(source_frames, is_live, reads_ahead, quality, asyncio.get_running_loop(), images=transport == "webrtc")
     run = _Run(url, pipeline, quality, api_key, reply_timeout, max_pause_s, max_message_bytes, on_warning)
     budget = Budget(reconnect, on_reconnect)
-    if pacing.mode == "window" and not is_live:
+    if transport == "webrtc":
+        from forgesyte_stream_client.webrtc_session import webrtc_outcomes
+
+        options = webrtc or WebRtcOptions()
+        fps = pacing.fps or options.frame_rate or getattr(frames, "fps", None) or 30.0
+        outcomes = webrtc_outcomes(run, feed, pacing, budget, options, fps)
+    elif pacing.mode == "window" and not is_live:
         outcomes = _window_outcomes(run, feed, pacing, budget)
     else:
         outcomes = _paced_outcomes(run, feed, pacing, budget)

@@ -29,8 +29,13 @@ class Feed:
 
     _END = object()
 
-    def __init__(self, frames: Iterable[Frame], live: bool, prefetch: bool, quality: int | None, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, frames: Iterable[Frame], live: bool, prefetch: bool, quality: int | None, loop: asyncio.AbstractEventLoop, *, images: bool = False
+    ) -> None:
         self._live = live
+        # images: the transport sends pixels (WebRTC's video track), not JPEGs: each frame is decoded to its
+        # BGR image where a JPEG would have been encoded, off the event loop too.
+        self._images = images
         self._quality = quality
         self._loop = loop
         self._iterator = iter(frames)
@@ -49,10 +54,15 @@ class Feed:
             self._thread.start()
 
     def _needs_encoding(self, frame: Frame) -> bool:
+        if self._images:
+            return frame.image is None
         return frame.jpeg is None or self._quality is not None
 
     def _prepare(self, frame: Frame) -> Frame:
-        frame.jpeg = frame.to_jpeg(self._quality)
+        if self._images:
+            frame.bgr()
+        else:
+            frame.jpeg = frame.to_jpeg(self._quality)
         return frame
 
     def _run(self) -> None:
