@@ -59,6 +59,7 @@ async def published(target: Target, role: str, track: ClipTrack) -> Publisher:
     if not isinstance(publisher, Publisher):
         raise AssertionError(f"WHIP POST answered {publisher.status_code}: {publisher.text}")
     if "127.0.0.1" not in publisher.pc.remoteDescription.sdp:
+        await publisher.delete()  # its slot back at once, not at the target's connect timeout
         await publisher.close()
         pytest.skip(f"{target.name} announces no loopback candidate: start it with FORGESYTE_STREAM_WEBRTC_HOST_ADDRESSES=127.0.0.1")
     return publisher
