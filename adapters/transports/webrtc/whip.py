@@ -139,6 +139,10 @@ class WhipSessions:
         peer = published.peer = WhipPeer(pc, transport, connect_timeout_s=options.connect_timeout_s, on_connect_failed=self._metrics.connect_failed)
         try:
             answer = await peer.answer(offer.sdp, has_channel=offer.has_data_channel)
+        except asyncio.CancelledError:
+            # The POST's client left before its answer: nobody will connect, so the session ends now, not at the idle timeout.
+            transport.event(Inbound(InboundKind.DISCONNECT, close_code=PEER_CLOSED))
+            raise
         except Exception as error:
             transport.event(Inbound(InboundKind.DISCONNECT, close_code=PEER_CLOSED))
             log.info("whip_negotiation_failed", error=type(error).__name__, detail=str(error)[:200], client=client)
