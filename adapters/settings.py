@@ -22,7 +22,7 @@ import msgspec
 from msgspec import Meta
 
 from adapters.settings_errors import SettingsError as SettingsError
-from adapters.transports.webrtc.config import IceServer, PortRange, parse_host_addresses, parse_ice_servers, parse_port_range
+from adapters.settings_webrtc import IceServer, PortRange, parse_host_addresses, parse_ice_servers, parse_port_range
 from application.access import LOOPBACK_NAMES, AccessPolicy, ApiKey, KeyFileError, parse_api_keys
 from application.stream import DEFAULT_FRAME_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S
 from domain import DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_FRAME_PIXELS, BackpressurePolicy

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from adapters.settings import Settings, SettingsError
-from adapters.transports.webrtc.config import IceServer, PortRange
+from adapters.settings_webrtc import IceServer, PortRange
 from adapters.transports.webrtc.receive_bounds import Control, EncodedBacklog, FrameInbox, is_keyframe
 from adapters.transports.webrtc.sdp import MAX_MEDIA_SECTIONS, MAX_OFFER_BYTES, OfferRefused, inspect_offer
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.transports.webrtc.config import IceServer
+from adapters.settings_webrtc import IceServer
 from tests.support.server import RunningServer, start_server
 from tests.webrtc.browser_support import (
     CLIP_FPS,

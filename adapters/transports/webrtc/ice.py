@@ -23,7 +23,7 @@ import aiortc.rtcicetransport
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aiortc import RTCConfiguration, RTCIceServer
 
-from adapters.transports.webrtc.config import IceServer, PortRange
+from adapters.settings_webrtc import IceServer, PortRange
 
 logger = logging.getLogger(__name__)
 

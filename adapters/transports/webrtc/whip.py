@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from aiortc import RTCPeerConnection
 
-from adapters.transports.webrtc.config import IceServer
+from adapters.settings_webrtc import IceServer
 from adapters.transports.webrtc.ice import rtc_configuration
 from adapters.transports.webrtc.peer import PEER_CLOSED, DiscardCounter, WebRtcTransport, WhipPeer
 from adapters.transports.webrtc.sdp import MAX_OFFER_BYTES, OfferRefused, inspect_offer

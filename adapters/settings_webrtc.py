@@ -1,8 +1,9 @@
 """The WebRTC settings' values and their parsers: ICE servers, the addresses and UDP ports the server gathers on.
 
 They are declared in adapters/settings.py with the other variables; the
-parsing lives here, beside the transport that reads them, so that a bad value
-stops start-up naming its variable and what is accepted.
+parsing lives here, below both settings.py and the transport that reads the
+values (adapters/transports/webrtc/), so that neither imports the other and a
+bad value stops start-up naming its variable and what is accepted.
 """
 
 from __future__ import annotations
