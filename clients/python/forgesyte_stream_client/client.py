@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 from forgesyte_stream_client.errors import (
@@ -317,10 +318,18 @@ async def _window_outcomes(run: _Run, feed: Feed, pacing: Pacing, budget: Budget
             await client.close()
 
 
-async def _paced_outcomes(run: _Run, feed: Feed, pacing: Pacing, budget: Budget) -> AsyncIterator[Outcome]:
+def _paced_outcomes(run: _Run, feed: Feed, pacing: Pacing, budget: Budget) -> AsyncIterator[Outcome]:
     """Live and fixed-rate streams: a sending task on its own clock, and a receiving one."""
     state = _State()
-    runner = asyncio.create_task(_run_sessions(run, feed, pacing, budget, state))
+    return queued_outcomes(state, _run_sessions(run, feed, pacing, budget, state))
+
+
+async def queued_outcomes(state: _State, sessions: Coroutine[Any, Any, None]) -> AsyncIterator[Outcome]:
+    """What a task running `sessions` puts on state.outcomes, in order, until None; an error it puts there is raised.
+
+    The task is cancelled when the consumer stops early, so that no session outlives the run.
+    """
+    runner = asyncio.create_task(sessions)
     try:
         while True:
             item = await state.outcomes.get()

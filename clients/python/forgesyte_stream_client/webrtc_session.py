@@ -43,7 +43,7 @@ import av
 from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from forgesyte_stream_client.client import Outcome, Reply, Skipped, _Run, _Sent, _State
+from forgesyte_stream_client.client import Outcome, Reply, Skipped, _Run, _Sent, _State, queued_outcomes
 from forgesyte_stream_client.errors import ConnectError, ConnectionLost, ProtocolError, ReplyTimeout, StreamError, error_from_message
 from forgesyte_stream_client.feed import Feed
 from forgesyte_stream_client.pacing import Budget, Deadline, Pacing
@@ -357,22 +357,10 @@ def _is_turn(server: IceServer) -> bool:
     return any(url.lower().startswith(("turn:", "turns:")) for url in server.urls)
 
 
-async def webrtc_outcomes(run: _Run, feed: Feed, pacing: Pacing, budget: Budget, options: WebRtcOptions, fps: float) -> AsyncIterator[Outcome]:
+def webrtc_outcomes(run: _Run, feed: Feed, pacing: Pacing, budget: Budget, options: WebRtcOptions, fps: float) -> AsyncIterator[Outcome]:
     """The WebRTC counterpart of client._paced_outcomes: the sessions run in a task, their outcomes come through a queue."""
     state = _State()
-    runner = asyncio.create_task(_run_sessions(run, feed, pacing, budget, state, options, fps))
-    try:
-        while True:
-            item = await state.outcomes.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        if not runner.done():
-            runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
+    return queued_outcomes(state, _run_sessions(run, feed, pacing, budget, state, options, fps))
 
 
 async def _run_sessions(run: _Run, feed: Feed, pacing: Pacing, budget: Budget, state: _State, options: WebRtcOptions, fps: float) -> None:
