@@ -66,12 +66,7 @@ async def published(target: Target, role: str, track: ClipTrack) -> Publisher:
 
 
 def one_reply_per_decoded_frame(publisher: Publisher, at_least: int) -> list[dict[str, Any]]:
-    assert publisher.undeclared == [], publisher.undeclared
-    replies = sorted(publisher.replies(), key=lambda m: m["frame_index"])
-    assert [m["frame_index"] for m in replies] == list(range(len(replies))), "each decoded frame answered once, numbered from 0"
-    assert len(replies) >= at_least
-    for reply in replies:
-        assert isinstance(reply.get("rtp_timestamp"), int), f"a reply about a frame carries its rtp_timestamp: {reply}"
+    replies = publisher.replies_in_order(at_least)
     stamps = [m["rtp_timestamp"] for m in replies]
     assert all(0 < (later - earlier) % 2**32 < 90_000 for earlier, later in zip(stamps, stamps[1:])), "RTP timestamps follow the frames"
     return replies
@@ -82,9 +77,7 @@ def test_every_decoded_frame_gets_one_result_on_the_results_channel(target: Targ
 
     async def scenario() -> Publisher:
         publisher = await published(target, "result", ClipTrack(pictures(16), fps=10))
-        await publisher.wait_for(15, 20)
-        assert (await publisher.delete()).status_code == 200
-        await publisher.close()
+        assert await publisher.finish(15, 20) == 200
         return publisher
 
     replies = one_reply_per_decoded_frame(run(scenario()), 15)
@@ -96,9 +89,7 @@ def test_a_slow_pipeline_answers_waiting_frames_as_dropped_and_warns_over_webrtc
 
     async def scenario() -> Publisher:
         publisher = await published(target, "slow", ClipTrack(pictures(46), fps=30))
-        await publisher.wait_for(45, 20)
-        await publisher.delete()
-        await publisher.close()
+        await publisher.finish(45, 20)
         return publisher
 
     publisher = run(scenario())
@@ -113,9 +104,7 @@ def test_pipeline_failure_answers_its_frame_and_the_webrtc_session_goes_on(targe
 
     async def scenario() -> Publisher:
         publisher = await published(target, "failing", ClipTrack(pictures(9), fps=10))
-        await publisher.wait_for(8, 20)
-        await publisher.delete()
-        await publisher.close()
+        await publisher.finish(8, 20)
         return publisher
 
     replies = one_reply_per_decoded_frame(run(scenario()), 8)

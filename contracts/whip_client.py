@@ -112,6 +112,21 @@ class Publisher:
         """Messages answering one frame: results, drops and frame-level errors."""
         return [m for m in self.messages if "frame_index" in m]
 
+    def replies_in_order(self, at_least: int = 0) -> list[dict[str, Any]]:
+        """The replies about frames by frame_index, checked as the results channel promises (asyncapi.yaml).
+
+        Every message declared, exactly one reply per decoded frame numbered
+        from 0 without gaps, at least `at_least` of them, each with its
+        frame's rtp_timestamp.
+        """
+        assert self.undeclared == [], self.undeclared
+        replies = sorted(self.replies(), key=lambda m: m["frame_index"])
+        assert [m["frame_index"] for m in replies] == list(range(len(replies))), "each decoded frame answered once, numbered from 0"
+        assert len(replies) >= at_least, f"{len(replies)} replies, expected at least {at_least}"
+        for reply in replies:
+            assert isinstance(reply.get("rtp_timestamp"), int), f"a reply about a frame carries its rtp_timestamp: {reply}"
+        return replies
+
     def errors(self) -> list[dict[str, Any]]:
         return [m for m in self.messages if "error" in m]
 
@@ -127,6 +142,13 @@ class Publisher:
         except TimeoutError:
             return False
         return True
+
+    async def finish(self, count: int, timeout: float) -> int:
+        """Wait for `count` replies (at most `timeout` s), then end the session: DELETE, close; the DELETE's status."""
+        await self.wait_for(count, timeout)
+        status = (await self.delete()).status_code
+        await self.close()
+        return status
 
     async def delete(self) -> httpx.Response:
         async with httpx.AsyncClient(base_url=self.base_url, timeout=30.0) as http:

@@ -43,11 +43,7 @@ async def _published(server: RunningServer, pipeline: str, track: ClipTrack, **o
 
 def _check_replies(publisher: Publisher, decoded: int) -> list[dict[str, Any]]:
     """Exactly one reply per decoded frame, numbered 0..n-1, RTP timestamps rising with the index; all declared."""
-    assert publisher.undeclared == []
-    replies = sorted(publisher.replies(), key=lambda m: m["frame_index"])
-    indices = [m["frame_index"] for m in replies]
-    assert indices == list(range(len(indices))), "frame_index counts the decoded frames from 0, without gaps or repeats"
-    assert len(indices) >= decoded
+    replies = publisher.replies_in_order(decoded)
     stamps = [m["rtp_timestamp"] for m in replies]
     steps = {(later - earlier) % 2**32 for earlier, later in zip(stamps, stamps[1:])}
     assert all(VIDEO_STEP - 2 <= step <= VIDEO_STEP * 3 for step in steps), f"RTP steps {sorted(steps)[:10]}"
@@ -60,9 +56,7 @@ def test_a_face_clip_is_boxed_in_every_result_over_either_codec(server: RunningS
 
     async def scenario() -> Publisher:
         publisher = await _published(server, "faces", ClipTrack(frames, fps=15), codec=codec)
-        await publisher.wait_for(40, 30)
-        assert (await publisher.delete()).status_code == 200
-        await publisher.close()
+        assert await publisher.finish(40, 30) == 200
         return publisher
 
     publisher = run(scenario())
@@ -81,9 +75,7 @@ def test_a_face_clip_is_boxed_in_every_result_over_either_codec(server: RunningS
 def test_a_pipeline_slower_than_the_camera_drops_the_waiting_frames_each_once_with_its_cause(server: RunningServer) -> None:
     async def scenario() -> Publisher:
         publisher = await _published(server, "slow", ClipTrack([still_face(320, 240)] * 61, fps=30))
-        await publisher.wait_for(60, 20)
-        await publisher.delete()
-        await publisher.close()
+        await publisher.finish(60, 20)
         return publisher
 
     publisher = run(scenario())
@@ -100,9 +92,7 @@ def test_a_pipeline_slower_than_the_camera_drops_the_waiting_frames_each_once_wi
 def test_a_frame_failure_answers_that_frame_and_the_session_goes_on(server: RunningServer) -> None:
     async def scenario() -> Publisher:
         publisher = await _published(server, "failing", ClipTrack([still_face(160, 120)] * 11, fps=10))
-        await publisher.wait_for(10, 20)
-        await publisher.delete()
-        await publisher.close()
+        await publisher.finish(10, 20)
         return publisher
 
     publisher = run(scenario())
