@@ -154,27 +154,37 @@ class StreamProtocol:
             return None
         data = inbound.data
         assert isinstance(data, bytes)
-        outbox = self.outbox
         if self.ending is not None:
-            if not self.ending.cut_off:
-                # Read just as the session began to end: it is answered, as dropped, and never started.
-                now = session.now_ms()
-                late = Frame(index=session.increment_frame(), data=data, received_ms=now)
-                self._unreported.append((late.index, len(data)))
-                session.mark_drop(now)
-                cause = DropCause.SHUTDOWN if self.ending.ending is Ending.SHUTDOWN else DropCause.CLOSING
-                outbox.append(FrameDropped(late, cause))
+            self._arrived_late(data, len(data), None)
             return None
         try:
             validate_jpeg(data, self._max_frame_bytes)
         except FrameValidationError as error:
-            self._last_message_ms = session.now_ms()
-            index = session.increment_frame()
-            self._unreported.append((index, len(data)))
-            outbox.append(ARRIVALS_DUE)
-            self._end(Close(Ending.CLIENT_ERROR, error, frame_index=index))
+            self._refused(len(data), error)
             return None
         return self._admitted(session.receive_frame(data), len(data))
+
+    def _arrived_late(self, data: bytes, size: int, rtp_timestamp: int | None) -> None:
+        """A frame read just as the session began to end: it is answered, as dropped, and never started."""
+        assert self.ending is not None
+        if self.ending.cut_off:
+            return
+        session = self.session
+        now = session.now_ms()
+        late = Frame(index=session.increment_frame(), data=data, received_ms=now)
+        self._unreported.append((late.index, size))
+        session.mark_drop(now)
+        cause = DropCause.SHUTDOWN if self.ending.ending is Ending.SHUTDOWN else DropCause.CLOSING
+        self.outbox.append(FrameDropped(late, cause, rtp_timestamp))
+
+    def _refused(self, size: int, error: FrameValidationError) -> None:
+        """A frame that fails its checks: it is numbered, and the session ends with its error."""
+        session = self.session
+        self._last_message_ms = session.now_ms()
+        index = session.increment_frame()
+        self._unreported.append((index, size))
+        self.outbox.append(ARRIVALS_DUE)
+        self._end(Close(Ending.CLIENT_ERROR, error, frame_index=index))
 
     def _picture_received(self, picture: DecodedPicture) -> Frame | None:
         """A frame the transport decoded: admitted like a message's frame, its picture kept beside it until it is answered.
@@ -183,29 +193,15 @@ class StreamProtocol:
         the session with frame_too_large before it is kept waiting, as a JPEG
         declaring too many pixels does.
         """
-        session = self.session
         if self.ending is not None:
-            if not self.ending.cut_off:
-                now = session.now_ms()
-                late = Frame(index=session.increment_frame(), data=b"", received_ms=now)
-                self._unreported.append((late.index, picture.nbytes))
-                session.mark_drop(now)
-                cause = DropCause.SHUTDOWN if self.ending.ending is Ending.SHUTDOWN else DropCause.CLOSING
-                self.outbox.append(FrameDropped(late, cause, picture.rtp_timestamp))
+            self._arrived_late(b"", picture.nbytes, picture.rtp_timestamp)
             return None
-        if picture.width * picture.height > self._max_frame_pixels:
-            self._last_message_ms = session.now_ms()
-            index = session.increment_frame()
-            self._unreported.append((index, picture.nbytes))
-            self.outbox.append(ARRIVALS_DUE)
-            limit = self._max_frame_pixels
-            error = FrameValidationError(
-                ErrorCode.FRAME_TOO_LARGE,
-                f"frame is {picture.width}x{picture.height} = {picture.width * picture.height} pixels; the limit is {limit} pixels",
-            )
-            self._end(Close(Ending.CLIENT_ERROR, error, frame_index=index))
+        pixels = picture.width * picture.height
+        if pixels > self._max_frame_pixels:
+            detail = f"frame is {picture.width}x{picture.height} = {pixels} pixels; the limit is {self._max_frame_pixels} pixels"
+            self._refused(picture.nbytes, FrameValidationError(ErrorCode.FRAME_TOO_LARGE, detail))
             return None
-        admission = session.receive_frame(b"")
+        admission = self.session.receive_frame(b"")
         self._pictures[admission.frame.index] = picture
         return self._admitted(admission, picture.nbytes)
 
@@ -217,10 +213,8 @@ class StreamProtocol:
         self._unreported.append((frame.index, size))
         start = admission.start
         if admission.dropped:
-            pictures = self._pictures
             for drop in admission.dropped:
-                picture = pictures.pop(drop.frame.index, None) if pictures else None
-                outbox.append(FrameDropped(drop.frame, drop.cause, None if picture is None else picture.rtp_timestamp))
+                outbox.append(FrameDropped(drop.frame, drop.cause, self._let_go(drop.frame)))
             signal = session.take_slowdown_signal()
             if signal is not None:
                 outbox.append(SlowDown(signal))
@@ -240,18 +234,14 @@ class StreamProtocol:
         now = session.now_ms()
         processing_ms = now - started_ms
         session.complete_frame(frame, processing_ms=processing_ms, succeeded=True, now=now)
-        picture = self._pictures.pop(frame.index, None) if self._pictures else None
-        self.outbox.append(
-            FrameResult(frame, reply.result, processing_ms, started_ms - frame.received_ms, None if picture is None else picture.rtp_timestamp)
-        )
+        self.outbox.append(FrameResult(frame, reply.result, processing_ms, started_ms - frame.received_ms, self._let_go(frame)))
         return self._next()
 
     def frame_failed(self, frame: Frame, error: BaseException) -> Frame | None:
         """The frame's work failed; the kind of failure decides the reply. Returns the next frame to start."""
         session = self.session
         session.complete_frame(frame, processing_ms=session.now_ms() - self._started_ms, succeeded=False)
-        picture = self._pictures.pop(frame.index, None) if self._pictures else None
-        rtp_timestamp = None if picture is None else picture.rtp_timestamp
+        rtp_timestamp = self._let_go(frame)
         if isinstance(error, FrameValidationError):
             # Markers were fine but the image does not decode (or declares too many pixels): the client sent it.
             self.outbox.append(ARRIVALS_DUE)
@@ -289,9 +279,7 @@ class StreamProtocol:
         """
         failure = FrameTimeoutError(self.session.pipeline_id, frame.index, self._frame_timeout_s)
         self._straggler = frame
-        picture = self._pictures.pop(frame.index, None) if self._pictures else None
-        rtp_timestamp = None if picture is None else picture.rtp_timestamp
-        self.outbox.append(ErrorReply(failure, frame.index, FrameFailure(frame.index, error), rtp_timestamp))
+        self.outbox.append(ErrorReply(failure, frame.index, FrameFailure(frame.index, error), self._let_go(frame)))
 
     def straggler_returned(self, frame: Frame) -> Frame | None:
         """The work answered at its deadline has returned; returns the next frame to start."""
@@ -429,10 +417,8 @@ class StreamProtocol:
             session.transition(SessionState.CLOSING)
         cause = DropCause.SHUTDOWN if close.ending is Ending.SHUTDOWN else DropCause.CLOSING
         outbox = self.outbox
-        pictures = self._pictures
         for drop in session.drain_waiting(cause):
-            picture = pictures.pop(drop.frame.index, None) if pictures else None
-            outbox.append(FrameDropped(drop.frame, drop.cause, None if picture is None else picture.rtp_timestamp))
+            outbox.append(FrameDropped(drop.frame, drop.cause, self._let_go(drop.frame)))
         outbox.append(ErrorReply(close.error, close.frame_index))
 
     def close_code(self) -> tuple[int, str]:
@@ -460,6 +446,11 @@ class StreamProtocol:
             return None
         self._started_ms = self.session.now_ms()
         return start
+
+    def _let_go(self, frame: Frame) -> int | None:
+        """The frame is answered: its picture (a media track's frame) is let go; its RTP timestamp, for the reply."""
+        picture = self._pictures.pop(frame.index, None) if self._pictures else None
+        return None if picture is None else picture.rtp_timestamp
 
     def _report_arrivals(self) -> None:
         unreported = self._unreported
