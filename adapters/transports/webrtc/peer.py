@@ -80,8 +80,6 @@ class WebRtcTransport:
         self._backlog: EncodedBacklog | None = None
         self._receiver: Any = None
         self.session: Any = None
-        self.closed = asyncio.Event()
-        self.close_code: int | None = None
 
     # Wiring the peer's events ---------------------------------------------------
 
@@ -175,11 +173,9 @@ class WebRtcTransport:
         """The session ends: what was sent reaches the client first (bounded), then the owner closes the peer."""
         if not self.admission.done():
             return  # a refusal: the POST answers it, there is no peer yet
-        self.close_code = code
         channel = self.channel
         if channel is not None and channel.readyState == "open":
             await self._drain(channel)
-        self.closed.set()
 
     async def _drain(self, channel: RTCDataChannel) -> None:
         """Wait until the channel's messages are acknowledged by the peer, at most SEND_TIMEOUT_S."""

@@ -22,7 +22,7 @@ from aiortc import RTCPeerConnection
 from adapters.settings_webrtc import IceServer
 from adapters.transports.webrtc.ice import rtc_configuration
 from adapters.transports.webrtc.peer import PEER_CLOSED, DiscardCounter, WebRtcTransport, WhipPeer
-from adapters.transports.webrtc.sdp import MAX_OFFER_BYTES, OfferRefused, inspect_offer
+from adapters.transports.webrtc.sdp import OfferRefused, inspect_offer
 from application.access import AccessPolicy, Credential, StreamAccess
 from application.connection import ConnectionFacts, connection_facts
 from application.ports import Inbound, InboundKind
@@ -90,9 +90,6 @@ class WhipSessions:
         self._metrics = metrics
         self._published: dict[str, _Published] = {}
         self._discards = DiscardCounter(metrics.frames_discarded)
-
-    def __len__(self) -> int:
-        return len(self._published)
 
     def link_headers(self) -> list[str]:
         return [link for server in self._options.ice_servers for link in server.link_headers()]
@@ -188,5 +185,3 @@ class WhipSessions:
             if published.peer is not None:
                 await published.peer.close()
 
-
-MAX_BODY_BYTES = MAX_OFFER_BYTES
